@@ -1,0 +1,600 @@
+"""Message schemas of every ElkFS port.
+
+Each message is a frozen msgspec Struct encoded as a msgpack array (compact and fast to
+decode, and msgspec rejects anything that does not match the schema). A frame's `type`
+field selects the schema; `MESSAGES` maps type numbers to classes.
+
+Requests carry `req`, a per-connection request id that the reply echoes, so one connection
+can carry many requests at once (FUSE issues them concurrently).
+
+Ports:
+- 9421 client -> master: `RegisterSession`, `MetaRequest` (every file-system operation,
+  an `Op` below) -> `MetaReply`.
+- 9420 chunkserver -> master: `CsRegister`, `CsSpace`, `CsChunkDamaged`; the master sends
+  `CsCommand` on the same connection and the chunkserver answers `Ok`/`Error`.
+- 9422 client -> chunkserver, chunkserver -> chunkserver: `ReadReq` -> `ReadData` (+ raw
+  data), and the write session `WriteInit`, `WriteData` (+ raw data) -> `WriteStatus`,
+  `WriteEnd`.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+Addr = tuple[str, int]
+
+
+class Msg(msgspec.Struct, array_like=True, frozen=True):
+    TYPE = 0  # overridden; class attribute, not a field
+
+
+MESSAGES: dict[int, type[Msg]] = {}
+
+
+def message(type_id: int):
+    def register(cls: type[Msg]) -> type[Msg]:
+        assert type_id not in MESSAGES, f"duplicate message type {type_id}"
+        cls.TYPE = type_id
+        MESSAGES[type_id] = cls
+        return cls
+
+    return register
+
+
+# ---------------------------------------------------------------- generic replies
+
+
+@message(1)
+class Ok(Msg):
+    req: int
+
+
+@message(2)
+class Error(Msg):
+    req: int
+    status: int
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- file attributes
+
+
+class Attr(msgspec.Struct, array_like=True, frozen=True):
+    """What stat() shows. `mode` includes the file type bits (S_IFREG, S_IFDIR, ...)."""
+
+    inode: int
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    size: int
+    rdev: int
+    goal: int
+
+
+class DirEntry(msgspec.Struct, array_like=True, frozen=True):
+    name: bytes
+    attr: Attr
+
+
+class ChunkCopy(msgspec.Struct, array_like=True, frozen=True):
+    addr: Addr
+    version: int
+    valid: bool
+
+
+class ChunkDesc(msgspec.Struct, array_like=True, frozen=True):
+    index: int
+    chunk_id: int
+    version: int
+    copies: list[ChunkCopy]
+
+
+# ---------------------------------------------------------------- file-system operations
+# Every operation a client asks of the master. Ops that change metadata are journaled as
+# they are (with the master's time and the client's session and sequence number), so
+# replaying the journal re-runs exactly these ops.
+
+
+class Op(msgspec.Struct, array_like=True, frozen=True, tag_field="op"):
+    READ_ONLY = False
+
+
+# Read-only ops
+
+
+class Lookup(Op, tag="lookup"):
+    READ_ONLY = True
+    parent: int
+    name: bytes
+
+
+class GetAttr(Op, tag="getattr"):
+    READ_ONLY = True
+    inode: int
+
+
+class ReadDir(Op, tag="readdir"):
+    """Entries after the first `offset` ones, at most `limit`, each with its attributes."""
+
+    READ_ONLY = True
+    inode: int
+    offset: int = 0
+    limit: int = 1000
+
+
+class ReadLink(Op, tag="readlink"):
+    READ_ONLY = True
+    inode: int
+
+
+class GetXattr(Op, tag="getxattr"):
+    READ_ONLY = True
+    inode: int
+    name: bytes
+
+
+class ListXattr(Op, tag="listxattr"):
+    READ_ONLY = True
+    inode: int
+
+
+class StatFs(Op, tag="statfs"):
+    READ_ONLY = True
+
+
+class ReadChunk(Op, tag="readchunk"):
+    """Where to read chunk `index` of a file: its id, version and the valid copies."""
+
+    READ_ONLY = True
+    inode: int
+    index: int
+
+
+class FileChunks(Op, tag="filechunks"):
+    """Every chunk of a file with all its copies (for mfsfileinfo / mfscheckfile)."""
+
+    READ_ONLY = True
+    inode: int
+
+
+class DirStats(Op, tag="dirstats"):
+    """Totals of a subtree (for mfsdirinfo)."""
+
+    READ_ONLY = True
+    inode: int
+
+
+class ClusterInfo(Op, tag="clusterinfo"):
+    """Summary, chunkservers and masters (for mfscli)."""
+
+    READ_ONLY = True
+
+
+# Ops that change metadata
+
+
+class Mknod(Op, tag="mknod"):
+    """Regular files, FIFOs, sockets and devices. `mode` includes the S_IF* type bits."""
+
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    rdev: int = 0
+
+
+class Mkdir(Op, tag="mkdir"):
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+
+
+class Symlink(Op, tag="symlink"):
+    parent: int
+    name: bytes
+    target: bytes
+    uid: int
+    gid: int
+
+
+class Link(Op, tag="link"):
+    inode: int
+    parent: int
+    name: bytes
+
+
+class Unlink(Op, tag="unlink"):
+    parent: int
+    name: bytes
+
+
+class Rmdir(Op, tag="rmdir"):
+    parent: int
+    name: bytes
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+class Rename(Op, tag="rename"):
+    parent: int
+    name: bytes
+    new_parent: int
+    new_name: bytes
+    flags: int = 0
+
+
+# SetAttr.valid bits
+SET_MODE = 1
+SET_UID = 2
+SET_GID = 4
+SET_ATIME = 8
+SET_MTIME = 16
+SET_ATIME_NOW = 32
+SET_MTIME_NOW = 64
+SET_CTIME = 128
+
+
+class SetAttr(Op, tag="setattr"):
+    """Change the attributes whose bit is in `valid`; *_NOW bits use the master's clock."""
+
+    inode: int
+    valid: int
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+
+class Truncate(Op, tag="truncate"):
+    inode: int
+    length: int
+
+
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+class SetXattr(Op, tag="setxattr"):
+    inode: int
+    name: bytes
+    value: bytes
+    flags: int = 0
+
+
+class RemoveXattr(Op, tag="removexattr"):
+    inode: int
+    name: bytes
+
+
+class SetGoal(Op, tag="setgoal"):
+    inode: int
+    goal: int
+    recursive: bool = False
+
+
+class Acquire(Op, tag="acquire"):
+    """The session opened the file: keep it alive while open, even when unlinked."""
+
+    inode: int
+
+
+class Release(Op, tag="release"):
+    inode: int
+
+
+class WriteChunk(Op, tag="writechunk"):
+    """Open chunk `index` of a file for writing: creates it or raises its version, and
+    locks it for this writer until `WriteChunkEnd`. Replies with the chain to write to."""
+
+    inode: int
+    index: int
+
+
+class WriteChunkEnd(Op, tag="writechunkend"):
+    """The write to a chunk is done; the file is at least `length` bytes long now."""
+
+    inode: int
+    index: int
+    chunk_id: int
+    length: int
+
+
+AnyOp = Union[
+    Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, StatFs, ReadChunk, FileChunks,
+    DirStats, ClusterInfo,
+    Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, SetAttr, Truncate, SetXattr,
+    RemoveXattr, SetGoal, Acquire, Release, WriteChunk, WriteChunkEnd,
+]
+
+
+# ---------------------------------------------------------------- operation results
+
+
+class Result(msgspec.Struct, array_like=True, frozen=True, tag_field="r"):
+    pass
+
+
+class EntryOut(Result, tag="entry"):
+    attr: Attr
+
+
+class AttrOut(Result, tag="attr"):
+    attr: Attr
+
+
+class DirOut(Result, tag="dir"):
+    entries: list[DirEntry]
+    next_offset: int  # -1 when the listing is complete
+
+
+class BytesOut(Result, tag="bytes"):
+    value: bytes
+
+
+class NamesOut(Result, tag="names"):
+    names: list[bytes]
+
+
+class StatFsOut(Result, tag="statfs"):
+    total_bytes: int
+    avail_bytes: int
+    used_bytes: int
+    inodes: int
+
+
+class ChunkOut(Result, tag="chunk"):
+    """A chunk to read or write: `locations` are its valid copies, in chain order for a
+    write. `chunk_id` 0 means a hole (read zeros). `file_length` is the file's length."""
+
+    chunk_id: int
+    version: int
+    file_length: int
+    locations: list[Addr]
+
+
+class FileChunksOut(Result, tag="filechunks"):
+    chunks: list[ChunkDesc]
+
+
+class DirStatsOut(Result, tag="dirstats"):
+    inodes: int
+    dirs: int
+    files: int
+    chunks: int
+    length: int
+    size: int
+    realsize: int
+
+
+class JsonOut(Result, tag="json"):
+    """Free-form report (cluster info) as JSON text."""
+
+    text: str
+
+
+AnyResult = Union[
+    EntryOut, AttrOut, DirOut, BytesOut, NamesOut, StatFsOut, ChunkOut, FileChunksOut,
+    DirStatsOut, JsonOut,
+]
+
+
+# ---------------------------------------------------------------- client <-> master
+
+
+@message(10)
+class RegisterSession(Msg):
+    """Open a new session (`session` empty) or resume one after a reconnect."""
+
+    req: int
+    session: bytes
+    info: str = ""
+
+
+@message(11)
+class SessionReply(Msg):
+    req: int
+    status: int
+    session: bytes
+    leader: str = ""  # when status is NOT_LEADER: "host:port" of the leader, if known
+
+
+@message(12)
+class MetaRequest(Msg):
+    """One operation. `seq` numbers a session's changes so a retry applies once."""
+
+    req: int
+    session: bytes
+    seq: int
+    op: AnyOp
+
+
+@message(13)
+class MetaReply(Msg):
+    req: int
+    status: int
+    result: AnyResult | None = None
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- chunkserver <-> master
+
+
+@message(40)
+class CsRegister(Msg):
+    """First message of a chunkserver on the master port. `cs_id` is kept on its disk."""
+
+    req: int
+    cs_id: bytes
+    host: str
+    port: int
+    chunks: list[tuple[int, int]]  # (chunk_id, version)
+    total_bytes: int
+    used_bytes: int
+
+
+@message(41)
+class CsSpace(Msg):
+    total_bytes: int
+    used_bytes: int
+    chunk_count: int
+
+
+@message(42)
+class CsChunkDamaged(Msg):
+    """A copy failed its CRC check (read or scrub) or its file is gone."""
+
+    chunk_id: int
+    version: int
+
+
+class CsCmd(msgspec.Struct, array_like=True, frozen=True, tag_field="cmd"):
+    pass
+
+
+class CreateChunk(CsCmd, tag="create"):
+    chunk_id: int
+    version: int
+
+
+class DeleteChunk(CsCmd, tag="delete"):
+    chunk_id: int
+    version: int
+
+
+class SetChunkVersion(CsCmd, tag="setversion"):
+    chunk_id: int
+    version: int
+    new_version: int
+
+
+class TruncateChunk(CsCmd, tag="truncate"):
+    """Cut or extend the copy to `length` bytes (zeros past the old end), new version."""
+
+    chunk_id: int
+    version: int
+    new_version: int
+    length: int
+
+
+class DuplicateChunk(CsCmd, tag="duplicate"):
+    """Copy a local chunk to a new id (copy-on-write after a snapshot)."""
+
+    chunk_id: int
+    version: int
+    new_chunk_id: int
+    new_version: int
+
+
+class ReplicateChunk(CsCmd, tag="replicate"):
+    """Fetch a copy of the chunk from one of `sources` (other chunkservers)."""
+
+    chunk_id: int
+    version: int
+    sources: list[Addr]
+
+
+AnyCsCmd = Union[CreateChunk, DeleteChunk, SetChunkVersion, TruncateChunk, DuplicateChunk,
+                 ReplicateChunk]
+
+
+@message(43)
+class CsCommand(Msg):
+    req: int
+    command: AnyCsCmd
+
+
+# ---------------------------------------------------------------- data port (9422)
+
+
+@message(60)
+class ReadReq(Msg):
+    req: int
+    chunk_id: int
+    version: int
+    offset: int
+    size: int
+
+
+@message(61)
+class ReadData(Msg):
+    """Reply to `ReadReq`; the bytes follow as the frame's data part."""
+
+    req: int
+    status: int
+
+
+@message(62)
+class WriteInit(Msg):
+    """Start a write session on this connection; `chain` lists the chunkservers after
+    this one, which the data is forwarded to."""
+
+    req: int
+    chunk_id: int
+    version: int
+    chain: list[Addr]
+
+
+@message(63)
+class WriteData(Msg):
+    """Write the frame's data part at `offset` within the chunk."""
+
+    req: int
+    offset: int
+
+
+@message(64)
+class WriteStatus(Msg):
+    req: int
+    status: int
+
+
+@message(65)
+class WriteEnd(Msg):
+    """End the write session; with `sync` the data is fsynced on every copy first."""
+
+    req: int
+    sync: bool = False
+
+
+@message(66)
+class ChunkInfoReq(Msg):
+    req: int
+    chunk_id: int
+
+
+@message(67)
+class ChunkInfoReply(Msg):
+    req: int
+    status: int
+    version: int
+    length: int
+
+
+# ---------------------------------------------------------------- codecs
+
+_encoder = msgspec.msgpack.Encoder()
+DECODERS: dict[int, msgspec.msgpack.Decoder] = {
+    type_id: msgspec.msgpack.Decoder(cls) for type_id, cls in MESSAGES.items()
+}
+OP_DECODER = msgspec.msgpack.Decoder(AnyOp)
+
+
+def encode(msg: Msg) -> bytes:
+    return _encoder.encode(msg)
+
+
+def encode_any(obj) -> bytes:
+    return _encoder.encode(obj)
