@@ -1,0 +1,61 @@
+"""Chunk-version fencing (HA.md "Chunkservers", HA-traces.md finding 8).
+
+* Versions are ``(term, counter)``: a leader allocates them from committed state only, with
+  its own term first, so two leaders can never hand out the same version (8a).
+* Chunkserver commands (set-version, delete, replicate, truncate) are issued only for
+  committed changes and carry the leader's term.
+* A chunkserver's :class:`ChunkVersionFence` remembers the highest term it has accepted and
+  rejects commands of a lower term, and never lets a chunk's version go backwards: the
+  fencing-token pattern, where the resource checks the token itself.
+"""
+from __future__ import annotations
+
+import msgspec
+
+ChunkVersion = tuple[int, int]   # (term, counter), ordered lexicographically
+
+
+class ChunkCommand(msgspec.Struct, frozen=True, tag=True):
+    term: int
+    leader: str
+    chunk: int
+    version: ChunkVersion
+    kind: str = "set-version"
+
+
+class ChunkCommandReply(msgspec.Struct, frozen=True, tag=True):
+    chunk: int
+    version: ChunkVersion
+    accepted: bool
+    reason: str
+    highest_term: int
+
+
+class VersionAllocator:
+    """Part of the replicated metadata: ``bump(term)`` is called while applying a committed
+    entry of ``term`` (so every replica computes the same version)."""
+
+    def __init__(self, counter: int = 0) -> None:
+        self.counter = counter
+
+    def bump(self, term: int) -> ChunkVersion:
+        self.counter += 1
+        return (term, self.counter)
+
+
+class ChunkVersionFence:
+    def __init__(self, highest_term: int = 0) -> None:
+        self.highest_term = highest_term          # persisted by the chunkserver
+        self.versions: dict[int, ChunkVersion] = {}
+
+    def step(self, msg: ChunkCommand) -> ChunkCommandReply:
+        if msg.term < self.highest_term:
+            return ChunkCommandReply(msg.chunk, msg.version, False, "stale-term",
+                                     self.highest_term)
+        self.highest_term = msg.term
+        have = self.versions.get(msg.chunk)
+        if have is not None and msg.version < have:
+            return ChunkCommandReply(msg.chunk, msg.version, False, "older-version",
+                                     self.highest_term)
+        self.versions[msg.chunk] = msg.version
+        return ChunkCommandReply(msg.chunk, msg.version, True, "ok", self.highest_term)

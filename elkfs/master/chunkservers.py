@@ -1,0 +1,130 @@
+"""Which chunkserver holds which copy: the master's soft state about its chunkservers.
+
+Nothing here is journaled: chunkservers report their chunks when they register, so this
+table is rebuilt after every master start. It is pure (no sockets): the master shell feeds
+it registrations, reports and command outcomes, and asks it where copies are and where new
+copies should go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..proto.messages import Addr
+
+
+@dataclass
+class ChunkServer:
+    cs_id: bytes
+    addr: Addr
+    total_bytes: int = 0
+    used_bytes: int = 0
+    chunk_count: int = 0
+    connected: bool = True
+    disconnected_at: float = 0.0
+    link: object = None  # the master shell's connection to it
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.total_bytes - self.used_bytes)
+
+    @property
+    def name(self) -> str:
+        return f"{self.addr[0]}:{self.addr[1]}"
+
+
+@dataclass
+class Copy:
+    version: int
+    valid: bool = True  # False once reported damaged
+
+
+class ChunkRegistry:
+    def __init__(self):
+        self.servers: dict[bytes, ChunkServer] = {}
+        self.copies: dict[int, dict[bytes, Copy]] = {}  # chunk id -> cs id -> copy
+        self.damaged_reports = 0
+        self._turn = 0
+
+    # ------------------------------------------------------------ servers
+
+    def register(self, cs_id: bytes, addr: Addr, chunks: list[tuple[int, int]],
+                 total: int, used: int, link: object) -> ChunkServer:
+        self.drop_server_copies(cs_id)
+        server = ChunkServer(cs_id, addr, total, used, len(chunks), True, 0.0, link)
+        self.servers[cs_id] = server
+        for chunk_id, version in chunks:
+            self.copies.setdefault(chunk_id, {})[cs_id] = Copy(version)
+        return server
+
+    def disconnect(self, cs_id: bytes, now: float) -> None:
+        server = self.servers.get(cs_id)
+        if server is not None:
+            server.connected = False
+            server.disconnected_at = now
+            server.link = None
+            self.drop_server_copies(cs_id)
+
+    def drop_server_copies(self, cs_id: bytes) -> None:
+        for chunk_id in [c for c, holders in self.copies.items() if cs_id in holders]:
+            holders = self.copies[chunk_id]
+            del holders[cs_id]
+            if not holders:
+                del self.copies[chunk_id]
+
+    def space(self, cs_id: bytes, total: int, used: int, chunk_count: int) -> None:
+        server = self.servers.get(cs_id)
+        if server is not None:
+            server.total_bytes, server.used_bytes, server.chunk_count = total, used, chunk_count
+
+    def connected(self) -> list[ChunkServer]:
+        return [s for s in self.servers.values() if s.connected]
+
+    def totals(self) -> tuple[int, int]:
+        servers = self.connected()
+        return sum(s.total_bytes for s in servers), sum(s.used_bytes for s in servers)
+
+    # ------------------------------------------------------------ copies
+
+    def set_copy(self, chunk_id: int, cs_id: bytes, version: int) -> None:
+        self.copies.setdefault(chunk_id, {})[cs_id] = Copy(version)
+
+    def drop_copy(self, chunk_id: int, cs_id: bytes) -> None:
+        holders = self.copies.get(chunk_id)
+        if holders and cs_id in holders:
+            del holders[cs_id]
+            if not holders:
+                del self.copies[chunk_id]
+
+    def mark_damaged(self, chunk_id: int, cs_id: bytes) -> None:
+        copy = self.copies.get(chunk_id, {}).get(cs_id)
+        if copy is not None:
+            copy.valid = False
+            self.damaged_reports += 1
+
+    def holders(self, chunk_id: int) -> dict[bytes, Copy]:
+        return self.copies.get(chunk_id, {})
+
+    def valid_servers(self, chunk_id: int, version: int) -> list[ChunkServer]:
+        """Connected servers holding a good copy of exactly `version`."""
+        out = []
+        for cs_id, copy in self.copies.get(chunk_id, {}).items():
+            server = self.servers.get(cs_id)
+            if copy.valid and copy.version == version and server is not None and server.connected:
+                out.append(server)
+        return out
+
+    def choose_servers(self, count: int, exclude: set[bytes] = frozenset()) -> list[ChunkServer]:
+        """Up to `count` distinct servers for new copies, most free space first."""
+        candidates = [s for s in self.connected()
+                      if s.cs_id not in exclude and s.free_bytes > (64 << 20)]
+        if not candidates:
+            return []
+        candidates.sort(key=lambda s: (-s.free_bytes, s.cs_id))
+        # Servers with nearly the most free space take turns, so consecutive chunks of a
+        # file spread over all of them instead of piling onto the two emptiest.
+        top = [s for s in candidates if s.free_bytes >= candidates[0].free_bytes * 0.8]
+        self._turn = (self._turn + 1) % len(top)
+        top = top[self._turn:] + top[:self._turn]
+        rest = candidates[len(top):]
+        return (top + rest)[:count]

@@ -1,0 +1,577 @@
+"""The metadata state machine: namespace, attributes, chunk table and sessions.
+
+Theory of operation
+-------------------
+`Namespace.apply(record)` is the only way metadata changes. It is pure and deterministic:
+everything it needs (time, session, sequence number, the op) is in the record, and inode
+and chunk ids come from counters in the state itself. A live master applies a record and
+then journals it; a restarting master (and, later, a follower) applies the journaled
+records and reaches the identical state. A unit test checks exactly that.
+
+Every op validates fully before it mutates anything: an op that fails raises `FsError`
+and leaves the state untouched, so failed ops are never journaled.
+
+Side effects on chunkservers (delete a chunk nobody references, cut a chunk's tail) are
+not performed here: they are queued in `effects` for the master shell, which carries them
+out once the record is durable (and, with HA, committed).
+
+Exactly-once: a change carrying (session, seq) stores its result in the session; a retry
+of the same (session, seq) returns the stored result without applying again (see
+`duplicate_result`).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import stat
+from dataclasses import dataclass, field
+
+from ..proto import messages as m
+from ..proto.errors import BAD_SESSION, FsError
+from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
+from .records import CloseSession, OpenSession, Record
+
+ROOT = 1
+CHUNK_SIZE = 64 << 20
+MAX_NAME = 255
+MAX_GOAL = 9
+DEFAULT_ROOT_GOAL = 2
+MAX_FILE_SIZE = CHUNK_SIZE * (1 << 31)
+RESULTS_KEPT = 4096  # per-session results kept for retries
+
+_SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+
+
+@dataclass
+class Session:
+    session_id: bytes
+    info: str
+    opened_ts: int
+    open_files: dict[int, int] = field(default_factory=dict)  # inode -> open count
+    results: dict[int, m.Result | None] = field(default_factory=dict)  # seq -> result
+
+
+@dataclass(frozen=True)
+class DeleteChunkEffect:
+    chunk_id: int
+    version: int
+
+
+@dataclass(frozen=True)
+class TruncateChunkEffect:
+    chunk_id: int
+    version: int
+    new_version: int
+    length: int
+
+
+def _check_name(name: bytes) -> None:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise FsError(errno.EINVAL, f"bad name {name!r}")
+    if len(name) > MAX_NAME:
+        raise FsError(errno.ENAMETOOLONG)
+
+
+class Namespace:
+    def __init__(self):
+        self.nodes: dict[int, Node] = {}
+        self.chunks: dict[int, Chunk] = {}
+        self.sessions: dict[bytes, Session] = {}
+        self.version = 0  # metadata version of the last applied record
+        self.next_inode = ROOT + 1
+        self.next_chunk_id = 1
+        self.effects: list = []
+        root = DirNode(ROOT, stat.S_IFDIR | 0o755, 0, 0, 0, DEFAULT_ROOT_GOAL, parent=ROOT)
+        self.nodes[ROOT] = root
+
+    # ------------------------------------------------------------ reading
+
+    def node(self, inode: int) -> Node:
+        node = self.nodes.get(inode)
+        if node is None:
+            raise FsError(errno.ENOENT, f"no inode {inode}")
+        return node
+
+    def dir(self, inode: int) -> DirNode:
+        node = self.node(inode)
+        if not isinstance(node, DirNode):
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    def file(self, inode: int) -> FileNode:
+        node = self.node(inode)
+        if isinstance(node, DirNode):
+            raise FsError(errno.EISDIR)
+        if not isinstance(node, FileNode):
+            raise FsError(errno.EINVAL, "not a regular file")
+        return node
+
+    @staticmethod
+    def attr(node: Node) -> m.Attr:
+        return m.Attr(node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime,
+                      node.ctime, node.nlink, node.size(), node.rdev(), node.goal)
+
+    def lookup(self, parent: int, name: bytes) -> Node:
+        directory = self.dir(parent)
+        if len(name) > MAX_NAME:
+            raise FsError(errno.ENAMETOOLONG)
+        if name == b".":
+            return directory
+        if name == b"..":
+            return self.nodes[directory.parent]
+        inode = directory.children.get(name)
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        return self.nodes[inode]
+
+    def query(self, op: m.Op) -> m.Result | None:
+        """Answer a read-only op from the namespace alone."""
+        if isinstance(op, m.Lookup):
+            return m.EntryOut(self.attr(self.lookup(op.parent, op.name)))
+        if isinstance(op, m.GetAttr):
+            return m.AttrOut(self.attr(self.node(op.inode)))
+        if isinstance(op, m.ReadDir):
+            return self.readdir(op.inode, op.offset, op.limit)
+        if isinstance(op, m.ReadLink):
+            node = self.node(op.inode)
+            if not isinstance(node, SymlinkNode):
+                raise FsError(errno.EINVAL, "not a symlink")
+            return m.BytesOut(node.target)
+        if isinstance(op, m.GetXattr):
+            node = self.node(op.inode)
+            if not node.xattrs or op.name not in node.xattrs:
+                raise FsError(errno.ENODATA)
+            return m.BytesOut(node.xattrs[op.name])
+        if isinstance(op, m.ListXattr):
+            node = self.node(op.inode)
+            return m.NamesOut(list(node.xattrs or ()))
+        if isinstance(op, m.DirStats):
+            return self.dirstats(op.inode)
+        raise FsError(errno.ENOSYS, f"{type(op).__name__} is not a namespace query")
+
+    def readdir(self, inode: int, offset: int, limit: int) -> m.DirOut:
+        directory = self.dir(inode)
+        limit = max(1, min(limit, 10000))
+        names = itertools.islice(directory.children.items(), offset, offset + limit)
+        entries = [m.DirEntry(name, self.attr(self.nodes[child])) for name, child in names]
+        done = offset + len(entries) >= len(directory.children)
+        return m.DirOut(entries, -1 if done else offset + len(entries))
+
+    def dirstats(self, inode: int) -> m.DirStatsOut:
+        inodes = dirs = files = chunks = length = size = realsize = 0
+        stack = [self.node(inode)]
+        while stack:
+            node = stack.pop()
+            inodes += 1
+            if isinstance(node, DirNode):
+                dirs += 1
+                stack.extend(self.nodes[c] for c in node.children.values())
+            elif isinstance(node, FileNode):
+                files += 1
+                n_chunks = sum(1 for c in node.chunks if c)
+                chunks += n_chunks
+                length += node.length
+                blocks = -(-node.length // (64 << 10))
+                file_size = blocks * (64 << 10)
+                size += file_size
+                realsize += file_size * node.goal
+        return m.DirStatsOut(inodes, dirs, files, chunks, length, size, realsize)
+
+    def chunk_of(self, inode: int, index: int) -> Chunk | None:
+        node = self.file(inode)
+        if index < len(node.chunks) and node.chunks[index]:
+            return self.chunks[node.chunks[index]]
+        return None
+
+    def duplicate_result(self, session: bytes, seq: int):
+        """(True, result) when (session, seq) was applied already; (False, None) if not."""
+        if not seq:
+            return False, None
+        sess = self.sessions.get(session)
+        if sess is not None and seq in sess.results:
+            return True, sess.results[seq]
+        return False, None
+
+    # ------------------------------------------------------------ changing
+
+    def apply(self, rec: Record) -> m.Result | None:
+        """Apply one record. Raises FsError (state unchanged) when the op fails."""
+        if rec.version != self.version + 1:
+            raise AssertionError(f"record version {rec.version} after {self.version}")
+        op = rec.op
+        sess = None
+        if rec.session and not isinstance(op, OpenSession):
+            sess = self.sessions.get(rec.session)
+            if sess is None:
+                raise FsError(BAD_SESSION, "unknown session")
+        handler = self._HANDLERS.get(type(op))
+        if handler is None:
+            raise FsError(errno.ENOSYS, f"{type(op).__name__} does not change metadata")
+        result = handler(self, op, rec.ts_ns, sess)
+        self.version = rec.version
+        if sess is not None and rec.seq:
+            sess.results[rec.seq] = result
+            if len(sess.results) > RESULTS_KEPT:
+                del sess.results[next(iter(sess.results))]
+        return result
+
+    def _new_node(self, cls, parent: DirNode, name: bytes, mode: int, uid: int, gid: int,
+                  ts: int, **extra) -> Node:
+        inode = self.next_inode
+        self.next_inode += 1
+        if cls is DirNode:
+            node = DirNode(inode, mode, uid, gid, ts, parent.goal, parent=parent.inode)
+            parent.nlink += 1
+        else:
+            node = cls(inode, mode, uid, gid, ts, parent.goal, **extra)
+        # New entries inherit the directory's SGID group, as on Linux file systems.
+        if parent.mode & stat.S_ISGID:
+            node.gid = parent.gid
+            if cls is DirNode:
+                node.mode |= stat.S_ISGID
+        self.nodes[inode] = node
+        parent.children[name] = inode
+        parent.mtime = parent.ctime = ts
+        return node
+
+    def _prepare_create(self, parent_inode: int, name: bytes) -> DirNode:
+        _check_name(name)
+        parent = self.dir(parent_inode)
+        if name in parent.children:
+            raise FsError(errno.EEXIST)
+        return parent
+
+    def _mknod(self, op: m.Mknod, ts, sess):
+        fmt = stat.S_IFMT(op.mode) or stat.S_IFREG
+        if fmt not in (stat.S_IFREG, *_SPECIAL_TYPES):
+            raise FsError(errno.EINVAL, "mknod of this type")
+        parent = self._prepare_create(op.parent, op.name)
+        mode = fmt | (op.mode & 0o7777)
+        if fmt == stat.S_IFREG:
+            node = self._new_node(FileNode, parent, op.name, mode, op.uid, op.gid, ts)
+        else:
+            node = self._new_node(SpecialNode, parent, op.name, mode, op.uid, op.gid, ts,
+                                  dev=op.rdev)
+        return m.EntryOut(self.attr(node))
+
+    def _mkdir(self, op: m.Mkdir, ts, sess):
+        parent = self._prepare_create(op.parent, op.name)
+        mode = stat.S_IFDIR | (op.mode & 0o7777)
+        node = self._new_node(DirNode, parent, op.name, mode, op.uid, op.gid, ts)
+        return m.EntryOut(self.attr(node))
+
+    def _symlink(self, op: m.Symlink, ts, sess):
+        if not op.target or len(op.target) > 4096:
+            raise FsError(errno.ENAMETOOLONG if op.target else errno.ENOENT)
+        parent = self._prepare_create(op.parent, op.name)
+        node = self._new_node(SymlinkNode, parent, op.name, stat.S_IFLNK | 0o777, op.uid,
+                              op.gid, ts, target=op.target)
+        return m.EntryOut(self.attr(node))
+
+    def _link(self, op: m.Link, ts, sess):
+        node = self.node(op.inode)
+        if isinstance(node, DirNode):
+            raise FsError(errno.EPERM, "hard link to a directory")
+        parent = self._prepare_create(op.parent, op.name)
+        if node.nlink == 0:
+            raise FsError(errno.ENOENT, "file was removed")
+        parent.children[op.name] = node.inode
+        node.nlink += 1
+        node.ctime = ts
+        parent.mtime = parent.ctime = ts
+        return m.EntryOut(self.attr(node))
+
+    def _drop_link(self, node: Node, ts: int) -> None:
+        """One name of `node` is gone: free it when no name and no open file is left."""
+        node.nlink -= 1
+        node.ctime = ts
+        if node.nlink <= 0 and not self._is_open(node.inode):
+            self._free(node)
+
+    def _is_open(self, inode: int) -> bool:
+        return any(inode in s.open_files for s in self.sessions.values())
+
+    def _free(self, node: Node) -> None:
+        del self.nodes[node.inode]
+        if isinstance(node, FileNode):
+            for chunk_id in node.chunks:
+                if chunk_id:
+                    self._unref_chunk(chunk_id)
+
+    def _unref_chunk(self, chunk_id: int) -> None:
+        chunk = self.chunks[chunk_id]
+        chunk.refs -= 1
+        if chunk.refs == 0:
+            del self.chunks[chunk_id]
+            self.effects.append(DeleteChunkEffect(chunk_id, chunk.version))
+
+    def _unlink(self, op: m.Unlink, ts, sess):
+        parent = self.dir(op.parent)
+        node = self.lookup(op.parent, op.name) if op.name not in (b".", b"..") else None
+        if node is None:
+            raise FsError(errno.EINVAL)
+        if isinstance(node, DirNode):
+            raise FsError(errno.EISDIR)
+        del parent.children[op.name]
+        parent.mtime = parent.ctime = ts
+        self._drop_link(node, ts)
+        return None
+
+    def _rmdir(self, op: m.Rmdir, ts, sess):
+        if op.name == b".":
+            raise FsError(errno.EINVAL)
+        if op.name == b"..":
+            raise FsError(errno.ENOTEMPTY)
+        parent = self.dir(op.parent)
+        node = self.lookup(op.parent, op.name)
+        if not isinstance(node, DirNode):
+            raise FsError(errno.ENOTDIR)
+        if node.children:
+            raise FsError(errno.ENOTEMPTY)
+        if node.inode == ROOT:
+            raise FsError(errno.EBUSY)
+        del parent.children[op.name]
+        parent.nlink -= 1
+        parent.mtime = parent.ctime = ts
+        del self.nodes[node.inode]
+        return None
+
+    def _is_ancestor(self, ancestor: int, inode: int) -> bool:
+        """True when `ancestor` is `inode` or a directory above it."""
+        while True:
+            if inode == ancestor:
+                return True
+            if inode == ROOT:
+                return False
+            inode = self.nodes[inode].parent
+
+    def _rename(self, op: m.Rename, ts, sess):
+        if op.flags & ~(m.RENAME_NOREPLACE | m.RENAME_EXCHANGE) or op.flags == 3:
+            raise FsError(errno.EINVAL, "bad rename flags")
+        if op.name in (b".", b"..") or op.new_name in (b".", b".."):
+            raise FsError(errno.EINVAL if op.name in (b".", b"..") else errno.EBUSY)
+        _check_name(op.new_name)
+        src_dir = self.dir(op.parent)
+        dst_dir = self.dir(op.new_parent)
+        src_inode = src_dir.children.get(op.name)
+        if src_inode is None:
+            raise FsError(errno.ENOENT)
+        src = self.nodes[src_inode]
+        dst_inode = dst_dir.children.get(op.new_name)
+        dst = self.nodes[dst_inode] if dst_inode is not None else None
+        if op.flags & m.RENAME_EXCHANGE:
+            if dst is None:
+                raise FsError(errno.ENOENT)
+            return self._exchange(src_dir, op.name, src, dst_dir, op.new_name, dst, ts)
+        if dst is not None and op.flags & m.RENAME_NOREPLACE:
+            raise FsError(errno.EEXIST)
+        if dst is src:  # two names of one file, or a name onto itself: nothing to do
+            return None
+        if isinstance(src, DirNode) and self._is_ancestor(src.inode, dst_dir.inode):
+            raise FsError(errno.EINVAL, "directory into its own subtree")
+        if dst is not None:
+            if isinstance(src, DirNode):
+                if not isinstance(dst, DirNode):
+                    raise FsError(errno.ENOTDIR)
+                if dst.children:
+                    raise FsError(errno.ENOTEMPTY)
+            elif isinstance(dst, DirNode):
+                raise FsError(errno.EISDIR)
+        # Validated: now change.
+        if dst is not None:
+            if isinstance(dst, DirNode):
+                dst_dir.nlink -= 1
+                del self.nodes[dst.inode]
+            else:
+                self._drop_link(dst, ts)
+        del src_dir.children[op.name]
+        dst_dir.children[op.new_name] = src.inode
+        if isinstance(src, DirNode) and src_dir is not dst_dir:
+            src_dir.nlink -= 1
+            dst_dir.nlink += 1
+            src.parent = dst_dir.inode
+        src.ctime = ts
+        src_dir.mtime = src_dir.ctime = ts
+        dst_dir.mtime = dst_dir.ctime = ts
+        return None
+
+    def _exchange(self, src_dir, name, src, dst_dir, new_name, dst, ts):
+        for a, b in ((src, dst_dir), (dst, src_dir)):
+            if isinstance(a, DirNode) and self._is_ancestor(a.inode, b.inode) and a is not b:
+                raise FsError(errno.EINVAL, "directory into its own subtree")
+        src_dir.children[name], dst_dir.children[new_name] = dst.inode, src.inode
+        if src_dir is not dst_dir:
+            for node, new_parent, old_parent in ((src, dst_dir, src_dir), (dst, src_dir, dst_dir)):
+                if isinstance(node, DirNode):
+                    node.parent = new_parent.inode
+                    new_parent.nlink += 1
+                    old_parent.nlink -= 1
+        src.ctime = dst.ctime = ts
+        src_dir.mtime = src_dir.ctime = dst_dir.mtime = dst_dir.ctime = ts
+        return None
+
+    def _setattr(self, op: m.SetAttr, ts, sess):
+        node = self.node(op.inode)
+        valid = op.valid
+        if valid & m.SET_MODE:
+            node.mode = stat.S_IFMT(node.mode) | (op.mode & 0o7777)
+        if valid & (m.SET_UID | m.SET_GID):
+            changed = ((valid & m.SET_UID and op.uid != node.uid)
+                       or (valid & m.SET_GID and op.gid != node.gid))
+            if valid & m.SET_UID:
+                node.uid = op.uid
+            if valid & m.SET_GID:
+                node.gid = op.gid
+            # POSIX: chown of a regular file clears set-user-ID and set-group-ID
+            # (set-group-ID only when group execute is set: else it marks mandatory locks).
+            if changed and isinstance(node, FileNode) and not valid & m.SET_MODE:
+                node.mode &= ~stat.S_ISUID
+                if node.mode & stat.S_IXGRP:
+                    node.mode &= ~stat.S_ISGID
+        if valid & m.SET_ATIME_NOW:
+            node.atime = ts
+        elif valid & m.SET_ATIME:
+            node.atime = op.atime_ns
+        if valid & m.SET_MTIME_NOW:
+            node.mtime = ts
+        elif valid & m.SET_MTIME:
+            node.mtime = op.mtime_ns
+        node.ctime = op.ctime_ns if valid & m.SET_CTIME else ts
+        return m.AttrOut(self.attr(node))
+
+    def _truncate(self, op: m.Truncate, ts, sess):
+        node = self.file(op.inode)
+        if op.length < 0 or op.length > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG if op.length > 0 else errno.EINVAL)
+        if op.length < node.length:
+            keep = -(-op.length // CHUNK_SIZE)  # chunks still (partly) inside the file
+            for chunk_id in node.chunks[keep:]:
+                if chunk_id:
+                    self._unref_chunk(chunk_id)
+            del node.chunks[keep:]
+            tail = op.length % CHUNK_SIZE
+            if tail and 0 < keep <= len(node.chunks) and node.chunks[keep - 1]:
+                # The last chunk keeps `tail` bytes: zero the rest on its copies, under a
+                # new version so a copy that missed the cut is stale.
+                chunk = self.chunks[node.chunks[keep - 1]]
+                old = chunk.version
+                chunk.version += 1
+                self.effects.append(TruncateChunkEffect(chunk.chunk_id, old, chunk.version, tail))
+        node.length = op.length
+        node.mtime = node.ctime = ts
+        return m.AttrOut(self.attr(node))
+
+    def _setxattr(self, op: m.SetXattr, ts, sess):
+        node = self.node(op.inode)
+        if not op.name or len(op.name) > 255:
+            raise FsError(errno.ERANGE if op.name else errno.EINVAL)
+        if len(op.value) > 65536:
+            raise FsError(errno.E2BIG)
+        present = bool(node.xattrs) and op.name in node.xattrs
+        if op.flags & m.XATTR_CREATE and present:
+            raise FsError(errno.EEXIST)
+        if op.flags & m.XATTR_REPLACE and not present:
+            raise FsError(errno.ENODATA)
+        if node.xattrs is None:
+            node.xattrs = {}
+        node.xattrs[op.name] = op.value
+        node.ctime = ts
+        return None
+
+    def _removexattr(self, op: m.RemoveXattr, ts, sess):
+        node = self.node(op.inode)
+        if not node.xattrs or op.name not in node.xattrs:
+            raise FsError(errno.ENODATA)
+        del node.xattrs[op.name]
+        if not node.xattrs:
+            node.xattrs = None
+        node.ctime = ts
+        return None
+
+    def _setgoal(self, op: m.SetGoal, ts, sess):
+        if not 1 <= op.goal <= MAX_GOAL:
+            raise FsError(errno.EINVAL, f"goal must be 1-{MAX_GOAL}")
+        stack = [self.node(op.inode)]
+        changed = 0
+        while stack:
+            node = stack.pop()
+            if node.goal != op.goal:
+                node.goal = op.goal
+                node.ctime = ts
+                changed += 1
+            if op.recursive and isinstance(node, DirNode):
+                stack.extend(self.nodes[c] for c in node.children.values())
+        return m.AttrOut(self.attr(self.nodes[op.inode]))
+
+    def _acquire(self, op: m.Acquire, ts, sess):
+        self.node(op.inode)
+        if sess is None:
+            raise FsError(BAD_SESSION, "acquire needs a session")
+        sess.open_files[op.inode] = sess.open_files.get(op.inode, 0) + 1
+        return None
+
+    def _release(self, op: m.Release, ts, sess):
+        if sess is None or op.inode not in sess.open_files:
+            raise FsError(errno.EBADF, "file not open in this session")
+        count = sess.open_files[op.inode] - 1
+        if count:
+            sess.open_files[op.inode] = count
+        else:
+            del sess.open_files[op.inode]
+            node = self.nodes.get(op.inode)
+            if node is not None and node.nlink <= 0 and not self._is_open(op.inode):
+                self._free(node)
+        return None
+
+    def _writechunk(self, op: m.WriteChunk, ts, sess):
+        node = self.file(op.inode)
+        if not 0 <= op.index < (1 << 31):
+            raise FsError(errno.EFBIG)
+        while len(node.chunks) <= op.index:
+            node.chunks.append(0)
+        chunk_id = node.chunks[op.index]
+        if chunk_id:
+            chunk = self.chunks[chunk_id]
+            chunk.version += 1
+        else:
+            chunk = Chunk(self.next_chunk_id, 1)
+            self.next_chunk_id += 1
+            self.chunks[chunk.chunk_id] = chunk
+            node.chunks[op.index] = chunk.chunk_id
+        return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [])
+
+    def _writechunkend(self, op: m.WriteChunkEnd, ts, sess):
+        node = self.file(op.inode)
+        if op.length > MAX_FILE_SIZE or op.length < 0:
+            raise FsError(errno.EFBIG)
+        if op.length > node.length:
+            node.length = op.length
+        node.mtime = node.ctime = ts
+        return m.AttrOut(self.attr(node))
+
+    def _opensession(self, op: OpenSession, ts, sess):
+        if op.session in self.sessions:
+            raise FsError(errno.EEXIST, "session exists")
+        self.sessions[op.session] = Session(op.session, op.info, ts)
+        return None
+
+    def _closesession(self, op: CloseSession, ts, sess):
+        closing = self.sessions.get(op.session)
+        if closing is None:
+            raise FsError(BAD_SESSION)
+        del self.sessions[op.session]
+        for inode in closing.open_files:
+            node = self.nodes.get(inode)
+            if node is not None and node.nlink <= 0 and not self._is_open(inode):
+                self._free(node)
+        return None
+
+    _HANDLERS = {
+        m.Mknod: _mknod, m.Mkdir: _mkdir, m.Symlink: _symlink, m.Link: _link,
+        m.Unlink: _unlink, m.Rmdir: _rmdir, m.Rename: _rename, m.SetAttr: _setattr,
+        m.Truncate: _truncate, m.SetXattr: _setxattr, m.RemoveXattr: _removexattr,
+        m.SetGoal: _setgoal, m.Acquire: _acquire, m.Release: _release,
+        m.WriteChunk: _writechunk, m.WriteChunkEnd: _writechunkend,
+        OpenSession: _opensession, CloseSession: _closesession,
+    }

@@ -1,0 +1,44 @@
+"""Journal records: the unit of metadata change.
+
+A record is one operation (a client's `Op` from `elkfs.proto.messages`, or an internal op
+below) stamped by the master with its metadata version, its time and the client's session
+and sequence number. Applying the same records in the same order to the same state gives
+the same state and the same results: that is what lets a restarted master replay its
+journal, and what followers will replicate.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from ..proto import messages as m
+
+
+class OpenSession(m.Op, tag="opensession"):
+    session: bytes
+    info: str
+
+
+class CloseSession(m.Op, tag="closesession"):
+    session: bytes
+
+
+JournalOp = Union[
+    m.Mknod, m.Mkdir, m.Symlink, m.Link, m.Unlink, m.Rmdir, m.Rename, m.SetAttr, m.Truncate,
+    m.SetXattr, m.RemoveXattr, m.SetGoal, m.Acquire, m.Release, m.WriteChunk,
+    m.WriteChunkEnd, OpenSession, CloseSession,
+]
+
+
+class Record(msgspec.Struct, array_like=True, frozen=True):
+    version: int
+    ts_ns: int
+    session: bytes
+    seq: int
+    op: JournalOp
+
+
+RECORD_ENCODER = msgspec.msgpack.Encoder()
+RECORD_DECODER = msgspec.msgpack.Decoder(Record)

@@ -1,0 +1,454 @@
+"""The master daemon: a thin asyncio shell around the metadata store and chunk registry.
+
+It moves bytes between sockets and the pure parts: client requests become namespace
+queries or journaled changes (`MetadataStore`), chunkserver reports feed the
+`ChunkRegistry`, and chunk operations that need chunkservers (create a chunk, raise its
+version, cut its tail, delete it) are sent to them only after the change that decided them
+is durable in the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import secrets
+import time
+
+from ..config import Option, ranged_int
+from ..proto import messages as m
+from ..proto import rpc
+from ..proto.errors import BAD_SESSION, NO_SERVERS, FsError
+from .chunkservers import ChunkRegistry
+from .locks import ChunkLocks
+from .namespace import CHUNK_SIZE, DeleteChunkEffect, TruncateChunkEffect
+from .records import CloseSession, OpenSession
+from .store import MetadataStore
+
+log = logging.getLogger("mfsmaster")
+
+OPTIONS = {
+    "DATA_PATH": Option("/var/lib/mfs", "str", "metadata, journal, lock and log files"),
+    "MATOCL_LISTEN_HOST": Option("*", "str", "address for clients"),
+    "MATOCL_LISTEN_PORT": Option(9421, "port"),
+    "MATOCS_LISTEN_HOST": Option("*", "str", "address for chunkservers (and masters)"),
+    "MATOCS_LISTEN_PORT": Option(9420, "port"),
+    "CHANGELOG_SAVE_MODE": Option(0, ranged_int(0, 1),
+                                  "0: to the OS before the reply, fsync within 1 s; 1: fsync before the reply"),
+    "METADATA_SAVE_FREQ": Option(1.0, "float", "hours between checkpoints"),
+    "BACK_LOGS": Option(50, "int", "old journal segments kept"),
+    "SESSION_SUSTAIN_TIME": Option(86400, "int", "seconds a disconnected session is kept"),
+    "CHUNK_LOCK_WAIT": Option(30.0, "float", "seconds a writer waits for a locked chunk"),
+    "CS_COMMAND_TIMEOUT": Option(30.0, "float", "seconds to wait for a chunkserver command"),
+}
+
+
+def _host(value: str) -> str | None:
+    return None if value in ("*", "0.0.0.0", "") else value
+
+
+class MasterServer:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.store = MetadataStore(cfg.DATA_PATH, cfg.CHANGELOG_SAVE_MODE, cfg.BACK_LOGS)
+        self.registry = ChunkRegistry()
+        self.locks = ChunkLocks(cfg.CHUNK_LOCK_WAIT)
+        self.session_links: dict[bytes, rpc.Connection] = {}
+        self.session_gone_at: dict[bytes, float] = {}
+        self.servers: list[asyncio.AbstractServer] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.started_at = time.time()
+
+    @property
+    def ns(self):
+        return self.store.ns
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, ready) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.store.load)
+        now = time.monotonic()
+        for session_id in self.ns.sessions:
+            self.session_gone_at[session_id] = now
+        cfg = self.cfg
+        self.servers.append(await rpc.serve(_host(cfg.MATOCL_LISTEN_HOST), cfg.MATOCL_LISTEN_PORT,
+                                            self.on_client, "client", on_close=self.on_client_close))
+        self.servers.append(await rpc.serve(_host(cfg.MATOCS_LISTEN_HOST), cfg.MATOCS_LISTEN_PORT,
+                                            self.on_chunkserver, "chunkserver",
+                                            on_close=self.on_chunkserver_close))
+        log.info("listening for clients on %s:%d, chunkservers on %s:%d",
+                 cfg.MATOCL_LISTEN_HOST, cfg.MATOCL_LISTEN_PORT, cfg.MATOCS_LISTEN_HOST,
+                 cfg.MATOCS_LISTEN_PORT)
+        background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop()]
+        workers = [asyncio.create_task(c) for c in background]
+        ready()
+        try:
+            await asyncio.Future()
+        finally:
+            for w in workers:
+                w.cancel()
+            for server in self.servers:
+                server.close()
+            log.info("writing final checkpoint")
+            self.store.close(checkpoint=True)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def checkpoint_loop(self) -> None:
+        period = self.cfg.METADATA_SAVE_FREQ * 3600
+        while True:
+            await asyncio.sleep(period)
+            await self.store.checkpoint()
+
+    async def session_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(10.0, max(0.5, self.cfg.SESSION_SUSTAIN_TIME / 4)))
+            now = time.monotonic()
+            for session_id, gone_at in list(self.session_gone_at.items()):
+                if now - gone_at >= self.cfg.SESSION_SUSTAIN_TIME and session_id in self.ns.sessions:
+                    log.info("session %s expired", session_id.hex())
+                    del self.session_gone_at[session_id]
+                    self.store.change(CloseSession(session_id), time.time_ns())
+                    self.run_effects()
+
+    # ------------------------------------------------------------ clients
+
+    def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if isinstance(msg, m.MetaRequest):
+            self.handle_op(conn, msg)
+        elif isinstance(msg, m.RegisterSession):
+            self.register_session(conn, msg)
+        else:
+            conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on client port"))
+
+    def on_client_close(self, conn: rpc.Connection) -> None:
+        self.locks.release_owner(conn)
+        session_id = conn.context
+        if session_id is not None and self.session_links.get(session_id) is conn:
+            del self.session_links[session_id]
+            self.session_gone_at[session_id] = time.monotonic()
+
+    def register_session(self, conn: rpc.Connection, msg: m.RegisterSession) -> None:
+        session_id = msg.session
+        if not session_id:
+            session_id = secrets.token_bytes(16)
+            _, version = self.store.change(OpenSession(session_id, msg.info[:200]), time.time_ns())
+        elif session_id not in self.ns.sessions:
+            conn.send(m.SessionReply(msg.req, BAD_SESSION, b""))
+            return
+        else:
+            version = self.ns.version
+        old = self.session_links.get(session_id)
+        if old is not None and old is not conn:
+            old.context = None
+        conn.context = session_id
+        self.session_links[session_id] = conn
+        self.session_gone_at.pop(session_id, None)
+        reply = m.SessionReply(msg.req, 0, session_id)
+        self.store.when_durable(version, lambda: self._send(conn, reply))
+
+    @staticmethod
+    def _send(conn: rpc.Connection, msg: m.Msg) -> None:
+        if conn.is_open:
+            conn.send(msg)
+
+    def handle_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
+        op = msg.op
+        try:
+            if msg.session not in self.ns.sessions:
+                raise FsError(BAD_SESSION, "unknown session: register first")
+            if op.READ_ONLY:
+                conn.send(m.MetaReply(msg.req, 0, self.query(op)))
+                return
+            if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
+                self.spawn(self.chunk_op(conn, msg))
+                return
+            done, result = self.ns.duplicate_result(msg.session, msg.seq)
+            if done:
+                version = self.ns.version
+            else:
+                result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+                self.run_effects()
+            reply = m.MetaReply(msg.req, 0, result)
+            self.store.when_durable(version, lambda: self._send(conn, reply))
+        except FsError as e:
+            conn.send(m.Error(msg.req, e.status, e.detail))
+
+    def query(self, op: m.Op) -> m.Result | None:
+        if isinstance(op, m.ReadChunk):
+            return self.read_chunk(op.inode, op.index)
+        if isinstance(op, m.FileChunks):
+            return self.file_chunks(op.inode)
+        if isinstance(op, m.StatFs):
+            total, used = self.registry.totals()
+            return m.StatFsOut(total, max(0, total - used), used, len(self.ns.nodes))
+        if isinstance(op, m.ClusterInfo):
+            return m.JsonOut(json.dumps(self.cluster_info()))
+        return self.ns.query(op)
+
+    def read_chunk(self, inode: int, index: int) -> m.ChunkOut:
+        node = self.ns.file(inode)
+        chunk = self.ns.chunk_of(inode, index)
+        if chunk is None:
+            return m.ChunkOut(0, 0, node.length, [])
+        servers = self.registry.valid_servers(chunk.chunk_id, chunk.version)
+        return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [s.addr for s in servers])
+
+    def file_chunks(self, inode: int) -> m.FileChunksOut:
+        node = self.ns.file(inode)
+        out = []
+        for index, chunk_id in enumerate(node.chunks):
+            if not chunk_id:
+                continue
+            chunk = self.ns.chunks[chunk_id]
+            copies = []
+            for cs_id, copy in self.registry.holders(chunk_id).items():
+                server = self.registry.servers.get(cs_id)
+                if server is not None:
+                    copies.append(m.ChunkCopy(server.addr, copy.version,
+                                              copy.valid and copy.version == chunk.version))
+            out.append(m.ChunkDesc(index, chunk_id, chunk.version, copies))
+        return m.FileChunksOut(out)
+
+    def cluster_info(self) -> dict:
+        ns = self.ns
+        copies_hist: dict[int, int] = {}
+        undergoal = 0
+        for chunk in ns.chunks.values():
+            n = len(self.registry.valid_servers(chunk.chunk_id, chunk.version))
+            copies_hist[n] = copies_hist.get(n, 0) + 1
+        total, used = self.registry.totals()
+        return {
+            "metadata_version": ns.version,
+            "inodes": len(ns.nodes),
+            "chunks": len(ns.chunks),
+            "sessions": len(ns.sessions),
+            "total_bytes": total,
+            "used_bytes": used,
+            "missing_chunks": copies_hist.get(0, 0),
+            "endangered_chunks": copies_hist.get(1, 0),
+            "chunks_by_copies": {str(k): v for k, v in sorted(copies_hist.items())},
+            "undergoal_chunks": undergoal,
+            "last_checkpoint_version": self.store.last_checkpoint_version,
+            "chunkservers": [
+                {"id": s.cs_id.hex(), "address": s.name, "connected": s.connected,
+                 "total_bytes": s.total_bytes, "used_bytes": s.used_bytes,
+                 "chunks": s.chunk_count}
+                for s in self.registry.servers.values()
+            ],
+            "masters": [
+                {"address": f"{self.cfg.MATOCL_LISTEN_HOST}:{self.cfg.MATOCL_LISTEN_PORT}",
+                 "state": "LEADER", "metadata_version": ns.version, "term": 0,
+                 "uptime_s": round(time.time() - self.started_at)}
+            ],
+        }
+
+    # ------------------------------------------------------------ chunk operations
+
+    async def chunk_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
+        op = msg.op
+        try:
+            if isinstance(op, m.WriteChunk):
+                result = await self.write_chunk(conn, msg)
+            elif isinstance(op, m.WriteChunkEnd):
+                result = await self.write_chunk_end(conn, msg)
+            else:
+                result = await self.truncate(conn, msg)
+            self._send(conn, m.MetaReply(msg.req, 0, result))
+        except FsError as e:
+            self._send(conn, m.Error(msg.req, e.status, e.detail))
+        except (rpc.ConnectionClosed, asyncio.CancelledError):
+            pass
+        except Exception as e:
+            log.exception("chunk operation %s failed", type(op).__name__)
+            self._send(conn, m.Error(msg.req, errno.EIO, str(e)))
+
+    async def write_chunk(self, conn: rpc.Connection, msg: m.MetaRequest) -> m.ChunkOut:
+        op: m.WriteChunk = msg.op
+        self.ns.file(op.inode)  # fail fast before waiting for the lock
+        key = (op.inode, op.index)
+        await self.locks.acquire(key, conn)
+        try:
+            node = self.ns.file(op.inode)
+            chunk = self.ns.chunk_of(op.inode, op.index)
+            if chunk is None:
+                targets = self.registry.choose_servers(node.goal)
+                if not targets:
+                    raise FsError(NO_SERVERS, "no chunkserver with free space")
+            else:
+                targets = self.registry.valid_servers(chunk.chunk_id, chunk.version)
+                if not targets:
+                    raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X} has no valid copy")
+            result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+            await self.store.wait_durable(version)
+            if chunk is None:
+                cmd = lambda s: m.CreateChunk(result.chunk_id, result.version)
+            else:
+                cmd = lambda s: m.SetChunkVersion(result.chunk_id, result.version - 1, result.version)
+            done = await self.command_all(targets, cmd)
+            chain = []
+            for server, ok in zip(targets, done):
+                if ok:
+                    self.registry.set_copy(result.chunk_id, server.cs_id, result.version)
+                    chain.append(server.addr)
+                else:
+                    self.registry.drop_copy(result.chunk_id, server.cs_id)
+            if not chain:
+                raise FsError(errno.EIO, f"no chunkserver accepted chunk {result.chunk_id:016X}")
+            return m.ChunkOut(result.chunk_id, result.version, node.length, chain)
+        except BaseException:
+            self.locks.release(key)
+            raise
+
+    async def write_chunk_end(self, conn: rpc.Connection, msg: m.MetaRequest):
+        op: m.WriteChunkEnd = msg.op
+        key = (op.inode, op.index)
+        try:
+            chunk = self.ns.chunk_of(op.inode, op.index)
+            if chunk is None or chunk.chunk_id != op.chunk_id:
+                raise FsError(errno.ESTALE, "chunk changed while written")
+            result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+            await self.store.wait_durable(version)
+            return result
+        finally:
+            if self.locks.held_by(key) is conn:
+                self.locks.release(key)
+
+    async def truncate(self, conn: rpc.Connection, msg: m.MetaRequest):
+        op: m.Truncate = msg.op
+        node = self.ns.file(op.inode)
+        key = (op.inode, op.length // CHUNK_SIZE)
+        locked = op.length < node.length and op.length % CHUNK_SIZE
+        if locked:
+            await self.locks.acquire(key, conn)
+        try:
+            done, result = self.ns.duplicate_result(msg.session, msg.seq)
+            if done:
+                return result
+            result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+            await self.store.wait_durable(version)
+            await self.run_effects()
+            return result
+        finally:
+            if locked:
+                self.locks.release(key)
+
+    def run_effects(self):
+        """Carry out the chunkserver side of applied changes. Deletions run in the
+        background; returns an awaitable for the truncations (callers that reply after
+        them await it)."""
+        effects, self.ns.effects = self.ns.effects, []
+        truncations = []
+        for effect in effects:
+            if isinstance(effect, DeleteChunkEffect):
+                versions = {cs_id: copy.version for cs_id, copy
+                            in self.registry.holders(effect.chunk_id).items()}
+                self.registry.copies.pop(effect.chunk_id, None)
+                servers = [self.registry.servers[c] for c in versions if c in self.registry.servers]
+                if servers:
+                    self.spawn(self.command_all(servers, lambda s, e=effect, v=versions:
+                                                m.DeleteChunk(e.chunk_id, v[s.cs_id])))
+            elif isinstance(effect, TruncateChunkEffect):
+                truncations.append(self.truncate_chunk(effect))
+        return asyncio.gather(*truncations)
+
+    async def truncate_chunk(self, effect: TruncateChunkEffect) -> None:
+        servers = self.registry.valid_servers(effect.chunk_id, effect.version)
+        done = await self.command_all(servers, lambda s: m.TruncateChunk(
+            effect.chunk_id, effect.version, effect.new_version, effect.length))
+        for server, ok in zip(servers, done):
+            if ok:
+                self.registry.set_copy(effect.chunk_id, server.cs_id, effect.new_version)
+            else:
+                self.registry.drop_copy(effect.chunk_id, server.cs_id)
+
+    async def command_all(self, servers, make_cmd) -> list[bool]:
+        """Send a command to each server at once; True where it succeeded."""
+
+        async def one(server) -> bool:
+            link = server.link
+            if link is None or not link.is_open:
+                return False
+            try:
+                await link.call(m.CsCommand, command=make_cmd(server),
+                                timeout=self.cfg.CS_COMMAND_TIMEOUT)
+                return True
+            except FsError as e:
+                log.warning("chunkserver %s refused %s: %s", server.name,
+                            type(make_cmd(server)).__name__, e)
+            except (rpc.ConnectionClosed, asyncio.TimeoutError, OSError) as e:
+                log.warning("chunkserver %s did not answer %s: %r", server.name,
+                            type(make_cmd(server)).__name__, e)
+            return False
+
+        return list(await asyncio.gather(*(one(s) for s in servers)))
+
+    # ------------------------------------------------------------ chunkservers
+
+    def on_chunkserver(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if isinstance(msg, m.CsRegister):
+            self.register_chunkserver(conn, msg)
+            return
+        cs_id = conn.context
+        if cs_id is None:
+            conn.protocol_error(ValueError(f"{type(msg).__name__} before registration"))
+        elif isinstance(msg, m.CsSpace):
+            self.registry.space(cs_id, msg.total_bytes, msg.used_bytes, msg.chunk_count)
+        elif isinstance(msg, m.CsChunkDamaged):
+            server = self.registry.servers.get(cs_id)
+            log.warning("chunkserver %s reports damaged copy of chunk %016X (version %d)",
+                        server.name if server else cs_id.hex(), msg.chunk_id, msg.version)
+            self.registry.mark_damaged(msg.chunk_id, cs_id)
+        else:
+            conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on chunkserver port"))
+
+    def register_chunkserver(self, conn: rpc.Connection, msg: m.CsRegister) -> None:
+        if len(msg.cs_id) != 16:
+            conn.protocol_error(ValueError("chunkserver id must be 16 bytes"))
+            return
+        old = self.registry.servers.get(msg.cs_id)
+        if old is not None and old.link is not None and old.link is not conn:
+            old.link.context = None
+            old.link.close()
+        server = self.registry.register(msg.cs_id, (msg.host, msg.port), msg.chunks,
+                                        msg.total_bytes, msg.used_bytes, conn)
+        conn.context = msg.cs_id
+        conn.send(m.Ok(msg.req))
+        orphans, stale = [], 0
+        for chunk_id, version in msg.chunks:
+            chunk = self.ns.chunks.get(chunk_id)
+            if chunk is None:
+                orphans.append((chunk_id, version))
+                self.registry.drop_copy(chunk_id, msg.cs_id)
+            elif version != chunk.version:
+                stale += 1
+        log.info("chunkserver %s registered (id %s, %d chunks, %d stale, %d unknown)",
+                 server.name, msg.cs_id.hex(), len(msg.chunks), stale, len(orphans))
+        if orphans:
+            self.spawn(self._delete_orphans(server, orphans))
+
+    async def _delete_orphans(self, server, orphans: list[tuple[int, int]]) -> None:
+        """Delete copies of chunks the metadata does not know (their file is gone)."""
+        for chunk_id, version in orphans:
+            if chunk_id in self.ns.chunks:  # created meanwhile
+                continue
+            await self.command_all([server], lambda s: m.DeleteChunk(chunk_id, version))
+
+    def on_chunkserver_close(self, conn: rpc.Connection) -> None:
+        cs_id = conn.context
+        if cs_id is not None:
+            server = self.registry.servers.get(cs_id)
+            if server is not None and server.link is conn:
+                log.warning("chunkserver %s disconnected", server.name)
+                self.registry.disconnect(cs_id, time.monotonic())
+
+
+async def serve(cfg, ready) -> None:
+    await MasterServer(cfg).run(ready)
