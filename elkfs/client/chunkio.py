@@ -1,0 +1,168 @@
+"""Data transfer between a client and chunkservers.
+
+Reads: a range of one chunk is read from one copy in pieces of `READ_PIECE` bytes, all
+requested at once on one connection (pipelined), so a large read keeps the link busy. A
+copy that fails (down, CRC error, wrong version) is skipped and the next copy is tried.
+
+Writes: a `ChunkWriter` holds one write session with the first chunkserver of the chain
+(which forwards to the others). Data goes out in frames of at most `WRITE_PIECE` bytes
+with up to `WINDOW` bytes unacknowledged, so the chain streams at full speed. Every byte
+written in the session is kept until the session ends well, so a failed chain can be
+replayed in full on a new chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+
+from ..proto import messages as m
+from ..proto import rpc
+from ..proto.errors import FsError
+
+log = logging.getLogger("elkfs.client")
+
+READ_PIECE = 1 << 20
+WRITE_PIECE = 1 << 20
+WINDOW = 16 << 20
+CONNECT_TIMEOUT = 5.0
+IO_TIMEOUT = 60.0
+
+
+class ConnectionPool:
+    """Idle connections to chunkservers, reused for reads."""
+
+    def __init__(self, per_server: int = 4):
+        self.per_server = per_server
+        self.idle: dict[m.Addr, list[rpc.Connection]] = {}
+
+    async def get(self, addr: m.Addr) -> rpc.Connection:
+        conns = self.idle.get(addr)
+        while conns:
+            conn = conns.pop()
+            if conn.is_open:
+                return conn
+        return await rpc.connect(addr[0], addr[1], name="chunkserver", timeout=CONNECT_TIMEOUT)
+
+    def put(self, addr: m.Addr, conn: rpc.Connection) -> None:
+        if not conn.is_open:
+            return
+        conns = self.idle.setdefault(addr, [])
+        if len(conns) < self.per_server:
+            conns.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()
+
+
+async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: int,
+                    offset: int, size: int, out: memoryview) -> None:
+    """Read `size` bytes at `offset` of a chunk from one chunkserver into `out`."""
+    conn = await pool.get(addr)
+    ok = False
+    try:
+        futures = []
+        pos = 0
+        while pos < size:
+            piece = min(READ_PIECE, size - pos)
+            msg = m.ReadReq(conn.next_req(), chunk_id, version, offset + pos, piece)
+            futures.append((pos, piece, conn.start_call(msg)))
+            pos += piece
+        for pos, piece, fut in futures:
+            reply, data = await asyncio.wait_for(fut, IO_TIMEOUT)
+            if isinstance(reply, m.Error):
+                raise FsError(reply.status, reply.detail)
+            if reply.status != 0:
+                raise FsError(reply.status, f"read from {addr[0]}:{addr[1]}")
+            got = len(data) if data is not None else 0
+            if got != piece:
+                raise FsError(errno.EIO, f"short read from {addr[0]}:{addr[1]}: {got} of {piece}")
+            out[pos:pos + piece] = data
+        ok = True
+    finally:
+        if ok:
+            pool.put(addr, conn)
+        else:
+            conn.close()
+
+
+async def read_chunk(pool: ConnectionPool, locations: list[m.Addr], chunk_id: int,
+                     version: int, offset: int, size: int, out: memoryview) -> None:
+    """Read from the first copy that works; raise the last error if none does."""
+    last: Exception | None = None
+    for addr in locations:
+        try:
+            await read_from(pool, addr, chunk_id, version, offset, size, out)
+            return
+        except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+            log.info("read of chunk %016X from %s:%d failed: %s", chunk_id, addr[0], addr[1], e)
+            last = e
+    raise FsError(errno.EIO, f"no copy of chunk {chunk_id:016X} could be read: {last}")
+
+
+class ChunkWriter:
+    """One write session on a chain of chunkservers."""
+
+    def __init__(self, chain: list[m.Addr], chunk_id: int, version: int):
+        self.chain = chain
+        self.chunk_id = chunk_id
+        self.version = version
+        self.conn: rpc.Connection | None = None
+        self.inflight: list[tuple[int, asyncio.Future]] = []
+        self.inflight_bytes = 0
+        self.error: Exception | None = None
+
+    async def open(self) -> None:
+        head = self.chain[0]
+        self.conn = await rpc.connect(head[0], head[1], name="chunkserver", timeout=CONNECT_TIMEOUT)
+        await self.conn.call(m.WriteInit, chunk_id=self.chunk_id, version=self.version,
+                             chain=list(self.chain[1:]), timeout=IO_TIMEOUT)
+
+    async def write(self, offset: int, data) -> None:
+        """Queue `data` at `offset` (within the chunk); waits only when the window is full."""
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            piece = view[pos:pos + WRITE_PIECE]
+            while self.inflight_bytes + len(piece) > WINDOW and self.inflight:
+                await self._settle_oldest()
+            msg = m.WriteData(self.conn.next_req(), offset + pos)
+            self.inflight.append((len(piece), self.conn.start_call(msg, piece)))
+            self.inflight_bytes += len(piece)
+            pos += len(piece)
+
+    async def _settle_oldest(self) -> None:
+        size, fut = self.inflight.pop(0)
+        self.inflight_bytes -= size
+        reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+        if isinstance(reply, m.Error):
+            raise FsError(reply.status, reply.detail)
+        if reply.status != 0:
+            raise FsError(reply.status, "chunkserver write failed")
+
+    async def finish(self, sync: bool) -> None:
+        """Wait for every write to be acknowledged by the whole chain, end the session."""
+        try:
+            while self.inflight:
+                await self._settle_oldest()
+            await self.conn.call(m.WriteEnd, sync=sync, timeout=IO_TIMEOUT)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for _, fut in self.inflight:
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()  # mark retrieved
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

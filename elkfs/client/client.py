@@ -1,0 +1,481 @@
+"""The ElkFS client library: an async API over the master and the chunkservers.
+
+    client = await Client.connect("127.0.1.10", 9421)
+    await client.mkdir("/photos")
+    f = await client.create("/photos/a.jpg")
+    await f.write(0, data); await f.close()
+
+Metadata goes to the master (`MasterLink`), data straight to and from chunkservers
+(`chunkio`). Paths are resolved with `Lookup` from the root; the inode-level methods
+(`op`, `open_inode`) are what the FUSE mount uses.
+
+Writes are streamed: a `File` keeps one chunk open for writing (`WriteChunk` at the master,
+a write session on the chain) while the application writes into it sequentially; small
+writes are coalesced into pieces of up to 1 MiB. The chunk is closed (`WriteChunkEnd`,
+which records the new length) when the writer moves to another chunk, reads, flushes,
+fsyncs or closes. If the chain fails mid-write, the chunk is reopened (new version, the
+copies still alive) and everything written in the session is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+import time
+
+from ..proto import messages as m
+from ..proto import rpc
+from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
+from .chunkio import ChunkWriter, ConnectionPool, read_chunk
+from .master_link import DEFAULT_MASTER_PORT, MasterLink
+
+log = logging.getLogger("elkfs.client")
+
+CHUNK_SIZE = 64 << 20
+ROOT = 1
+COALESCE = 1 << 20
+
+
+class Client:
+    def __init__(self, link: MasterLink, io_retry_s: float = 30.0):
+        self.link = link
+        self.pool = ConnectionPool()
+        self.io_retry_s = io_retry_s
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+
+    @classmethod
+    async def connect(cls, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
+                      retry_s: float = 30.0) -> "Client":
+        link = MasterLink(host, port, info or f"elkfs client pid {os.getpid()}", retry_s)
+        await link.connect()
+        return cls(link, retry_s)
+
+    async def close(self) -> None:
+        self.pool.close()
+        await self.link.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    # ------------------------------------------------------------ inode level
+
+    async def op(self, op: m.Op):
+        return await self.link.request(op)
+
+    async def lookup(self, parent: int, name: bytes) -> m.Attr:
+        return (await self.op(m.Lookup(parent, name))).attr
+
+    async def getattr_inode(self, inode: int) -> m.Attr:
+        return (await self.op(m.GetAttr(inode))).attr
+
+    async def readdir_inode(self, inode: int) -> list[m.DirEntry]:
+        entries: list[m.DirEntry] = []
+        offset = 0
+        while offset >= 0:
+            out = await self.op(m.ReadDir(inode, offset, 1000))
+            entries.extend(out.entries)
+            offset = out.next_offset
+        return entries
+
+    def open_inode(self, inode: int) -> "File":
+        return File(self, inode)
+
+    # ------------------------------------------------------------ paths
+
+    @staticmethod
+    def _split(path: str) -> list[bytes]:
+        return [os.fsencode(p) for p in path.split("/") if p and p != "."]
+
+    async def resolve(self, path: str) -> m.Attr:
+        attr = await self.getattr_inode(ROOT)
+        for part in self._split(path):
+            attr = await self.lookup(attr.inode, part)
+        return attr
+
+    async def _parent(self, path: str) -> tuple[int, bytes]:
+        parts = self._split(path)
+        if not parts:
+            raise FsError(errno.EINVAL, "the root has no parent")
+        inode = ROOT
+        for part in parts[:-1]:
+            inode = (await self.lookup(inode, part)).inode
+        return inode, parts[-1]
+
+    async def stat(self, path: str) -> m.Attr:
+        return await self.resolve(path)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.resolve(path)
+            return True
+        except FsError as e:
+            if e.status == errno.ENOENT:
+                return False
+            raise
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> m.Attr:
+        parent, name = await self._parent(path)
+        return (await self.op(m.Mkdir(parent, name, mode, self.uid, self.gid))).attr
+
+    async def makedirs(self, path: str, mode: int = 0o755) -> m.Attr:
+        inode = ROOT
+        attr = await self.getattr_inode(ROOT)
+        for part in self._split(path):
+            try:
+                attr = await self.lookup(inode, part)
+            except FsError as e:
+                if e.status != errno.ENOENT:
+                    raise
+                attr = (await self.op(m.Mkdir(inode, part, mode, self.uid, self.gid))).attr
+            inode = attr.inode
+        return attr
+
+    async def mknod(self, path: str, mode: int, rdev: int = 0) -> m.Attr:
+        parent, name = await self._parent(path)
+        return (await self.op(m.Mknod(parent, name, mode, self.uid, self.gid, rdev))).attr
+
+    async def create(self, path: str, mode: int = 0o644, exclusive: bool = False) -> "File":
+        """Create (or, unless `exclusive`, truncate) a regular file and open it."""
+        parent, name = await self._parent(path)
+        try:
+            attr = (await self.op(m.Mknod(parent, name, stat.S_IFREG | mode, self.uid,
+                                          self.gid))).attr
+        except FsError as e:
+            if e.status != errno.EEXIST or exclusive:
+                raise
+            attr = await self.lookup(parent, name)
+            if stat.S_ISDIR(attr.mode):
+                raise FsError(errno.EISDIR) from None
+            await self.op(m.Truncate(attr.inode, 0))
+        return await self._opened(attr.inode)
+
+    async def open(self, path: str) -> "File":
+        attr = await self.resolve(path)
+        if stat.S_ISDIR(attr.mode):
+            raise FsError(errno.EISDIR)
+        return await self._opened(attr.inode)
+
+    async def _opened(self, inode: int) -> "File":
+        await self.op(m.Acquire(inode))
+        f = File(self, inode)
+        f.acquired = True
+        return f
+
+    async def listdir(self, path: str) -> list[str]:
+        attr = await self.resolve(path)
+        return [os.fsdecode(e.name) for e in await self.readdir_inode(attr.inode)]
+
+    async def readdir(self, path: str) -> list[m.DirEntry]:
+        return await self.readdir_inode((await self.resolve(path)).inode)
+
+    async def unlink(self, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self.op(m.Unlink(parent, name))
+
+    async def rmdir(self, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self.op(m.Rmdir(parent, name))
+
+    async def rename(self, src: str, dst: str, flags: int = 0) -> None:
+        sp, sn = await self._parent(src)
+        dp, dn = await self._parent(dst)
+        await self.op(m.Rename(sp, sn, dp, dn, flags))
+
+    async def link(self, src: str, dst: str) -> m.Attr:
+        inode = (await self.resolve(src)).inode
+        parent, name = await self._parent(dst)
+        return (await self.op(m.Link(inode, parent, name))).attr
+
+    async def symlink(self, target: str, path: str) -> m.Attr:
+        parent, name = await self._parent(path)
+        return (await self.op(m.Symlink(parent, name, os.fsencode(target), self.uid,
+                                        self.gid))).attr
+
+    async def readlink(self, path: str) -> str:
+        parent, name = await self._parent(path)
+        attr = await self.lookup(parent, name)
+        return os.fsdecode((await self.op(m.ReadLink(attr.inode))).value)
+
+    async def setattr(self, path: str, **fields) -> m.Attr:
+        inode = (await self.resolve(path)).inode
+        return (await self.op(m.SetAttr(inode, **fields))).attr
+
+    async def chmod(self, path: str, mode: int) -> m.Attr:
+        return await self.setattr(path, valid=m.SET_MODE, mode=mode)
+
+    async def chown(self, path: str, uid: int, gid: int) -> m.Attr:
+        return await self.setattr(path, valid=m.SET_UID | m.SET_GID, uid=uid, gid=gid)
+
+    async def utime(self, path: str, atime_ns: int, mtime_ns: int) -> m.Attr:
+        return await self.setattr(path, valid=m.SET_ATIME | m.SET_MTIME, atime_ns=atime_ns,
+                                  mtime_ns=mtime_ns)
+
+    async def truncate(self, path: str, length: int) -> m.Attr:
+        inode = (await self.resolve(path)).inode
+        return (await self.op(m.Truncate(inode, length))).attr
+
+    async def setxattr(self, path: str, name: bytes, value: bytes, flags: int = 0) -> None:
+        inode = (await self.resolve(path)).inode
+        await self.op(m.SetXattr(inode, name, value, flags))
+
+    async def getxattr(self, path: str, name: bytes) -> bytes:
+        inode = (await self.resolve(path)).inode
+        return (await self.op(m.GetXattr(inode, name))).value
+
+    async def listxattr(self, path: str) -> list[bytes]:
+        inode = (await self.resolve(path)).inode
+        return (await self.op(m.ListXattr(inode))).names
+
+    async def removexattr(self, path: str, name: bytes) -> None:
+        inode = (await self.resolve(path)).inode
+        await self.op(m.RemoveXattr(inode, name))
+
+    async def statfs(self) -> m.StatFsOut:
+        return await self.op(m.StatFs())
+
+    async def setgoal(self, path: str, goal: int, recursive: bool = False) -> m.Attr:
+        inode = (await self.resolve(path)).inode
+        return (await self.op(m.SetGoal(inode, goal, recursive))).attr
+
+    async def getgoal(self, path: str) -> int:
+        return (await self.resolve(path)).goal
+
+    async def fileinfo(self, path: str) -> list[m.ChunkDesc]:
+        inode = (await self.resolve(path)).inode
+        return (await self.op(m.FileChunks(inode))).chunks
+
+    async def cluster_info(self) -> dict:
+        import json
+
+        return json.loads((await self.op(m.ClusterInfo())).text)
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        f = await self.create(path, mode)
+        try:
+            await f.write(0, data)
+        finally:
+            await f.close()
+
+    async def read_file(self, path: str) -> bytes:
+        f = await self.open(path)
+        try:
+            length = (await self.getattr_inode(f.inode)).size
+            return await f.read(0, length)
+        finally:
+            await f.close()
+
+
+class _OpenChunk:
+    """The chunk a File is writing into: its chain session and everything sent to it."""
+
+    def __init__(self, index: int, chunk: m.ChunkOut, writer: ChunkWriter):
+        self.index = index
+        self.chunk = chunk
+        self.writer = writer
+        self.sent: list[tuple[int, bytes]] = []  # (offset in chunk, data), for replays
+        self.end = 0  # highest byte written, relative to the chunk
+        self.pending_off = 0
+        self.pending = bytearray()
+
+
+class File:
+    """An open regular file. Not safe for concurrent writers within one File; use one
+    File per writer (the master serialises writers of one chunk)."""
+
+    def __init__(self, client: Client, inode: int):
+        self.client = client
+        self.inode = inode
+        self.acquired = False
+        self._open: _OpenChunk | None = None
+        self._lock = asyncio.Lock()
+        self._locations: dict[int, m.ChunkOut] = {}
+
+    # ------------------------------------------------------------ writing
+
+    async def write(self, offset: int, data) -> int:
+        if offset < 0:
+            raise FsError(errno.EINVAL)
+        data = bytes(data) if not isinstance(data, bytes) else data
+        async with self._lock:
+            pos = 0
+            while pos < len(data):
+                index, in_chunk = divmod(offset + pos, CHUNK_SIZE)
+                take = min(len(data) - pos, CHUNK_SIZE - in_chunk)
+                oc = await self._chunk_for_write(index)
+                await self._queue(oc, in_chunk, data[pos:pos + take])
+                pos += take
+        return len(data)
+
+    async def _chunk_for_write(self, index: int) -> _OpenChunk:
+        if self._open is not None and self._open.index == index:
+            return self._open
+        await self._close_chunk(sync=False)
+        self._open = await self._open_chunk(index)
+        return self._open
+
+    async def _open_chunk(self, index: int) -> _OpenChunk:
+        deadline = time.monotonic() + self.client.io_retry_s
+        delay = 0.1
+        while True:
+            try:
+                chunk = await self.client.op(m.WriteChunk(self.inode, index))
+                writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version)
+                try:
+                    await writer.open()
+                except BaseException:
+                    writer.close()
+                    await self._end_chunk(index, chunk.chunk_id, 0)
+                    raise
+                self._locations.pop(index, None)
+                return _OpenChunk(index, chunk, writer)
+            except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                retriable = not isinstance(e, FsError) or e.status in (
+                    errno.EIO, CHUNK_LOCKED, NO_SERVERS, errno.ETIMEDOUT) or e.status >= 1000
+                if not retriable or time.monotonic() + delay > deadline:
+                    if isinstance(e, FsError):
+                        raise
+                    raise FsError(errno.EIO, f"cannot open chunk {index} for writing: {e}") from None
+                log.info("opening chunk %d of inode %d for writing failed (%s); retrying",
+                         index, self.inode, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _end_chunk(self, index: int, chunk_id: int, length: int) -> m.Attr:
+        return (await self.client.op(m.WriteChunkEnd(self.inode, index, chunk_id, length))).attr
+
+    async def _queue(self, oc: _OpenChunk, offset: int, data: bytes) -> None:
+        if oc.pending and offset == oc.pending_off + len(oc.pending) \
+                and len(oc.pending) + len(data) <= COALESCE:
+            oc.pending += data
+            return
+        await self._send_pending(oc)
+        if len(data) >= COALESCE:
+            await self._send(oc, offset, data)
+        else:
+            oc.pending_off = offset
+            oc.pending = bytearray(data)
+
+    async def _send_pending(self, oc: _OpenChunk) -> None:
+        if oc.pending:
+            data, oc.pending = bytes(oc.pending), bytearray()
+            await self._send(oc, oc.pending_off, data)
+
+    async def _send(self, oc: _OpenChunk, offset: int, data: bytes) -> None:
+        oc.sent.append((offset, data))
+        oc.end = max(oc.end, offset + len(data))
+        try:
+            await oc.writer.write(offset, data)
+        except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+            await self._recover(oc, e)
+
+    async def _recover(self, oc: _OpenChunk, error: Exception) -> None:
+        """The chain failed: reopen the chunk (new version, surviving copies) and send
+        everything written in this session again."""
+        log.warning("write to chunk %016X failed (%s); replaying on a new chain",
+                    oc.chunk.chunk_id, error)
+        oc.writer.close()
+        await self._end_chunk(oc.index, oc.chunk.chunk_id, 0)
+        fresh = await self._open_chunk(oc.index)
+        oc.chunk, oc.writer = fresh.chunk, fresh.writer
+        for offset, data in oc.sent:
+            await oc.writer.write(offset, data)
+
+    async def _close_chunk(self, sync: bool) -> None:
+        oc = self._open
+        if oc is None:
+            return
+        for attempt in range(5):
+            try:
+                await self._send_pending(oc)
+                await oc.writer.finish(sync)
+                break
+            except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                if attempt == 4:
+                    self._open = None
+                    raise FsError(errno.EIO, f"write failed: {e}") from None
+                await self._recover(oc, e)
+        self._open = None
+        await self._end_chunk(oc.index, oc.chunk.chunk_id, oc.index * CHUNK_SIZE + oc.end
+                              if oc.end else 0)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await self._close_chunk(sync=False)
+
+    async def fsync(self) -> None:
+        async with self._lock:
+            await self._close_chunk(sync=True)
+
+    # ------------------------------------------------------------ reading
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise FsError(errno.EINVAL)
+        async with self._lock:
+            await self._close_chunk(sync=False)
+        if size == 0:
+            return b""
+        first = await self._chunk_for_read(offset // CHUNK_SIZE, refresh=True)  # fresh length
+        length = first.file_length
+        if offset >= length:
+            return b""
+        size = min(size, length - offset)
+        out = bytearray(size)
+        view = memoryview(out)
+        pos = 0
+        jobs = []
+        while pos < size:
+            index, in_chunk = divmod(offset + pos, CHUNK_SIZE)
+            take = min(size - pos, CHUNK_SIZE - in_chunk)
+            jobs.append(self._read_piece(index, in_chunk, take, view[pos:pos + take]))
+            pos += take
+        await asyncio.gather(*jobs)
+        return bytes(out)
+
+    async def _chunk_for_read(self, index: int, refresh: bool) -> m.ChunkOut:
+        chunk = None if refresh else self._locations.get(index)
+        if chunk is None:
+            chunk = await self.client.op(m.ReadChunk(self.inode, index))
+            self._locations[index] = chunk
+        return chunk
+
+    async def _read_piece(self, index: int, offset: int, size: int, out: memoryview) -> None:
+        deadline = time.monotonic() + self.client.io_retry_s
+        delay = 0.1
+        refresh = False
+        while True:
+            chunk = await self._chunk_for_read(index, refresh)
+            if chunk.chunk_id == 0:
+                out[:] = bytes(size)  # a hole reads as zeros
+                return
+            try:
+                if not chunk.locations:
+                    raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X}: no copy available")
+                await read_chunk(self.client.pool, chunk.locations, chunk.chunk_id,
+                                 chunk.version, offset, size, out)
+                return
+            except FsError as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("read of inode %d chunk %d failed (%s); asking the master again",
+                         self.inode, index, e)
+                refresh = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # ------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            if self.acquired:
+                self.acquired = False
+                await self.client.op(m.Release(self.inode))

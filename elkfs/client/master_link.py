@@ -1,0 +1,103 @@
+"""The client's link to the master: one session, requests with retries.
+
+Every change carries the session id and a sequence number; if the connection breaks the
+link reconnects (with bounded backoff, for at most `retry_s` seconds), resumes the same
+session and resends the same (session, seq), which the master answers from its stored
+result instead of applying the change twice. A read-only request is simply resent.
+
+Only after `retry_s` without a master does an operation fail (with EIO), so a master
+restart is invisible to applications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import time
+
+from ..proto import messages as m
+from ..proto import rpc
+from ..proto.errors import BAD_SESSION, FsError
+
+log = logging.getLogger("elkfs.client")
+
+DEFAULT_MASTER_PORT = 9421
+
+
+class MasterLink:
+    def __init__(self, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
+                 retry_s: float = 30.0, request_timeout_s: float = 60.0):
+        self.host = host
+        self.port = port
+        self.info = info
+        self.retry_s = retry_s
+        self.request_timeout_s = request_timeout_s
+        self.session = b""
+        self.conn: rpc.Connection | None = None
+        self._seq = itertools.count(1)
+        self._connecting: asyncio.Task | None = None
+        self.reconnects = 0
+
+    async def connect(self) -> None:
+        await self._ensure_connected(time.monotonic() + self.retry_s)
+
+    async def _ensure_connected(self, deadline: float) -> rpc.Connection:
+        if self.conn is not None and self.conn.is_open:
+            return self.conn
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect_loop(deadline))
+        return await asyncio.shield(self._connecting)
+
+    async def _connect_loop(self, deadline: float) -> rpc.Connection:
+        delay = 0.05
+        last_error: Exception | None = None
+        while True:
+            try:
+                conn = await rpc.connect(self.host, self.port, name="master", timeout=5.0)
+                reply, _ = await conn.call(m.RegisterSession, session=self.session,
+                                           info=self.info, timeout=self.request_timeout_s)
+                if reply.status == BAD_SESSION and self.session:
+                    # The master forgot us (session expired): start a new session.
+                    log.warning("session %s expired on the master; opening a new one",
+                                self.session.hex())
+                    self.session = b""
+                    conn.close()
+                    continue
+                if reply.status != 0:
+                    conn.close()
+                    raise FsError(reply.status, "session registration refused")
+                if self.session and self.conn is not None:
+                    self.reconnects += 1
+                self.session = reply.session
+                self.conn = conn
+                return conn
+            except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                last_error = e
+            if time.monotonic() + delay > deadline:
+                raise FsError(errno.EIO, f"master {self.host}:{self.port} unreachable: {last_error}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def request(self, op: m.Op) -> m.Result | None:
+        seq = 0 if op.READ_ONLY else next(self._seq)
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            conn = await self._ensure_connected(deadline)
+            try:
+                reply, _ = await conn.call(m.MetaRequest, session=self.session, seq=seq, op=op,
+                                           timeout=self.request_timeout_s)
+                return reply.result
+            except (rpc.ConnectionClosed, OSError, asyncio.TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise FsError(errno.EIO, f"master unreachable: {e}") from None
+                log.info("master connection lost (%s); retrying %s", e, type(op).__name__)
+                if conn is self.conn:
+                    conn.close()
+                    self.conn = None
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
