@@ -1,0 +1,701 @@
+"""The chunkserver daemon: the data port (9422) and the link to the master (9420).
+
+Data port, one `Connection` per peer (clients, and upstream chunkservers of a chain):
+
+- `ReadReq` -> `ReadData(status)` + the bytes. A CRC error is answered with status
+  CRC_ERROR (the client reads another copy) and reported to the master (`CsChunkDamaged`).
+- A write session per connection: `WriteInit(chunk, version, chain)` opens the next hop
+  (`chain[0]`, told `chain[1:]`) and answers `Ok` once this copy and the rest of the chain
+  are ready. Each `WriteData(offset)` is forwarded downstream first, then written locally
+  (the local writes of a session run in order, one at a time, in the thread pool, so the
+  disk write overlaps the network), and answered `WriteStatus` once both are done: the
+  first non-zero status of this copy or of the chain. Any number of frames may be in
+  flight. `WriteEnd(sync)` waits for the session's writes, fsyncs when asked, ends the
+  downstream session and answers `Ok` (or the first error the session met).
+- `ChunkInfoReq` -> `ChunkInfoReply(status, version, stored length)`.
+
+Master link: connect (every address the name resolves to, in turn), `CsRegister` with
+the full chunk list, then `CsSpace` every second; `CsCommand`s are executed in arrival
+order (replication runs beside them) and answered `Ok`/`Error`. When the link drops the
+chunkserver reconnects with backoff forever and registers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from elkfs import config as cfgmod
+from elkfs.config import Option, ranged_int
+from elkfs.proto import messages as m
+from elkfs.proto import rpc
+from elkfs.proto.errors import CRC_ERROR, NO_CHUNK, NOT_LEADER, OK, WRONG_VERSION, FsError
+from elkfs.proto.frames import MAX_DATA, FrameError
+
+from . import hddcfg
+from .store import CHUNK_SIZE, ChunkStore
+
+log = logging.getLogger("elkfs.chunkserver")
+
+OPTIONS: dict[str, Option] = {
+    "DATA_PATH": Option("/var/lib/mfs", "str", "lock file, log and the chunkserver id"),
+    "HDD_CONF_FILENAME": Option("/etc/mfs/mfshdd.cfg", "str", "the list of disks"),
+    "CSSERV_LISTEN_HOST": Option("*", "str", "data port address (* = all)"),
+    "CSSERV_LISTEN_PORT": Option(9422, "port", "data port"),
+    "MASTER_HOST": Option("mfsmaster", "str", "master name (every address it resolves to)"),
+    "MASTER_PORT": Option(9420, "port", "master port for chunkservers"),
+    "MASTER_RECONNECTION_DELAY": Option(1.0, "float", "first delay before reconnecting, s"),
+    "MASTER_TIMEOUT": Option(10.0, "float", "how long to wait for the master's replies, s"),
+    "HDD_TEST_SPEED": Option(1.0, "float", "background CRC scrub speed, MB/s (not yet used)"),
+    "WORKERS_MAX": Option(8, ranged_int(1, 256), "disk I/O threads"),
+    "OPEN_CHUNKS_LIMIT": Option(512, ranged_int(4, 1 << 20), "chunk files kept open"),
+}
+
+SPACE_INTERVAL = 1.0
+MAX_RECONNECT_DELAY = 5.0
+INLINE_IO = 128 << 10  # reads/writes up to this size run in the event loop
+REPLICATION_PIECE = 4 << 20
+REPLICATION_WINDOW = 4
+REPLICATIONS_MAX = 4
+CHAIN_TIMEOUT = 10.0
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, FsError):
+        return exc.status
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, (rpc.ConnectionClosed, ConnectionError)):
+        return errno.ECONNRESET
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return errno.ETIMEDOUT
+    return errno.EIO
+
+
+def load_cs_id(data_path: str) -> bytes:
+    """The chunkserver's identity: 16 random bytes made on first start, kept forever."""
+    path = os.path.join(data_path, "csid")
+    try:
+        with open(path, "rb") as f:
+            cs_id = f.read()
+        if len(cs_id) == 16:
+            return cs_id
+        log.warning("%s is damaged (%d bytes); making a new id", path, len(cs_id))
+    except FileNotFoundError:
+        pass
+    cs_id = os.urandom(16)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(cs_id)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    return cs_id
+
+
+class WriteSession:
+    """One write session on one connection (between WriteInit and WriteEnd)."""
+
+    def __init__(self, msg: m.WriteInit):
+        self.chunk_id = msg.chunk_id
+        self.version = msg.version
+        self.chain = msg.chain
+        self.ready = False
+        self.ready_event = asyncio.Event()  # set once ready and the backlog is handled
+        self.closed = False
+        self.init_status = OK
+        self.status = OK  # first error of the session
+        self.down: rpc.Connection | None = None
+        self.backlog: list[tuple[m.WriteData, memoryview | None]] = []
+        self.queue: deque = deque()  # local writes, in order
+        self.wakeup: asyncio.Event = asyncio.Event()
+        self.worker: asyncio.Task | None = None
+        self.inflight: set[asyncio.Future] = set()  # replies not yet sent
+
+    def close(self):
+        self.closed = True
+        self.ready_event.set()
+        if self.worker is not None:
+            self.worker.cancel()
+        if self.down is not None:
+            self.down.close()
+        for _, _, fut in self.queue:
+            if not fut.done():
+                fut.set_result(errno.ECANCELED)
+        self.queue.clear()
+
+
+class ChunkServer:
+    def __init__(self, store: ChunkStore, *, data_path: str, listen_host: str = "*",
+                 listen_port: int = 9422, master_host: str = "mfsmaster",
+                 master_port: int = 9420, reconnect_delay: float = 1.0,
+                 master_timeout: float = 10.0, workers: int = 8, hdd_conf: str | None = None):
+        self.store = store
+        self.data_path = data_path
+        self.listen_host = "0.0.0.0" if listen_host in ("*", "") else listen_host
+        self.listen_port = listen_port
+        self.master_host = master_host
+        self.master_port = master_port
+        self.reconnect_delay = reconnect_delay
+        self.master_timeout = master_timeout
+        self.hdd_conf = hdd_conf
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cs-io")
+        self.cs_id = load_cs_id(data_path)
+        self.server: asyncio.base_events.Server | None = None
+        self.master: rpc.Connection | None = None
+        self.registered = asyncio.Event()
+        self.damaged: set[tuple[int, int]] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._master_task: asyncio.Task | None = None
+        self._commands: asyncio.Queue = asyncio.Queue()
+        self._command_task: asyncio.Task | None = None
+        self._replications = asyncio.Semaphore(REPLICATIONS_MAX)
+        self._conns: set[rpc.Connection] = set()
+
+    @classmethod
+    def from_config(cls, cfg: cfgmod.Config, store: ChunkStore) -> "ChunkServer":
+        return cls(store, data_path=cfg.DATA_PATH, listen_host=cfg.CSSERV_LISTEN_HOST,
+                   listen_port=cfg.CSSERV_LISTEN_PORT, master_host=cfg.MASTER_HOST,
+                   master_port=cfg.MASTER_PORT,
+                   reconnect_delay=cfg.MASTER_RECONNECTION_DELAY,
+                   master_timeout=cfg.MASTER_TIMEOUT, workers=cfg.WORKERS_MAX,
+                   hdd_conf=cfg.HDD_CONF_FILENAME)
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        self.server = await rpc.serve(self.listen_host, self.listen_port, self._on_data,
+                                      "data", on_close=self._on_data_close,
+                                      on_connect=self._conns.add)
+        if self.listen_port == 0:
+            self.listen_port = self.server.sockets[0].getsockname()[1]
+        log.info("data port listening on %s:%d; %d chunks", self.listen_host,
+                 self.listen_port, len(self.store))
+        self._command_task = asyncio.create_task(self._command_worker())
+        self._master_task = asyncio.create_task(self._master_loop())
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for t in (self._master_task, self._command_task, *self._tasks):
+            if t is not None:
+                t.cancel()
+        for conn in list(self._conns):
+            conn.close()
+        if self.master is not None:
+            self.master.close()
+        await asyncio.sleep(0)
+        self.pool.shutdown(wait=True)
+        self.store.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _io(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read mfshdd.cfg; new disks are scanned and added, removal marks
+        updated. Disks that left the file are kept until restart."""
+        if not self.hdd_conf:
+            return
+        try:
+            entries = hddcfg.load(self.hdd_conf)
+        except hddcfg.HddConfigError as e:
+            log.error("reload: %s (disks unchanged)", e)
+            return
+        known = {d.path: d for d in self.store.disks}
+        for entry in entries:
+            disk = known.pop(entry.path, None)
+            if disk is None:
+                d = self.store.add_disk(entry)
+                log.info("reload: added disk %s (%d chunks)", d.path, d.chunk_count)
+            elif disk.marked_for_removal != entry.marked_for_removal:
+                disk.marked_for_removal = entry.marked_for_removal
+                log.info("reload: disk %s %s", disk.path, "marked for removal"
+                         if entry.marked_for_removal else "no longer marked for removal")
+        for path in known:
+            log.warning("reload: disk %s left %s; it stays in use until restart",
+                        path, self.hdd_conf)
+
+    async def _connect(self, host: str, port: int, handler=None, name: str = "",
+                       timeout: float = 5.0) -> rpc.Connection:
+        """Connect from our own address when we listen on one (so per-address firewall
+        rules and the master's view of us match the data port)."""
+        loop = asyncio.get_running_loop()
+        local = None
+        if self.listen_host != "0.0.0.0" and ":" not in self.listen_host:
+            local = (self.listen_host, 0)
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: rpc.Connection(handler, name), host, port,
+                                   local_addr=local), timeout)
+        return conn
+
+    # ------------------------------------------------------------ data port
+
+    def _on_data(self, conn: rpc.Connection, msg: m.Msg, data: memoryview | None) -> None:
+        t = type(msg)
+        if t is m.WriteData:
+            self._write_data(conn, msg, data)
+        elif t is m.ReadReq:
+            self._read(conn, msg)
+        elif t is m.WriteInit:
+            self._write_init(conn, msg)
+        elif t is m.WriteEnd:
+            self._write_end(conn, msg)
+        elif t is m.ChunkInfoReq:
+            try:
+                version, length = self.store.info(msg.chunk_id)
+                conn.send(m.ChunkInfoReply(msg.req, OK, version, length))
+            except FsError as e:
+                conn.send(m.ChunkInfoReply(msg.req, e.status, 0, 0))
+        else:
+            raise FrameError(f"{t.__name__} is not a data port message")
+
+    def _on_data_close(self, conn: rpc.Connection) -> None:
+        self._conns.discard(conn)
+        if isinstance(conn.context, WriteSession):
+            conn.context.close()
+            conn.context = None
+
+    # reads
+
+    def _read(self, conn: rpc.Connection, msg: m.ReadReq) -> None:
+        if msg.size <= INLINE_IO:
+            try:
+                data = self.store.read(msg.chunk_id, msg.version, msg.offset, msg.size)
+            except Exception as e:
+                self._read_failed(conn, msg, e)
+                return
+            if conn.is_open:
+                conn.send(m.ReadData(msg.req, OK), data)
+        else:
+            self._spawn(self._read_big(conn, msg))
+
+    async def _read_big(self, conn: rpc.Connection, msg: m.ReadReq) -> None:
+        try:
+            if msg.size > MAX_DATA:
+                raise FsError(errno.EINVAL, f"read of {msg.size} bytes over {MAX_DATA}")
+            data = await self._io(self.store.read, msg.chunk_id, msg.version, msg.offset,
+                                  msg.size)
+        except Exception as e:
+            self._read_failed(conn, msg, e)
+            return
+        try:
+            conn.send(m.ReadData(msg.req, OK), data)
+            await conn.drain()
+        except rpc.ConnectionClosed:
+            pass
+
+    def _read_failed(self, conn: rpc.Connection, msg: m.ReadReq, exc: Exception) -> None:
+        status = _status_of(exc)
+        if status == CRC_ERROR:
+            log.warning("read of chunk %016X v%d: %s", msg.chunk_id, msg.version, exc)
+            self.report_damaged(msg.chunk_id, msg.version)
+        elif not isinstance(exc, FsError):
+            log.error("read of chunk %016X failed: %r", msg.chunk_id, exc)
+        if conn.is_open:
+            conn.send(m.ReadData(msg.req, status))
+
+    def report_damaged(self, chunk_id: int, version: int) -> None:
+        self.damaged.add((chunk_id, version))
+        if self.master is not None and self.master.is_open and self.registered.is_set():
+            try:
+                self.master.send(m.CsChunkDamaged(chunk_id, version))
+            except rpc.ConnectionClosed:
+                pass
+
+    # write sessions
+
+    def _write_init(self, conn: rpc.Connection, msg: m.WriteInit) -> None:
+        old = conn.context
+        if isinstance(old, WriteSession):
+            if not old.ready or old.init_status == OK:
+                log.warning("new WriteInit from %s before WriteEnd; dropping the old "
+                            "session", conn.peer)
+            old.close()
+        s = WriteSession(msg)
+        conn.context = s
+        self._spawn(self._init_session(conn, s, msg))
+
+    async def _init_session(self, conn: rpc.Connection, s: WriteSession, msg: m.WriteInit):
+        detail = ""
+        try:
+            self.store.check(msg.chunk_id, msg.version)
+            if msg.chain:
+                host, port = msg.chain[0]
+                try:
+                    s.down = await self._connect(host, port, name="chain",
+                                                 timeout=CHAIN_TIMEOUT)
+                    await s.down.call(m.WriteInit, chunk_id=msg.chunk_id,
+                                      version=msg.version, chain=list(msg.chain[1:]),
+                                      timeout=CHAIN_TIMEOUT)
+                except FsError as e:
+                    raise FsError(e.status, f"{host}:{port}: {e.detail or e}") from None
+                except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                    raise FsError(_status_of(e), f"{host}:{port}: {e or type(e).__name__}") \
+                        from None
+        except FsError as e:
+            s.init_status = s.status = e.status
+            detail = e.detail
+        except Exception as e:  # pragma: no cover - a bug
+            log.exception("write init failed")
+            s.init_status = s.status = errno.EIO
+            detail = str(e)
+        if s.closed or not conn.is_open:  # replaced, or the connection closed
+            s.close()
+            return
+        s.ready = True
+        if s.init_status == OK:
+            s.worker = self._spawn(self._local_writer(s))
+            conn.send(m.Ok(msg.req))
+        else:
+            conn.send(m.Error(msg.req, s.init_status, detail))
+        backlog, s.backlog = s.backlog, []
+        for wmsg, data in backlog:
+            self._session_write(conn, s, wmsg, data)
+        s.ready_event.set()
+
+    def _write_data(self, conn: rpc.Connection, msg: m.WriteData, data) -> None:
+        s = conn.context
+        if not isinstance(s, WriteSession):
+            conn.send(m.WriteStatus(msg.req, errno.EBADF))
+            return
+        self._session_write(conn, s, msg, data)
+
+    def _session_write(self, conn: rpc.Connection, s: WriteSession, msg: m.WriteData,
+                       data) -> None:
+        if not s.ready:
+            s.backlog.append((msg, data))
+            return
+        if s.init_status != OK:
+            conn.send(m.WriteStatus(msg.req, s.init_status))
+            return
+        if data is None:
+            data = memoryview(b"")
+        loop = asyncio.get_running_loop()
+        down_fut = None
+        if s.down is not None:  # forward first: the next hop works while we write
+            try:
+                down_fut = s.down.start_call(m.WriteData(s.down.next_req(), msg.offset), data)
+            except rpc.ConnectionClosed:
+                down_fut = loop.create_future()
+                down_fut.set_result((m.WriteStatus(0, errno.ECONNRESET), None))
+        local_fut = loop.create_future()
+        s.queue.append((msg.offset, data, local_fut))
+        s.wakeup.set()
+        task = self._spawn(self._write_reply(conn, s, msg.req, local_fut, down_fut))
+        s.inflight.add(task)
+        task.add_done_callback(s.inflight.discard)
+
+    async def _local_writer(self, s: WriteSession) -> None:
+        store = self.store
+        while True:
+            while not s.queue:
+                s.wakeup.clear()
+                await s.wakeup.wait()
+            offset, data, fut = s.queue[0]
+            try:
+                if len(data) <= INLINE_IO:
+                    store.write(s.chunk_id, s.version, offset, data)
+                else:
+                    await self._io(store.write, s.chunk_id, s.version, offset, data)
+                status = OK
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                status = _status_of(e)
+                if status == CRC_ERROR:
+                    self.report_damaged(s.chunk_id, s.version)
+                elif not isinstance(e, FsError):
+                    log.error("write to chunk %016X failed: %r", s.chunk_id, e)
+            s.queue.popleft()
+            if not fut.done():
+                fut.set_result(status)
+
+    async def _write_reply(self, conn, s: WriteSession, req: int, local_fut, down_fut):
+        status = await local_fut
+        if down_fut is not None:
+            try:
+                reply, _ = await down_fut
+                down_status = reply.status
+            except Exception as e:
+                down_status = _status_of(e)
+            if status == OK:
+                status = down_status
+        if status != OK and s.status == OK:
+            s.status = status
+        if conn.is_open:
+            conn.send(m.WriteStatus(req, status))
+
+    def _write_end(self, conn: rpc.Connection, msg: m.WriteEnd) -> None:
+        s = conn.context
+        if not isinstance(s, WriteSession):
+            conn.send(m.Error(msg.req, errno.EBADF, "no write session"))
+            return
+        conn.context = None
+        self._spawn(self._end_session(conn, s, msg))
+
+    async def _end_session(self, conn, s: WriteSession, msg: m.WriteEnd) -> None:
+        try:
+            await s.ready_event.wait()  # WriteEnd may come right behind WriteInit
+            if s.closed:
+                return
+            down_fut = None
+            if s.down is not None and s.init_status == OK:
+                try:
+                    down_fut = s.down.start_call(m.WriteEnd(s.down.next_req(), msg.sync))
+                except rpc.ConnectionClosed:
+                    s.status = s.status or errno.ECONNRESET
+            if s.inflight:
+                await asyncio.gather(*list(s.inflight), return_exceptions=True)
+            detail = ""
+            if s.init_status == OK and msg.sync:
+                try:
+                    await self._io(self.store.fsync, s.chunk_id)
+                except Exception as e:
+                    s.status = s.status or _status_of(e)
+                    detail = str(e)
+            if down_fut is not None:
+                try:
+                    reply, _ = await asyncio.wait_for(down_fut, CHAIN_TIMEOUT)
+                    if isinstance(reply, m.Error) and s.status == OK:
+                        s.status, detail = reply.status, reply.detail
+                except Exception as e:
+                    s.status = s.status or _status_of(e)
+            if conn.is_open:
+                if s.status == OK:
+                    conn.send(m.Ok(msg.req))
+                else:
+                    conn.send(m.Error(msg.req, s.status, detail))
+        finally:
+            s.close()
+
+    # ------------------------------------------------------------ master link
+
+    async def _master_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.reconnect_delay
+        while True:
+            try:
+                infos = await loop.getaddrinfo(self.master_host, self.master_port,
+                                               type=socket.SOCK_STREAM)
+                addrs = list(dict.fromkeys(info[4][0] for info in infos))
+            except OSError as e:
+                log.warning("cannot resolve master %s: %s", self.master_host, e)
+                addrs = []
+            served = False
+            for addr in addrs:
+                try:
+                    conn = await self._connect(addr, self.master_port, self._on_master,
+                                               "master", timeout=self.master_timeout)
+                except (OSError, asyncio.TimeoutError) as e:
+                    log.debug("master %s:%d: %s", addr, self.master_port, e)
+                    continue
+                try:
+                    if await self._register(conn, addr):
+                        served = True
+                        delay = self.reconnect_delay
+                        await self._master_session(conn)
+                        log.warning("lost the master at %s:%d", addr, self.master_port)
+                        break
+                except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed, FsError) as e:
+                    log.warning("master %s:%d: %s", addr, self.master_port, e)
+                finally:
+                    self.registered.clear()
+                    self.master = None
+                    conn.close()
+            if not served:
+                log.info("no master reachable at %s:%d; retrying in %.1fs", self.master_host,
+                         self.master_port, delay)
+            await asyncio.sleep(delay)
+            if not served:
+                delay = min(delay * 2, max(MAX_RECONNECT_DELAY, self.reconnect_delay))
+
+    def advertised_host(self, conn: rpc.Connection) -> str:
+        if self.listen_host != "0.0.0.0":
+            return self.listen_host
+        return conn.transport.get_extra_info("sockname")[0]
+
+    async def _register(self, conn: rpc.Connection, addr: str) -> bool:
+        total, used = self.store.space()
+        host = self.advertised_host(conn)
+        self.master = conn
+        try:
+            await conn.call(m.CsRegister, cs_id=self.cs_id, host=host, port=self.listen_port,
+                            chunks=self.store.chunks(), total_bytes=total, used_bytes=used,
+                            timeout=self.master_timeout)
+        except FsError as e:
+            if e.status == NOT_LEADER:
+                log.info("master %s is not the leader", addr)
+            else:
+                log.warning("master %s refused registration: %s", addr, e)
+            return False
+        log.info("registered with master %s:%d as %s:%d (%d chunks)", addr,
+                 self.master_port, host, self.listen_port, len(self.store))
+        self.registered.set()
+        for chunk_id, version in list(self.damaged):
+            try:
+                if self.store.info(chunk_id)[0] == version:
+                    conn.send(m.CsChunkDamaged(chunk_id, version))
+                    continue
+            except FsError:
+                pass
+            self.damaged.discard((chunk_id, version))
+        return True
+
+    async def _master_session(self, conn: rpc.Connection) -> None:
+        while conn.is_open:
+            total, used = self.store.space()
+            conn.send(m.CsSpace(total, used, len(self.store)))
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.closed), SPACE_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+
+    def _on_master(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if type(msg) is m.CsCommand:
+            if isinstance(msg.command, m.ReplicateChunk):
+                self._spawn(self._replicate_command(conn, msg))
+            else:
+                self._commands.put_nowait((conn, msg))
+        else:
+            log.warning("ignoring %s from the master", type(msg).__name__)
+
+    async def _command_worker(self) -> None:
+        while True:
+            conn, msg = await self._commands.get()
+            try:
+                await self._execute(msg.command)
+                reply = m.Ok(msg.req)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                status = _status_of(e)
+                if not isinstance(e, FsError):
+                    log.error("command %r failed: %r", msg.command, e)
+                reply = m.Error(msg.req, status, str(e))
+            if conn.is_open:
+                conn.send(reply)
+
+    async def _execute(self, cmd: m.CsCmd) -> None:
+        st = self.store
+        if isinstance(cmd, m.CreateChunk):
+            await self._io(st.create, cmd.chunk_id, cmd.version)
+        elif isinstance(cmd, m.DeleteChunk):
+            await self._io(st.delete, cmd.chunk_id, cmd.version)
+            self.damaged.discard((cmd.chunk_id, cmd.version))
+        elif isinstance(cmd, m.SetChunkVersion):
+            await self._io(st.set_version, cmd.chunk_id, cmd.version, cmd.new_version)
+        elif isinstance(cmd, m.TruncateChunk):
+            await self._io(st.truncate, cmd.chunk_id, cmd.version, cmd.new_version,
+                           cmd.length)
+        elif isinstance(cmd, m.DuplicateChunk):
+            await self._io(st.duplicate, cmd.chunk_id, cmd.version, cmd.new_chunk_id,
+                           cmd.new_version)
+        elif isinstance(cmd, m.ReplicateChunk):
+            await self.replicate(cmd.chunk_id, cmd.version, cmd.sources)
+        else:  # pragma: no cover - the schema allows nothing else
+            raise FsError(errno.ENOTSUP, f"unknown command {cmd!r}")
+
+    async def _replicate_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
+        try:
+            async with self._replications:
+                await self._execute(msg.command)
+            reply = m.Ok(msg.req)
+        except Exception as e:
+            log.warning("replication of chunk %016X failed: %s", msg.command.chunk_id, e)
+            reply = m.Error(msg.req, _status_of(e), str(e))
+        if conn.is_open:
+            conn.send(reply)
+
+    async def replicate(self, chunk_id: int, version: int, sources: list) -> None:
+        """Fetch chunk `chunk_id` at `version` from the first source that has it."""
+        try:
+            if self.store.info(chunk_id)[0] == version:
+                return  # already here
+        except FsError:
+            pass
+        errors = []
+        last = errno.EIO
+        for host, port in sources:
+            try:
+                await self._replicate_from(host, port, chunk_id, version)
+                log.info("replicated chunk %016X v%d from %s:%d", chunk_id, version, host,
+                         port)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                last = _status_of(e)
+                errors.append(f"{host}:{port}: {e or type(e).__name__}")
+        raise FsError(last if sources else errno.EINVAL,
+                      "; ".join(errors) or "no sources")
+
+    async def _replicate_from(self, host: str, port: int, chunk_id: int, version: int):
+        conn = await self._connect(host, port, name="replicate", timeout=CHAIN_TIMEOUT)
+        pending: deque = deque()
+        try:
+            info, _ = await conn.call(m.ChunkInfoReq, chunk_id=chunk_id,
+                                      timeout=CHAIN_TIMEOUT)
+            if info.status != OK:
+                raise FsError(info.status, "source")
+            if info.version != version:
+                raise FsError(WRONG_VERSION, f"source has version {info.version}")
+            length = min(info.length, CHUNK_SIZE)
+            tmp = await self._io(self.store.create_temp, chunk_id, version)
+            try:
+                offsets = iter(range(0, length, REPLICATION_PIECE))
+                while True:
+                    while len(pending) < REPLICATION_WINDOW:
+                        off = next(offsets, None)
+                        if off is None:
+                            break
+                        size = min(REPLICATION_PIECE, length - off)
+                        req = m.ReadReq(conn.next_req(), chunk_id, version, off, size)
+                        pending.append((off, conn.start_call(req)))
+                    if not pending:
+                        break
+                    off, fut = pending.popleft()
+                    reply, data = await asyncio.wait_for(fut, CHAIN_TIMEOUT * 3)
+                    if reply.status != OK:
+                        raise FsError(reply.status, f"reading offset {off}")
+                    if data is not None:
+                        await self._io(self.store.write_temp, tmp, off, data)
+                await self._io(self.store.commit_temp, tmp)
+            except BaseException:
+                await self._io(self.store.abort_temp, tmp)
+                raise
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            conn.close()
+
+
+async def run(cfg: cfgmod.Config, ready) -> None:
+    """The daemon body (see elkfs.daemon.run_daemon)."""
+    try:
+        entries = hddcfg.load(cfg.HDD_CONF_FILENAME)
+    except hddcfg.HddConfigError as e:
+        raise RuntimeError(str(e)) from None
+    store = ChunkStore(entries, max_open=cfg.OPEN_CHUNKS_LIMIT)
+    loop = asyncio.get_running_loop()
+    count = await loop.run_in_executor(None, store.scan)
+    log.info("found %d chunks on %d disks", count, len(store.disks))
+    server = ChunkServer.from_config(cfg, store)
+    await server.start()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    ready()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
