@@ -465,6 +465,8 @@ class ChunkServer:
                 except Exception as e:
                     s.status = s.status or _status_of(e)
                     detail = str(e)
+            elif s.init_status == OK:
+                self.store.flush_soon(s.chunk_id)
             if down_fut is not None:
                 try:
                     reply, _ = await asyncio.wait_for(down_fut, CHAIN_TIMEOUT)

@@ -10,11 +10,17 @@ Blocks not stored read as zeros; their CRC table entries always hold the CRC of 
 block, so extending a chunk (a hole, or ftruncate) never needs a table update.
 
 All methods are blocking and thread-safe: the server runs the big ones in a thread pool.
-Data paths avoid copies: CRCs are computed over memoryview slices (zlib releases the GIL
+Data paths avoid copies: CRCs are computed over memoryview slices (zlib and ISA-L
 for them), aligned writes go to disk in one `pwritev` straight from the caller's buffer,
 reads `preadv` into one fresh buffer whose slice is returned. Reads take no lock; a CRC
 mismatch is re-checked under the chunk's lock (it may have raced a write) before it is
 reported.
+
+Write-behind flushing: a background thread fdatasyncs each chunk after every
+`flush_bytes` written to it (and when a write session ends). That is not a durability
+promise (only `fsync` is); it keeps dirty pages from piling up. On the test VMs, buffered
+writes left to the kernel's flusher fall from ~3 GB/s to ~300 MB/s once ~1.6 GB is dirty,
+while writes followed by a prompt fdatasync in another thread sustain ~1.8 GB/s.
 """
 
 from __future__ import annotations
@@ -22,16 +28,21 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import re
 import struct
 import threading
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from elkfs.proto.errors import CRC_ERROR, NO_CHUNK, WRONG_VERSION, FsError
 
 from .hddcfg import HddEntry
+
+try:  # ISA-L's CRC32 is the same function as zlib's, about 3x faster (PCLMULQDQ)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - optional dependency
+    from zlib import crc32
 
 log = logging.getLogger("elkfs.chunkserver.store")
 
@@ -43,9 +54,11 @@ CRC_OFFSET = 4096
 MAGIC = b"ELKCHNK1"
 HEAD = struct.Struct(">8sQQ")
 CRC = struct.Struct(">I")
-CRC_ZERO = zlib.crc32(bytes(BLOCK))
+CRC_ZERO = crc32(bytes(BLOCK))
 ZERO_TABLE = CRC.pack(CRC_ZERO) * BLOCKS
 MAX_ID = (1 << 64) - 1
+
+FLUSH_BYTES = 16 << 20
 
 NAME_RE = re.compile(r"^chunk_([0-9A-F]{16})_([0-9A-F]{8,16})\.elk$")
 
@@ -88,7 +101,7 @@ class Chunk:
     """One chunk in the index; `fd`/`crc` are set while it is in the open-file cache."""
 
     __slots__ = ("id", "version", "disk", "path", "blocks", "fd", "crc", "users", "lock",
-                 "deleted")
+                 "deleted", "unflushed", "flush_queued")
 
     def __init__(self, chunk_id: int, version: int, disk: Disk, path: str, blocks: int):
         self.id = chunk_id
@@ -101,6 +114,8 @@ class Chunk:
         self.users = 0
         self.lock = threading.Lock()
         self.deleted = False
+        self.unflushed = 0  # bytes written since the last write-behind flush was queued
+        self.flush_queued = False
 
     @property
     def length(self) -> int:
@@ -121,7 +136,8 @@ def _check_range(offset: int, size: int) -> None:
 
 
 class ChunkStore:
-    def __init__(self, disks: list[str | HddEntry | Disk], max_open: int = 256):
+    def __init__(self, disks: list[str | HddEntry | Disk], max_open: int = 256,
+                 flush_bytes: int = FLUSH_BYTES):
         self.disks: list[Disk] = []
         for d in disks:
             if isinstance(d, Disk):
@@ -136,6 +152,9 @@ class ChunkStore:
         self._index: dict[int, Chunk] = {}
         self._lock = threading.Lock()  # index and open-file cache
         self._lru: OrderedDict[int, Chunk] = OrderedDict()
+        self.flush_bytes = flush_bytes
+        self._flushq: queue.SimpleQueue = queue.SimpleQueue()
+        self._flusher: threading.Thread | None = None
 
     # ------------------------------------------------------------ index
 
@@ -340,6 +359,10 @@ class ChunkStore:
                 self._close(c)
 
     def close(self) -> None:
+        if self._flusher is not None:
+            self._flushq.put(None)
+            self._flusher.join()
+            self._flusher = None
         with self._lock:
             for c in list(self._lru.values()):
                 self._close(c)
@@ -414,7 +437,7 @@ class ChunkStore:
                     b = length // BLOCK
                     block = self._read_block_checked(c, b)
                     block[part:] = bytes(BLOCK - part)
-                    CRC.pack_into(c.crc, 4 * b, zlib.crc32(block))
+                    CRC.pack_into(c.crc, 4 * b, crc32(block))
                     os.pwrite(c.fd, block, HEADER_SIZE + b * BLOCK)
                     os.pwrite(c.fd, c.crc[4 * b:4 * b + 4], CRC_OFFSET + 4 * b)
                 if nb < c.blocks:
@@ -477,7 +500,7 @@ class ChunkStore:
         block = bytearray(BLOCK)
         if b < c.blocks:
             os.preadv(c.fd, [block], HEADER_SIZE + b * BLOCK)
-            if zlib.crc32(block) != CRC.unpack_from(c.crc, 4 * b)[0]:
+            if crc32(block) != CRC.unpack_from(c.crc, 4 * b)[0]:
                 raise FsError(CRC_ERROR, f"chunk {c.id:016X} block {b}")
         return block
 
@@ -515,7 +538,7 @@ class ChunkStore:
         unpack = CRC.unpack_from
         for b in range(b0, end):
             i = (b - b0) * BLOCK
-            if zlib.crc32(view[i:i + BLOCK]) != unpack(crc, 4 * b)[0]:
+            if crc32(view[i:i + BLOCK]) != unpack(crc, 4 * b)[0]:
                 return b
         return None
 
@@ -533,8 +556,47 @@ class ChunkStore:
         try:
             with c.lock:
                 self._write_locked(c, offset, mv)
+            if self.flush_bytes:
+                c.unflushed += n
+                if c.unflushed >= self.flush_bytes:
+                    self._queue_flush(c)
         finally:
             self._release(c)
+
+    # ------------------------------------------------------------ write-behind flushing
+
+    def flush_soon(self, chunk_id: int) -> None:
+        """Queue a background fdatasync of what was written to the chunk (no waiting)."""
+        c = self._index.get(chunk_id)
+        if c is not None and c.unflushed and self.flush_bytes:
+            self._queue_flush(c)
+
+    def _queue_flush(self, c: Chunk) -> None:
+        with self._lock:
+            if c.flush_queued or c.deleted or c.fd is None:
+                return
+            c.flush_queued = True
+            c.unflushed = 0
+            c.users += 1  # keeps the fd open until flushed
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                 name="cs-flush")
+                self._flusher.start()
+        self._flushq.put(c)
+
+    def _flush_loop(self) -> None:
+        while True:
+            c = self._flushq.get()
+            if c is None:
+                return
+            c.flush_queued = False
+            try:
+                if not c.deleted:
+                    os.fdatasync(c.fd)
+            except OSError as e:
+                log.warning("background flush of %s failed: %s", c.path, e)
+            finally:
+                self._release(c)
 
     def _write_locked(self, c: Chunk, offset: int, mv: memoryview) -> None:
         n = len(mv)
@@ -565,7 +627,6 @@ class ChunkStore:
         crc = c.crc
         pack = CRC.pack_into
         b = b0
-        crc32 = zlib.crc32
         for part in parts:
             pv = memoryview(part)
             for i in range(0, len(pv), BLOCK):
