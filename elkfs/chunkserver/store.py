@@ -10,8 +10,8 @@ Blocks not stored read as zeros; their CRC table entries always hold the CRC of 
 block, so extending a chunk (a hole, or ftruncate) never needs a table update.
 
 All methods are blocking and thread-safe: the server runs the big ones in a thread pool.
-Data paths avoid copies: CRCs are computed over memoryview slices (zlib and ISA-L
-for them), aligned writes go to disk in one `pwritev` straight from the caller's buffer,
+Data paths avoid copies: CRCs are computed over memoryview slices (ISA-L's crc32 when
+the `isal` package is installed, else zlib's; both release the GIL), aligned writes go to disk in one `pwritev` straight from the caller's buffer,
 reads `preadv` into one fresh buffer whose slice is returned. Reads take no lock; a CRC
 mismatch is re-checked under the chunk's lock (it may have raced a write) before it is
 reported.

@@ -289,3 +289,22 @@ def test_replication_temp_commit(store):
     store.abort_temp(tmp)
     assert 12 not in store
     assert not os.path.exists(tmp.chunk.path)
+
+
+def test_write_behind_flush(disks):
+    s = ChunkStore(disks, flush_bytes=2 * BLOCK)
+    s.scan()
+    s.create(13, 1)
+    calls = []
+    real = os.fdatasync
+    try:
+        os.fdatasync = lambda fd: (calls.append(fd), real(fd))
+        for i in range(8):
+            s.write(13, 1, i * BLOCK, os.urandom(BLOCK))
+        s.write(13, 1, 8 * BLOCK, b"x")
+        s.flush_soon(13)
+        s.close()  # waits for the flusher
+    finally:
+        os.fdatasync = real
+    assert 1 <= len(calls) <= 5
+    assert s._index[13].users == 0 and s._index[13].fd is None
