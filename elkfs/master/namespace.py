@@ -398,7 +398,7 @@ class Namespace:
 
     def _exchange(self, src_dir, name, src, dst_dir, new_name, dst, ts):
         for a, b in ((src, dst_dir), (dst, src_dir)):
-            if isinstance(a, DirNode) and self._is_ancestor(a.inode, b.inode) and a is not b:
+            if isinstance(a, DirNode) and self._is_ancestor(a.inode, b.inode):
                 raise FsError(errno.EINVAL, "directory into its own subtree")
         src_dir.children[name], dst_dir.children[new_name] = dst.inode, src.inode
         if src_dir is not dst_dir:

@@ -33,6 +33,7 @@ log = logging.getLogger("elkfs.rpc")
 
 RECV_BUFFER = 1 << 20
 BIG_FRAME = 128 << 10  # bodies larger than this get a buffer of their own
+SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
 
 REPLY_TYPES = frozenset(
     cls.TYPE for cls in (m.Ok, m.Error, m.SessionReply, m.MetaReply, m.ReadData,
@@ -111,11 +112,13 @@ class Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint):
         if self._big is not None:
             return memoryview(self._big)[self._big_pos:]
-        if self._end == len(self._buf):  # compact: move the partial frame to the front
+        if len(self._buf) - self._end < SMALL_READ:  # compact: partial frame to the front
             remaining = self._end - self._start
             self._buf[:remaining] = self._view[self._start:self._end]
             self._start, self._end = 0, remaining
-        return self._view[self._end:]
+        # Small reads: the start of a large frame lands here and is copied into the
+        # frame's own buffer, so keep that part small.
+        return self._view[self._end:self._end + SMALL_READ]
 
     def buffer_updated(self, nbytes):
         try:

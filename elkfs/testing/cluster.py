@@ -1,0 +1,235 @@
+"""A local ElkFS cluster on loopback addresses: what the demo and the tests run.
+
+Every daemon is a real process with its own config file and data directory under
+`base_dir`. Masters listen on `<net>.10`, `<net>.11`, ...; chunkservers on `<net>.20`,
+`<net>.21`, ... (all of 127.0.0.0/8 is loopback on Linux, no set-up needed).
+
+Two ways to run the daemons:
+- `foreground=True` (tests): each daemon runs with `-f` as a child process of the
+  launcher, so a test can SIGKILL, SIGSTOP or restart it precisely;
+- `foreground=False` (demo): `mfsmaster ... start` daemonizes and the processes outlive
+  the launcher; `stop` uses the daemons' own `stop` command.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+BIN = os.path.dirname(sys.executable)
+MASTER_CLIENT_PORT = 9421
+MASTER_CS_PORT = 9420
+CS_PORT = 9422
+
+
+def wait_port(host: str, port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None,
+              what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what or 'daemon'} exited with {proc.returncode} before "
+                               f"listening on {host}:{port}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what or 'daemon'} not listening on {host}:{port} after {timeout}s")
+        time.sleep(0.05)
+
+
+@dataclass
+class Daemon:
+    kind: str  # "master" | "chunkserver"
+    name: str
+    host: str
+    port: int  # the port to wait for
+    data_dir: str
+    cfg_path: str
+    proc: subprocess.Popen | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def binary(self) -> str:
+        return os.path.join(BIN, "mfsmaster" if self.kind == "master" else "mfschunkserver")
+
+    def pid(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            return self.proc.pid
+        lock = os.path.join(self.data_dir, f".{os.path.basename(self.binary)}.lock")
+        try:
+            text = open(lock).read().strip()
+        except OSError:
+            return None
+        if text.isdigit():
+            try:
+                os.kill(int(text), 0)
+                return int(text)
+            except OSError:
+                return None
+        return None
+
+
+class Cluster:
+    def __init__(self, base_dir: str, net: str = "127.0.1", masters: int = 1,
+                 chunkservers: int = 3, foreground: bool = True,
+                 master_options: dict | None = None, cs_options: dict | None = None):
+        self.base_dir = os.path.abspath(base_dir)
+        self.net = net
+        self.foreground = foreground
+        self.master_options = master_options or {}
+        self.cs_options = cs_options or {}
+        self.masters = [self._master(i) for i in range(masters)]
+        self.chunkservers = [self._chunkserver(i) for i in range(chunkservers)]
+
+    # ------------------------------------------------------------ layout
+
+    def _master(self, i: int) -> Daemon:
+        host = f"{self.net}.{10 + i}"
+        data = os.path.join(self.base_dir, f"master{i + 1}")
+        return Daemon("master", f"master{i + 1}", host, MASTER_CLIENT_PORT, data,
+                      os.path.join(data, "mfsmaster.cfg"))
+
+    def _chunkserver(self, i: int) -> Daemon:
+        host = f"{self.net}.{20 + i}"
+        data = os.path.join(self.base_dir, f"cs{i + 1}")
+        return Daemon("chunkserver", f"cs{i + 1}", host, CS_PORT, data,
+                      os.path.join(data, "mfschunkserver.cfg"))
+
+    @property
+    def master_host(self) -> str:
+        return self.masters[0].host
+
+    @property
+    def master_addr(self) -> tuple[str, int]:
+        return self.masters[0].host, MASTER_CLIENT_PORT
+
+    def write_configs(self) -> None:
+        for d in self.masters:
+            os.makedirs(d.data_dir, exist_ok=True)
+            opts = {
+                "DATA_PATH": d.data_dir,
+                "MATOCL_LISTEN_HOST": d.host, "MATOCL_LISTEN_PORT": MASTER_CLIENT_PORT,
+                "MATOCS_LISTEN_HOST": d.host, "MATOCS_LISTEN_PORT": MASTER_CS_PORT,
+                **self.master_options,
+            }
+            self._write_cfg(d.cfg_path, opts)
+        for d in self.chunkservers:
+            hdd = os.path.join(d.data_dir, "hdd1")
+            os.makedirs(hdd, exist_ok=True)
+            hdd_cfg = os.path.join(d.data_dir, "mfshdd.cfg")
+            if not os.path.exists(hdd_cfg):
+                with open(hdd_cfg, "w") as f:
+                    f.write(f"# one chunk directory per line\n{hdd}\n")
+            opts = {
+                "DATA_PATH": d.data_dir, "HDD_CONF_FILENAME": hdd_cfg,
+                "CSSERV_LISTEN_HOST": d.host, "CSSERV_LISTEN_PORT": CS_PORT,
+                "MASTER_HOST": self.master_host, "MASTER_PORT": MASTER_CS_PORT,
+                **self.cs_options,
+            }
+            self._write_cfg(d.cfg_path, opts)
+
+    @staticmethod
+    def _write_cfg(path: str, opts: dict) -> None:
+        with open(path, "w") as f:
+            f.write("# written by elkfs.testing.cluster\n")
+            for key, value in opts.items():
+                f.write(f"{key} = {value}\n")
+
+    # ------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self.write_configs()
+        for d in self.masters:
+            self.start_daemon(d)
+        for d in self.chunkservers:
+            self.start_daemon(d)
+        self.wait_chunkservers_registered()
+
+    def start_daemon(self, d: Daemon, timeout: float = 30.0) -> None:
+        if self.foreground:
+            err = open(os.path.join(d.data_dir, "stderr.log"), "ab")
+            d.proc = subprocess.Popen([d.binary, "-f", "-c", d.cfg_path, "start"],
+                                      stdout=subprocess.DEVNULL, stderr=err,
+                                      start_new_session=True)
+            err.close()
+            wait_port(d.host, d.port, timeout, d.proc, d.name)
+        else:
+            out = subprocess.run([d.binary, "-c", d.cfg_path, "start"], capture_output=True,
+                                 text=True, timeout=timeout)
+            if out.returncode != 0:
+                raise RuntimeError(f"{d.name}: {out.stderr.strip() or out.stdout.strip()}")
+            wait_port(d.host, d.port, timeout, None, d.name)
+
+    def signal(self, d: Daemon, sig: int) -> None:
+        pid = d.pid()
+        if pid is not None:
+            os.kill(pid, sig)
+
+    def kill(self, d: Daemon) -> None:
+        """SIGKILL: a crash, nothing flushed."""
+        self.signal(d, signal.SIGKILL)
+        if d.proc is not None:
+            d.proc.wait(10)
+            d.proc = None
+
+    def stop_daemon(self, d: Daemon, timeout: float = 60.0) -> None:
+        if self.foreground:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGTERM)
+                try:
+                    d.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    d.proc.kill()
+                    d.proc.wait(10)
+            d.proc = None
+        else:
+            subprocess.run([d.binary, "-c", d.cfg_path, "stop"], capture_output=True,
+                           timeout=timeout + 5)
+
+    def restart(self, d: Daemon) -> None:
+        self.stop_daemon(d)
+        self.start_daemon(d)
+
+    def stop(self) -> None:
+        for d in self.chunkservers + self.masters:
+            try:
+                self.stop_daemon(d)
+            except Exception:
+                self.kill(d)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def wait_chunkservers_registered(self, count: int | None = None, timeout: float = 30.0) -> None:
+        """Wait until the master lists `count` connected chunkservers."""
+        import asyncio
+
+        from ..client.client import Client
+
+        want = len(self.chunkservers) if count is None else count
+
+        async def check() -> None:
+            deadline = time.monotonic() + timeout
+            client = await Client.connect(*self.master_addr, info="cluster launcher")
+            try:
+                while True:
+                    info = await client.cluster_info()
+                    connected = sum(1 for s in info["chunkservers"] if s["connected"])
+                    if connected >= want:
+                        return
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{connected} of {want} chunkservers registered")
+                    await asyncio.sleep(0.1)
+            finally:
+                await client.close()
+
+        asyncio.run(check())

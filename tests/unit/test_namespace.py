@@ -1,0 +1,270 @@
+"""The metadata state machine: POSIX semantics of each op, failures that change nothing,
+and replay of the journaled records reaching the identical state."""
+
+import errno
+import random
+import stat
+
+import pytest
+
+from elkfs.master.checkpoint import _node_tuple
+from elkfs.master.namespace import ROOT, DeleteChunkEffect, Namespace, TruncateChunkEffect
+from elkfs.master.records import OpenSession, Record
+from elkfs.proto import messages as m
+from elkfs.proto.errors import FsError
+
+SESSION = b"s" * 16
+
+
+class Runner:
+    """Applies ops as the master does: stamp a record, apply, keep it if it succeeded."""
+
+    def __init__(self):
+        self.ns = Namespace()
+        self.records: list[Record] = []
+        self.ts = 1_000_000_000
+        self.seq = 0
+        self.do(OpenSession(SESSION, "test"), session=b"")
+
+    def do(self, op, session=SESSION):
+        self.ts += 1000
+        self.seq += 1
+        rec = Record(self.ns.version + 1, self.ts, session, self.seq if session else 0, op)
+        result = self.ns.apply(rec)
+        self.records.append(rec)
+        return result
+
+    def fails(self, op, code):
+        before = state(self.ns)
+        with pytest.raises(FsError) as e:
+            self.do(op)
+        assert e.value.status == code
+        assert state(self.ns) == before, "a failed op changed the state"
+
+    def mkdir(self, parent, name, mode=0o755):
+        return self.do(m.Mkdir(parent, name, mode, 0, 0)).attr.inode
+
+    def mkfile(self, parent, name, mode=0o644):
+        return self.do(m.Mknod(parent, name, stat.S_IFREG | mode, 0, 0)).attr.inode
+
+
+def state(ns: Namespace):
+    return (
+        ns.version, ns.next_inode, ns.next_chunk_id,
+        sorted(_node_tuple(n) for n in ns.nodes.values()),
+        sorted((c.chunk_id, c.version, c.refs) for c in ns.chunks.values()),
+        sorted((s.session_id, tuple(sorted(s.open_files.items())), len(s.results))
+               for s in ns.sessions.values()),
+    )
+
+
+def test_create_lookup_and_attributes():
+    r = Runner()
+    d = r.mkdir(ROOT, b"d", 0o750)
+    f = r.mkfile(d, b"f", 0o600)
+    ns = r.ns
+    assert ns.lookup(ROOT, b"d").inode == d
+    attr = ns.attr(ns.lookup(d, b"f"))
+    assert stat.S_ISREG(attr.mode) and stat.S_IMODE(attr.mode) == 0o600
+    assert attr.nlink == 1 and attr.size == 0 and attr.goal == 2
+    assert ns.nodes[d].nlink == 2 and ns.nodes[ROOT].nlink == 3
+    assert ns.lookup(d, b"..").inode == ROOT
+    r.fails(m.Mkdir(d, b"f", 0o755, 0, 0), errno.EEXIST)
+    r.fails(m.Mknod(f, b"x", stat.S_IFREG | 0o644, 0, 0), errno.ENOTDIR)
+    r.fails(m.Mkdir(d, b"x" * 256, 0o755, 0, 0), errno.ENAMETOOLONG)
+    r.fails(m.Mkdir(d, b"a/b", 0o755, 0, 0), errno.EINVAL)
+    r.fails(m.Mkdir(999, b"a", 0o755, 0, 0), errno.ENOENT)
+
+
+def test_special_nodes_symlinks_and_hard_links():
+    r = Runner()
+    fifo = r.do(m.Mknod(ROOT, b"p", stat.S_IFIFO | 0o644, 0, 0)).attr
+    assert stat.S_ISFIFO(fifo.mode)
+    dev = r.do(m.Mknod(ROOT, b"c", stat.S_IFCHR | 0o600, 0, 0, rdev=0x0501)).attr
+    assert stat.S_ISCHR(dev.mode) and dev.rdev == 0x0501
+    link = r.do(m.Symlink(ROOT, b"l", b"/target/path", 0, 0)).attr
+    assert stat.S_ISLNK(link.mode) and link.size == len(b"/target/path")
+    assert r.ns.query(m.ReadLink(link.inode)).value == b"/target/path"
+    f = r.mkfile(ROOT, b"f")
+    assert r.do(m.Link(f, ROOT, b"g")).attr.nlink == 2
+    d = r.mkdir(ROOT, b"d")
+    r.fails(m.Link(d, ROOT, b"dd"), errno.EPERM)
+    r.do(m.Unlink(ROOT, b"f"))
+    assert r.ns.attr(r.ns.lookup(ROOT, b"g")).nlink == 1
+    r.do(m.Unlink(ROOT, b"g"))
+    assert f not in r.ns.nodes
+    r.fails(m.Unlink(ROOT, b"d"), errno.EISDIR)
+    r.fails(m.Unlink(ROOT, b"nope"), errno.ENOENT)
+
+
+def test_rmdir_and_rename_edge_cases():
+    r = Runner()
+    a = r.mkdir(ROOT, b"a")
+    b = r.mkdir(a, b"b")
+    r.mkfile(b, b"f")
+    e = r.mkdir(ROOT, b"empty")
+    r.fails(m.Rmdir(ROOT, b"a"), errno.ENOTEMPTY)
+    r.fails(m.Rename(ROOT, b"a", b, b"x"), errno.EINVAL)  # into its own subtree
+    r.fails(m.Rename(ROOT, b"a", a, b"x"), errno.EINVAL)
+    r.fails(m.Rename(ROOT, b"empty", ROOT, b"a"), errno.ENOTEMPTY)
+    r.fails(m.Rename(b, b"f", ROOT, b"empty"), errno.EISDIR)
+    r.fails(m.Rename(ROOT, b"empty", b, b"f"), errno.ENOTDIR)
+    r.fails(m.Rename(ROOT, b"missing", ROOT, b"x"), errno.ENOENT)
+    r.fails(m.Rename(ROOT, b"a", ROOT, b"empty", m.RENAME_NOREPLACE), errno.EEXIST)
+    # A directory over an empty directory replaces it, and link counts follow.
+    r.do(m.Rename(a, b"b", ROOT, b"empty"))
+    assert r.ns.lookup(ROOT, b"empty").inode == b
+    assert e not in r.ns.nodes
+    assert r.ns.nodes[a].nlink == 2 and r.ns.nodes[ROOT].nlink == 4
+    assert r.ns.nodes[b].parent == ROOT
+    # Onto itself: nothing happens.
+    v = r.ns.version
+    r.do(m.Rename(b, b"f", b, b"f"))
+    assert r.ns.lookup(b, b"f")
+    # A file over another file frees the replaced one.
+    g = r.mkfile(b, b"g")
+    r.do(m.Rename(b, b"f", b, b"g"))
+    assert g not in r.ns.nodes and list(r.ns.nodes[b].children) == [b"g"]
+    # Exchange swaps.
+    h = r.mkfile(ROOT, b"h")
+    r.do(m.Rename(ROOT, b"h", ROOT, b"a", m.RENAME_EXCHANGE))
+    assert r.ns.lookup(ROOT, b"a").inode == h and r.ns.lookup(ROOT, b"h").inode == a
+    r.do(m.Rmdir(ROOT, b"h"))
+    assert r.ns.version > v
+
+
+def test_setattr_times_and_suid_clearing():
+    r = Runner()
+    f = r.mkfile(ROOT, b"f", 0o6755)
+    attr = r.do(m.SetAttr(f, m.SET_UID | m.SET_GID, uid=7, gid=8)).attr
+    assert attr.uid == 7 and attr.gid == 8
+    assert not attr.mode & (stat.S_ISUID | stat.S_ISGID)
+    attr = r.do(m.SetAttr(f, m.SET_ATIME | m.SET_MTIME, atime_ns=5, mtime_ns=6)).attr
+    assert (attr.atime_ns, attr.mtime_ns) == (5, 6)
+    attr = r.do(m.SetAttr(f, m.SET_MTIME_NOW)).attr
+    assert attr.mtime_ns == r.ts and attr.ctime_ns == r.ts and attr.atime_ns == 5
+    attr = r.do(m.SetAttr(f, m.SET_MODE, mode=0o640)).attr
+    assert stat.S_IMODE(attr.mode) == 0o640 and stat.S_ISREG(attr.mode)
+
+
+def test_xattrs():
+    r = Runner()
+    f = r.mkfile(ROOT, b"f")
+    r.do(m.SetXattr(f, b"user.a", b"1"))
+    r.fails(m.SetXattr(f, b"user.a", b"2", m.XATTR_CREATE), errno.EEXIST)
+    r.fails(m.SetXattr(f, b"user.b", b"2", m.XATTR_REPLACE), errno.ENODATA)
+    assert r.ns.query(m.GetXattr(f, b"user.a")).value == b"1"
+    assert r.ns.query(m.ListXattr(f)).names == [b"user.a"]
+    r.do(m.RemoveXattr(f, b"user.a"))
+    r.fails(m.RemoveXattr(f, b"user.a"), errno.ENODATA)
+    with pytest.raises(FsError):
+        r.ns.query(m.GetXattr(f, b"user.a"))
+
+
+def test_goal_inherited_and_recursive():
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    r.do(m.SetGoal(d, 3))
+    sub = r.mkdir(d, b"sub")
+    f = r.mkfile(sub, b"f")
+    assert r.ns.nodes[f].goal == 3
+    r.do(m.SetGoal(d, 1, recursive=True))
+    assert r.ns.nodes[f].goal == 1 and r.ns.nodes[sub].goal == 1
+    r.fails(m.SetGoal(d, 10), errno.EINVAL)
+
+
+def test_chunks_truncate_and_delete_effects():
+    r = Runner()
+    f = r.mkfile(ROOT, b"f")
+    c0 = r.do(m.WriteChunk(f, 0))
+    assert (c0.chunk_id, c0.version) == (1, 1)
+    again = r.do(m.WriteChunk(f, 0))
+    assert (again.chunk_id, again.version) == (1, 2)
+    c2 = r.do(m.WriteChunk(f, 2))
+    r.do(m.WriteChunkEnd(f, 2, c2.chunk_id, 2 * (64 << 20) + 100))
+    assert r.ns.nodes[f].length == 2 * (64 << 20) + 100
+    assert r.ns.nodes[f].chunks == [1, 0, 2]
+    r.ns.effects.clear()
+    r.do(m.Truncate(f, 1000))
+    assert r.ns.nodes[f].chunks == [1]
+    assert r.ns.effects == [DeleteChunkEffect(2, 1), TruncateChunkEffect(1, 2, 3, 1000)]
+    r.ns.effects.clear()
+    r.do(m.Unlink(ROOT, b"f"))
+    assert r.ns.effects == [DeleteChunkEffect(1, 3)] and not r.ns.chunks
+
+
+def test_open_unlinked_file_lives_until_released():
+    r = Runner()
+    f = r.mkfile(ROOT, b"f")
+    r.do(m.Acquire(f))
+    r.do(m.Unlink(ROOT, b"f"))
+    assert f in r.ns.nodes and r.ns.nodes[f].nlink == 0
+    r.do(m.Release(f))
+    assert f not in r.ns.nodes
+
+
+def test_exactly_once_results_are_kept():
+    r = Runner()
+    result = r.do(m.Mkdir(ROOT, b"d", 0o755, 0, 0))
+    done, stored = r.ns.duplicate_result(SESSION, r.seq)
+    assert done and stored == result
+    assert r.ns.duplicate_result(SESSION, r.seq + 1) == (False, None)
+
+
+def test_unknown_session_rejected():
+    r = Runner()
+    with pytest.raises(FsError):
+        r.do(m.Mkdir(ROOT, b"d", 0o755, 0, 0), session=b"x" * 16)
+
+
+def random_ops(r: Runner, rnd: random.Random, count: int):
+    """A seeded workload over a small tree; failures are expected and must change nothing."""
+    names = [b"a", b"b", b"c", b"d"]
+    for _ in range(count):
+        dirs = [i for i, n in r.ns.nodes.items() if n.is_dir]
+        files = [i for i, n in r.ns.nodes.items() if not n.is_dir]
+        parent = rnd.choice(dirs)
+        name = rnd.choice(names)
+        choice = rnd.randrange(12)
+        if choice == 0:
+            op = m.Mkdir(parent, name, 0o755, 0, 0)
+        elif choice == 1:
+            op = m.Mknod(parent, name, stat.S_IFREG | 0o644, 0, 0)
+        elif choice == 2:
+            op = m.Unlink(parent, name)
+        elif choice == 3:
+            op = m.Rmdir(parent, name)
+        elif choice == 4:
+            op = m.Rename(parent, name, rnd.choice(dirs), rnd.choice(names), rnd.choice([0, 0, 1, 2]))
+        elif choice == 5 and files:
+            op = m.Link(rnd.choice(files), parent, name)
+        elif choice == 6 and files:
+            op = m.WriteChunk(rnd.choice(files), rnd.randrange(3))
+        elif choice == 7 and files:
+            op = m.Truncate(rnd.choice(files), rnd.randrange(3 * (64 << 20)))
+        elif choice == 8 and files:
+            f = rnd.choice(files)
+            op = m.WriteChunkEnd(f, 0, 1, rnd.randrange(1 << 28))
+        elif choice == 9:
+            op = m.SetXattr(rnd.choice(dirs), name, b"v", rnd.randrange(3))
+        elif choice == 10:
+            op = m.SetGoal(rnd.choice(dirs), rnd.randrange(1, 11), rnd.random() < 0.5)
+        else:
+            op = m.Symlink(parent, name, b"t", 0, 0)
+        before = state(r.ns)
+        try:
+            r.do(op)
+        except FsError:
+            r.seq -= 0
+            assert state(r.ns) == before, f"failed {op} changed the state"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_replay_equals_live_state(seed):
+    rnd = random.Random(seed)
+    live = Runner()
+    random_ops(live, rnd, 400)
+    replayed = Namespace()
+    for rec in live.records:
+        replayed.apply(rec)
+    assert state(replayed) == state(live.ns)
