@@ -232,4 +232,27 @@ class Cluster:
             finally:
                 await client.close()
 
-        asyncio.run(check())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(check())
+            return
+        # Called from async code (a test): run our own loop in a thread.
+        import threading
+
+        errors = []
+        t = threading.Thread(target=lambda: errors.append(_run_catching(check)))
+        t.start()
+        t.join()
+        if errors and errors[0] is not None:
+            raise errors[0]
+
+
+def _run_catching(coro_fn):
+    import asyncio
+
+    try:
+        asyncio.run(coro_fn())
+        return None
+    except Exception as e:
+        return e
