@@ -415,7 +415,7 @@ class File:
 
     # ------------------------------------------------------------ reading
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | bytearray:
         if offset < 0 or size < 0:
             raise FsError(errno.EINVAL)
         async with self._lock:
@@ -437,7 +437,7 @@ class File:
             jobs.append(self._read_piece(index, in_chunk, take, view[pos:pos + take]))
             pos += take
         await asyncio.gather(*jobs)
-        return bytes(out)
+        return out  # a bytearray: no second copy of what may be many MiB
 
     async def _chunk_for_read(self, index: int, refresh: bool) -> m.ChunkOut:
         chunk = None if refresh else self._locations.get(index)
