@@ -29,6 +29,9 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
     echo "setup: installing Python dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/pip install -q -r requirements.txt
-    .venv/bin/pip install -q --no-deps --no-build-isolation -e .
+    log=$(mktemp)
+    .venv/bin/pip install -q --no-deps --no-build-isolation -e . >"$log" 2>&1 \
+        || { cat "$log"; rm -f "$log"; exit 1; }
+    rm -f "$log"
     touch "$stamp"
 fi
