@@ -56,6 +56,7 @@ class HAConfig:
     align_timeout_s: float = 0.1
     isr_lag_timeout_s: float = 0.6
     request_timeout_s: float = 0.05
+    heartbeat_s: float = 0.25
     log_retain: int = 2000
     snapshot_gap: int = 500
     max_batch: int = 256
@@ -90,6 +91,4 @@ class HAConfig:
         unknown = set(self.mutations) - set(ALL_MUTATIONS)
         if unknown:
             raise ConfigError(f"unknown mutations {sorted(unknown)}")
-        if self.snapshot_gap >= self.log_retain:
-            raise ConfigError("snapshot_gap must be below log_retain")
         return self

@@ -68,6 +68,8 @@ class Applied(msgspec.Struct, frozen=True):
     seq: int
     result: bytes
     executed: bool          # False when de-duplicated
+    payload: bytes = b""    # the entry's payload (for the shell: chunk commands, checks)
+    error: str = ""         # e.g. unknown-session (the entry changed nothing)
 
 
 class _Session(msgspec.Struct):
@@ -107,24 +109,25 @@ class ReplicatedState:
         p = decode_payload(entry.payload)
         if isinstance(p, RegisterSession):
             self.sessions.setdefault(p.session, _Session(results={}))
-            return Applied(entry.term, entry.version, p.session, 0, b"", True)
+            return Applied(entry.term, entry.version, p.session, 0, b"", True, entry.payload)
         if isinstance(p, Noop):
-            return Applied(entry.term, entry.version, None, 0, b"", True)
+            return Applied(entry.term, entry.version, None, 0, b"", True, entry.payload)
         s = self.sessions.get(p.session)
         if s is None:
-            return Applied(entry.term, entry.version, p.session, p.seq, b"!" + UNKNOWN.encode(),
-                           False)
+            return Applied(entry.term, entry.version, p.session, p.seq, b"", False,
+                           entry.payload, UNKNOWN)
         hit = s.results.get(p.seq)
         if hit is not None or p.seq < s.lowest:
             return Applied(entry.term, entry.version, p.session, p.seq,
-                           hit[1] if hit else b"", False)
+                           hit[1] if hit else b"", False, entry.payload)
         result = self.app.apply(p.body, entry.term, entry.version)
         s.results[p.seq] = (entry.version, result)
         if p.lowest_unanswered > s.lowest:
             s.lowest = p.lowest_unanswered
             for old in [q for q in s.results if q < s.lowest]:
                 del s.results[old]
-        return Applied(entry.term, entry.version, p.session, p.seq, result, True)
+        return Applied(entry.term, entry.version, p.session, p.seq, result, True,
+                       entry.payload)
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(_Snap(self.sessions, self.app.snapshot()))

@@ -1,0 +1,113 @@
+"""Run the deterministic HA simulation over many seeds.
+
+    python -m tests.sim.run --seeds N [--first F] [--seed S] [--verbose] [--jobs J]
+                            [--mutation NAME]
+
+A failing seed prints the violated invariant, the last events of its trace and the one
+command that replays it alone.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing import Pool
+
+from .oracle import Violation
+from .world import SimParams, World
+
+
+@dataclass
+class Result:
+    seed: int
+    ok: bool
+    invariant: str = ""
+    detail: str = ""
+    trace: str = ""
+    sim_s: float = 0.0
+    events: int = 0
+
+
+def run_seed(seed: int, mutations=frozenset(), verbose: bool = False,
+             faulty_s: float = 10.0, healed_s: float = 8.0) -> Result:
+    p = SimParams.from_seed(seed, mutations, faulty_s=faulty_s, healed_s=healed_s)
+    w = World(p, verbose=verbose)
+    try:
+        w.run()
+    except Violation as v:
+        lines = [w.fmt(x) for x in list(w.trace)[-120:]]
+        return Result(seed, False, v.invariant, v.detail, "\n".join(lines), w.t,
+                      w.stats["events"])
+    return Result(seed, True, sim_s=w.t, events=w.stats["events"])
+
+
+def _job(args) -> Result:
+    seed, mutations, faulty_s, healed_s = args
+    return run_seed(seed, frozenset(mutations), False, faulty_s, healed_s)
+
+
+def run_many(seeds, mutations=frozenset(), jobs: int = 2, stop_at_first: bool = False,
+             faulty_s: float = 10.0, healed_s: float = 8.0):
+    """Yield results; with ``stop_at_first`` stop after the first failure."""
+    args = [(s, tuple(sorted(mutations)), faulty_s, healed_s) for s in seeds]
+    if jobs <= 1:
+        for a in args:
+            r = _job(a)
+            yield r
+            if stop_at_first and not r.ok:
+                return
+        return
+    with Pool(jobs) as pool:
+        for r in pool.imap(_job, args, chunksize=4):
+            yield r
+            if stop_at_first and not r.ok:
+                pool.terminate()
+                return
+
+
+def replay_command(seed: int, mutations=()) -> str:
+    mut = "".join(f" --mutation {m}" for m in sorted(mutations))
+    return f".venv/bin/python -m tests.sim.run --seed {seed}{mut} --verbose"
+
+
+def describe_failure(r: Result, mutations=()) -> str:
+    return (f"seed {r.seed} FAILED invariant {r.invariant}: {r.detail}\n"
+            f"--- last events ---\n{r.trace}\n--- replay alone with:\n"
+            f"  {replay_command(r.seed, mutations)}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--mutation", action="append", default=[])
+    ap.add_argument("--faulty", type=float, default=10.0)
+    ap.add_argument("--healed", type=float, default=8.0)
+    a = ap.parse_args(argv)
+    muts = frozenset(a.mutation)
+    if a.seed is not None:
+        r = run_seed(a.seed, muts, a.verbose, a.faulty, a.healed)
+        print(describe_failure(r, muts) if not r.ok else
+              f"seed {a.seed}: ok ({r.events} events, {r.sim_s:.1f}s simulated)")
+        return 0 if r.ok else 1
+    t0 = time.monotonic()
+    failed, sim_s = [], 0.0
+    for r in run_many(range(a.first, a.first + a.seeds), muts, a.jobs, False, a.faulty,
+                      a.healed):
+        sim_s += r.sim_s
+        if not r.ok:
+            failed.append(r)
+            print(describe_failure(r, muts), flush=True)
+    print(f"{a.seeds} seeds, {sim_s / 3600:.2f} simulated hours, {len(failed)} failed, "
+          f"{time.monotonic() - t0:.1f}s")
+    if failed:
+        print("failing seeds:", " ".join(str(r.seed) for r in failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
