@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import secrets
+import signal
 import time
 
+from .. import config as cfgmod
 from ..config import Option, ranged_int
 from ..proto import messages as m
 from ..proto import rpc
@@ -43,6 +45,10 @@ OPTIONS = {
     "CHUNK_LOCK_WAIT": Option(30.0, "float", "seconds a writer waits for a locked chunk"),
     "CS_COMMAND_TIMEOUT": Option(30.0, "float", "seconds to wait for a chunkserver command"),
 }
+
+
+RESTART_KEYS = ("DATA_PATH", "MATOCL_LISTEN_HOST", "MATOCL_LISTEN_PORT", "MATOCS_LISTEN_HOST",
+                "MATOCS_LISTEN_PORT")
 
 
 def _host(value: str) -> str | None:
@@ -82,6 +88,8 @@ class MasterServer:
         log.info("listening for clients on %s:%d, chunkservers on %s:%d",
                  cfg.MATOCL_LISTEN_HOST, cfg.MATOCL_LISTEN_PORT, cfg.MATOCS_LISTEN_HOST,
                  cfg.MATOCS_LISTEN_PORT)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop()]
         workers = [asyncio.create_task(c) for c in background]
         ready()
@@ -95,6 +103,22 @@ class MasterServer:
             log.info("writing final checkpoint")
             self.store.close(checkpoint=True)
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; apply what can change while running."""
+        try:
+            fresh = cfgmod.load(self.cfg.path, OPTIONS)
+        except cfgmod.ConfigError as e:
+            log.error("reload: %s (keeping the running config)", e)
+            return
+        for key in RESTART_KEYS:
+            if getattr(fresh, key) != getattr(self.cfg, key):
+                log.warning("reload: %s changed; it takes effect after a restart", key)
+        self.cfg = fresh
+        self.store.save_mode = fresh.CHANGELOG_SAVE_MODE
+        self.store.back_logs = fresh.BACK_LOGS
+        self.locks.wait_s = fresh.CHUNK_LOCK_WAIT
+        log.info("reloaded %s", fresh.path)
+
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
@@ -102,9 +126,8 @@ class MasterServer:
         return task
 
     async def checkpoint_loop(self) -> None:
-        period = self.cfg.METADATA_SAVE_FREQ * 3600
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self.cfg.METADATA_SAVE_FREQ * 3600)
             await self.store.checkpoint()
 
     async def session_loop(self) -> None:

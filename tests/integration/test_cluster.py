@@ -178,3 +178,26 @@ async def test_many_clients_concurrently(cluster):
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_two_writers_on_one_chunk_are_serialised(cluster):
+    """Each writer's session on the chunk is whole: the result is all A or all B, never
+    a mix, because the master lets one writer at a time hold the chunk."""
+    a, b = await connect(cluster), await connect(cluster)
+    try:
+        await (await a.create("/contended")).close()
+        blobs = {a: os.urandom(1 << 20) * 4, b: os.urandom(1 << 20) * 4}
+
+        async def write(client):
+            f = await client.open("/contended")
+            for i in range(4):
+                await f.write(i << 20, blobs[client][i << 20:(i + 1) << 20])
+                await asyncio.sleep(0)
+            await f.close()
+
+        for _ in range(3):
+            await asyncio.gather(write(a), write(b))
+            assert await a.read_file("/contended") in (blobs[a], blobs[b])
+    finally:
+        await a.close()
+        await b.close()
