@@ -201,3 +201,74 @@ async def test_two_writers_on_one_chunk_are_serialised(cluster):
     finally:
         await a.close()
         await b.close()
+
+
+async def wait_for(predicate, timeout=30.0, interval=0.1):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
+
+
+async def test_lost_server_and_stale_copy_detected(cluster):
+    client = await connect(cluster)
+    try:
+        await client.mkdir("/stale")
+        await client.setgoal("/stale", 2)
+        first = os.urandom(2 << 20)
+        await client.write_file("/stale/f", first)
+        [chunk] = await client.fileinfo("/stale/f")
+        holder = next(d for d in cluster.chunkservers if d.host == chunk.copies[0].addr[0])
+        cluster.kill(holder)
+
+        async def lost():
+            info = await client.cluster_info()
+            return any(s["address"].startswith(holder.host) and not s["connected"]
+                       for s in info["chunkservers"])
+
+        await wait_for(lost)
+        # Written while the holder is down: the other copy moves to a new version.
+        second = os.urandom(2 << 20)
+        f = await client.open("/stale/f")
+        await f.write(0, second)
+        await f.close()
+        cluster.start_daemon(holder)
+        cluster.wait_chunkservers_registered()
+
+        async def stale_seen():
+            [c] = await client.fileinfo("/stale/f")
+            old = [x for x in c.copies if x.addr[0] == holder.host]
+            return old and not old[0].valid and old[0].version < c.version
+
+        await wait_for(stale_seen)
+        assert await client.read_file("/stale/f") == second
+    finally:
+        await client.close()
+
+
+async def test_session_expires_after_sustain_time(tmp_path):
+    c = Cluster(str(tmp_path), net="127.0.9", chunkservers=1,
+                master_options={"SESSION_SUSTAIN_TIME": 1})
+    c.start()
+    try:
+        watcher = await connect(c)
+        leaver = await connect(c)
+        await leaver.write_file("/kept-open", b"x" * 1000)
+        f = await leaver.open("/kept-open")
+        await leaver.unlink("/kept-open")  # open, so the file lives on
+        sessions_before = (await watcher.cluster_info())["sessions"]
+        inodes_before = (await watcher.cluster_info())["inodes"]
+        leaver.link.conn.close()  # the client vanishes without releasing
+
+        async def expired():
+            info = await watcher.cluster_info()
+            return info["sessions"] < sessions_before and info["inodes"] < inodes_before
+
+        await wait_for(expired)
+        await watcher.close()
+    finally:
+        c.destroy()
