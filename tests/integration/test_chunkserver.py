@@ -23,8 +23,8 @@ from elkfs.proto.errors import CRC_ERROR, NO_CHUNK, WRONG_VERSION, FsError
 from elkfs.proto.frames import MAX_DATA, MAX_META, pack_header
 
 ROOT = Path(__file__).resolve().parents[2]
-MASTER_HOST = "127.0.1.10"
-CS_HOSTS = ["127.0.1.20", "127.0.1.21", "127.0.1.22"]
+MASTER_HOST = "127.0.11.10"
+CS_HOSTS = ["127.0.11.20", "127.0.11.21", "127.0.11.22"]
 
 
 def free_port(host: str) -> int:
