@@ -21,7 +21,7 @@ import zlib
 import msgspec
 
 from ..proto import messages as m
-from .namespace import Namespace, Session
+from .namespace import DEFAULT_TRASHTIME, Namespace, Session
 from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
 
 log = logging.getLogger("elkfs.checkpoint")
@@ -32,7 +32,7 @@ SECTION = struct.Struct(">IIB")  # length, crc32, kind
 CHECKPOINT_RE = re.compile(r"^metadata\.([0-9a-f]{16})\.elk$")
 BATCH = 4096
 
-K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END = range(5)
+K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH = range(6)
 N_FILE, N_DIR, N_SYMLINK, N_SPECIAL = range(4)
 
 _enc = msgspec.msgpack.Encoder()
@@ -60,7 +60,7 @@ def list_checkpoints(data_dir: str) -> list[tuple[int, str]]:
 
 def _node_tuple(node: Node) -> list:
     base = [node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime, node.ctime,
-            node.nlink, node.goal, node.xattrs]
+            node.nlink, node.goal, node.xattrs, node.trashtime]
     if isinstance(node, FileNode):
         return [N_FILE, base, node.length, node.chunks]
     if isinstance(node, DirNode):
@@ -72,7 +72,8 @@ def _node_tuple(node: Node) -> list:
 
 def _node_from(t: list) -> Node:
     kind, base = t[0], t[1]
-    inode, mode, uid, gid, atime, mtime, ctime, nlink, goal, xattrs = base
+    inode, mode, uid, gid, atime, mtime, ctime, nlink, goal, xattrs = base[:10]
+    trashtime = base[10] if len(base) > 10 else DEFAULT_TRASHTIME  # older checkpoints
     if kind == N_FILE:
         node = FileNode(inode, mode, uid, gid, 0, goal)
         node.length, node.chunks = t[2], t[3]
@@ -86,6 +87,7 @@ def _node_from(t: list) -> Node:
     else:
         raise CheckpointError(f"unknown node kind {kind}")
     node.atime, node.mtime, node.ctime, node.nlink = atime, mtime, ctime, nlink
+    node.trashtime = trashtime
     node.xattrs = {bytes(k): bytes(v) for k, v in xattrs.items()} if xattrs else None
     return node
 
@@ -124,6 +126,9 @@ def write(ns: Namespace, path: str) -> None:
             for s in ns.sessions.values()
         ]
         section(K_SESSIONS, sessions)
+        trash = [(inode, expire, path) for inode, (expire, path) in ns.trash.items()]
+        for i in range(0, len(trash), BATCH * 4):
+            section(K_TRASH, trash[i:i + BATCH * 4])
         section(K_END, [len(ns.nodes), len(ns.chunks)])
         f.flush()
         os.fsync(f.fileno())
@@ -172,6 +177,9 @@ def read(path: str) -> Namespace:
                 sess = Session(bytes(sid), info, opened, dict(open_files))
                 sess.results = {seq: _result_dec.decode(r) for seq, r in results}
                 ns.sessions[sess.session_id] = sess
+        elif kind == K_TRASH:
+            for inode, expire, tpath in obj:
+                ns.trash[inode] = (expire, bytes(tpath))
         elif kind == K_END:
             if obj != [len(ns.nodes), len(ns.chunks)]:
                 raise CheckpointError(f"{path}: counts do not match")

@@ -11,8 +11,19 @@ records and reaches the identical state. A unit test checks exactly that.
 Every op validates fully before it mutates anything: an op that fails raises `FsError`
 and leaves the state untouched, so failed ops are never journaled.
 
-Side effects on chunkservers (delete a chunk nobody references, cut a chunk's tail) are
-not performed here: they are queued in `effects` for the master shell, which carries them
+Trash: when the last name of a regular file goes and its trash time is not 0, the file
+moves to `trash` (inode -> expiry time and its old path) instead of being freed; it keeps
+its chunks (and its goal) until `Undelete` puts it back or `PurgeTrash` frees it. The
+master shell decides when an entry has expired (its own clock) and journals `PurgeTrash`
+naming the inodes, so replay never depends on a clock.
+
+Snapshots: `Snapshot` copies a file or a tree in one record; copies share chunks
+(`Chunk.refs` counts the files pointing at a chunk). Writing a shared chunk
+(`WriteChunk`, or `Truncate` cutting inside it) gives the writer a new chunk id, made by
+the chunkservers from the old chunk (`DuplicateChunk`), so the other side never changes.
+
+Side effects on chunkservers (delete a chunk nobody references, cut a chunk's tail, copy
+a shared chunk for a truncate) are not performed here: they are queued in `effects` for the master shell, which carries them
 out once the record is durable (and, with HA, committed).
 
 Exactly-once: a change carrying (session, seq) stores its result in the session; a retry
@@ -37,6 +48,8 @@ CHUNK_SIZE = 64 << 20
 MAX_NAME = 255
 MAX_GOAL = 9
 DEFAULT_ROOT_GOAL = 2
+DEFAULT_TRASHTIME = 86400
+MAX_TRASHTIME = (1 << 31) - 1
 MAX_FILE_SIZE = CHUNK_SIZE * (1 << 31)
 RESULTS_KEPT = 4096  # per-session results kept for retries
 
@@ -59,6 +72,19 @@ class DeleteChunkEffect:
 
 
 @dataclass(frozen=True)
+class DuplicateChunkEffect:
+    """Copy-on-write of a shared chunk: make `new_chunk_id` at `new_version` from
+    `chunk_id` at `version`; then, if `length` >= 0, cut it to `length` bytes under
+    version `new_version + 1`."""
+
+    chunk_id: int
+    version: int
+    new_chunk_id: int
+    new_version: int
+    length: int = -1
+
+
+@dataclass(frozen=True)
 class TruncateChunkEffect:
     chunk_id: int
     version: int
@@ -78,11 +104,13 @@ class Namespace:
         self.nodes: dict[int, Node] = {}
         self.chunks: dict[int, Chunk] = {}
         self.sessions: dict[bytes, Session] = {}
+        self.trash: dict[int, tuple[int, bytes]] = {}  # inode -> (expire_ns, path)
         self.version = 0  # metadata version of the last applied record
         self.next_inode = ROOT + 1
         self.next_chunk_id = 1
         self.effects: list = []
-        root = DirNode(ROOT, stat.S_IFDIR | 0o755, 0, 0, 0, DEFAULT_ROOT_GOAL, parent=ROOT)
+        root = DirNode(ROOT, stat.S_IFDIR | 0o755, 0, 0, 0, DEFAULT_ROOT_GOAL,
+                       DEFAULT_TRASHTIME, parent=ROOT)
         self.nodes[ROOT] = root
 
     # ------------------------------------------------------------ reading
@@ -110,7 +138,8 @@ class Namespace:
     @staticmethod
     def attr(node: Node) -> m.Attr:
         return m.Attr(node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime,
-                      node.ctime, node.nlink, node.size(), node.rdev(), node.goal)
+                      node.ctime, node.nlink, node.size(), node.rdev(), node.goal,
+                      node.trashtime)
 
     def lookup(self, parent: int, name: bytes) -> Node:
         directory = self.dir(parent)
@@ -148,6 +177,8 @@ class Namespace:
             return m.NamesOut(list(node.xattrs or ()))
         if isinstance(op, m.DirStats):
             return self.dirstats(op.inode)
+        if isinstance(op, m.ListTrash):
+            return self.list_trash(op.offset, op.limit)
         raise FsError(errno.ENOSYS, f"{type(op).__name__} is not a namespace query")
 
     def readdir(self, inode: int, offset: int, limit: int) -> m.DirOut:
@@ -157,6 +188,28 @@ class Namespace:
         entries = [m.DirEntry(name, self.attr(self.nodes[child])) for name, child in names]
         done = offset + len(entries) >= len(directory.children)
         return m.DirOut(entries, -1 if done else offset + len(entries))
+
+    def list_trash(self, offset: int, limit: int) -> m.TrashOut:
+        limit = max(1, min(limit, 10000))
+        items = itertools.islice(self.trash.items(), offset, offset + limit)
+        entries = [m.TrashEntry(inode, path, expire, self.attr(self.nodes[inode]))
+                   for inode, (expire, path) in items]
+        done = offset + len(entries) >= len(self.trash)
+        return m.TrashOut(entries, -1 if done else offset + len(entries))
+
+    def path_of(self, dir_inode: int, name: bytes = b"") -> bytes:
+        """The path of `name` in directory `dir_inode`, from the root, no leading slash."""
+        parts = [name] if name else []
+        inode = dir_inode
+        while inode != ROOT:
+            directory = self.nodes[inode]
+            parent = self.nodes[directory.parent]
+            for child_name, child in parent.children.items():
+                if child == inode:
+                    parts.append(child_name)
+                    break
+            inode = directory.parent
+        return b"/".join(reversed(parts))
 
     def dirstats(self, inode: int) -> m.DirStatsOut:
         inodes = dirs = files = chunks = length = size = realsize = 0
@@ -221,10 +274,11 @@ class Namespace:
         inode = self.next_inode
         self.next_inode += 1
         if cls is DirNode:
-            node = DirNode(inode, mode, uid, gid, ts, parent.goal, parent=parent.inode)
+            node = DirNode(inode, mode, uid, gid, ts, parent.goal, parent.trashtime,
+                           parent=parent.inode)
             parent.nlink += 1
         else:
-            node = cls(inode, mode, uid, gid, ts, parent.goal, **extra)
+            node = cls(inode, mode, uid, gid, ts, parent.goal, parent.trashtime, **extra)
         # New entries inherit the directory's SGID group, as on Linux file systems.
         if parent.mode & stat.S_ISGID:
             node.gid = parent.gid
@@ -282,11 +336,17 @@ class Namespace:
         parent.mtime = parent.ctime = ts
         return m.EntryOut(self.attr(node))
 
-    def _drop_link(self, node: Node, ts: int) -> None:
-        """One name of `node` is gone: free it when no name and no open file is left."""
+    def _drop_link(self, node: Node, ts: int, path: bytes) -> None:
+        """One name (`path`) of `node` is gone. The last name of a regular file with a
+        trash time sends it to the trash; otherwise it is freed unless still open."""
         node.nlink -= 1
         node.ctime = ts
-        if node.nlink <= 0 and not self._is_open(node.inode):
+        if node.nlink <= 0 and isinstance(node, FileNode) and node.trashtime > 0:
+            self.trash[node.inode] = (ts + node.trashtime * 1_000_000_000, path)
+        self._maybe_free(node)
+
+    def _maybe_free(self, node: Node) -> None:
+        if node.nlink <= 0 and node.inode not in self.trash and not self._is_open(node.inode):
             self._free(node)
 
     def _is_open(self, inode: int) -> bool:
@@ -313,9 +373,10 @@ class Namespace:
             raise FsError(errno.EINVAL)
         if isinstance(node, DirNode):
             raise FsError(errno.EISDIR)
+        path = self.path_of(op.parent, op.name)
         del parent.children[op.name]
         parent.mtime = parent.ctime = ts
-        self._drop_link(node, ts)
+        self._drop_link(node, ts, path)
         return None
 
     def _rmdir(self, op: m.Rmdir, ts, sess):
@@ -384,7 +445,7 @@ class Namespace:
                 dst_dir.nlink -= 1
                 del self.nodes[dst.inode]
             else:
-                self._drop_link(dst, ts)
+                self._drop_link(dst, ts, self.path_of(dst_dir.inode, op.new_name))
         del src_dir.children[op.name]
         dst_dir.children[op.new_name] = src.inode
         if isinstance(src, DirNode) and src_dir is not dst_dir:
@@ -452,12 +513,23 @@ class Namespace:
             del node.chunks[keep:]
             tail = op.length % CHUNK_SIZE
             if tail and 0 < keep <= len(node.chunks) and node.chunks[keep - 1]:
-                # The last chunk keeps `tail` bytes: zero the rest on its copies, under a
-                # new version so a copy that missed the cut is stale.
                 chunk = self.chunks[node.chunks[keep - 1]]
-                old = chunk.version
-                chunk.version += 1
-                self.effects.append(TruncateChunkEffect(chunk.chunk_id, old, chunk.version, tail))
+                if chunk.refs > 1:
+                    # Shared with a snapshot: cut a private copy (new id), not the shared one.
+                    chunk.refs -= 1
+                    new = Chunk(self.next_chunk_id, 2)
+                    self.next_chunk_id += 1
+                    self.chunks[new.chunk_id] = new
+                    node.chunks[keep - 1] = new.chunk_id
+                    self.effects.append(DuplicateChunkEffect(chunk.chunk_id, chunk.version,
+                                                             new.chunk_id, 1, tail))
+                else:
+                    # The last chunk keeps `tail` bytes: zero the rest on its copies, under
+                    # a new version so a copy that missed the cut is stale.
+                    old = chunk.version
+                    chunk.version += 1
+                    self.effects.append(TruncateChunkEffect(chunk.chunk_id, old, chunk.version,
+                                                            tail))
         node.length = op.length
         node.mtime = node.ctime = ts
         return m.AttrOut(self.attr(node))
@@ -504,6 +576,105 @@ class Namespace:
                 stack.extend(self.nodes[c] for c in node.children.values())
         return m.AttrOut(self.attr(self.nodes[op.inode]))
 
+    def _settrashtime(self, op: m.SetTrashTime, ts, sess):
+        if not 0 <= op.trashtime <= MAX_TRASHTIME:
+            raise FsError(errno.EINVAL, f"trash time must be 0-{MAX_TRASHTIME}")
+        stack = [self.node(op.inode)]
+        while stack:
+            node = stack.pop()
+            if node.trashtime != op.trashtime:
+                node.trashtime = op.trashtime
+                node.ctime = ts
+            if op.recursive and isinstance(node, DirNode):
+                stack.extend(self.nodes[c] for c in node.children.values())
+        return m.AttrOut(self.attr(self.nodes[op.inode]))
+
+    def _snapshot(self, op: m.Snapshot, ts, sess):
+        src = self.node(op.inode)
+        if src.nlink <= 0:
+            raise FsError(errno.ENOENT, "source is in the trash")
+        parent = self._prepare_create(op.dst_parent, op.dst_name)
+        if isinstance(src, DirNode) and self._is_ancestor(src.inode, parent.inode):
+            raise FsError(errno.EINVAL, "snapshot of a directory into its own subtree")
+        # Validated: copy depth-first. Every name gets its own copy (hard links inside the
+        # tree are not kept linked); files share their chunks with the source.
+        top = self._copy_node(src, parent, op.dst_name, ts)
+        parent.mtime = parent.ctime = ts
+        return m.EntryOut(self.attr(top))
+
+    def _copy_node(self, src: Node, parent: DirNode, name: bytes, ts: int) -> Node:
+        stack = [(src, parent, name)]
+        top = None
+        while stack:
+            node, into, nm = stack.pop()
+            inode = self.next_inode
+            self.next_inode += 1
+            if isinstance(node, DirNode):
+                copy = DirNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                               node.trashtime, parent=into.inode)
+                into.nlink += 1
+                stack.extend((self.nodes[c], copy, n)
+                             for n, c in reversed(list(node.children.items())))
+            elif isinstance(node, FileNode):
+                copy = FileNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                                node.trashtime)
+                copy.length = node.length
+                copy.chunks = list(node.chunks)
+                for chunk_id in copy.chunks:
+                    if chunk_id:
+                        self.chunks[chunk_id].refs += 1
+            elif isinstance(node, SymlinkNode):
+                copy = SymlinkNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                                   node.trashtime, target=node.target)
+            else:
+                copy = SpecialNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                                   node.trashtime, dev=node.dev)
+            copy.atime, copy.mtime = node.atime, node.mtime
+            if node.xattrs:
+                copy.xattrs = dict(node.xattrs)
+            self.nodes[inode] = copy
+            into.children[nm] = inode
+            if top is None:
+                top = copy
+        return top
+
+    def _undelete(self, op: m.Undelete, ts, sess):
+        entry = self.trash.get(op.inode)
+        if entry is None:
+            raise FsError(errno.ENOENT, "not in the trash")
+        node = self.nodes[op.inode]
+        parts = [p for p in entry[1].split(b"/") if p]
+        if not parts:
+            raise FsError(errno.EINVAL, "trash entry has no path")
+        # Validate: walk the existing part of the path; the rest will be made.
+        directory = self.nodes[ROOT]
+        missing = []
+        for i, part in enumerate(parts[:-1]):
+            child = directory.children.get(part)
+            if child is None:
+                missing = parts[i:-1]
+                break
+            directory = self.nodes[child]
+            if not isinstance(directory, DirNode):
+                raise FsError(errno.ENOTDIR, f"{part!r} on the way back is not a directory")
+        if not missing and parts[-1] in directory.children:
+            raise FsError(errno.EEXIST, "a file with that name exists")
+        for part in missing:
+            directory = self._new_node(DirNode, directory, part, stat.S_IFDIR | 0o755,
+                                       node.uid, node.gid, ts)
+        del self.trash[op.inode]
+        directory.children[parts[-1]] = node.inode
+        directory.mtime = directory.ctime = ts
+        node.nlink = 1
+        node.ctime = ts
+        return m.EntryOut(self.attr(node))
+
+    def _purgetrash(self, op: m.PurgeTrash, ts, sess):
+        for inode in op.inodes:
+            if self.trash.pop(inode, None) is not None:
+                self._maybe_free(self.nodes[inode])
+        return None
+
     def _acquire(self, op: m.Acquire, ts, sess):
         self.node(op.inode)
         if sess is None:
@@ -520,8 +691,8 @@ class Namespace:
         else:
             del sess.open_files[op.inode]
             node = self.nodes.get(op.inode)
-            if node is not None and node.nlink <= 0 and not self._is_open(op.inode):
-                self._free(node)
+            if node is not None:
+                self._maybe_free(node)
         return None
 
     def _writechunk(self, op: m.WriteChunk, ts, sess):
@@ -531,7 +702,15 @@ class Namespace:
         while len(node.chunks) <= op.index:
             node.chunks.append(0)
         chunk_id = node.chunks[op.index]
-        if chunk_id:
+        if chunk_id and self.chunks[chunk_id].refs > 1:
+            # Shared with a snapshot: the writer gets its own copy under a new id (the
+            # shell has the chunkservers duplicate the old chunk into it).
+            self.chunks[chunk_id].refs -= 1
+            chunk = Chunk(self.next_chunk_id, 1)
+            self.next_chunk_id += 1
+            self.chunks[chunk.chunk_id] = chunk
+            node.chunks[op.index] = chunk.chunk_id
+        elif chunk_id:
             chunk = self.chunks[chunk_id]
             chunk.version += 1
         else:
@@ -563,8 +742,8 @@ class Namespace:
         del self.sessions[op.session]
         for inode in closing.open_files:
             node = self.nodes.get(inode)
-            if node is not None and node.nlink <= 0 and not self._is_open(inode):
-                self._free(node)
+            if node is not None:
+                self._maybe_free(node)
         return None
 
     _HANDLERS = {
@@ -574,4 +753,6 @@ class Namespace:
         m.SetGoal: _setgoal, m.Acquire: _acquire, m.Release: _release,
         m.WriteChunk: _writechunk, m.WriteChunkEnd: _writechunkend,
         OpenSession: _opensession, CloseSession: _closesession,
+        m.SetTrashTime: _settrashtime, m.Snapshot: _snapshot, m.Undelete: _undelete,
+        m.PurgeTrash: _purgetrash,
     }

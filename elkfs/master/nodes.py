@@ -18,9 +18,10 @@ TYPE_NAMES = {
 
 class Node:
     __slots__ = ("inode", "mode", "uid", "gid", "atime", "mtime", "ctime", "nlink", "goal",
-                 "xattrs")
+                 "trashtime", "xattrs")
 
-    def __init__(self, inode: int, mode: int, uid: int, gid: int, ts: int, goal: int):
+    def __init__(self, inode: int, mode: int, uid: int, gid: int, ts: int, goal: int,
+                 trashtime: int = 86400):
         self.inode = inode
         self.mode = mode  # includes the S_IF* type bits
         self.uid = uid
@@ -28,6 +29,7 @@ class Node:
         self.atime = self.mtime = self.ctime = ts
         self.nlink = 1
         self.goal = goal
+        self.trashtime = trashtime  # seconds in the trash once unlinked (files)
         self.xattrs: dict[bytes, bytes] | None = None
 
     @property

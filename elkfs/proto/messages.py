@@ -75,6 +75,7 @@ class Attr(msgspec.Struct, array_like=True, frozen=True):
     size: int
     rdev: int
     goal: int
+    trashtime: int = 0  # seconds an unlinked file stays in the trash
 
 
 class DirEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -174,6 +175,14 @@ class ClusterInfo(Op, tag="clusterinfo"):
     """Summary, chunkservers and masters (for mfscli)."""
 
     READ_ONLY = True
+
+
+class ListTrash(Op, tag="listtrash"):
+    """Files in the trash (unlinked, kept for their trash time), `limit` after `offset`."""
+
+    READ_ONLY = True
+    offset: int = 0
+    limit: int = 1000
 
 
 # Ops that change metadata
@@ -285,6 +294,39 @@ class SetGoal(Op, tag="setgoal"):
     recursive: bool = False
 
 
+class SetTrashTime(Op, tag="settrashtime"):
+    """Seconds an unlinked file is kept in the trash (0: freed at once); inherited by new
+    entries of a directory like the goal."""
+
+    inode: int
+    trashtime: int
+    recursive: bool = False
+
+
+class Snapshot(Op, tag="snapshot"):
+    """Lazy copy of a file or a whole tree to `dst_parent`/`dst_name` in one step: the
+    copies share chunks (copy-on-write on the next write to either side)."""
+
+    inode: int
+    dst_parent: int
+    dst_name: bytes
+    uid: int = 0
+    gid: int = 0
+
+
+class Undelete(Op, tag="undelete"):
+    """Move a file from the trash back to its path (missing directories are made)."""
+
+    inode: int
+
+
+class PurgeTrash(Op, tag="purgetrash"):
+    """Free these trash files now (an expired trash file, or a user's purge). Inodes that
+    are not in the trash (any more) are skipped."""
+
+    inodes: list[int]
+
+
 class Acquire(Op, tag="acquire"):
     """The session opened the file: keep it alive while open, even when unlinked."""
 
@@ -314,9 +356,10 @@ class WriteChunkEnd(Op, tag="writechunkend"):
 
 AnyOp = Union[
     Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, StatFs, ReadChunk, FileChunks,
-    DirStats, ClusterInfo,
+    DirStats, ClusterInfo, ListTrash,
     Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, SetAttr, Truncate, SetXattr,
     RemoveXattr, SetGoal, Acquire, Release, WriteChunk, WriteChunkEnd,
+    SetTrashTime, Snapshot, Undelete, PurgeTrash,
 ]
 
 
@@ -385,9 +428,21 @@ class JsonOut(Result, tag="json"):
     text: str
 
 
+class TrashEntry(msgspec.Struct, array_like=True, frozen=True):
+    inode: int
+    path: bytes  # where the file was, from the root, without the leading slash
+    expire_ns: int  # when it will be purged (master wall clock)
+    attr: Attr
+
+
+class TrashOut(Result, tag="trash"):
+    entries: list[TrashEntry]
+    next_offset: int  # -1 when the listing is complete
+
+
 AnyResult = Union[
     EntryOut, AttrOut, DirOut, BytesOut, NamesOut, StatFsOut, ChunkOut, FileChunksOut,
-    DirStatsOut, JsonOut,
+    DirStatsOut, JsonOut, TrashOut,
 ]
 
 
@@ -514,6 +569,22 @@ AnyCsCmd = Union[CreateChunk, DeleteChunk, SetChunkVersion, TruncateChunk, Dupli
 class CsCommand(Msg):
     req: int
     command: AnyCsCmd
+
+
+@message(90)
+class CsMarkedChunks(Msg):
+    """The chunks this chunkserver keeps on disks marked for removal (`*` in mfshdd.cfg):
+    the whole list, sent after registering and whenever the marks change. The master
+    copies them elsewhere and then reports the disks as removable."""
+
+    chunk_ids: list[int]
+
+
+@message(91)
+class CsChunksLost(Msg):
+    """Copies this chunkserver no longer has (a failing disk was taken out of use)."""
+
+    chunks: list[tuple[int, int]]  # (chunk_id, version)
 
 
 # ---------------------------------------------------------------- data port (9422)

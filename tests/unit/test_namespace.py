@@ -7,8 +7,10 @@ import stat
 
 import pytest
 
+from elkfs.master import checkpoint
 from elkfs.master.checkpoint import _node_tuple
-from elkfs.master.namespace import ROOT, DeleteChunkEffect, Namespace, TruncateChunkEffect
+from elkfs.master.namespace import (ROOT, DeleteChunkEffect, DuplicateChunkEffect, Namespace,
+                                    TruncateChunkEffect)
 from elkfs.master.records import OpenSession, Record
 from elkfs.proto import messages as m
 from elkfs.proto.errors import FsError
@@ -55,6 +57,7 @@ def state(ns: Namespace):
         sorted((c.chunk_id, c.version, c.refs) for c in ns.chunks.values()),
         sorted((s.session_id, tuple(sorted(s.open_files.items())), len(s.results))
                for s in ns.sessions.values()),
+        sorted(ns.trash.items()),
     )
 
 
@@ -78,6 +81,7 @@ def test_create_lookup_and_attributes():
 
 def test_special_nodes_symlinks_and_hard_links():
     r = Runner()
+    r.do(m.SetTrashTime(ROOT, 0))
     fifo = r.do(m.Mknod(ROOT, b"p", stat.S_IFIFO | 0o644, 0, 0)).attr
     assert stat.S_ISFIFO(fifo.mode)
     dev = r.do(m.Mknod(ROOT, b"c", stat.S_IFCHR | 0o600, 0, 0, rdev=0x0501)).attr
@@ -99,6 +103,7 @@ def test_special_nodes_symlinks_and_hard_links():
 
 def test_rmdir_and_rename_edge_cases():
     r = Runner()
+    r.do(m.SetTrashTime(ROOT, 0))
     a = r.mkdir(ROOT, b"a")
     b = r.mkdir(a, b"b")
     r.mkfile(b, b"f")
@@ -189,18 +194,114 @@ def test_chunks_truncate_and_delete_effects():
     assert r.ns.nodes[f].chunks == [1]
     assert r.ns.effects == [DeleteChunkEffect(2, 1), TruncateChunkEffect(1, 2, 3, 1000)]
     r.ns.effects.clear()
-    r.do(m.Unlink(ROOT, b"f"))
-    assert r.ns.effects == [DeleteChunkEffect(1, 3)] and not r.ns.chunks
+    r.do(m.Unlink(ROOT, b"f"))  # to the trash: chunks kept
+    assert r.ns.effects == [] and f in r.ns.trash and r.ns.chunks
+    r.do(m.PurgeTrash([f]))
+    assert r.ns.effects == [DeleteChunkEffect(1, 3)] and not r.ns.chunks and f not in r.ns.nodes
 
 
 def test_open_unlinked_file_lives_until_released():
     r = Runner()
+    r.do(m.SetTrashTime(ROOT, 0))
     f = r.mkfile(ROOT, b"f")
     r.do(m.Acquire(f))
     r.do(m.Unlink(ROOT, b"f"))
     assert f in r.ns.nodes and r.ns.nodes[f].nlink == 0
     r.do(m.Release(f))
     assert f not in r.ns.nodes
+
+
+def test_trash_time_inherited_unlink_to_trash_and_undelete():
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    assert r.ns.nodes[d].trashtime == 86400
+    r.do(m.SetTrashTime(d, 3600))
+    sub = r.mkdir(d, b"sub")
+    f = r.mkfile(sub, b"f")
+    assert r.ns.attr(r.ns.nodes[f]).trashtime == 3600
+    r.fails(m.SetTrashTime(d, -1), errno.EINVAL)
+    c = r.do(m.WriteChunk(f, 0))
+    r.do(m.Unlink(sub, b"f"))
+    expire, path = r.ns.trash[f]
+    assert path == b"d/sub/f" and expire == r.ts + 3600 * 10**9
+    assert r.ns.nodes[f].nlink == 0 and c.chunk_id in r.ns.chunks
+    out = r.ns.query(m.ListTrash())
+    assert [(e.inode, e.path) for e in out.entries] == [(f, b"d/sub/f")] and out.next_offset == -1
+    r.fails(m.Link(f, ROOT, b"x"), errno.ENOENT)
+    # Restore after its directories went: they are made again.
+    r.do(m.Rmdir(d, b"sub"))
+    r.do(m.Undelete(f))
+    assert r.ns.lookup(r.ns.lookup(d, b"sub").inode, b"f").inode == f
+    assert f not in r.ns.trash and r.ns.nodes[f].nlink == 1
+    r.fails(m.Undelete(f), errno.ENOENT)
+    # A name in the way blocks the restore.
+    r.do(m.Unlink(r.ns.lookup(d, b"sub").inode, b"f"))
+    r.mkfile(r.ns.lookup(d, b"sub").inode, b"f")
+    r.fails(m.Undelete(f), errno.EEXIST)
+    # Replaced by a rename: the replaced file goes to the trash too.
+    g = r.mkfile(ROOT, b"g")
+    r.mkfile(ROOT, b"h")
+    r.do(m.Rename(ROOT, b"h", ROOT, b"g"))
+    assert r.ns.trash[g][1] == b"g"
+    # Trash time 0: freed at once.
+    r.do(m.SetTrashTime(ROOT, 0))
+    z = r.mkfile(ROOT, b"z")
+    r.do(m.Unlink(ROOT, b"z"))
+    assert z not in r.ns.nodes and z not in r.ns.trash
+    # Purged while open: freed at the last release.
+    r.do(m.Acquire(g))
+    r.do(m.PurgeTrash([g, 12345]))
+    assert g in r.ns.nodes and g not in r.ns.trash
+    r.do(m.Release(g))
+    assert g not in r.ns.nodes
+
+
+def test_snapshot_shares_chunks_and_copies_on_write():
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    f = r.mkfile(d, b"f")
+    r.do(m.SetXattr(f, b"user.k", b"v"))
+    r.do(m.Symlink(d, b"l", b"f", 0, 0))
+    c0 = r.do(m.WriteChunk(f, 0))
+    c1 = r.do(m.WriteChunk(f, 1))
+    r.do(m.WriteChunkEnd(f, 1, c1.chunk_id, (64 << 20) + 500))
+    top = r.do(m.Snapshot(d, ROOT, b"snap")).attr
+    snap_f = r.ns.lookup(top.inode, b"f")
+    assert snap_f.inode != f and snap_f.chunks == [c0.chunk_id, c1.chunk_id]
+    assert snap_f.length == (64 << 20) + 500 and snap_f.xattrs == {b"user.k": b"v"}
+    assert r.ns.lookup(top.inode, b"l").target == b"f"
+    assert r.ns.chunks[c0.chunk_id].refs == 2 and r.ns.nodes[ROOT].nlink == 4
+    r.fails(m.Snapshot(d, d, b"inside"), errno.EINVAL)
+    r.fails(m.Snapshot(d, ROOT, b"snap"), errno.EEXIST)
+    # Writing the copy: a new chunk for it, the original keeps its chunk and version.
+    w = r.do(m.WriteChunk(snap_f.inode, 0))
+    assert w.chunk_id not in (c0.chunk_id, c1.chunk_id) and w.version == 1
+    assert r.ns.nodes[f].chunks[0] == c0.chunk_id and r.ns.chunks[c0.chunk_id].version == 1
+    assert r.ns.chunks[c0.chunk_id].refs == 1
+    # Writing the original now only bumps the version (no longer shared).
+    assert r.do(m.WriteChunk(f, 0)).chunk_id == c0.chunk_id
+    # A truncate inside a shared chunk cuts a private copy.
+    r.ns.effects.clear()
+    r.do(m.Truncate(f, (64 << 20) + 100))
+    new = r.ns.nodes[f].chunks[1]
+    assert new != c1.chunk_id and r.ns.chunks[new].version == 2
+    assert r.ns.effects == [DuplicateChunkEffect(c1.chunk_id, 1, new, 1, 100)]
+    assert snap_f.chunks[1] == c1.chunk_id and r.ns.chunks[c1.chunk_id].refs == 1
+    # Removing one side keeps the chunks of the other.
+    r.do(m.SetTrashTime(ROOT, 0, recursive=True))
+    r.ns.effects.clear()
+    r.do(m.Unlink(top.inode, b"f"))
+    assert r.ns.effects == [DeleteChunkEffect(w.chunk_id, 1), DeleteChunkEffect(c1.chunk_id, 1)]
+    assert c0.chunk_id in r.ns.chunks
+
+
+def test_checkpoint_round_trip(tmp_path):
+    rnd = random.Random(7)
+    live = Runner()
+    random_ops(live, rnd, 600)
+    path = str(tmp_path / checkpoint.checkpoint_name(live.ns.version))
+    checkpoint.write(live.ns, path)
+    assert state(checkpoint.read(path)) == state(live.ns)
 
 
 def test_exactly_once_results_are_kept():
@@ -225,7 +326,7 @@ def random_ops(r: Runner, rnd: random.Random, count: int):
         files = [i for i, n in r.ns.nodes.items() if not n.is_dir]
         parent = rnd.choice(dirs)
         name = rnd.choice(names)
-        choice = rnd.randrange(12)
+        choice = rnd.randrange(16)
         if choice == 0:
             op = m.Mkdir(parent, name, 0o755, 0, 0)
         elif choice == 1:
@@ -249,6 +350,18 @@ def random_ops(r: Runner, rnd: random.Random, count: int):
             op = m.SetXattr(rnd.choice(dirs), name, b"v", rnd.randrange(3))
         elif choice == 10:
             op = m.SetGoal(rnd.choice(dirs), rnd.randrange(1, 11), rnd.random() < 0.5)
+        elif choice == 11:
+            op = m.SetTrashTime(rnd.choice(dirs + files), rnd.choice([0, 0, 60, 86400]),
+                                rnd.random() < 0.5)
+        elif choice == 12:
+            op = m.Snapshot(rnd.choice(dirs + files), parent, name)
+        elif choice == 13 and r.ns.trash:
+            op = m.Undelete(rnd.choice(list(r.ns.trash)))
+        elif choice == 14 and r.ns.trash:
+            trashed = list(r.ns.trash)
+            op = m.PurgeTrash(rnd.sample(trashed, rnd.randrange(1, len(trashed) + 1)))
+        elif choice == 15 and files:
+            op = m.Acquire(rnd.choice(files)) if rnd.random() < 0.5 else m.Release(rnd.choice(files))
         else:
             op = m.Symlink(parent, name, b"t", 0, 0)
         before = state(r.ns)
