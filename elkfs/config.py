@@ -58,10 +58,18 @@ def ranged_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
 PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": _nonneg_int,
     "float": _positive_float,
+    "nonneg_float": _nonneg_float,
     "bool": _bool,
     "port": _port,
 }

@@ -17,7 +17,14 @@ Data port, one `Connection` per peer (clients, and upstream chunkservers of a ch
 Master link: connect (every address the name resolves to, in turn), `CsRegister` with
 the full chunk list, then `CsSpace` every second; `CsCommand`s are executed in arrival
 order (replication runs beside them) and answered `Ok`/`Error`. When the link drops the
-chunkserver reconnects with backoff forever and registers again.
+chunkserver reconnects with backoff forever and registers again. After registering (and
+whenever mfshdd.cfg marks change) it sends `CsMarkedChunks`, the chunks on disks marked
+for removal, which the master copies elsewhere; a disk taken out after I/O errors is
+reported with `CsChunksLost`.
+
+Scrub: a background task CRC-checks every chunk, one after another, at HDD_TEST_SPEED
+MB/s (0 turns it off); a bad block or CRC table is reported like a bad read
+(`CsChunkDamaged`) and the master replaces the copy.
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ OPTIONS: dict[str, Option] = {
     "MASTER_PORT": Option(9420, "port", "master port for chunkservers"),
     "MASTER_RECONNECTION_DELAY": Option(1.0, "float", "first delay before reconnecting, s"),
     "MASTER_TIMEOUT": Option(10.0, "float", "how long to wait for the master's replies, s"),
-    "HDD_TEST_SPEED": Option(1.0, "float", "background CRC scrub speed, MB/s (not yet used)"),
+    "HDD_TEST_SPEED": Option(1.0, "nonneg_float", "background CRC scrub speed, MB/s (0: off)"),
+    "HDD_MAX_ERRORS": Option(3, ranged_int(1, 1000000),
+                             "I/O errors after which a disk is taken out of use"),
     "WORKERS_MAX": Option(8, ranged_int(1, 256), "disk I/O threads"),
     "OPEN_CHUNKS_LIMIT": Option(512, ranged_int(4, 1 << 20), "chunk files kept open"),
 }
@@ -135,7 +144,8 @@ class ChunkServer:
     def __init__(self, store: ChunkStore, *, data_path: str, listen_host: str = "*",
                  listen_port: int = 9422, master_host: str = "mfsmaster",
                  master_port: int = 9420, reconnect_delay: float = 1.0,
-                 master_timeout: float = 10.0, workers: int = 8, hdd_conf: str | None = None):
+                 master_timeout: float = 10.0, workers: int = 8, hdd_conf: str | None = None,
+                 test_speed: float = 0.0):
         self.store = store
         self.data_path = data_path
         self.listen_host = "0.0.0.0" if listen_host in ("*", "") else listen_host
@@ -145,6 +155,9 @@ class ChunkServer:
         self.reconnect_delay = reconnect_delay
         self.master_timeout = master_timeout
         self.hdd_conf = hdd_conf
+        self.test_speed = test_speed  # scrub speed, MB/s
+        self.scrubbed_bytes = 0
+        self.scrubbed_chunks = 0
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cs-io")
         self.cs_id = load_cs_id(data_path)
         self.server: asyncio.base_events.Server | None = None
@@ -165,7 +178,7 @@ class ChunkServer:
                    master_port=cfg.MASTER_PORT,
                    reconnect_delay=cfg.MASTER_RECONNECTION_DELAY,
                    master_timeout=cfg.MASTER_TIMEOUT, workers=cfg.WORKERS_MAX,
-                   hdd_conf=cfg.HDD_CONF_FILENAME)
+                   hdd_conf=cfg.HDD_CONF_FILENAME, test_speed=cfg.HDD_TEST_SPEED)
 
     # ------------------------------------------------------------ life cycle
 
@@ -179,6 +192,10 @@ class ChunkServer:
                  self.listen_port, len(self.store))
         self._command_task = asyncio.create_task(self._command_worker())
         self._master_task = asyncio.create_task(self._master_loop())
+        loop = asyncio.get_running_loop()
+        self.store.on_disk_failed = lambda disk, lost: loop.call_soon_threadsafe(
+            self._disk_failed, disk, lost)
+        self._spawn(self._scrub_loop())
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -214,18 +231,70 @@ class ChunkServer:
             log.error("reload: %s (disks unchanged)", e)
             return
         known = {d.path: d for d in self.store.disks}
+        marks_changed = False
         for entry in entries:
             disk = known.pop(entry.path, None)
             if disk is None:
                 d = self.store.add_disk(entry)
                 log.info("reload: added disk %s (%d chunks)", d.path, d.chunk_count)
             elif disk.marked_for_removal != entry.marked_for_removal:
+                marks_changed = True
                 disk.marked_for_removal = entry.marked_for_removal
                 log.info("reload: disk %s %s", disk.path, "marked for removal"
                          if entry.marked_for_removal else "no longer marked for removal")
         for path in known:
             log.warning("reload: disk %s left %s; it stays in use until restart",
                         path, self.hdd_conf)
+        if marks_changed:
+            self._send_marked()
+
+    def _send_marked(self) -> None:
+        if self.master is not None and self.master.is_open and self.registered.is_set():
+            try:
+                self.master.send(m.CsMarkedChunks(self.store.marked_chunks()))
+            except rpc.ConnectionClosed:
+                pass
+
+    def _disk_failed(self, disk, lost: list[tuple[int, int]]) -> None:
+        """A disk was taken out: tell the master its copies are gone."""
+        for chunk_id, version in lost:
+            self.damaged.discard((chunk_id, version))
+        if self.master is not None and self.master.is_open and self.registered.is_set():
+            try:
+                self.master.send(m.CsChunksLost(lost))
+            except rpc.ConnectionClosed:
+                pass
+        # (If the master is not connected, the next registration lists the chunks left.)
+
+    async def _scrub_loop(self) -> None:
+        """CRC-check every chunk in turn at `test_speed` MB/s, forever."""
+        while True:
+            if self.test_speed <= 0:
+                await asyncio.sleep(5.0)
+                continue
+            ids = [(cid, v) for cid, v in self.store.chunks() if (cid, v) not in self.damaged]
+            if not ids:
+                await asyncio.sleep(1.0)
+                continue
+            for chunk_id, version in ids:
+                if self.test_speed <= 0:
+                    break
+                try:
+                    checked, problem = await self._io(self.store.scrub, chunk_id)
+                except Exception as e:  # never let the scrub die
+                    log.error("scrub of chunk %016X failed: %r", chunk_id, e)
+                    checked, problem = 0, None
+                self.scrubbed_bytes += checked
+                self.scrubbed_chunks += 1
+                if problem is not None:
+                    try:
+                        current = self.store.info(chunk_id)[0]
+                    except FsError:
+                        current = None
+                    if current is not None:
+                        log.warning("scrub: chunk %016X v%d: %s", chunk_id, current, problem)
+                        self.report_damaged(chunk_id, current)
+                await asyncio.sleep(max(checked, 1 << 16) / (self.test_speed * 1e6))
 
     async def _connect(self, host: str, port: int, handler=None, name: str = "",
                        timeout: float = 5.0) -> rpc.Connection:
@@ -545,6 +614,8 @@ class ChunkServer:
         log.info("registered with master %s:%d as %s:%d (%d chunks)", addr,
                  self.master_port, host, self.listen_port, len(self.store))
         self.registered.set()
+        if any(d.marked_for_removal for d in self.store.disks):
+            self._send_marked()
         for chunk_id, version in list(self.damaged):
             try:
                 if self.store.info(chunk_id)[0] == version:
@@ -704,7 +775,7 @@ async def run(cfg: cfgmod.Config, ready) -> None:
         entries = hddcfg.load(cfg.HDD_CONF_FILENAME)
     except hddcfg.HddConfigError as e:
         raise RuntimeError(str(e)) from None
-    store = ChunkStore(entries, max_open=cfg.OPEN_CHUNKS_LIMIT)
+    store = ChunkStore(entries, max_open=cfg.OPEN_CHUNKS_LIMIT, max_errors=cfg.HDD_MAX_ERRORS)
     loop = asyncio.get_running_loop()
     count = await loop.run_in_executor(None, store.scan)
     log.info("found %d chunks on %d disks", count, len(store.disks))

@@ -16,6 +16,15 @@ reads `preadv` into one fresh buffer whose slice is returned. Reads take no lock
 mismatch is re-checked under the chunk's lock (it may have raced a write) before it is
 reported.
 
+Scrub: `scrub(chunk_id)` re-reads a chunk's CRC table and every stored block from disk
+and checks them (the server calls it chunk by chunk at HDD_TEST_SPEED).
+
+Failing disks: an I/O error (anything but ENOSPC and a missing file) on a disk counts
+against it; after `max_errors` the disk is taken out: its chunks leave the index (they
+are reported lost to the master, which rebuilds them elsewhere) and it gets no new
+chunks. `on_disk_failed(disk, [(chunk_id, version)])` is called (from whichever thread
+saw the error) so the server can tell the master.
+
 Write-behind flushing: a background thread fdatasyncs each chunk after every
 `flush_bytes` written to it (and when a write session ends). That is not a durability
 promise (only `fsync` is); it keeps dirty pages from piling up. On the test VMs, buffered
@@ -76,6 +85,8 @@ class Disk:
     def __init__(self, path: str, marked_for_removal: bool = False):
         self.path = path
         self.marked_for_removal = marked_for_removal
+        self.failed = False  # taken out after too many I/O errors
+        self.errors = 0
         self.chunk_count = 0
         self._subdirs: set[int] = set()
         self.dev = os.stat(path).st_dev
@@ -137,7 +148,7 @@ def _check_range(offset: int, size: int) -> None:
 
 class ChunkStore:
     def __init__(self, disks: list[str | HddEntry | Disk], max_open: int = 256,
-                 flush_bytes: int = FLUSH_BYTES):
+                 flush_bytes: int = FLUSH_BYTES, max_errors: int = 3):
         self.disks: list[Disk] = []
         for d in disks:
             if isinstance(d, Disk):
@@ -149,6 +160,8 @@ class ChunkStore:
         if not self.disks:
             raise ValueError("a chunk store needs at least one disk")
         self.max_open = max_open
+        self.max_errors = max_errors
+        self.on_disk_failed = None  # callable(disk, lost copies), see the module docstring
         self._index: dict[int, Chunk] = {}
         self._lock = threading.Lock()  # index and open-file cache
         self._lru: OrderedDict[int, Chunk] = OrderedDict()
@@ -229,6 +242,39 @@ class ChunkStore:
         with self._lock:
             return [(c.id, c.version) for c in self._index.values()]
 
+    def marked_chunks(self) -> list[int]:
+        """Chunks kept on disks marked for removal."""
+        with self._lock:
+            return [c.id for c in self._index.values() if c.disk.marked_for_removal]
+
+    # ------------------------------------------------------------ failing disks
+
+    def io_error(self, disk: Disk, exc: BaseException) -> None:
+        """Count an I/O error against `disk`; take the disk out after `max_errors`."""
+        if not isinstance(exc, OSError) or isinstance(exc, FileNotFoundError) \
+                or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return
+        with self._lock:
+            if disk.failed:
+                return
+            disk.errors += 1
+            log.error("I/O error on disk %s (%d of %d): %s", disk.path, disk.errors,
+                      self.max_errors, exc)
+            if disk.errors < self.max_errors:
+                return
+            disk.failed = True
+            lost = [c for c in self._index.values() if c.disk is disk]
+            for c in lost:
+                del self._index[c.id]
+                c.deleted = True
+                if c.users == 0:
+                    self._close(c)
+            disk.chunk_count = 0
+        log.error("disk %s taken out of use after %d I/O errors; %d chunks lost",
+                  disk.path, disk.errors, len(lost))
+        if self.on_disk_failed is not None:
+            self.on_disk_failed(disk, [(c.id, c.version) for c in lost])
+
     def __len__(self) -> int:
         return len(self._index)
 
@@ -262,7 +308,7 @@ class ChunkStore:
         total = used = 0
         seen = set()
         for d in self.disks:
-            if d.dev in seen:
+            if d.dev in seen or d.failed:
                 continue
             seen.add(d.dev)
             try:
@@ -287,7 +333,7 @@ class ChunkStore:
     def _choose_disk(self) -> Disk:
         best, best_free = None, -1
         for d in self.disks:
-            if d.marked_for_removal:
+            if d.marked_for_removal or d.failed:
                 continue
             try:
                 _, free = d.space()
@@ -316,6 +362,14 @@ class ChunkStore:
             if len(self._lru) > self.max_open:
                 self._evict()
         return c
+
+    def _acquire_checked(self, c: Chunk) -> Chunk:
+        """`_acquire`, counting a failure to open the file against its disk."""
+        try:
+            return self._acquire(c)
+        except OSError as e:
+            self.io_error(c.disk, e)
+            raise
 
     def _release(self, c: Chunk) -> None:
         with self._lock:
@@ -510,7 +564,7 @@ class ChunkStore:
         _check_range(offset, size)
         if size == 0:
             return memoryview(b"")
-        c = self._acquire(self._get(chunk_id, version))
+        c = self._acquire_checked(self._get(chunk_id, version))
         try:
             b0 = offset // BLOCK
             b1 = (offset + size + BLOCK - 1) // BLOCK
@@ -525,6 +579,9 @@ class ChunkStore:
                     raise FsError(CRC_ERROR, f"chunk {chunk_id:016X} block {bad}")
             start = offset - b0 * BLOCK
             return view[start:start + size]
+        except OSError as e:
+            self.io_error(c.disk, e)
+            raise
         finally:
             self._release(c)
 
@@ -552,7 +609,7 @@ class ChunkStore:
         if n == 0:
             self.check(chunk_id, version)
             return
-        c = self._acquire(self._get(chunk_id, version))
+        c = self._acquire_checked(self._get(chunk_id, version))
         try:
             with c.lock:
                 self._write_locked(c, offset, mv)
@@ -560,6 +617,49 @@ class ChunkStore:
                 c.unflushed += n
                 if c.unflushed >= self.flush_bytes:
                     self._queue_flush(c)
+        except OSError as e:
+            self.io_error(c.disk, e)
+            raise
+        finally:
+            self._release(c)
+
+    # ------------------------------------------------------------ scrub
+
+    SCRUB_PIECE = 16  # blocks read per step (the chunk's lock is held for one step)
+
+    def scrub(self, chunk_id: int) -> tuple[int, str | None]:
+        """Check a chunk against its CRCs as stored on disk: the CRC table (against the
+        one in memory, which writes keep equal to it) and every stored block. Returns
+        (bytes read, what is wrong or None). A chunk that is gone is fine."""
+        c = self._index.get(chunk_id)
+        if c is None:
+            return 0, None
+        try:
+            c = self._acquire_checked(c)
+        except FsError as e:
+            if e.status == NO_CHUNK:
+                return 0, None
+            return HEADER_SIZE, str(e)
+        try:
+            with c.lock:
+                table = os.pread(c.fd, BLOCKS * 4, CRC_OFFSET)
+                if table != bytes(c.crc):
+                    return HEADER_SIZE, "CRC table on disk does not match"
+            done = HEADER_SIZE
+            b0 = 0
+            while b0 < c.blocks and not c.deleted:
+                with c.lock:
+                    b1 = min(c.blocks, b0 + self.SCRUB_PIECE)
+                    buf = bytearray((b1 - b0) * BLOCK)
+                    bad = self._read_into(c, b0, b1, memoryview(buf))
+                done += len(buf)
+                if bad is not None:
+                    return done, f"block {bad} fails its CRC"
+                b0 = b1
+            return done, None
+        except OSError as e:
+            self.io_error(c.disk, e)
+            return HEADER_SIZE, f"I/O error: {e}"
         finally:
             self._release(c)
 

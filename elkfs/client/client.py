@@ -256,6 +256,47 @@ class Client:
 
         return json.loads((await self.op(m.ClusterInfo())).text)
 
+    # ------------------------------------------------------------ snapshots and trash
+
+    async def snapshot(self, src: str, dst: str) -> m.Attr:
+        """Lazy copy of a file or tree (mfsmakesnapshot): shares chunks until written.
+        If `dst` is an existing directory the copy goes into it under the source's name."""
+        inode = (await self.resolve(src)).inode
+        try:
+            attr = await self.resolve(dst)
+        except FsError as e:
+            if e.status != errno.ENOENT:
+                raise
+            attr = None
+        if attr is not None and stat.S_ISDIR(attr.mode):
+            parent, name = attr.inode, self._split(src)[-1] if self._split(src) else b""
+        else:
+            parent, name = await self._parent(dst)
+        return (await self.op(m.Snapshot(inode, parent, name, self.uid, self.gid))).attr
+
+    async def settrashtime(self, path: str, seconds: int, recursive: bool = False) -> m.Attr:
+        inode = (await self.resolve(path)).inode
+        return (await self.op(m.SetTrashTime(inode, seconds, recursive))).attr
+
+    async def gettrashtime(self, path: str) -> int:
+        return (await self.resolve(path)).trashtime
+
+    async def list_trash(self) -> list[m.TrashEntry]:
+        entries: list[m.TrashEntry] = []
+        offset = 0
+        while offset >= 0:
+            out = await self.op(m.ListTrash(offset, 1000))
+            entries.extend(out.entries)
+            offset = out.next_offset
+        return entries
+
+    async def undelete(self, inode: int) -> m.Attr:
+        """Put a trash file back at its old path."""
+        return (await self.op(m.Undelete(inode))).attr
+
+    async def purge_trash(self, inodes: list[int]) -> None:
+        await self.op(m.PurgeTrash(list(inodes)))
+
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         f = await self.create(path, mode)
         try:

@@ -1,7 +1,10 @@
 """Which chunkserver holds which copy: the master's soft state about its chunkservers.
 
 Nothing here is journaled: chunkservers report their chunks when they register, so this
-table is rebuilt after every master start. It is pure (no sockets): the master shell feeds
+table is rebuilt after every master start. A chunkserver that disconnects keeps its
+copies here (not readable, but counted by the replication planner as "probably back
+soon") until the planner gives up on it (`forget`, after REPLICATIONS_DELAY_DISCONNECT);
+a returning chunkserver's copies are recounted from its registration. It is pure (no sockets): the master shell feeds
 it registrations, reports and command outcomes, and asks it where copies are and where new
 copies should go.
 """
@@ -23,6 +26,8 @@ class ChunkServer:
     connected: bool = True
     disconnected_at: float = 0.0
     link: object = None  # the master shell's connection to it
+    lost: bool = False  # disconnected for longer than the delay: its copies were forgotten
+    marked_copies: int = 0  # copies on disks marked for removal
 
     @property
     def free_bytes(self) -> int:
@@ -37,6 +42,7 @@ class ChunkServer:
 class Copy:
     version: int
     valid: bool = True  # False once reported damaged
+    marked: bool = False  # on a disk marked for removal: served, but to be copied away
 
 
 class ChunkRegistry:
@@ -58,19 +64,43 @@ class ChunkRegistry:
         return server
 
     def disconnect(self, cs_id: bytes, now: float) -> None:
+        """The link dropped: its copies stay known (unreadable) until `forget`."""
         server = self.servers.get(cs_id)
         if server is not None:
             server.connected = False
             server.disconnected_at = now
             server.link = None
-            self.drop_server_copies(cs_id)
 
-    def drop_server_copies(self, cs_id: bytes) -> None:
-        for chunk_id in [c for c, holders in self.copies.items() if cs_id in holders]:
+    def forget(self, cs_id: bytes) -> int:
+        """Give up on a disconnected server: its copies count as lost. Returns how many."""
+        server = self.servers.get(cs_id)
+        if server is None or server.connected:
+            return 0
+        server.lost = True
+        server.marked_copies = 0
+        return self.drop_server_copies(cs_id)
+
+    def set_marked(self, cs_id: bytes, chunk_ids) -> None:
+        """The server's copies on disks marked for removal are exactly `chunk_ids`."""
+        marked = set(chunk_ids)
+        count = 0
+        for chunk_id, holders in self.copies.items():
+            copy = holders.get(cs_id)
+            if copy is not None:
+                copy.marked = chunk_id in marked
+                count += copy.marked
+        server = self.servers.get(cs_id)
+        if server is not None:
+            server.marked_copies = count
+
+    def drop_server_copies(self, cs_id: bytes) -> int:
+        dropped = [c for c, holders in self.copies.items() if cs_id in holders]
+        for chunk_id in dropped:
             holders = self.copies[chunk_id]
             del holders[cs_id]
             if not holders:
                 del self.copies[chunk_id]
+        return len(dropped)
 
     def space(self, cs_id: bytes, total: int, used: int, chunk_count: int) -> None:
         server = self.servers.get(cs_id)
@@ -87,7 +117,11 @@ class ChunkRegistry:
     # ------------------------------------------------------------ copies
 
     def set_copy(self, chunk_id: int, cs_id: bytes, version: int) -> None:
-        self.copies.setdefault(chunk_id, {})[cs_id] = Copy(version)
+        """A good copy of `version` is on the server (it stays on the same disk, so a
+        removal mark is kept)."""
+        holders = self.copies.setdefault(chunk_id, {})
+        old = holders.get(cs_id)
+        holders[cs_id] = Copy(version, True, old is not None and old.marked)
 
     def drop_copy(self, chunk_id: int, cs_id: bytes) -> None:
         holders = self.copies.get(chunk_id)

@@ -5,6 +5,11 @@ queries or journaled changes (`MetadataStore`), chunkserver reports feed the
 `ChunkRegistry`, and chunk operations that need chunkservers (create a chunk, raise its
 version, cut its tail, delete it) are sent to them only after the change that decided them
 is durable in the journal.
+
+Background loops: the replication loop (every CHUNKS_LOOP_PERIOD seconds it asks the pure
+`replication.Planner` what to copy or delete and has the chunkservers do it), the trash
+loop (journals `PurgeTrash` for files whose trash time has passed, by this master's wall
+clock), sessions and checkpoints.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ from .. import config as cfgmod
 from ..config import Option, ranged_int
 from ..proto import messages as m
 from ..proto import rpc
-from ..proto.errors import BAD_SESSION, NO_SERVERS, FsError
+from ..proto.errors import BAD_SESSION, NO_CHUNK, NO_SERVERS, FsError
+from . import replication as rep
 from .chunkservers import ChunkRegistry
 from .locks import ChunkLocks
-from .namespace import CHUNK_SIZE, DeleteChunkEffect, TruncateChunkEffect
+from .namespace import CHUNK_SIZE, DeleteChunkEffect, DuplicateChunkEffect, TruncateChunkEffect
+from .nodes import FileNode
 from .records import CloseSession, OpenSession
 from .store import MetadataStore
 
 log = logging.getLogger("mfsmaster")
+
 
 OPTIONS = {
     "DATA_PATH": Option("/var/lib/mfs", "str", "metadata, journal, lock and log files"),
@@ -44,6 +52,19 @@ OPTIONS = {
     "SESSION_SUSTAIN_TIME": Option(86400, "int", "seconds a disconnected session is kept"),
     "CHUNK_LOCK_WAIT": Option(30.0, "float", "seconds a writer waits for a locked chunk"),
     "CS_COMMAND_TIMEOUT": Option(30.0, "float", "seconds to wait for a chunkserver command"),
+    "REPLICATIONS_DELAY_INIT": Option(60.0, "nonneg_float",
+                                      "seconds after start before chunks are replicated or deleted"),
+    "REPLICATIONS_DELAY_DISCONNECT": Option(3600.0, "nonneg_float",
+                                            "seconds a disconnected chunkserver is waited for"),
+    "CHUNKS_WRITE_REP_LIMIT": Option(2, ranged_int(1, 1000),
+                                     "replications into one chunkserver at a time"),
+    "CHUNKS_READ_REP_LIMIT": Option(10, ranged_int(1, 1000),
+                                    "replications out of one chunkserver at a time"),
+    "CHUNKS_DEL_LIMIT": Option(10, ranged_int(1, 10000),
+                               "chunk deletions on one chunkserver at a time"),
+    "CHUNKS_LOOP_PERIOD": Option(1.0, "float", "seconds between replication passes"),
+    "REPLICATION_TIMEOUT": Option(300.0, "float", "seconds one chunk replication may take"),
+    "TRASH_PURGE_PERIOD": Option(1.0, "float", "seconds between checks for expired trash"),
 }
 
 
@@ -66,6 +87,14 @@ class MasterServer:
         self.servers: list[asyncio.AbstractServer] = []
         self.tasks: set[asyncio.Task] = set()
         self.started_at = time.time()
+        self.planner = rep.Planner(self._limits(cfg), time.monotonic())
+        self.busy_chunks: dict[int, int] = {}  # chunk id -> operations changing its copies
+
+    @staticmethod
+    def _limits(cfg) -> rep.Limits:
+        return rep.Limits(cfg.CHUNKS_WRITE_REP_LIMIT, cfg.CHUNKS_READ_REP_LIMIT,
+                          cfg.CHUNKS_DEL_LIMIT, cfg.REPLICATIONS_DELAY_INIT,
+                          cfg.REPLICATIONS_DELAY_DISCONNECT)
 
     @property
     def ns(self):
@@ -77,6 +106,7 @@ class MasterServer:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.load)
         now = time.monotonic()
+        self.planner.started_at = now
         for session_id in self.ns.sessions:
             self.session_gone_at[session_id] = now
         cfg = self.cfg
@@ -90,7 +120,8 @@ class MasterServer:
                  cfg.MATOCS_LISTEN_PORT)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop()]
+        background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop(),
+                      self.replication_loop(), self.trash_loop()]
         workers = [asyncio.create_task(c) for c in background]
         ready()
         try:
@@ -117,6 +148,9 @@ class MasterServer:
         self.store.save_mode = fresh.CHANGELOG_SAVE_MODE
         self.store.back_logs = fresh.BACK_LOGS
         self.locks.wait_s = fresh.CHUNK_LOCK_WAIT
+        limits = self._limits(fresh)
+        limits.delay_init = self.planner.limits.delay_init  # only matters at start
+        self.planner.limits = limits
         log.info("reloaded %s", fresh.path)
 
     def spawn(self, coro) -> asyncio.Task:
@@ -140,6 +174,125 @@ class MasterServer:
                     del self.session_gone_at[session_id]
                     self.store.change(CloseSession(session_id), time.time_ns())
                     self.run_effects()
+
+    async def trash_loop(self) -> None:
+        """Free trash files whose time is up: a journaled `PurgeTrash` naming them, so the
+        decision (this master's clock) is replayed, never re-made."""
+        while True:
+            await asyncio.sleep(self.cfg.TRASH_PURGE_PERIOD)
+            now = time.time_ns()
+            expired = [inode for inode, (expire, _) in self.ns.trash.items() if expire <= now]
+            for i in range(0, len(expired), 1000):
+                self.store.change(m.PurgeTrash(expired[i:i + 1000]), now)
+            if expired:
+                log.info("purged %d expired files from the trash", len(expired))
+                self.run_effects()
+
+    # ------------------------------------------------------------ replication
+
+    async def replication_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.CHUNKS_LOOP_PERIOD)
+            try:
+                self.replication_pass()
+            except Exception:
+                log.exception("replication pass failed")
+
+    def replication_pass(self) -> None:
+        actions = self.planner.plan(time.monotonic(), self.ns.chunks, self.chunk_goals(),
+                                    self.registry, self.busy())
+        for action in actions:
+            if isinstance(action, rep.Forget):
+                server = self.registry.servers.get(action.cs_id)
+                log.warning("chunkserver %s gone for %.0fs: its %d copies count as lost",
+                            server.name if server else action.cs_id.hex(),
+                            self.cfg.REPLICATIONS_DELAY_DISCONNECT, action.copies)
+            else:
+                self.spawn(self.run_action(action))
+
+    def chunk_goals(self) -> dict[int, int]:
+        """Chunk id -> the highest goal of the files pointing at it (trash included)."""
+        goals: dict[int, int] = {}
+        get = goals.get
+        for node in list(self.ns.nodes.values()):
+            if type(node) is FileNode and node.chunks:
+                goal = node.goal
+                for chunk_id in node.chunks:
+                    if chunk_id and get(chunk_id, 0) < goal:
+                        goals[chunk_id] = goal
+        return goals
+
+    def busy(self) -> set[int]:
+        """Chunks whose versions or copies are being changed (writes, truncations,
+        copy-on-write): the planner leaves them alone."""
+        busy = set(self.busy_chunks)
+        for inode, index in list(self.locks.holders):
+            try:
+                chunk = self.ns.chunk_of(inode, index)
+            except FsError:
+                continue
+            if chunk is not None:
+                busy.add(chunk.chunk_id)
+        return busy
+
+    def _mark_busy(self, *chunk_ids: int) -> None:
+        for c in chunk_ids:
+            self.busy_chunks[c] = self.busy_chunks.get(c, 0) + 1
+
+    def _unmark_busy(self, *chunk_ids: int) -> None:
+        for c in chunk_ids:
+            n = self.busy_chunks.get(c, 0) - 1
+            if n > 0:
+                self.busy_chunks[c] = n
+            else:
+                self.busy_chunks.pop(c, None)
+
+    async def run_action(self, action) -> None:
+        ok = False
+        registry = self.registry
+        try:
+            if isinstance(action, rep.Replicate):
+                target = registry.servers.get(action.target)
+                sources = [registry.servers[c].addr for c in action.sources
+                           if c in registry.servers]
+                ok = await self.command(target, m.ReplicateChunk(
+                    action.chunk_id, action.version, sources), self.cfg.REPLICATION_TIMEOUT)
+                if ok and target.connected:
+                    registry.set_copy(action.chunk_id, action.target, action.version)
+            else:
+                server = registry.servers.get(action.cs_id)
+                ok = await self.command(server, m.DeleteChunk(action.chunk_id, action.version))
+                copy = registry.holders(action.chunk_id).get(action.cs_id)
+                if ok and copy is not None and copy.version == action.version:
+                    registry.drop_copy(action.chunk_id, action.cs_id)
+                if ok and action.reason != "orphan":
+                    log.info("deleted %s copy of chunk %016X v%d on %s", action.reason,
+                             action.chunk_id, action.version, server.name)
+        except Exception:
+            log.exception("replication action %r failed", action)
+        finally:
+            self.planner.finished(action, ok)
+
+    async def command(self, server, cmd: m.CsCmd, timeout: float | None = None) -> bool:
+        """Send one command to one chunkserver; True when it succeeded."""
+        if server is None:
+            return False
+        link = server.link
+        if link is None or not link.is_open:
+            return False
+        try:
+            await link.call(m.CsCommand, command=cmd,
+                            timeout=timeout or self.cfg.CS_COMMAND_TIMEOUT)
+            return True
+        except FsError as e:
+            if e.status == NO_CHUNK and isinstance(cmd, m.DeleteChunk):
+                return True  # already gone
+            log.warning("chunkserver %s refused %s of chunk %016X: %s", server.name,
+                        type(cmd).__name__, cmd.chunk_id, e)
+        except (rpc.ConnectionClosed, asyncio.TimeoutError, OSError) as e:
+            log.warning("chunkserver %s did not answer %s of chunk %016X: %r", server.name,
+                        type(cmd).__name__, cmd.chunk_id, e)
+        return False
 
     # ------------------------------------------------------------ clients
 
@@ -234,20 +387,24 @@ class MasterServer:
             copies = []
             for cs_id, copy in self.registry.holders(chunk_id).items():
                 server = self.registry.servers.get(cs_id)
-                if server is not None:
+                if server is not None:  # not valid while its server is away
                     copies.append(m.ChunkCopy(server.addr, copy.version,
-                                              copy.valid and copy.version == chunk.version))
+                                              copy.valid and copy.version == chunk.version
+                                              and server.connected))
             out.append(m.ChunkDesc(index, chunk_id, chunk.version, copies))
         return m.FileChunksOut(out)
 
     def cluster_info(self) -> dict:
+        """Counts of chunk health come from the replication planner's last pass
+        (`replication_passes` tells a caller when a fresh one ran)."""
         ns = self.ns
-        copies_hist: dict[int, int] = {}
-        undergoal = 0
-        for chunk in ns.chunks.values():
-            n = len(self.registry.valid_servers(chunk.chunk_id, chunk.version))
-            copies_hist[n] = copies_hist.get(n, 0) + 1
+        planner = self.planner
+        st = planner.stats
         total, used = self.registry.totals()
+        now = time.monotonic()
+        trash_bytes = sum(ns.nodes[i].size() for i in ns.trash)
+        replicating = sum(1 for acts in planner.inflight.values() for a in acts
+                          if isinstance(a, rep.Replicate))
         return {
             "metadata_version": ns.version,
             "inodes": len(ns.nodes),
@@ -255,15 +412,32 @@ class MasterServer:
             "sessions": len(ns.sessions),
             "total_bytes": total,
             "used_bytes": used,
-            "missing_chunks": copies_hist.get(0, 0),
-            "endangered_chunks": copies_hist.get(1, 0),
-            "chunks_by_copies": {str(k): v for k, v in sorted(copies_hist.items())},
-            "undergoal_chunks": undergoal,
+            "missing_chunks": st.missing,
+            "endangered_chunks": st.endangered,
+            "undergoal_chunks": st.undergoal,
+            "overgoal_chunks": st.overgoal,
+            "stale_copies": st.stale_copies,
+            "damaged_copies": st.damaged_copies,
+            "chunks_by_copies": {str(k): v for k, v in sorted(st.by_copies.items())},
+            "replications_in_flight": replicating,
+            "replications_done": planner.replicated,
+            "replications_failed": planner.replication_failures,
+            "deletions_done": planner.deleted,
+            "replication_passes": planner.passes,
+            "replication_active": now - planner.started_at >= planner.limits.delay_init,
+            "trash_files": len(ns.trash),
+            "trash_bytes": trash_bytes,
             "last_checkpoint_version": self.store.last_checkpoint_version,
             "chunkservers": [
                 {"id": s.cs_id.hex(), "address": s.name, "connected": s.connected,
+                 "lost": s.lost,
+                 "disconnected_s": 0 if s.connected else round(now - s.disconnected_at, 1),
                  "total_bytes": s.total_bytes, "used_bytes": s.used_bytes,
-                 "chunks": s.chunk_count}
+                 "chunks": s.chunk_count,
+                 "marked_chunks": s.marked_copies,
+                 "marked_chunks_needed": st.marked_needed.get(s.cs_id, 0),
+                 "removal": ("" if not s.marked_copies else
+                             "in progress" if st.marked_needed.get(s.cs_id, 0) else "ready")}
                 for s in self.registry.servers.values()
             ],
             "masters": [
@@ -309,13 +483,31 @@ class MasterServer:
                 targets = self.registry.valid_servers(chunk.chunk_id, chunk.version)
                 if not targets:
                     raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X} has no valid copy")
+            shared = chunk is not None and chunk.refs > 1
+            old = (chunk.chunk_id, chunk.version) if chunk is not None else None
             result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
             await self.store.wait_durable(version)
             if chunk is None:
                 cmd = lambda s: m.CreateChunk(result.chunk_id, result.version)
+            elif shared:  # copy-on-write: the chunkservers copy the shared chunk
+                cmd = lambda s: m.DuplicateChunk(old[0], old[1], result.chunk_id,
+                                                 result.version)
             else:
                 cmd = lambda s: m.SetChunkVersion(result.chunk_id, result.version - 1, result.version)
-            done = await self.command_all(targets, cmd)
+            if shared:
+                self._mark_busy(old[0])
+            try:
+                done = await self.command_all(targets, cmd)
+            finally:
+                if shared:
+                    self._unmark_busy(old[0])
+            if chunk is None and not all(done):
+                # Full or failing servers: try others for the copies they refused.
+                tried = {s.cs_id for s in targets}
+                more = self.registry.choose_servers(done.count(False), exclude=tried)
+                if more:
+                    targets = targets + more
+                    done = done + await self.command_all(more, cmd)
             chain = []
             for server, ok in zip(targets, done):
                 if ok:
@@ -369,6 +561,7 @@ class MasterServer:
         them await it)."""
         effects, self.ns.effects = self.ns.effects, []
         truncations = []
+        durable = self.ns.version
         for effect in effects:
             if isinstance(effect, DeleteChunkEffect):
                 versions = {cs_id: copy.version for cs_id, copy
@@ -376,21 +569,52 @@ class MasterServer:
                 self.registry.copies.pop(effect.chunk_id, None)
                 servers = [self.registry.servers[c] for c in versions if c in self.registry.servers]
                 if servers:
-                    self.spawn(self.command_all(servers, lambda s, e=effect, v=versions:
-                                                m.DeleteChunk(e.chunk_id, v[s.cs_id])))
+                    self.spawn(self._delete_after(durable, servers, effect.chunk_id, versions))
             elif isinstance(effect, TruncateChunkEffect):
                 truncations.append(self.truncate_chunk(effect))
+            elif isinstance(effect, DuplicateChunkEffect):
+                truncations.append(self.duplicate_chunk(effect))
         return asyncio.gather(*truncations)
 
+    async def _delete_after(self, version: int, servers, chunk_id: int, versions) -> None:
+        await self.store.wait_durable(version)
+        await self.command_all(servers, lambda s: m.DeleteChunk(chunk_id, versions[s.cs_id]))
+
+    async def duplicate_chunk(self, effect: DuplicateChunkEffect) -> None:
+        """Copy-on-write for a truncate: a private copy of a shared chunk, then its cut."""
+        self._mark_busy(effect.chunk_id, effect.new_chunk_id)
+        try:
+            servers = self.registry.valid_servers(effect.chunk_id, effect.version)
+            done = await self.command_all(servers, lambda s: m.DuplicateChunk(
+                effect.chunk_id, effect.version, effect.new_chunk_id, effect.new_version))
+            made = [s for s, ok in zip(servers, done) if ok]
+            for server in made:
+                self.registry.set_copy(effect.new_chunk_id, server.cs_id, effect.new_version)
+            if effect.length >= 0 and made:
+                new_version = effect.new_version + 1
+                done = await self.command_all(made, lambda s: m.TruncateChunk(
+                    effect.new_chunk_id, effect.new_version, new_version, effect.length))
+                for server, ok in zip(made, done):
+                    if ok:
+                        self.registry.set_copy(effect.new_chunk_id, server.cs_id, new_version)
+                    else:
+                        self.registry.drop_copy(effect.new_chunk_id, server.cs_id)
+        finally:
+            self._unmark_busy(effect.chunk_id, effect.new_chunk_id)
+
     async def truncate_chunk(self, effect: TruncateChunkEffect) -> None:
-        servers = self.registry.valid_servers(effect.chunk_id, effect.version)
-        done = await self.command_all(servers, lambda s: m.TruncateChunk(
-            effect.chunk_id, effect.version, effect.new_version, effect.length))
-        for server, ok in zip(servers, done):
-            if ok:
-                self.registry.set_copy(effect.chunk_id, server.cs_id, effect.new_version)
-            else:
-                self.registry.drop_copy(effect.chunk_id, server.cs_id)
+        self._mark_busy(effect.chunk_id)
+        try:
+            servers = self.registry.valid_servers(effect.chunk_id, effect.version)
+            done = await self.command_all(servers, lambda s: m.TruncateChunk(
+                effect.chunk_id, effect.version, effect.new_version, effect.length))
+            for server, ok in zip(servers, done):
+                if ok:
+                    self.registry.set_copy(effect.chunk_id, server.cs_id, effect.new_version)
+                else:
+                    self.registry.drop_copy(effect.chunk_id, server.cs_id)
+        finally:
+            self._unmark_busy(effect.chunk_id)
 
     async def command_all(self, servers, make_cmd) -> list[bool]:
         """Send a command to each server at once; True where it succeeded."""
@@ -429,6 +653,19 @@ class MasterServer:
             log.warning("chunkserver %s reports damaged copy of chunk %016X (version %d)",
                         server.name if server else cs_id.hex(), msg.chunk_id, msg.version)
             self.registry.mark_damaged(msg.chunk_id, cs_id)
+        elif isinstance(msg, m.CsMarkedChunks):
+            self.registry.set_marked(cs_id, msg.chunk_ids)
+            server = self.registry.servers.get(cs_id)
+            log.info("chunkserver %s has %d chunks on disks marked for removal",
+                     server.name if server else cs_id.hex(), len(msg.chunk_ids))
+        elif isinstance(msg, m.CsChunksLost):
+            server = self.registry.servers.get(cs_id)
+            log.warning("chunkserver %s lost %d copies (disk taken out)",
+                        server.name if server else cs_id.hex(), len(msg.chunks))
+            for chunk_id, version in msg.chunks:
+                copy = self.registry.holders(chunk_id).get(cs_id)
+                if copy is not None and copy.version == version:
+                    self.registry.drop_copy(chunk_id, cs_id)
         else:
             conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on chunkserver port"))
 

@@ -259,6 +259,7 @@ async def test_session_expires_after_sustain_time(tmp_path):
         leaver = await connect(c)
         await leaver.write_file("/kept-open", b"x" * 1000)
         f = await leaver.open("/kept-open")
+        await leaver.settrashtime("/kept-open", 0)  # freed, not kept in the trash
         await leaver.unlink("/kept-open")  # open, so the file lives on
         sessions_before = (await watcher.cluster_info())["sessions"]
         inodes_before = (await watcher.cluster_info())["inodes"]
