@@ -337,6 +337,8 @@ class File:
         self._open: _OpenChunk | None = None
         self._lock = asyncio.Lock()
         self._locations: dict[int, m.ChunkOut] = {}
+        self.unsynced: set[int] = set()  # chunks closed without sync since the last fsync
+        self.last_attr: m.Attr | None = None  # attributes after the last WriteChunkEnd
 
     # ------------------------------------------------------------ writing
 
@@ -443,8 +445,30 @@ class File:
                     raise FsError(errno.EIO, f"write failed: {e}") from None
                 await self._recover(oc, e)
         self._open = None
-        await self._end_chunk(oc.index, oc.chunk.chunk_id, oc.index * CHUNK_SIZE + oc.end
-                              if oc.end else 0)
+        if sync:
+            self.unsynced.discard(oc.index)
+        else:
+            self.unsynced.add(oc.index)
+        self.last_attr = await self._end_chunk(oc.index, oc.chunk.chunk_id,
+                                               oc.index * CHUNK_SIZE + oc.end if oc.end else 0)
+
+    @property
+    def dirty(self) -> bool:
+        """True while written data is not yet closed (not yet in the file's length)."""
+        return self._open is not None
+
+    async def _sync_chunk(self, index: int) -> None:
+        """fsync a chunk written earlier without sync: an empty write session ended with
+        sync on every copy."""
+        chunk = await self.client.op(m.ReadChunk(self.inode, index))
+        if chunk.chunk_id == 0:  # truncated away meanwhile
+            return
+        oc = await self._open_chunk(index)
+        try:
+            await oc.writer.finish(True)
+        finally:
+            oc.writer.close()
+            await self._end_chunk(index, oc.chunk.chunk_id, 0)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -453,6 +477,9 @@ class File:
     async def fsync(self) -> None:
         async with self._lock:
             await self._close_chunk(sync=True)
+            for index in sorted(self.unsynced):
+                await self._sync_chunk(index)
+            self.unsynced.clear()
 
     # ------------------------------------------------------------ reading
 
