@@ -381,3 +381,28 @@ def test_replay_equals_live_state(seed):
     for rec in live.records:
         replayed.apply(rec)
     assert state(replayed) == state(live.ns)
+
+
+def test_snapshot_master_time_of_a_big_file_and_a_1000_file_tree():
+    import time
+
+    r = Runner()
+    big = r.mkfile(ROOT, b"big")
+    for index in range(4):  # 200 MiB: 4 chunks
+        r.do(m.WriteChunk(big, index))
+    r.do(m.WriteChunkEnd(big, 3, r.ns.nodes[big].chunks[3], 200 << 20))
+    tree = r.mkdir(ROOT, b"tree")
+    for d in range(10):
+        sub = r.mkdir(tree, b"d%d" % d)
+        for i in range(100):
+            f = r.mkfile(sub, b"f%d" % i)
+            r.do(m.WriteChunk(f, 0))
+    started = time.perf_counter()
+    r.do(m.Snapshot(big, ROOT, b"big-snap"))
+    r.do(m.Snapshot(tree, ROOT, b"tree-snap"))
+    took = time.perf_counter() - started
+    print(f"snapshot apply time: {took * 1000:.2f} ms")
+    assert took < 1.0  # typically a few ms; generous for a busy machine
+    snap = r.ns.lookup(ROOT, b"tree-snap")
+    assert sum(len(r.ns.nodes[c].children) for c in snap.children.values()) == 1000
+    assert all(c.refs == 2 for c in r.ns.chunks.values())
