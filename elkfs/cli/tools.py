@@ -1,0 +1,397 @@
+"""The MooseFS client tools, working on paths inside a mount:
+
+    mfsgetgoal [-r] PATH...          mfssetgoal [-r] GOAL PATH...
+    mfsfileinfo PATH...              mfscheckfile PATH...
+    mfsdirinfo PATH...               mfscli [-H HOST] [-P PORT] [-S IN|IG|CS|IM] [PATH]
+
+Each finds the master through the hidden `.masterinfo` file at the root of the mount the
+path is in (as MooseFS does), and asks it about the path's inode (a mount's inode numbers
+are the master's). Text output follows MooseFS; `--json` prints JSON instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import stat
+import sys
+
+from ..client.client import Client
+from ..proto import messages as m
+from ..proto.errors import FsError
+
+MASTERINFO = ".masterinfo"
+
+
+class ToolError(Exception):
+    pass
+
+
+def find_mount(path: str) -> tuple[dict, str]:
+    """(masterinfo, mount root) of the ElkFS mount holding `path`."""
+    path = os.path.abspath(path)
+    try:
+        dev = os.lstat(path).st_dev
+    except OSError as e:
+        raise ToolError(f"{path}: {e.strerror}") from None
+    d = path if os.path.isdir(path) and not os.path.islink(path) else os.path.dirname(path)
+    while True:
+        info = os.path.join(d, MASTERINFO)
+        try:
+            if os.stat(d).st_dev == dev and os.path.isfile(info):
+                with open(info) as f:
+                    return json.load(f), d
+        except (OSError, ValueError):
+            pass
+        if d == "/":
+            raise ToolError(f"{path}: not inside an ElkFS mount")
+        d = os.path.dirname(d)
+
+
+def master_inode(path: str, info: dict) -> int:
+    st = os.lstat(path)
+    return info.get("root_inode", 1) if st.st_ino == 1 else st.st_ino
+
+
+async def _client(info: dict) -> Client:
+    return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0)
+
+
+async def _walk(client: Client, inode: int):
+    """Yield the Attr of `inode` and of everything below it."""
+    attr = (await client.op(m.GetAttr(inode))).attr
+    stack = [attr]
+    while stack:
+        a = stack.pop()
+        yield a
+        if stat.S_ISDIR(a.mode):
+            for e in await client.readdir_inode(a.inode):
+                stack.append(e.attr)
+
+
+def _run_paths(paths: list[str], per_path) -> int:
+    """Run `per_path(client, path, inode)` for each path, one client per master."""
+
+    async def main() -> int:
+        status = 0
+        clients: dict[tuple, Client] = {}
+        try:
+            for path in paths:
+                try:
+                    info, _ = find_mount(path)
+                    key = (info["host"], info["port"])
+                    if key not in clients:
+                        clients[key] = await _client(info)
+                    await per_path(clients[key], path, master_inode(path, info))
+                except (ToolError, FsError, OSError) as e:
+                    msg = str(e) if isinstance(e, ToolError) else f"{path}: {e}"
+                    print(msg, file=sys.stderr)
+                    status = 1
+        finally:
+            for c in clients.values():
+                await c.close()
+        return status
+
+    return asyncio.run(main())
+
+
+def _emit_json(items) -> None:
+    print(json.dumps(items, indent=2))
+
+
+# ---------------------------------------------------------------- goals
+
+
+def mfsgetgoal(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfsgetgoal", description="Print the goal (copies).")
+    p.add_argument("-r", action="store_true", help="recursive: goal summary of a tree")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    out = []
+
+    async def one(client: Client, path: str, inode: int) -> None:
+        if not a.r:
+            goal = (await client.op(m.GetAttr(inode))).attr.goal
+            out.append({"path": path, "goal": goal})
+            if not a.json:
+                print(f"{path}: {goal}")
+            return
+        files: dict[int, int] = {}
+        dirs: dict[int, int] = {}
+        async for attr in _walk(client, inode):
+            target = dirs if stat.S_ISDIR(attr.mode) else files
+            target[attr.goal] = target.get(attr.goal, 0) + 1
+        out.append({"path": path, "files": {str(k): v for k, v in sorted(files.items())},
+                    "directories": {str(k): v for k, v in sorted(dirs.items())}})
+        if not a.json:
+            print(f"{path}:")
+            for goal, n in sorted(files.items()):
+                print(f" files with goal        {goal} : {n:10d}")
+            for goal, n in sorted(dirs.items()):
+                print(f" directories with goal  {goal} : {n:10d}")
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+def mfssetgoal(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfssetgoal", description="Set the goal (copies).")
+    p.add_argument("-r", action="store_true", help="recursive")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("goal", type=int)
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    if not 1 <= a.goal <= 9:
+        print("mfssetgoal: goal must be 1-9", file=sys.stderr)
+        return 2
+    out = []
+
+    async def one(client: Client, path: str, inode: int) -> None:
+        if not a.r:
+            attr = (await client.op(m.SetGoal(inode, a.goal, False))).attr
+            out.append({"path": path, "goal": attr.goal})
+            if not a.json:
+                print(f"{path}: {attr.goal}")
+            return
+        changed = unchanged = 0
+        async for attr in _walk(client, inode):
+            if attr.goal == a.goal:
+                unchanged += 1
+            else:
+                changed += 1
+        await client.op(m.SetGoal(inode, a.goal, True))
+        out.append({"path": path, "goal": a.goal, "changed": changed, "not_changed": unchanged,
+                    "permission_denied": 0})
+        if not a.json:
+            print(f"{path}:")
+            print(f" inodes with goal changed:      {changed:10d}")
+            print(f" inodes with goal not changed:  {unchanged:10d}")
+            print(f" inodes with permission denied: {0:10d}")
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+# ---------------------------------------------------------------- files and directories
+
+
+def mfsfileinfo(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfsfileinfo", description="Chunks of a file and their copies.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    out = []
+
+    async def one(client: Client, path: str, inode: int) -> None:
+        chunks = (await client.op(m.FileChunks(inode))).chunks
+        item = {"path": path, "chunks": [
+            {"index": c.index, "chunk_id": c.chunk_id, "version": c.version,
+             "copies": [{"address": f"{cp.addr[0]}:{cp.addr[1]}", "version": cp.version,
+                         "status": "VALID" if cp.valid else "INVALID"} for cp in c.copies]}
+            for c in chunks]}
+        out.append(item)
+        if a.json:
+            return
+        print(f"{path}:")
+        if not chunks:
+            print("\tno chunks - empty file")
+        for c in item["chunks"]:
+            print(f"\tchunk {c['index']}: {c['chunk_id']:016X}_{c['version']:08X} / "
+                  f"(id:{c['chunk_id']} ver:{c['version']})")
+            if not c["copies"]:
+                print("\t\tno valid copies !!!")
+            for i, cp in enumerate(c["copies"], 1):
+                print(f"\t\tcopy {i}: {cp['address']} (status:{cp['status']})")
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+def mfscheckfile(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfscheckfile", description="Chunks per number of copies.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    out = []
+
+    async def one(client: Client, path: str, inode: int) -> None:
+        chunks = (await client.op(m.FileChunks(inode))).chunks
+        hist: dict[int, int] = {}
+        for c in chunks:
+            n = sum(1 for cp in c.copies if cp.valid)
+            hist[n] = hist.get(n, 0) + 1
+        out.append({"path": path, "chunks_with_copies": {str(k): v for k, v in sorted(hist.items())}})
+        if a.json:
+            return
+        print(f"{path}:")
+        for n, count in sorted(hist.items()):
+            print(f" chunks with {n} cop{'y' if n == 1 else 'ies'}: {count}")
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+def mfsdirinfo(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfsdirinfo", description="Totals of a directory tree.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    out = []
+    fields = ("inodes", "dirs", "files", "chunks", "length", "size", "realsize")
+
+    async def one(client: Client, path: str, inode: int) -> None:
+        s = await client.op(m.DirStats(inode))
+        item = {"path": path, **{f: getattr(s, f) for f in fields}}
+        out.append(item)
+        if a.json:
+            return
+        print(f"{path}:")
+        print(f" inodes:       {s.inodes:16d}")
+        print(f"  directories: {s.dirs:16d}")
+        print(f"  files:       {s.files:16d}")
+        print(f" chunks:       {s.chunks:16d}")
+        print(f" length:       {s.length:16d}")
+        print(f" size:         {s.size:16d}")
+        print(f" realsize:     {s.realsize:16d}")
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+# ---------------------------------------------------------------- mfscli
+
+SECTIONS = {"IN": "full master info", "IG": "general master info", "CS": "chunkservers",
+            "IM": "masters", "MS": "masters"}
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_general(info: dict) -> None:
+    total, used = info["total_bytes"], info["used_bytes"]
+    pct = 100.0 * used / total if total else 0.0
+    rows = [
+        ("metadata version", info["metadata_version"]),
+        ("total space", f"{_human(total)} ({total})"),
+        ("used space", f"{_human(used)} ({used}, {pct:.1f}%)"),
+        ("avail space", f"{_human(total - used)} ({total - used})"),
+        ("all inodes", info["inodes"]),
+        ("all chunks", info["chunks"]),
+        ("sessions", info["sessions"]),
+        ("missing chunks", info["missing_chunks"]),
+        ("endangered chunks", info["endangered_chunks"]),
+        ("undergoal chunks", info.get("undergoal_chunks", 0)),
+        ("last checkpoint version", info.get("last_checkpoint_version", "-")),
+    ]
+    print("master info:")
+    for k, v in rows:
+        print(f" {k:<24}: {v}")
+    hist = info.get("chunks_by_copies") or {}
+    if hist:
+        print(" chunks by number of valid copies:")
+        for n, count in sorted(hist.items(), key=lambda kv: int(kv[0])):
+            print(f"  {n} cop{'y' if n == '1' else 'ies'}: {count}")
+
+
+def _print_chunkservers(info: dict) -> None:
+    servers = info["chunkservers"]
+    print("chunk servers:")
+    print(f" {'#':>2} {'address':<22} {'state':<12} {'chunks':>8} {'used':>12} {'total':>12} {'used%':>6}")
+    for i, s in enumerate(sorted(servers, key=lambda s: s["address"]), 1):
+        pct = 100.0 * s["used_bytes"] / s["total_bytes"] if s["total_bytes"] else 0.0
+        state = "connected" if s["connected"] else "disconnected"
+        print(f" {i:>2} {s['address']:<22} {state:<12} {s['chunks']:>8} "
+              f"{_human(s['used_bytes']):>12} {_human(s['total_bytes']):>12} {pct:>5.1f}%")
+
+
+def _print_masters(info: dict) -> None:
+    print("metadata servers:")
+    print(f" {'#':>2} {'address':<22} {'state':<10} {'meta version':>14} {'term':>6} {'uptime':>10}")
+    for i, ms in enumerate(info["masters"], 1):
+        print(f" {i:>2} {ms['address']:<22} {ms['state']:<10} {ms['metadata_version']:>14} "
+              f"{ms.get('term', 0):>6} {str(ms.get('uptime_s', '-')) + ' s':>10}")
+
+
+def mfscli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfscli", description="ElkFS cluster information.")
+    p.add_argument("-H", dest="host", help="master host (default: from the mount, else mfsmaster)")
+    p.add_argument("-P", dest="port", type=int, default=None, help="master client port (9421)")
+    p.add_argument("-S", dest="sections", action="append", default=[],
+                   help="section: IN (all), IG (general), CS (chunkservers), IM (masters)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("path", nargs="?", help="a path inside a mount (default: current directory)")
+    a = p.parse_args(argv)
+    sections = [s.upper() for s in a.sections] or ["IN"]
+    for s in sections:
+        if s not in SECTIONS:
+            print(f"mfscli: unknown section {s} (known: {', '.join(SECTIONS)})", file=sys.stderr)
+            return 2
+    host, port = a.host, a.port
+    if host is None:
+        try:
+            info, _ = find_mount(a.path or os.getcwd())
+            host, port = info["host"], port or info["port"]
+        except ToolError:
+            if a.path:
+                print(f"mfscli: {a.path}: not inside an ElkFS mount", file=sys.stderr)
+                return 1
+            host = "mfsmaster"
+    port = port or 9421
+
+    async def fetch() -> dict:
+        client = await Client.connect(host, port, info="mfscli", retry_s=10.0)
+        try:
+            return json.loads((await client.op(m.ClusterInfo())).text)
+        finally:
+            await client.close()
+
+    try:
+        info = asyncio.run(fetch())
+    except (FsError, OSError) as e:
+        print(f"mfscli: master {host}:{port}: {e}", file=sys.stderr)
+        return 1
+    if a.json:
+        doc = {}
+        for s in sections:
+            if s in ("IN", "IG"):
+                doc["info"] = {k: v for k, v in info.items() if k not in ("chunkservers", "masters")}
+            if s in ("IN", "CS"):
+                doc["chunkservers"] = info["chunkservers"]
+            if s in ("IN", "IM", "MS"):
+                doc["masters"] = info["masters"]
+        _emit_json(doc)
+        return 0
+    first = True
+    for s in sections:
+        if not first:
+            print()
+        first = False
+        if s in ("IN", "IG"):
+            _print_general(info)
+        if s == "IN":
+            print()
+        if s in ("IN", "CS"):
+            _print_chunkservers(info)
+        if s == "IN":
+            print()
+        if s in ("IN", "IM", "MS"):
+            _print_masters(info)
+    return 0
