@@ -488,14 +488,16 @@ class Master:
                 return
             self.eligible = True
             return self._start_vote(now, out, "prevote")
-        answered = [c.replies[v] for v in voters if v in c.replies]
-        if len(answered) == len(voters):
-            waits = sorted(r.wait_s if not r.would_grant else 0.0 for r in answered)
-            wait = waits[majority(len(voters)) - 1]
-            if all(r.reason not in RETRYABLE for r in answered if not r.would_grant):
-                wait = max(wait, 0.0)
-            c.retry_at = {"*": now + wait + 0.005 + self._jitter() * 0.2}
-            c.deadline = max(c.deadline, c.retry_at["*"] + 0.001)
+        # not yet: if voters that only wait (a lease or a restart silence) would make a
+        # majority, ask again the moment enough of them are free
+        waits = sorted(r.wait_s for v, r in c.replies.items()
+                       if v in voters and not r.would_grant and r.reason in RETRYABLE)
+        need = majority(len(voters)) - len(yes)
+        if need <= len(waits):
+            at = now + waits[need - 1] + 0.005 + self._jitter() * 0.2
+            if c.retry_at.get("*", float("inf")) > at:
+                c.retry_at = {"*": at}
+                c.deadline = max(c.deadline, at + 0.001)
 
     def _on_vote_reply(self, now: float, m: VoteReply, out: Output) -> None:
         c = self.campaign
@@ -583,7 +585,9 @@ class Master:
         if m.term != self.accepted_term:
             return
         self.lease.ack(m.voter, m.round)
-        self.voter_records[m.voter] = m.record
+        eo = self._epoch_only()
+        if record_key(m.record, eo) > record_key(self.voter_records.get(m.voter), eo):
+            self.voter_records[m.voter] = m.record     # replies may arrive reordered
         new_until = self.lease.until(self._voter_sets())
         if new_until > self.lease_until:
             if self.lease_until - now < self.cfg.renew_period_s / 2:
@@ -635,10 +639,10 @@ class Master:
             self.commit = c
             self._apply(out)
             self._maybe_compact(out)
-        if self.pending is None:
-            self._maybe_change_members(now, out)
         if self.stepdown is not None:
             self._maybe_hand_over(now, out)
+        elif self.pending is None:
+            self._maybe_change_members(now, out)
 
     def _maybe_change_members(self, now: float, out: Output) -> None:
         rec, last_v = self.record, self.log.last_version
@@ -710,7 +714,8 @@ class Master:
         p = self.progress.get(m.sender_addr)
         if p is None or m.term != self.accepted_term:
             return
-        p.ident = m.sender
+        if p.ident != m.sender:      # a new incarnation at that address: start over
+            p.ident, p.match_version, p.caught_up_at = m.sender, 0, NEVER
         if m.ok:
             if not self.log.matches(m.match, self._version_only()) and \
                     m.match[1] > self.log.base[1]:
@@ -727,10 +732,12 @@ class Master:
             nxt = lv + 1 if lv is not None else m.conflict_version
         else:
             nxt = m.conflict_version
+        before = p.next_version
         p.next_version = max(p.match_version + 1, min(p.next_version, nxt), 1)
         if p.next_version > self.log.last_version + 1:
             p.next_version = self.log.last_version + 1
-        self._send_append(now, m.sender_addr, p, out)
+        if p.next_version < before or now - p.last_send > self.cfg.request_timeout_s:
+            self._send_append(now, m.sender_addr, p, out)
 
     def _append_local(self, payload: bytes, out: Output) -> int:
         v = self.log.last_version + 1
@@ -834,6 +841,10 @@ class Master:
 
     def _maybe_hand_over(self, now: float, out: Output) -> None:
         target, _ = self.stepdown
+        if target not in self.record.members:
+            self._event(out, "step-down-aborted", f"target={target} left the record")
+            self.stepdown = None
+            return
         by_ident = {p.ident: (a, p) for a, p in self.progress.items() if p.ident}
         if target not in by_ident or self.pending is not None:
             return

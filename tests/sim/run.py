@@ -37,8 +37,12 @@ def run_seed(seed: int, mutations=frozenset(), verbose: bool = False,
         w.run()
     except Violation as v:
         lines = [w.fmt(x) for x in list(w.trace)[-120:]]
+        if verbose:
+            print("\n".join(w.fmt(x) for x in w.trace))
         return Result(seed, False, v.invariant, v.detail, "\n".join(lines), w.t,
                       w.stats["events"])
+    if verbose:
+        print("\n".join(w.fmt(x) for x in w.trace))
     return Result(seed, True, sim_s=w.t, events=w.stats["events"])
 
 

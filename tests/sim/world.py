@@ -170,7 +170,7 @@ class World:
         self.t = 0.0
         self.q: list = []
         self.seq = 0
-        self.trace: deque = deque(maxlen=400)
+        self.trace: deque = deque(maxlen=None if verbose else 400)
         self.oracle = Oracle()
         self.blocked: set[tuple[str, str]] = set()
         self.healed = False
@@ -206,8 +206,6 @@ class World:
 
     def log(self, what: str, *args) -> None:
         self.trace.append((self.t, what, args))
-        if self.verbose:
-            print(self.fmt((self.t, what, args)))
 
     @staticmethod
     def fmt(item) -> str:
@@ -238,6 +236,8 @@ class World:
     # ------------------------------------------------------------------ node lifecycle --
     def ev_start(self, name: str) -> None:
         n = self.nodes[name]
+        if n.up:
+            return
         n.up, n.paused, n.busy, n.deferred = True, False, False, None
         n.epoch += 1
         n.inbox.clear()
