@@ -68,6 +68,8 @@ OPTIONS = {
 }
 
 
+LOW_SPACE = 16 << 20  # a server with less free space gets no writes while others can
+
 RESTART_KEYS = ("DATA_PATH", "MATOCL_LISTEN_HOST", "MATOCL_LISTEN_PORT", "MATOCS_LISTEN_HOST",
                 "MATOCS_LISTEN_PORT")
 
@@ -483,6 +485,11 @@ class MasterServer:
                 targets = self.registry.valid_servers(chunk.chunk_id, chunk.version)
                 if not targets:
                     raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X} has no valid copy")
+                # A (nearly) full server is left out while others have room: its copy goes
+                # stale and the replication loop rebuilds it on a server with space.
+                roomy = [s for s in targets if s.free_bytes >= LOW_SPACE]
+                if roomy and len(roomy) < len(targets):
+                    targets = roomy
             shared = chunk is not None and chunk.refs > 1
             old = (chunk.chunk_id, chunk.version) if chunk is not None else None
             result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
