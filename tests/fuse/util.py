@@ -1,0 +1,50 @@
+"""Helpers of the FUSE tests: calls Python lacks (renameat2, utimensat with UTIME_OMIT)
+and running code as another user."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import sys
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+def renameat2(src: str, dst: str, flags: int) -> None:
+    r = _libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst),
+                        ctypes.c_uint(flags))
+    if r != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), src)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    """Times as (sec, nsec); nsec may be UTIME_NOW or UTIME_OMIT."""
+    ts = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+    if _libc.utimensat(AT_FDCWD, os.fsencode(path), ts, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+
+
+NOBODY = 65534
+
+
+def as_user(code: str, uid: int = NOBODY, gid: int = NOBODY, timeout: float = 60) -> str:
+    """Run Python `code` as another user (setpriv); returns stdout, raises on failure."""
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                        sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=timeout, cwd="/")
+    if r.returncode != 0:
+        raise AssertionError(f"as uid {uid}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r.stdout
