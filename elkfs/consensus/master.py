@@ -138,7 +138,9 @@ class Master:
         self.role = role
 
     def _event(self, out: Output, event: str, detail: str = "", term: int | None = None):
-        out.lease_log.append(LeaseEvent(self.ident, self.term if term is None else term,
+        if term is None:
+            term = self.accepted_term if self.role == LEADER else self.term
+        out.lease_log.append(LeaseEvent(self.ident, term,
                                         event, detail))
 
     def _persist_term(self, out: Output) -> None:
@@ -414,7 +416,7 @@ class Master:
             self._set_role(CANDIDATE)
         self.term = max(self.term, self.accepted_term) + 1
         self._persist_term(out)          # durable before the requests leave
-        self.campaign = _Campaign(self.term, "vote", now, now + self.cfg.lease_duration_s)
+        self.campaign = _Campaign(self.term, "vote", now, now + self.cfg.max_round_trip_s)
         self._event(out, "election-start", f"reason={reason} last={self.last()}")
         self._send_votes(now, out, self.cfg.voter_addrs)
 
@@ -478,6 +480,8 @@ class Master:
         why = self._eligibility(rstar, [r.record for r in c.replies.values()])
         yes = [v for v, r in c.replies.items() if r.would_grant and v in voters]
         if len(yes) >= majority(len(voters)):
+            if why is not None and len(c.replies) < len(self.cfg.voter_addrs):
+                return       # a later reply may show a higher record that names us
             if why is not None:
                 self.eligible = False
                 self._event(out, "not-eligible", f"{why} record="
@@ -518,6 +522,7 @@ class Master:
             c.replies[m.voter] = m
             if m.reason in RETRYABLE:
                 c.retry_at[m.voter] = now + m.wait_s + 0.002
+                c.deadline = max(c.deadline, c.retry_at[m.voter] + self.cfg.max_round_trip_s)
         rstar = highest((g[0] for g in c.grants.values()), self._epoch_only())
         voters = rstar.voters if rstar else self.cfg.initial_voters
         counted = {v: g for v, g in c.grants.items() if v in voters}
@@ -573,7 +578,7 @@ class Master:
         self.lease.start_round(r, now)
         rec = self.pending or self.record
         for v in self.cfg.voter_addrs:
-            out.send_to(v, Renew(self.term, self.ident, r, rec))
+            out.send_to(v, Renew(self.accepted_term, self.ident, r, rec))
         self.next_renew_at = now + self.cfg.renew_period_s
 
     def _on_renew_reply(self, now: float, m: RenewReply, out: Output) -> None:
@@ -630,7 +635,7 @@ class Master:
                 if set(others) <= set(holders) or now >= self.align_deadline:
                     members = (self.ident,) + tuple(sorted(set(holders)))
                     commit = self.last()
-                    self._propose(now, Record(self.term, base.epoch + 1, members,
+                    self._propose(now, Record(self.accepted_term, base.epoch + 1, members,
                                               base.voters, commit), out, "restamp")
             return
         c = commit_point(self.cfg, self.ident, self.durable, last_v, self.record,
@@ -655,7 +660,7 @@ class Master:
             if (p is None or p.match_version < last_v) and \
                     now - max(seen, self.led_since) > self.cfg.isr_lag_timeout_s:
                 members = tuple(x for x in rec.members if x != m)
-                return self._propose(now, Record(self.term, rec.epoch + 1, members,
+                return self._propose(now, Record(self.accepted_term, rec.epoch + 1, members,
                                                  rec.voters, self._commit_pos()), out,
                                      f"shrink -{m}")
         if self.stepdown is None:
@@ -663,7 +668,7 @@ class Master:
                 if p.ident and p.ident not in rec.members and p.match_version == last_v \
                         and self.durable >= last_v:
                     members = rec.members + (p.ident,)
-                    return self._propose(now, Record(self.term, rec.epoch + 1, members,
+                    return self._propose(now, Record(self.accepted_term, rec.epoch + 1, members,
                                                      rec.voters, self._commit_pos()), out,
                                          f"grow +{p.ident}")
         while self.voter_changes:
@@ -672,7 +677,7 @@ class Master:
             if ch.add and ch.add not in voters:
                 voters += (ch.add,)
             if voters != rec.voters and len(set(voters) ^ set(rec.voters)) == 1 and voters:
-                return self._propose(now, Record(self.term, rec.epoch + 1, rec.members,
+                return self._propose(now, Record(self.accepted_term, rec.epoch + 1, rec.members,
                                                  voters, self._commit_pos()), out,
                                      f"voters +{ch.add} -{ch.remove}")
 
@@ -693,13 +698,13 @@ class Master:
             snap = self.snap
             if snap is None or snap.last[1] < self.log.base[1]:
                 raise InvariantBroken("journal compacted without a snapshot")
-            out.send_to(addr, InstallSnapshot(self.term, self.ident, self.addr, snap.last,
+            out.send_to(addr, InstallSnapshot(self.accepted_term, self.ident, self.addr, snap.last,
                                               snap.data, rec))
             p.next_version = snap.last[1] + 1
         else:
             prev_v = p.next_version - 1
             entries = self.log.slice(p.next_version, self.cfg.max_batch)
-            out.send_to(addr, Append(self.term, self.ident, self.addr,
+            out.send_to(addr, Append(self.accepted_term, self.ident, self.addr,
                                      (self.log.term_at(prev_v), prev_v), entries,
                                      self.commit, rec))
             if entries:
@@ -741,7 +746,7 @@ class Master:
 
     def _append_local(self, payload: bytes, out: Output) -> int:
         v = self.log.last_version + 1
-        e = Entry(self.term, v, payload)
+        e = Entry(self.accepted_term, v, payload)
         self.log.append(e)
         self._journal_write(None, (e,), out)
         return v
@@ -855,8 +860,8 @@ class Master:
         self.lease_until = now        # drop the own lease first (HA-traces.md 10a)
         self._event(out, "lease-released", f"handover to={target}")
         for v in self.cfg.voter_addrs:
-            out.send_to(v, Release(self.term, self.ident, target))
-        out.send_to(addr, TimeoutNow(self.term, self.ident))
+            out.send_to(v, Release(self.accepted_term, self.ident, target))
+        out.send_to(addr, TimeoutNow(self.accepted_term, self.ident))
         self._become_follower(now, out, None, None)
 
     def _on_timeout_now(self, now: float, m: TimeoutNow, out: Output) -> None:

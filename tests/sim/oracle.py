@@ -63,11 +63,13 @@ class Oracle:
         """Called after every step of master ``name`` (``m`` may be None: crashed)."""
         cur = self.open.get(name)
         if m is not None and m.role == "LEADER":
-            prev = self.leaders_by_term.setdefault(m.term, m.ident)
+            prev = self.leaders_by_term.setdefault(m.accepted_term, m.ident)
             if prev != m.ident:
-                raise Violation("one-leader", f"term {m.term} has leaders {prev} and {m.ident}")
+                raise Violation("one-leader",
+                                f"term {m.accepted_term} has leaders {prev} and {m.ident}")
         serving = m is not None and m.serving(clock.local(t))
-        if cur is not None and (not serving or cur.ident != m.ident or cur.term != m.term):
+        if cur is not None and (not serving or cur.ident != m.ident
+                                or cur.term != m.accepted_term):
             cur.end = min(cur.end, t)
             cur.closed = True
             del self.open[name]
@@ -77,10 +79,10 @@ class Oracle:
         end = clock.to_real(m.lease_until)
         if cur is None:
             self._new_leader_checks(name, m, t)
-            cur = Interval(name, m.ident, m.term, t, end)
+            cur = Interval(name, m.ident, m.accepted_term, t, end)
             self.open[name] = cur
             self.intervals.append(cur)
-            self.serving_log.append((t, m.ident, m.term))
+            self.serving_log.append((t, m.ident, m.accepted_term))
         else:
             cur.end = max(cur.end, end)
         for iv in self.intervals:

@@ -75,7 +75,7 @@ class SimParams:
             dup=r.choice([0.0, 0.02, 0.1]),
             delay_base_s=r.uniform(0.0001, 0.003),
             delay_tail_s=r.choice([0.001, 0.005, 0.03]),
-            long_delay_p=r.choice([0.0, 0.002, 0.02]),
+            long_delay_p=r.choice([0.0, 0.002, 0.02, 0.05]),
             fault_rate=r.uniform(0.5, 2.0),
             fsync_max_s=r.choice([0.002, 0.01, 0.1]),
             n_clients=r.choice([1, 2, 3]),
@@ -173,6 +173,7 @@ class World:
         self.trace: deque = deque(maxlen=None if verbose else 400)
         self.oracle = Oracle()
         self.blocked: set[tuple[str, str]] = set()
+        self.slow: dict[tuple[str, str], float] = {}
         self.healed = False
         self.heal_at = p.faulty_s
         self.end_at = p.faulty_s + p.healed_s
@@ -350,7 +351,7 @@ class World:
                     if body and body[0] == "bump":
                         ver = tuple(msgspec.msgpack.decode(a.result))
                         for v in self.voters:
-                            self.send_from(n, v, ChunkCommand(m.term, m.ident, body[1], ver))
+                            self.send_from(n, v, ChunkCommand(m.accepted_term, m.ident, body[1], ver))
             fresh = now if STALE_NOW in self.cfg.mutations else n.clock.local(self.t)
             for client, rep in out.replies:
                 if rep.status == "ok" and fresh >= out.reply_deadline:
@@ -361,7 +362,7 @@ class World:
                     self.stats["reads" if is_read else "acks"] += 1
                 self.send_from(n, client, rep)
             self.oracle.master_state(n.name, m, n.clock, self.t)
-        elif self.r_fault.random() < 0.02 and not self.healed and any(
+        elif self.r_fault.random() < 0.1 and not self.healed and any(
                 e.event == "vote-granted" for e in out.lease_log):
             # a voter restarts right after voting (its reply may still be in the buffer)
             if self.r_fault.random() < 0.5:
@@ -421,7 +422,9 @@ class World:
         elif self.r_net.random() < self.dup:
             copies = 2
         for _ in range(copies):
-            d = self.p.delay_base_s + self.r_net.expovariate(1 / self.p.delay_tail_s)
+            tail = min(self.p.delay_tail_s, 0.003) if self.healed else self.p.delay_tail_s
+            d = self.p.delay_base_s + self.r_net.expovariate(1 / tail)
+            d += self.slow.get((src, dest), 0.0) * self.r_net.random()
             if not self.healed and self.r_net.random() < self.p.long_delay_p:
                 d += self.r_net.uniform(0.2, 3.0)
             self.at(self.t + d, "arrive", src, dest, msg)
@@ -449,8 +452,9 @@ class World:
         self.stats["faults"] += 1
         r = self.r_fault
         kind = r.choices(["crash-m", "crash-v", "pause", "suspend", "partition", "stall",
-                          "rate", "wipe-v", "wipe-m", "step-down", "net"],
-                         [10, 8, 6, 3, 14, 5, 3, 1, 1, 4, 2])[0]
+                          "rate", "wipe-v", "wipe-m", "step-down", "net", "strand",
+                          "slow-links", "bounce"],
+                         [10, 8, 6, 3, 14, 5, 3, 1, 1, 4, 2, 4, 4, 4])[0]
         getattr(self, "fault_" + kind.replace("-", "_"))(r)
         self.at(self.t + r.expovariate(self.p.fault_rate), "fault")
 
@@ -520,6 +524,11 @@ class World:
                 for m in self.masters:
                     if m not in allowed:
                         cut |= {(m, v), (v, m)}
+            if r.random() < 0.5:
+                for a in self.masters:
+                    for b in self.masters:
+                        if a != b:
+                            cut.add((a, b))
         elif kind == "masters":
             for a in self.masters:
                 for b in self.masters:
@@ -536,6 +545,55 @@ class World:
         if not self.healed:
             self.blocked -= cut
             self.log("heal-cut", len(cut))
+
+    def fault_strand(self, r) -> None:
+        """Cut the leader off from the other masters and from all voters but one, so its
+        proposals reach a minority, then crash it (HA-traces.md 1a-1c)."""
+        ldr = self.current_leader()
+        if ldr is None:
+            return
+        keep = r.choice(self.voters)
+        cut = set()
+        for y in self.nodes:
+            if y != ldr.name and y != keep:
+                cut |= {(ldr.name, y), (y, ldr.name)}
+        self.blocked |= cut
+        self.log("strand", ldr.name, f"keeps {keep}")
+        self.at(self.t + r.uniform(0.5, 4.0), "unpartition", frozenset(cut))
+        if r.random() < 0.7:
+            self.at(self.t + r.uniform(0.2, 1.5), "crash_at", ldr.name, ldr.epoch,
+                    r.uniform(0.5, 4.0))
+
+    def ev_crash_at(self, name: str, epoch: int, down_s: float) -> None:
+        n = self.nodes[name]
+        if n.epoch == epoch and not self.healed:
+            self.crash(n)
+            self.at(self.t + down_s, "start", name)
+
+    def fault_slow_links(self, r) -> None:
+        """Voter replies to a master arrive late on some links (acks of old rounds)."""
+        m = self.current_leader() or self._pick(r, self.masters)
+        links = {(v, m.name) for v in self.voters if r.random() < 0.5}
+        extra = r.uniform(0.2, 1.5) * self.p.lease_s / 2
+        for link in links:
+            self.slow[link] = extra
+        self.log("slow", sorted(links), f"+{extra:.2f}s")
+        self.at(self.t + r.uniform(1.0, 4.0), "unslow", frozenset(links))
+
+    def ev_unslow(self, links) -> None:
+        for link in links:
+            self.slow.pop(link, None)
+
+    def fault_bounce(self, r) -> None:
+        """Masters lose sight of each other while some voters restart at once: the
+        restarted voters' lost promises are what the restart silence protects."""
+        cut = {(a, b) for a in self.masters for b in self.masters if a != b}
+        self.blocked |= cut
+        self.at(self.t + r.uniform(1.0, 4.0), "unpartition", frozenset(cut))
+        for v in r.sample(self.voters, max(1, len(self.voters) // 2)):
+            n = self.nodes[v]
+            self.crash(n, "bounce")
+            self.at(self.t + r.uniform(0.0, 0.1), "start", v)
 
     def fault_stall(self, r) -> None:
         n = self._pick(r, list(self.nodes))
@@ -597,6 +655,7 @@ class World:
         self.healed = True
         self.log("HEAL", "all faults end")
         self.blocked.clear()
+        self.slow.clear()
         self.loss, self.dup = 0.0, 0.0
         for n in self.nodes.values():
             n.stall_until = -1.0
@@ -608,7 +667,7 @@ class World:
 
     def liveness_bound(self) -> float:
         c = self.cfg
-        rtt = 2 * (self.p.delay_base_s + 8 * self.p.delay_tail_s) + 2 * 0.0005
+        rtt = 2 * (self.p.delay_base_s + 8 * min(self.p.delay_tail_s, 0.003)) + 2 * 0.0005
         return (c.lease_duration_s * (1 + c.rho) + c.election_jitter_s + c.align_timeout_s
                 + 8 * rtt + 4 * self.p.fsync_max_s + 0.1)
 

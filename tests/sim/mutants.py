@@ -1,0 +1,58 @@
+"""Run every deliberately broken variant and require the simulation to catch each one.
+
+    python -m tests.sim.mutants [--seeds N] [--jobs J] [--only NAME]
+
+Each mutation is a flag read by the real classes (``HAConfig.mutations``), never a copy of
+the code.  A mutant's run stops at its first failing seed; the exit status is 0 only if
+every mutant was caught, and the report names the invariant that caught it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from elkfs.consensus.config import ALL_MUTATIONS
+
+from .run import replay_command, run_many
+
+DEFAULT_SEEDS = 3000
+
+
+def hunt(mutation: str, seeds: int, jobs: int = 2, first: int = 0):
+    """Return the first failing Result for ``mutation`` within ``seeds`` seeds, or None."""
+    for r in run_many(range(first, first + seeds), frozenset({mutation}), jobs,
+                      stop_at_first=True):
+        if not r.ok:
+            return r
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", action="append", default=[])
+    a = ap.parse_args(argv)
+    missed = []
+    for m in a.only or ALL_MUTATIONS:
+        t0 = time.monotonic()
+        r = hunt(m, a.seeds, a.jobs)
+        took = time.monotonic() - t0
+        if r is None:
+            missed.append(m)
+            print(f"MISSED  {m:<24} survived {a.seeds} seeds ({took:.1f}s)")
+        else:
+            print(f"caught  {m:<24} seed {r.seed:<5} by {r.invariant:<24} ({took:.1f}s): "
+                  f"{r.detail[:110]}")
+            print(f"        replay: {replay_command(r.seed, [m])}")
+        sys.stdout.flush()
+    if missed:
+        print(f"{len(missed)} mutant(s) survived: {' '.join(missed)}")
+        return 1
+    print(f"all {len(a.only or ALL_MUTATIONS)} mutants caught")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
