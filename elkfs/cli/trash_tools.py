@@ -1,0 +1,125 @@
+"""MooseFS tools for trash time and snapshots, on paths inside a mount:
+
+    mfsgettrashtime [-r] PATH...      mfssettrashtime [-r] SECONDS PATH...
+    mfsmakesnapshot SRC... DST
+
+They find the master through the mount's `.masterinfo`, like the other tools (tools.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import stat
+import sys
+
+from ..client.client import Client
+from ..proto import messages as m
+from ..proto.errors import FsError
+from .tools import ToolError, _client, _emit_json, _run_paths, _walk, find_mount, master_inode
+
+
+def mfsgettrashtime(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfsgettrashtime",
+                                description="Print how long deleted files stay in the trash.")
+    p.add_argument("-r", action="store_true", help="recursive: summary of a tree")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    out = []
+
+    async def one(client: Client, path: str, inode: int) -> None:
+        if not a.r:
+            seconds = (await client.op(m.GetAttr(inode))).attr.trashtime
+            out.append({"path": path, "trashtime": seconds})
+            if not a.json:
+                print(f"{path}: {seconds}")
+            return
+        files: dict[int, int] = {}
+        dirs: dict[int, int] = {}
+        async for attr in _walk(client, inode):
+            target = dirs if stat.S_ISDIR(attr.mode) else files
+            target[attr.trashtime] = target.get(attr.trashtime, 0) + 1
+        out.append({"path": path, "files": {str(k): v for k, v in sorted(files.items())},
+                    "directories": {str(k): v for k, v in sorted(dirs.items())}})
+        if not a.json:
+            print(f"{path}:")
+            for seconds, n in sorted(files.items()):
+                print(f" files with trashtime        {seconds:10d} : {n:10d}")
+            for seconds, n in sorted(dirs.items()):
+                print(f" directories with trashtime  {seconds:10d} : {n:10d}")
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+def mfssettrashtime(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfssettrashtime",
+                                description="Set how long deleted files stay in the trash.")
+    p.add_argument("-r", action="store_true", help="recursive")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("seconds", type=int)
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    if a.seconds < 0:
+        print("mfssettrashtime: seconds must be 0 or more", file=sys.stderr)
+        return 2
+    out = []
+
+    async def one(client: Client, path: str, inode: int) -> None:
+        attr = (await client.op(m.SetTrashTime(inode, a.seconds, a.r))).attr
+        out.append({"path": path, "trashtime": attr.trashtime, "recursive": a.r})
+        if not a.json:
+            print(f"{path}: {attr.trashtime}")
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+def mfsmakesnapshot(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfsmakesnapshot",
+                                description="Lazy copy (copy-on-write) of files or trees.")
+    p.add_argument("sources", nargs="+", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    a = p.parse_args(argv)
+
+    async def main() -> int:
+        try:
+            info, _ = find_mount(a.dst if os.path.exists(a.dst) else os.path.dirname(os.path.abspath(a.dst)))
+        except ToolError as e:
+            print(f"mfsmakesnapshot: {e}", file=sys.stderr)
+            return 1
+        client = await _client(info)
+        status = 0
+        try:
+            dst_is_dir = os.path.isdir(a.dst)
+            if len(a.sources) > 1 and not dst_is_dir:
+                print(f"mfsmakesnapshot: {a.dst}: not a directory", file=sys.stderr)
+                return 1
+            if dst_is_dir:
+                parent = master_inode(a.dst, info)
+            else:
+                parent = master_inode(os.path.dirname(os.path.abspath(a.dst)) or "/", info)
+            for src in a.sources:
+                name = os.path.basename(os.path.normpath(src)) if dst_is_dir \
+                    else os.path.basename(os.path.normpath(a.dst))
+                try:
+                    src_info, _ = find_mount(src)
+                    if (src_info["host"], src_info["port"]) != (info["host"], info["port"]):
+                        raise ToolError(f"{src}: not on the same ElkFS as {a.dst}")
+                    await client.op(m.Snapshot(master_inode(src, src_info), parent,
+                                               os.fsencode(name), os.getuid(), os.getgid()))
+                except (ToolError, FsError, OSError) as e:
+                    print(f"mfsmakesnapshot: {e if isinstance(e, ToolError) else f'{src}: {e}'}",
+                          file=sys.stderr)
+                    status = 1
+        finally:
+            await client.close()
+        return status
+
+    return asyncio.run(main())
