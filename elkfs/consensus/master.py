@@ -693,7 +693,7 @@ class Master:
         self.next_heartbeat_at = now + self.cfg.heartbeat_s
 
     def _send_append(self, now: float, addr: str, p: Progress, out: Output) -> None:
-        rec = self.pending or self.record or self.base_record
+        rec = self.pending or self.record
         if p.next_version <= self.log.base[1]:
             snap = self.snap
             if snap is None or snap.last[1] < self.log.base[1]:
@@ -861,12 +861,13 @@ class Master:
         self._event(out, "lease-released", f"handover to={target}")
         for v in self.cfg.voter_addrs:
             out.send_to(v, Release(self.accepted_term, self.ident, target))
-        out.send_to(addr, TimeoutNow(self.accepted_term, self.ident))
+        out.send_to(addr, TimeoutNow(self.accepted_term, self.ident, self.record))
         self._become_follower(now, out, None, None)
 
     def _on_timeout_now(self, now: float, m: TimeoutNow, out: Output) -> None:
         if m.term < self.accepted_term or self.role != FOLLOWER:
             return
+        self._learn_record(m.record)
         if self.known_record is not None and self.ident not in self.known_record.members:
             return
         self._start_vote(now, out, f"handover from {m.leader}")

@@ -118,6 +118,7 @@ class AppendReply(_Msg):
 class TimeoutNow(_Msg):
     term: int
     leader: str
+    record: Record | None = None
 
 
 # ---------------------------------------------------------------- local inputs -----------

@@ -219,7 +219,8 @@ class World:
             self.at(0.0, "start", n.name)
         for c in self.clients:
             self.at(self.r_work.uniform(0.1, 1.0), "client", c.name)
-        self.at(self.r_fault.expovariate(self.p.fault_rate), "fault")
+        if self.p.fault_rate > 0:
+            self.at(self.r_fault.expovariate(self.p.fault_rate), "fault")
         self.at(self.heal_at, "heal")
         self.at(self.end_at, "end")
         while self.q:
@@ -362,7 +363,7 @@ class World:
                     self.stats["reads" if is_read else "acks"] += 1
                 self.send_from(n, client, rep)
             self.oracle.master_state(n.name, m, n.clock, self.t)
-        elif self.r_fault.random() < 0.1 and not self.healed and any(
+        elif self.p.fault_rate > 0 and self.r_fault.random() < 0.1 and not self.healed and any(
                 e.event == "vote-granted" for e in out.lease_log):
             # a voter restarts right after voting (its reply may still be in the buffer)
             if self.r_fault.random() < 0.5:
@@ -589,11 +590,20 @@ class World:
         restarted voters' lost promises are what the restart silence protects."""
         cut = {(a, b) for a in self.masters for b in self.masters if a != b}
         self.blocked |= cut
-        self.at(self.t + r.uniform(1.0, 4.0), "unpartition", frozenset(cut))
-        for v in r.sample(self.voters, max(1, len(self.voters) // 2)):
+        d = self.p.lease_s
+        self.log("bounce", "masters cut")
+        self.at(self.t + r.uniform(d + 0.5, 2.5 * d), "unpartition", frozenset(cut))
+        self.at(self.t + r.uniform(d + 0.2, 2 * d), "bounce_voters")
+
+    def ev_bounce_voters(self) -> None:
+        if self.healed:
+            return
+        r = self.r_fault
+        for v in r.sample(self.voters, len(self.voters) // 2 + 1):
             n = self.nodes[v]
-            self.crash(n, "bounce")
-            self.at(self.t + r.uniform(0.0, 0.1), "start", v)
+            if n.up:
+                self.crash(n, "bounce")
+                self.at(self.t + r.uniform(0.0, 0.05), "start", v)
 
     def fault_stall(self, r) -> None:
         n = self._pick(r, list(self.nodes))
