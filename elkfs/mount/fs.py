@@ -493,8 +493,18 @@ class ElkOperations(pyfuse3.Operations):
             fi = pyfuse3.FileInfo(fh=0)
             fi.direct_io = True
             return fi
-        fh, keep = self._new_handle(self._m(inode), flags)
-        return self._file_info(fh, keep)
+        ino = self._m(inode)
+        if flags & os.O_TRUNC:
+            # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do.
+            st = self.states.get(ino)
+            if st is not None and st.writer is not None:
+                await self._flush_writer(st)
+            self._entry((await self._op(m.Truncate(ino, 0))).attr)
+            if st is not None:
+                st.size = -1
+                st.gen += 1
+        fh, keep = self._new_handle(ino, flags)
+        return self._file_info(fh, keep and not flags & os.O_TRUNC)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         mode = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
