@@ -6,12 +6,60 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import time
 
-from .cluster import CS_PORT, MASTER_CLIENT_PORT, MASTER_CS_PORT, Cluster
+from .cluster import BIN, CS_PORT, MASTER_CLIENT_PORT, MASTER_CS_PORT, Cluster
 
 DEMO_DIR = os.path.join(os.getcwd(), "demo")
+MOUNT_DIR = os.path.join(DEMO_DIR, "mnt")
+
+
+def is_mounted(path: str) -> bool:
+    path = os.path.abspath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == path for line in f)
+    except OSError:
+        return False
+
+
+def mount(c: Cluster) -> None:
+    """Mount the demo cluster at demo/mnt (mfsmount returns once it is mounted)."""
+    os.makedirs(MOUNT_DIR, exist_ok=True)
+    host, port = c.master_addr
+    r = subprocess.run([os.path.join(BIN, "mfsmount"), MOUNT_DIR, "-H", host, "-P", str(port),
+                        "-o", f"mfslogfile={os.path.join(DEMO_DIR, 'mount.log')}"],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 or not is_mounted(MOUNT_DIR):
+        raise RuntimeError(f"mfsmount failed: {r.stderr.strip() or r.stdout.strip()}")
+
+
+def unmount() -> None:
+    """Unmount demo/mnt and wait for the mount process to exit."""
+    if not is_mounted(MOUNT_DIR):
+        return
+    pid = None
+    try:
+        with open(os.path.join(MOUNT_DIR, ".masterinfo")) as f:
+            pid = int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError):
+        pass
+    r = subprocess.run(["fusermount3", "-u", MOUNT_DIR], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"demo: {MOUNT_DIR} is busy; detaching it lazily", file=sys.stderr)
+        subprocess.run(["fusermount3", "-u", "-z", MOUNT_DIR], capture_output=True)
+    if pid is not None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
 
 
 def cluster() -> Cluster:
@@ -22,6 +70,7 @@ def start() -> int:
     c = cluster()
     c.write_configs()
     running = [d for d in c.masters + c.chunkservers if d.pid()]
+    unmount()
     if running:
         print(f"demo: restarting ({len(running)} daemons were running; data is kept)")
         c.stop()
@@ -37,7 +86,19 @@ def start() -> int:
               f"(chunkservers)  data+log: {os.path.relpath(d.data_dir)}")
     for d in c.chunkservers:
         print(f"  chunkserver  {d.host}:{CS_PORT}  data+log: {os.path.relpath(d.data_dir)}")
-    print("Try it from Python:")
+    try:
+        mount(c)
+    except Exception as e:
+        print(f"demo: mount failed: {e}", file=sys.stderr)
+        print(f"demo: see {os.path.relpath(os.path.join(DEMO_DIR, 'mount.log'))}", file=sys.stderr)
+        return 1
+    print(f"  mount        {os.path.relpath(MOUNT_DIR)}  (mfsmount; log: "
+          f"{os.path.relpath(os.path.join(DEMO_DIR, 'mount.log'))})")
+    print("Try it:")
+    print(f"  cp -r elkfs {os.path.relpath(MOUNT_DIR)}/ && ls -l {os.path.relpath(MOUNT_DIR)}/elkfs"
+          f" && .venv/bin/mfsfileinfo {os.path.relpath(MOUNT_DIR)}/elkfs/__init__.py")
+    print(f"  .venv/bin/mfscli {os.path.relpath(MOUNT_DIR)}")
+    print("Or from Python:")
     print(f"  .venv/bin/python -c \"import asyncio; from elkfs.client import Client; "
           f"print(asyncio.run(Client.connect('{c.master_host}')).link.session.hex())\"")
     print("Stop it with: make demo-stop")
@@ -49,6 +110,7 @@ def stop() -> int:
     if not os.path.isdir(DEMO_DIR):
         print("demo: nothing to stop")
         return 0
+    unmount()
     c.stop()
     print("demo: stopped (data kept in ./demo; remove it for a fresh cluster)")
     return 0
