@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Throughput through the FUSE mount: `dd bs=1M conv=fsync` write and a cold read.
+
+    .venv/bin/python bench/fuse_throughput.py [--size-mib 1024] [--goal 2] [--chunkservers 3]
+
+Starts its own cluster + mount on 127.0.40.x, writes SIZE MiB with dd (conv=fsync: the
+time includes getting every byte onto the chunkservers' disks), remounts and drops the
+page cache, then reads the file back with dd. Prints MB/s (dd's own figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tests.fuse.mounted import MountedCluster  # noqa: E402
+
+
+def dd(*args: str) -> str:
+    r = subprocess.run(["dd", *args], capture_output=True, text=True, check=True)
+    line = r.stderr.strip().splitlines()[-1]
+    m = re.search(r"copied, ([0-9.]+) s, ([0-9.]+ [kMG]?B/s)", line)
+    return f"{m.group(2):>10}  ({m.group(1)} s)" if m else line
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--goal", type=int, default=2)
+    p.add_argument("--chunkservers", type=int, default=3)
+    p.add_argument("--runs", type=int, default=2)
+    a = p.parse_args()
+    base = tempfile.mkdtemp(prefix="elkfs-bench-")
+    with MountedCluster(base, "127.0.40", chunkservers=a.chunkservers, goal=a.goal) as mc:
+        path = os.path.join(mc.mnt, "ddfile")
+        print(f"ElkFS mount, goal {a.goal}, {a.chunkservers} chunkservers, {a.size_mib} MiB, "
+              f"{os.cpu_count()} CPUs")
+        for run in range(1, a.runs + 1):
+            if os.path.exists(path):
+                os.unlink(path)
+            w = dd("if=/dev/zero", f"of={path}", "bs=1M", f"count={a.size_mib}", "conv=fsync")
+            mc.remount()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3")
+            r = dd(f"if={path}", "of=/dev/null", "bs=1M")
+            print(f" run {run}: write (conv=fsync) {w}   cold read {r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""/work/shared/bench/metabench.py on an ElkFS mount and on a local directory, side by side,
+in the same minute.
+
+    .venv/bin/python bench/metabench_compare.py [N] [--metabench PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tests.fuse.mounted import MountedCluster  # noqa: E402
+
+DEFAULT = "/work/shared/bench/metabench.py"
+
+
+def run(metabench: str, root: str, n: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, metabench, root, str(n)], capture_output=True,
+                         text=True, check=True).stdout
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^\s*(\w+):\s+([0-9.]+) ops/s", out, re.M)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("n", nargs="?", type=int, default=2000)
+    p.add_argument("--metabench", default=DEFAULT)
+    a = p.parse_args()
+    base = tempfile.mkdtemp(prefix="elkfs-metabench-")
+    local = tempfile.mkdtemp(prefix="elkfs-metabench-local-")
+    with MountedCluster(base, "127.0.41", goal=2) as mc:
+        ours = run(a.metabench, mc.mnt, a.n)
+        theirs = run(a.metabench, local, a.n)
+    print(f"metabench N={a.n} ({os.cpu_count()} CPUs), ops/s")
+    print(f"{'op':>10} {'ElkFS mount':>12} {'local dir':>12}")
+    for k in ours:
+        print(f"{k:>10} {ours[k]:12.0f} {theirs.get(k, 0):12.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
