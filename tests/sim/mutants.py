@@ -14,7 +14,7 @@ import time
 
 from elkfs.consensus.config import ALL_MUTATIONS
 
-from .run import replay_command, run_many
+from .run import replay_command, run_many, run_seed
 
 DEFAULT_SEEDS = 3000
 
@@ -42,6 +42,9 @@ def main(argv=None) -> int:
         if r is None:
             missed.append(m)
             print(f"MISSED  {m:<24} survived {a.seeds} seeds ({took:.1f}s)")
+        elif not run_seed(r.seed).ok:
+            missed.append(m)
+            print(f"BOGUS   {m:<24} seed {r.seed} fails without the mutation too")
         else:
             print(f"caught  {m:<24} seed {r.seed:<5} by {r.invariant:<24} ({took:.1f}s): "
                   f"{r.detail[:110]}")

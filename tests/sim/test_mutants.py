@@ -13,18 +13,18 @@ from .mutants import hunt
 from .run import run_seed
 
 KNOWN = {
-    "voter_ignores_promise": 20,
-    "voter_forgets_promise": 164,
-    "grant_without_lease": 312,
-    "ack_before_isr": 0,
-    "ack_before_fsync": 72,
-    "epoch_only_order": 1110,
-    "no_restamp": 3,
-    "grow_without_union": 60,
-    "version_only_match": 2,
-    "stale_now": 350,
-    "unmatched_acks": 942,
-    "voter_adopts_refused": 88,
+    "voter_ignores_promise": 24,
+    "voter_forgets_promise": 7,
+    "grant_without_lease": 0,
+    "ack_before_isr": 10,
+    "ack_before_fsync": 33,
+    "epoch_only_order": 22,
+    "no_restamp": 4,
+    "grow_without_union": 52,
+    "version_only_match": 10,
+    "stale_now": 138,
+    "unmatched_acks": 7,
+    "voter_adopts_refused": 170,
 }
 HUNT_SEEDS = 400
 

@@ -174,6 +174,7 @@ class World:
         self.oracle = Oracle()
         self.blocked: set[tuple[str, str]] = set()
         self.slow: dict[tuple[str, str], float] = {}
+        self.lease_seen: dict[str, float] = {}
         self.healed = False
         self.heal_at = p.faulty_s
         self.end_at = p.faulty_s + p.healed_s
@@ -363,6 +364,11 @@ class World:
                     self.stats["reads" if is_read else "acks"] += 1
                 self.send_from(n, client, rep)
             self.oracle.master_state(n.name, m, n.clock, self.t)
+            if m.role == "LEADER" and m.lease_until > self.lease_seen.get(n.name, -1e18):
+                self.lease_seen[n.name] = m.lease_until
+                self.check_lease_backed(n, m)
+            elif m.role != "LEADER":
+                self.lease_seen.pop(n.name, None)
         elif self.p.fault_rate > 0 and self.r_fault.random() < 0.1 and not self.healed and any(
                 e.event == "vote-granted" for e in out.lease_log):
             # a voter restarts right after voting (its reply may still be in the buffer)
@@ -374,6 +380,34 @@ class World:
             n.tick_token += 1
             at = max(self.t, n.clock.to_real(out.wake_at))
             self.at(at + 1e-9, "tick", n.name, n.epoch, n.tick_token)
+
+    def check_lease_backed(self, n: Node, m) -> None:
+        """The lease lemma behind invariant 1: whatever lease a leader believes it holds is
+        covered, in real time, by the promises of a majority of its voters (a voter that is
+        down or in its restart silence promises by construction)."""
+        until_real = n.clock.to_real(m.lease_until)
+        if until_real <= self.t:
+            return
+        by_uuid = {}
+        for v in self.voters:
+            x = self.nodes[v]
+            by_uuid[f"{v}.{x.incarnation}"] = x
+        for voters in m._voter_sets():
+            backing = 0
+            for uuid in voters:
+                x = by_uuid.get(uuid)
+                if x is None or not x.up:     # a lost uuid never grants again
+                    backing += 1
+                    continue
+                vm = x.machine
+                if x.clock.to_real(vm.quiet_until) >= until_real - 1e-9 or (
+                        vm.holder == m.ident and
+                        x.clock.to_real(vm.until) >= until_real - 1e-9):
+                    backing += 1
+            if backing < len(voters) // 2 + 1:
+                raise Violation("lease-unbacked",
+                                f"{m.ident} counts a lease until {until_real:.4f} but only "
+                                f"{backing} of {len(voters)} voters promise it that long")
 
     def ev_tick(self, name: str, epoch: int, token: int) -> None:
         n = self.nodes[name]
@@ -454,8 +488,8 @@ class World:
         r = self.r_fault
         kind = r.choices(["crash-m", "crash-v", "pause", "suspend", "partition", "stall",
                           "rate", "wipe-v", "wipe-m", "step-down", "net", "strand",
-                          "slow-links", "bounce"],
-                         [10, 8, 6, 3, 14, 5, 3, 1, 1, 4, 2, 4, 4, 4])[0]
+                          "slow-links", "bounce", "slow-election"],
+                         [10, 8, 6, 3, 14, 5, 3, 1, 1, 4, 2, 4, 4, 4, 4])[0]
         getattr(self, "fault_" + kind.replace("-", "_"))(r)
         self.at(self.t + r.expovariate(self.p.fault_rate), "fault")
 
@@ -580,6 +614,18 @@ class World:
             self.slow[link] = extra
         self.log("slow", sorted(links), f"+{extra:.2f}s")
         self.at(self.t + r.uniform(1.0, 4.0), "unslow", frozenset(links))
+
+    def fault_slow_election(self, r) -> None:
+        """The leader dies while voter replies crawl: candidacies overlap (trace 5a)."""
+        links = {(v, m) for v in self.voters for m in self.masters}
+        for link in links:
+            self.slow[link] = r.uniform(0.05, 0.4)
+        self.log("slow", "all voter->master links")
+        self.at(self.t + r.uniform(3.0, 5.0), "unslow", frozenset(links))
+        ldr = self.current_leader()
+        if ldr is not None:
+            self.crash(ldr)
+            self.at(self.t + r.uniform(0.5, 4.0), "start", ldr.name)
 
     def ev_unslow(self, links) -> None:
         for link in links:
