@@ -1,6 +1,7 @@
 """mfsmount: mount ElkFS with FUSE (MooseFS style).
 
     mfsmount MOUNTPOINT [-H HOST] [-P PORT] [-S SUBFOLDER] [-o opt,...] [-c CFG] [-f] [-d]
+    mfsmount -m MOUNTPOINT [-H HOST] [-P PORT] [-o ...]   (meta file system: the trash)
     umount MOUNTPOINT   (or fusermount3 -u MOUNTPOINT)
 """
 

@@ -1,6 +1,6 @@
 """mfsmount's command line and mfsmount.cfg, in MooseFS style.
 
-    mfsmount MOUNTPOINT [-H HOST] [-P PORT] [-S SUBFOLDER] [-o opt[=val],...] [-f] [-c CFG]
+    mfsmount MOUNTPOINT [-H HOST] [-P PORT] [-S SUBFOLDER] [-o opt[=val],...] [-m] [-f] [-c CFG]
 
 mfsmount.cfg (default /etc/mfs/mfsmount.cfg, or `-c`/`-o mfscfgfile=`) holds one option
 per line as given to `-o` (`mfsmaster=10.0.0.1`, `allow_other`), `#` comments, and
@@ -13,7 +13,8 @@ call keeps retrying while the master or chunkservers are unreachable, then EIO),
 mfsattrcacheto, mfsentrycacheto, mfsnegentrycacheto, mfsdirentrycacheto (kernel cache
 timeouts, seconds), mfswritecache (1/0: kernel write-back cache), mfscachemode
 (AUTO|YES|NO: keep the page cache across opens), mfsreadahead (read-ahead window, MiB),
-mfslogfile. Every other `-o` option is handed to FUSE (allow_other, ro, ...).
+mfslogfile, mfsmeta (same as `-m`: mount the meta file system, the trash, instead of the
+normal one). Every other `-o` option is handed to FUSE (allow_other, ro, ...).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class MountOptions:
     debug: bool = False
     logfile: str | None = None
     cfgfile: str | None = None
+    meta: bool = False
     fuse_options: set[str] = field(default_factory=set)
 
 
@@ -111,6 +113,8 @@ def apply_option(opts: MountOptions, item: str) -> None:
         opts.logfile = value
     elif key == "mfscfgfile":
         opts.cfgfile = value
+    elif key == "mfsmeta":
+        opts.meta = True
     elif key in ("mfsdebug", "debug"):
         opts.debug = True
     elif key.startswith("mfs"):
@@ -144,6 +148,8 @@ def parse(argv: list[str]) -> MountOptions:
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="comma-separated mount options")
     p.add_argument("-c", dest="cfg", help=f"config file (default {DEFAULT_CFG})")
+    p.add_argument("-m", "--meta", dest="meta", action="store_true",
+                   help="mount the meta file system (trash) instead of the normal one")
     p.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-d", dest="debug", action="store_true", help="debug logging (implies -f)")
     a = p.parse_args(argv)
@@ -174,6 +180,7 @@ def parse(argv: list[str]) -> MountOptions:
         opts.port = _int("-P", a.port, 1, 65535)
     if a.subfolder:
         opts.subfolder = a.subfolder
+    opts.meta = opts.meta or a.meta
     opts.foreground = a.foreground or a.debug
     opts.debug = opts.debug or a.debug
     opts.mountpoint = a.mountpoint or cfg_mountpoint or ""

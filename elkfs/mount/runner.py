@@ -88,6 +88,8 @@ async def serve(opts: MountOptions) -> int:
         _signal_ready("ERR " + msg)
         return 1
     client = Client(link, retry)
+    if opts.meta:
+        return await _serve_meta(client, opts)
     try:
         root = await _resolve_subfolder(client, opts.subfolder)
     except FsError as e:
@@ -144,6 +146,34 @@ async def serve(opts: MountOptions) -> int:
             except Exception as e:
                 log.debug("close: %s", e)
             await client.close()
+    log.info("unmounted %s", opts.mountpoint)
+    return 0
+
+
+async def _serve_meta(client: Client, opts: MountOptions) -> int:
+    """`mfsmount -m` / `-o mfsmeta`: the trash as a file system (elkfs/mount/meta.py)."""
+    from . import meta
+
+    fuse_opts = set()
+    if os.getuid() == 0:
+        fuse_opts.add("allow_other")
+    fuse_opts |= opts.fuse_options
+    fuse_opts -= {"no_default_permissions", "default_permissions"}
+
+    def ready() -> None:
+        log.info("meta file system of %s:%d mounted at %s", opts.master, opts.port,
+                 opts.mountpoint)
+        _signal_ready("OK")
+
+    try:
+        await meta.serve(client, opts.mountpoint, fuse_opts, ready=ready)
+    except Exception as e:
+        msg = f"mfsmount: cannot mount {opts.mountpoint}: {e}"
+        print(msg, file=sys.stderr)
+        _signal_ready("ERR " + msg)
+        return 1
+    finally:
+        await client.close()
     log.info("unmounted %s", opts.mountpoint)
     return 0
 
