@@ -37,6 +37,7 @@ log = logging.getLogger("elkfs.client")
 CHUNK_SIZE = 64 << 20
 ROOT = 1
 COALESCE = 1 << 20
+SPLIT_READ_MIN = 2 << 20  # reads of at least twice this are spread over the copies
 
 
 class Client:
@@ -526,8 +527,7 @@ class File:
             try:
                 if not chunk.locations:
                     raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X}: no copy available")
-                await read_chunk(self.client.pool, chunk.locations, chunk.chunk_id,
-                                 chunk.version, offset, size, out)
+                await self._read_copies(chunk, offset, size, out)
                 return
             except FsError as e:
                 if time.monotonic() + delay > deadline:
@@ -537,6 +537,21 @@ class File:
                 refresh = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _read_copies(self, chunk: m.ChunkOut, offset: int, size: int,
+                           out: memoryview) -> None:
+        """A large read is split over the copies, each part trying the others if its
+        copy fails, so every chunkserver holding the chunk works at once."""
+        locations = chunk.locations
+        parts = max(1, min(len(locations), size // SPLIT_READ_MIN))
+        step = -(-size // parts)
+        jobs = []
+        for i, start in enumerate(range(0, size, step)):
+            end = min(size, start + step)
+            order = locations[i % len(locations):] + locations[:i % len(locations)]
+            jobs.append(read_chunk(self.client.pool, order, chunk.chunk_id, chunk.version,
+                                   offset + start, end - start, out[start:end]))
+        await asyncio.gather(*jobs)
 
     # ------------------------------------------------------------ closing
 
