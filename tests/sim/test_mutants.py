@@ -18,13 +18,13 @@ KNOWN = {
     "grant_without_lease": 0,
     "ack_before_isr": 10,
     "ack_before_fsync": 33,
-    "epoch_only_order": 22,
+    "epoch_only_order": 493,
     "no_restamp": 4,
     "grow_without_union": 52,
     "version_only_match": 10,
     "stale_now": 138,
     "unmatched_acks": 7,
-    "voter_adopts_refused": 170,
+    "voter_adopts_refused": 207,
 }
 HUNT_SEEDS = 400
 

@@ -1,13 +1,13 @@
 """The deterministic simulation as part of ``make test``.
 
-Budget: about a minute of the default run on a 2-core machine (``SIM_SEEDS`` seeds of
+Budget: about a minute and a half of the default run on a 2-core machine (``SIM_SEEDS`` seeds of
 18 simulated seconds each, two processes).  ``make sim SEEDS=N`` runs more.
 """
 import os
 
 from .run import describe_failure, run_many, run_seed
 
-SIM_SEEDS = int(os.environ.get("ELKFS_SIM_SEEDS", "1500"))
+SIM_SEEDS = int(os.environ.get("ELKFS_SIM_SEEDS", "3000"))
 
 # Seeds that once exposed a bug (liveness, convergence or safety); each stays fixed.
 REGRESSION_SEEDS = [48, 129, 208, 283, 720, 942, 1070, 1302, 1398, 1799, 3201, 3594]
