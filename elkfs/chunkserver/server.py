@@ -11,7 +11,10 @@ Data port, one `Connection` per peer (clients, and upstream chunkservers of a ch
   disk write overlaps the network), and answered `WriteStatus` once both are done: the
   first non-zero status of this copy or of the chain. Any number of frames may be in
   flight. `WriteEnd(sync)` waits for the session's writes, fsyncs when asked, ends the
-  downstream session and answers `Ok` (or the first error the session met).
+  downstream session and answers `Ok` (or the first error the session met). Sessions
+  follow one another on a connection: clients keep pooled connections for them, and a
+  chunkserver keeps its connection to the next hop of a chain after a session that ended
+  well (`_chain_idle`), so a small file's write costs no new connection.
 - `ChunkInfoReq` -> `ChunkInfoReply(status, version, stored length)`.
 
 Master link: connect (every address the name resolves to, in turn), `CsRegister` with
@@ -73,6 +76,7 @@ REPLICATION_PIECE = 4 << 20
 REPLICATION_WINDOW = 4
 REPLICATIONS_MAX = 4
 CHAIN_TIMEOUT = 10.0
+CHAIN_IDLE_MAX = 8  # idle connections kept per next chunkserver
 
 
 def _status_of(exc: BaseException) -> int:
@@ -121,6 +125,7 @@ class WriteSession:
         self.init_status = OK
         self.status = OK  # first error of the session
         self.down: rpc.Connection | None = None
+        self.down_addr: tuple[str, int] | None = None
         self.backlog: list[tuple[m.WriteData, memoryview | None]] = []
         self.queue: deque = deque()  # local writes, in order
         self.wakeup: asyncio.Event = asyncio.Event()
@@ -170,6 +175,9 @@ class ChunkServer:
         self._command_task: asyncio.Task | None = None
         self._replications = asyncio.Semaphore(REPLICATIONS_MAX)
         self._conns: set[rpc.Connection] = set()
+        # Idle connections to the next chunkserver of a chain, kept after a session
+        # ended well: a chain's next session needs no new connection.
+        self._chain_idle: dict[tuple[str, int], list[rpc.Connection]] = {}
 
     @classmethod
     def from_config(cls, cfg: cfgmod.Config, store: ChunkStore) -> "ChunkServer":
@@ -205,6 +213,10 @@ class ChunkServer:
                 t.cancel()
         for conn in list(self._conns):
             conn.close()
+        for idle in self._chain_idle.values():
+            for conn in idle:
+                conn.close()
+        self._chain_idle.clear()
         if self.master is not None:
             self.master.close()
         await asyncio.sleep(0)
@@ -396,6 +408,21 @@ class ChunkServer:
         conn.context = s
         self._spawn(self._init_session(conn, s, msg))
 
+    async def _chain_conn(self, host: str, port: int) -> rpc.Connection:
+        idle = self._chain_idle.get((host, port))
+        while idle:
+            conn = idle.pop()
+            if conn.is_open:
+                return conn
+        return await self._connect(host, port, name="chain", timeout=CHAIN_TIMEOUT)
+
+    def _chain_put(self, addr: tuple[str, int], conn: rpc.Connection) -> None:
+        idle = self._chain_idle.setdefault(addr, [])
+        if conn.is_open and len(idle) < CHAIN_IDLE_MAX:
+            idle.append(conn)
+        else:
+            conn.close()
+
     async def _init_session(self, conn: rpc.Connection, s: WriteSession, msg: m.WriteInit):
         detail = ""
         try:
@@ -403,8 +430,8 @@ class ChunkServer:
             if msg.chain:
                 host, port = msg.chain[0]
                 try:
-                    s.down = await self._connect(host, port, name="chain",
-                                                 timeout=CHAIN_TIMEOUT)
+                    s.down = await self._chain_conn(host, port)
+                    s.down_addr = (host, port)
                     await s.down.call(m.WriteInit, chunk_id=msg.chunk_id,
                                       version=msg.version, chain=list(msg.chain[1:]),
                                       timeout=CHAIN_TIMEOUT)
@@ -541,6 +568,9 @@ class ChunkServer:
                     reply, _ = await asyncio.wait_for(down_fut, CHAIN_TIMEOUT)
                     if isinstance(reply, m.Error) and s.status == OK:
                         s.status, detail = reply.status, reply.detail
+                    elif isinstance(reply, m.Ok) and s.status == OK and s.down is not None:
+                        down, s.down = s.down, None  # ended well: reusable
+                        self._chain_put(s.down_addr, down)
                 except Exception as e:
                     s.status = s.status or _status_of(e)
             if conn.is_open:

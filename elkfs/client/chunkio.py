@@ -107,22 +107,45 @@ async def read_chunk(pool: ConnectionPool, locations: list[m.Addr], chunk_id: in
 
 
 class ChunkWriter:
-    """One write session on a chain of chunkservers."""
+    """One write session on a chain of chunkservers.
 
-    def __init__(self, chain: list[m.Addr], chunk_id: int, version: int):
+    The session runs on a pooled connection to the head of the chain (a chunkserver
+    takes any number of sessions one after another on one connection) and is pipelined:
+    `WriteInit`, the data and `WriteEnd` go out without waiting for each other (the
+    chunkserver holds data that arrives before its chain is ready); `finish` waits for
+    every answer, so it returns only once the whole chain acknowledged everything."""
+
+    def __init__(self, chain: list[m.Addr], chunk_id: int, version: int,
+                 pool: ConnectionPool | None = None):
         self.chain = chain
         self.chunk_id = chunk_id
         self.version = version
+        self.pool = pool
         self.conn: rpc.Connection | None = None
+        self.init_fut: asyncio.Future | None = None
+        self.end_fut: asyncio.Future | None = None
         self.inflight: list[tuple[int, asyncio.Future]] = []
         self.inflight_bytes = 0
         self.error: Exception | None = None
 
     async def open(self) -> None:
         head = self.chain[0]
-        self.conn = await rpc.connect(head[0], head[1], name="chunkserver", timeout=CONNECT_TIMEOUT)
-        await self.conn.call(m.WriteInit, chunk_id=self.chunk_id, version=self.version,
-                             chain=list(self.chain[1:]), timeout=IO_TIMEOUT)
+        if self.pool is not None:
+            self.conn = await self.pool.get(head)
+        else:
+            self.conn = await rpc.connect(head[0], head[1], name="chunkserver",
+                                          timeout=CONNECT_TIMEOUT)
+        self.init_fut = self.conn.start_call(m.WriteInit(
+            self.conn.next_req(), chunk_id=self.chunk_id, version=self.version,
+            chain=list(self.chain[1:])))
+
+    async def _settle_init(self) -> None:
+        fut, self.init_fut = self.init_fut, None
+        if fut is None:
+            return
+        reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+        if isinstance(reply, m.Error):
+            raise FsError(reply.status, reply.detail)
 
     async def write(self, offset: int, data) -> None:
         """Queue `data` at `offset` (within the chunk); waits only when the window is full."""
@@ -138,6 +161,7 @@ class ChunkWriter:
             pos += len(piece)
 
     async def _settle_oldest(self) -> None:
+        await self._settle_init()
         size, fut = self.inflight.pop(0)
         self.inflight_bytes -= size
         reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
@@ -147,15 +171,34 @@ class ChunkWriter:
             raise FsError(reply.status, "chunkserver write failed")
 
     async def finish(self, sync: bool) -> None:
-        """Wait for every write to be acknowledged by the whole chain, end the session."""
+        """End the session; returns once every write and the end are acknowledged by the
+        whole chain (the chunkserver answers WriteEnd only after the session's writes)."""
+        ok = False
         try:
+            end = self.end_fut = self.conn.start_call(m.WriteEnd(self.conn.next_req(),
+                                                                 sync=sync))
+            await self._settle_init()
             while self.inflight:
                 await self._settle_oldest()
-            await self.conn.call(m.WriteEnd, sync=sync, timeout=IO_TIMEOUT)
+            self.end_fut = None
+            reply, _ = await asyncio.wait_for(end, IO_TIMEOUT)
+            if isinstance(reply, m.Error):
+                raise FsError(reply.status, reply.detail)
+            ok = True
         finally:
+            if ok and self.pool is not None and self.conn is not None:
+                self.pool.put(self.chain[0], self.conn)
+                self.conn = None
             self.close()
 
     def close(self) -> None:
+        for fut in (self.init_fut, self.end_fut):
+            if fut is not None:
+                if not fut.done():
+                    fut.cancel()
+                elif not fut.cancelled():
+                    fut.exception()
+        self.init_fut = self.end_fut = None
         for _, fut in self.inflight:
             if not fut.done():
                 fut.cancel()

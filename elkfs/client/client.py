@@ -370,7 +370,8 @@ class File:
         while True:
             try:
                 chunk = await self.client.op(m.WriteChunk(self.inode, index))
-                writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version)
+                writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version,
+                                     self.client.pool)
                 try:
                     await writer.open()
                 except BaseException:
