@@ -687,7 +687,8 @@ class Master:
     # ---------------------------------------------------------------- replication -------
     def _heartbeat(self, now: float, out: Output) -> None:
         for addr, p in self.progress.items():
-            if p.match_version < self.log.last_version:
+            if p.last_ack > NEVER and p.match_version < self.log.last_version:
+                # retransmit what was not acknowledged (a fresh follower is probed at the end)
                 p.next_version = min(p.next_version, p.match_version + 1)
             self._send_append(now, addr, p, out)
         self.next_heartbeat_at = now + self.cfg.heartbeat_s
