@@ -17,13 +17,13 @@ KNOWN = {
     "voter_forgets_promise": 7,
     "grant_without_lease": 0,
     "ack_before_isr": 10,
-    "ack_before_fsync": 33,
-    "epoch_only_order": 493,
+    "ack_before_fsync": 56,
+    "epoch_only_order": 101,
     "no_restamp": 4,
-    "grow_without_union": 52,
+    "grow_without_union": 12,
     "version_only_match": 10,
     "stale_now": 138,
-    "unmatched_acks": 7,
+    "unmatched_acks": 5,
     "voter_adopts_refused": 207,
 }
 HUNT_SEEDS = 400
