@@ -104,9 +104,12 @@ def _emit_json(items) -> None:
 # ---------------------------------------------------------------- goals
 
 
-def mfsgetgoal(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfsgetgoal", description="Print the goal (copies).")
-    p.add_argument("-r", action="store_true", help="recursive: goal summary of a tree")
+def attr_summary_tool(argv, prog: str, description: str, field: str, width: int) -> int:
+    """`PROG [-r] [--json] PATH...`: print an attribute of each path (`PATH: VALUE`) or,
+    with -r, how many files and directories of the tree have each value (MooseFS style).
+    Serves mfsgetgoal and mfsgettrashtime."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("-r", action="store_true", help="recursive: summary of a tree")
     p.add_argument("--json", action="store_true")
     p.add_argument("paths", nargs="+")
     a = p.parse_args(argv)
@@ -114,29 +117,34 @@ def mfsgetgoal(argv: list[str] | None = None) -> int:
 
     async def one(client: Client, path: str, inode: int) -> None:
         if not a.r:
-            goal = (await client.op(m.GetAttr(inode))).attr.goal
-            out.append({"path": path, "goal": goal})
+            value = getattr((await client.op(m.GetAttr(inode))).attr, field)
+            out.append({"path": path, field: value})
             if not a.json:
-                print(f"{path}: {goal}")
+                print(f"{path}: {value}")
             return
         files: dict[int, int] = {}
         dirs: dict[int, int] = {}
         async for attr in _walk(client, inode):
             target = dirs if stat.S_ISDIR(attr.mode) else files
-            target[attr.goal] = target.get(attr.goal, 0) + 1
+            value = getattr(attr, field)
+            target[value] = target.get(value, 0) + 1
         out.append({"path": path, "files": {str(k): v for k, v in sorted(files.items())},
                     "directories": {str(k): v for k, v in sorted(dirs.items())}})
         if not a.json:
             print(f"{path}:")
-            for goal, n in sorted(files.items()):
-                print(f" files with goal        {goal} : {n:10d}")
-            for goal, n in sorted(dirs.items()):
-                print(f" directories with goal  {goal} : {n:10d}")
+            for value, n in sorted(files.items()):
+                print(f" files with {field:<12}{value:>{width}} : {n:10d}")
+            for value, n in sorted(dirs.items()):
+                print(f" directories with {field:<6}{value:>{width}} : {n:10d}")
 
     status = _run_paths(a.paths, one)
     if a.json:
         _emit_json(out)
     return status
+
+
+def mfsgetgoal(argv: list[str] | None = None) -> int:
+    return attr_summary_tool(argv, "mfsgetgoal", "Print the goal (copies).", "goal", 1)
 
 
 def mfssetgoal(argv: list[str] | None = None) -> int:

@@ -11,49 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import stat
 import sys
 
 from ..client.client import Client
 from ..proto import messages as m
 from ..proto.errors import FsError
-from .tools import ToolError, _client, _emit_json, _run_paths, _walk, find_mount, master_inode
+from .tools import (ToolError, _client, _emit_json, _run_paths, attr_summary_tool, find_mount,
+                    master_inode)
 
 
 def mfsgettrashtime(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfsgettrashtime",
-                                description="Print how long deleted files stay in the trash.")
-    p.add_argument("-r", action="store_true", help="recursive: summary of a tree")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("paths", nargs="+")
-    a = p.parse_args(argv)
-    out = []
-
-    async def one(client: Client, path: str, inode: int) -> None:
-        if not a.r:
-            seconds = (await client.op(m.GetAttr(inode))).attr.trashtime
-            out.append({"path": path, "trashtime": seconds})
-            if not a.json:
-                print(f"{path}: {seconds}")
-            return
-        files: dict[int, int] = {}
-        dirs: dict[int, int] = {}
-        async for attr in _walk(client, inode):
-            target = dirs if stat.S_ISDIR(attr.mode) else files
-            target[attr.trashtime] = target.get(attr.trashtime, 0) + 1
-        out.append({"path": path, "files": {str(k): v for k, v in sorted(files.items())},
-                    "directories": {str(k): v for k, v in sorted(dirs.items())}})
-        if not a.json:
-            print(f"{path}:")
-            for seconds, n in sorted(files.items()):
-                print(f" files with trashtime        {seconds:10d} : {n:10d}")
-            for seconds, n in sorted(dirs.items()):
-                print(f" directories with trashtime  {seconds:10d} : {n:10d}")
-
-    status = _run_paths(a.paths, one)
-    if a.json:
-        _emit_json(out)
-    return status
+    return attr_summary_tool(argv, "mfsgettrashtime",
+                             "Print how long deleted files stay in the trash.", "trashtime", 10)
 
 
 def mfssettrashtime(argv: list[str] | None = None) -> int:
