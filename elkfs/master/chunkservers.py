@@ -11,7 +11,7 @@ copies should go.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..proto.messages import Addr
 

@@ -18,7 +18,6 @@ import asyncio
 import errno
 import json
 import logging
-import os
 import secrets
 import signal
 import time

@@ -21,7 +21,6 @@ import os
 import time
 from typing import Callable
 
-from ..proto import messages as m
 from . import checkpoint as ckpt
 from .journal import JournalWriter, fsync_dir, frame, list_segments, read_records
 from .namespace import Namespace

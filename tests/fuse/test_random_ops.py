@@ -4,7 +4,6 @@ directory; after every step both trees must hold the same names, contents and at
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import stat

@@ -258,7 +258,7 @@ async def test_session_expires_after_sustain_time(tmp_path):
         watcher = await connect(c)
         leaver = await connect(c)
         await leaver.write_file("/kept-open", b"x" * 1000)
-        f = await leaver.open("/kept-open")
+        await leaver.open("/kept-open")  # held open, never released
         await leaver.settrashtime("/kept-open", 0)  # freed, not kept in the trash
         await leaver.unlink("/kept-open")  # open, so the file lives on
         sessions_before = (await watcher.cluster_info())["sessions"]

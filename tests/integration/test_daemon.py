@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from elkfs.client import Client
 from elkfs.master import checkpoint as ckpt

@@ -2,7 +2,6 @@
 
 import os
 import socket
-import struct
 
 import msgspec
 import pytest
