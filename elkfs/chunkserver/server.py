@@ -6,7 +6,8 @@ Data port, one `Connection` per peer (clients, and upstream chunkservers of a ch
   CRC_ERROR (the client reads another copy) and reported to the master (`CsChunkDamaged`).
 - A write session per connection: `WriteInit(chunk, version, chain)` opens the next hop
   (`chain[0]`, told `chain[1:]`) and answers `Ok` once this copy and the rest of the chain
-  are ready. Each `WriteData(offset)` is forwarded downstream first, then written locally
+  are ready; data is taken and forwarded as soon as the next hop is connected (each hop
+  holds data that arrives before it is ready), so a session costs one trip down the chain. Each `WriteData(offset)` is forwarded downstream first, then written locally
   (the local writes of a session run in order, one at a time, in the thread pool, so the
   disk write overlaps the network), and answered `WriteStatus` once both are done: the
   first non-zero status of this copy or of the chain. Any number of frames may be in
@@ -424,21 +425,26 @@ class ChunkServer:
             conn.close()
 
     async def _init_session(self, conn: rpc.Connection, s: WriteSession, msg: m.WriteInit):
+        """Check the chunk, connect to the next hop and pass WriteInit on. Pipelined:
+        the session takes data (and forwards it) as soon as the next hop is connected,
+        without waiting for its answer to WriteInit (it holds early data the same way);
+        this hop answers WriteInit once the rest of the chain has."""
         detail = ""
+        down_init = None
+        where = ""
         try:
             self.store.check(msg.chunk_id, msg.version)
             if msg.chain:
                 host, port = msg.chain[0]
+                where = f"{host}:{port}"
                 try:
                     s.down = await self._chain_conn(host, port)
                     s.down_addr = (host, port)
-                    await s.down.call(m.WriteInit, chunk_id=msg.chunk_id,
-                                      version=msg.version, chain=list(msg.chain[1:]),
-                                      timeout=CHAIN_TIMEOUT)
-                except FsError as e:
-                    raise FsError(e.status, f"{host}:{port}: {e.detail or e}") from None
+                    down_init = s.down.start_call(m.WriteInit(
+                        s.down.next_req(), chunk_id=msg.chunk_id, version=msg.version,
+                        chain=list(msg.chain[1:])))
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
-                    raise FsError(_status_of(e), f"{host}:{port}: {e or type(e).__name__}") \
+                    raise FsError(_status_of(e), f"{where}: {e or type(e).__name__}") \
                         from None
         except FsError as e:
             s.init_status = s.status = e.status
@@ -448,18 +454,29 @@ class ChunkServer:
             s.init_status = s.status = errno.EIO
             detail = str(e)
         if s.closed or not conn.is_open:  # replaced, or the connection closed
+            if down_init is not None:
+                down_init.cancel()
             s.close()
             return
         s.ready = True
         if s.init_status == OK:
             s.worker = self._spawn(self._local_writer(s))
-            conn.send(m.Ok(msg.req))
-        else:
-            conn.send(m.Error(msg.req, s.init_status, detail))
         backlog, s.backlog = s.backlog, []
         for wmsg, data in backlog:
             self._session_write(conn, s, wmsg, data)
         s.ready_event.set()
+        status = s.init_status
+        if status == OK and down_init is not None:
+            try:
+                reply, _ = await asyncio.wait_for(down_init, CHAIN_TIMEOUT)
+                if isinstance(reply, m.Error):
+                    status, detail = reply.status, f"{where}: {reply.detail or reply.status}"
+            except Exception as e:
+                status, detail = _status_of(e), f"{where}: {e or type(e).__name__}"
+            if status != OK and s.status == OK:
+                s.status = status
+        if conn.is_open:
+            conn.send(m.Ok(msg.req) if status == OK else m.Error(msg.req, status, detail))
 
     def _write_data(self, conn: rpc.Connection, msg: m.WriteData, data) -> None:
         s = conn.context
