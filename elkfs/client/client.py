@@ -496,7 +496,12 @@ class File:
         length = first.file_length
         if offset >= length:
             return b""
-        size = min(size, length - offset)
+        return await self.read_range(offset, min(size, length - offset))
+
+    async def read_range(self, offset: int, size: int) -> bytearray:
+        """Read `size` bytes at `offset`, all of them inside the file (the caller knows the
+        length): every chunk the range touches is read at once. Returns a bytearray, so
+        what may be many MiB is not copied again."""
         out = bytearray(size)
         view = memoryview(out)
         pos = 0
@@ -506,8 +511,11 @@ class File:
             take = min(size - pos, CHUNK_SIZE - in_chunk)
             jobs.append(self._read_piece(index, in_chunk, take, view[pos:pos + take]))
             pos += take
-        await asyncio.gather(*jobs)
-        return out  # a bytearray: no second copy of what may be many MiB
+        if len(jobs) == 1:
+            await jobs[0]
+        else:
+            await asyncio.gather(*jobs)
+        return out
 
     async def _chunk_for_read(self, index: int, refresh: bool) -> m.ChunkOut:
         chunk = None if refresh else self._locations.get(index)

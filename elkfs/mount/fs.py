@@ -115,28 +115,12 @@ class Reader:
         self.length = chunk.file_length
         return self.length
 
-    async def _read_range(self, offset: int, size: int) -> bytes:
-        out = bytearray(size)
-        view = memoryview(out)
-        pos = 0
-        jobs = []
-        while pos < size:
-            index, in_chunk = divmod(offset + pos, CHUNK_SIZE)
-            take = min(size - pos, CHUNK_SIZE - in_chunk)
-            jobs.append(self.file._read_piece(index, in_chunk, take, view[pos:pos + take]))
-            pos += take
-        if len(jobs) == 1:
-            await jobs[0]
-        else:
-            await asyncio.gather(*jobs)
-        return out
-
     def _block(self, b: int) -> asyncio.Task:
         t = self.blocks.get(b)
         if t is None:
             start = b * RA_BLOCK
             size = max(0, min(RA_BLOCK, self.length - start))
-            t = asyncio.ensure_future(self._read_range(start, size))
+            t = asyncio.ensure_future(self.file.read_range(start, size))
             t.add_done_callback(_retrieve)
             self.blocks[b] = t
         return t
@@ -160,7 +144,7 @@ class Reader:
             self.next_off = offset + size
             self.streak = 0
         if self.ra_blocks == 0 or (self.streak < 2 and size < RA_BLOCK // 2):
-            return bytes(await self._read_range(offset, size))
+            return bytes(await self.file.read_range(offset, size))
         first, last = offset // RA_BLOCK, (offset + size - 1) // RA_BLOCK
         ahead = min(self.ra_blocks, 1 + self.streak // 2)
         end_block = (self.length - 1) // RA_BLOCK
