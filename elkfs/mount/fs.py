@@ -545,24 +545,16 @@ class ElkOperations(pyfuse3.Operations):
                 st.size = -1
 
     async def flush(self, fh):
-        if fh == 0:
-            return
-        h = self.handles.get(fh)
-        if h is None:
-            return
-        st = self.states.get(h.inode)
-        if st is not None:
-            await self._flush_writer(st)
+        await self._flush_handle(fh, sync=False)
 
     async def fsync(self, fh, datasync):
-        if fh == 0:
-            return
-        h = self.handles.get(fh)
-        if h is None:
-            return
-        st = self.states.get(h.inode)
+        await self._flush_handle(fh, sync=True)
+
+    async def _flush_handle(self, fh, sync: bool) -> None:
+        h = self.handles.get(fh) if fh else None
+        st = self.states.get(h.inode) if h is not None else None
         if st is not None:
-            await self._flush_writer(st, sync=True)
+            await self._flush_writer(st, sync=sync)
 
     async def release(self, fh):
         if fh == 0:
