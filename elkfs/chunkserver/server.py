@@ -46,7 +46,7 @@ from elkfs import config as cfgmod
 from elkfs.config import Option, ranged_int
 from elkfs.proto import messages as m
 from elkfs.proto import rpc
-from elkfs.proto.errors import CRC_ERROR, NO_CHUNK, NOT_LEADER, OK, WRONG_VERSION, FsError
+from elkfs.proto.errors import CRC_ERROR, NOT_LEADER, OK, WRONG_VERSION, FsError
 from elkfs.proto.frames import MAX_DATA, FrameError
 
 from . import hddcfg

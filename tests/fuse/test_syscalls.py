@@ -12,10 +12,6 @@ import sys
 import threading
 import time
 
-import pytest
-
-from elkfs.testing.cluster import Cluster  # noqa: F401  (import check)
-
 from .util import (NOBODY, RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, as_user,
                    renameat2, utimensat)
 
