@@ -104,43 +104,61 @@ def _emit_json(items) -> None:
 # ---------------------------------------------------------------- goals
 
 
-def attr_summary_tool(argv, prog: str, description: str, field: str, width: int) -> int:
-    """`PROG [-r] [--json] PATH...`: print an attribute of each path (`PATH: VALUE`) or,
-    with -r, how many files and directories of the tree have each value (MooseFS style).
-    Serves mfsgetgoal and mfsgettrashtime."""
+def path_tool(argv, prog: str, description: str, report, add_args=None, check=None) -> int:
+    """The shape every path tool shares: `PROG [options] [--json] PATH...`.
+    `report(client, path, inode, args)` returns (JSON item, text) for one path; `check(args)`
+    may return what is wrong with the arguments (exit 2)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("-r", action="store_true", help="recursive: summary of a tree")
     p.add_argument("--json", action="store_true")
+    if add_args is not None:
+        add_args(p)
     p.add_argument("paths", nargs="+")
     a = p.parse_args(argv)
+    problem = check(a) if check is not None else None
+    if problem:
+        print(f"{prog}: {problem}", file=sys.stderr)
+        return 2
     out = []
 
     async def one(client: Client, path: str, inode: int) -> None:
+        item, text = await report(client, path, inode, a)
+        out.append(item)
+        if not a.json:
+            print(text)
+
+    status = _run_paths(a.paths, one)
+    if a.json:
+        _emit_json(out)
+    return status
+
+
+def _recursive_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-r", action="store_true", help="recursive")
+
+
+def attr_summary_tool(argv, prog: str, description: str, field: str, width: int) -> int:
+    """`PROG [-r] [--json] PATH...`: an attribute of each path (`PATH: VALUE`) or, with -r,
+    how many files and directories of the tree have each value (MooseFS style).
+    Serves mfsgetgoal and mfsgettrashtime."""
+
+    async def report(client: Client, path: str, inode: int, a):
         if not a.r:
             value = getattr((await client.op(m.GetAttr(inode))).attr, field)
-            out.append({"path": path, field: value})
-            if not a.json:
-                print(f"{path}: {value}")
-            return
+            return {"path": path, field: value}, f"{path}: {value}"
         files: dict[int, int] = {}
         dirs: dict[int, int] = {}
         async for attr in _walk(client, inode):
             target = dirs if stat.S_ISDIR(attr.mode) else files
             value = getattr(attr, field)
             target[value] = target.get(value, 0) + 1
-        out.append({"path": path, "files": {str(k): v for k, v in sorted(files.items())},
-                    "directories": {str(k): v for k, v in sorted(dirs.items())}})
-        if not a.json:
-            print(f"{path}:")
-            for value, n in sorted(files.items()):
-                print(f" files with {field:<12}{value:>{width}} : {n:10d}")
-            for value, n in sorted(dirs.items()):
-                print(f" directories with {field:<6}{value:>{width}} : {n:10d}")
+        lines = [f"{path}:"]
+        lines += [f" files with {field:<12}{v:>{width}} : {n:10d}" for v, n in sorted(files.items())]
+        lines += [f" directories with {field:<6}{v:>{width}} : {n:10d}" for v, n in sorted(dirs.items())]
+        item = {"path": path, "files": {str(k): v for k, v in sorted(files.items())},
+                "directories": {str(k): v for k, v in sorted(dirs.items())}}
+        return item, "\n".join(lines)
 
-    status = _run_paths(a.paths, one)
-    if a.json:
-        _emit_json(out)
-    return status
+    return path_tool(argv, prog, description, report, _recursive_flag)
 
 
 def mfsgetgoal(argv: list[str] | None = None) -> int:
@@ -148,24 +166,14 @@ def mfsgetgoal(argv: list[str] | None = None) -> int:
 
 
 def mfssetgoal(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfssetgoal", description="Set the goal (copies).")
-    p.add_argument("-r", action="store_true", help="recursive")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("goal", type=int)
-    p.add_argument("paths", nargs="+")
-    a = p.parse_args(argv)
-    if not 1 <= a.goal <= 9:
-        print("mfssetgoal: goal must be 1-9", file=sys.stderr)
-        return 2
-    out = []
+    def add_args(p):
+        _recursive_flag(p)
+        p.add_argument("goal", type=int)
 
-    async def one(client: Client, path: str, inode: int) -> None:
+    async def report(client: Client, path: str, inode: int, a):
         if not a.r:
             attr = (await client.op(m.SetGoal(inode, a.goal, False))).attr
-            out.append({"path": path, "goal": attr.goal})
-            if not a.json:
-                print(f"{path}: {attr.goal}")
-            return
+            return {"path": path, "goal": attr.goal}, f"{path}: {attr.goal}"
         changed = unchanged = 0
         async for attr in _walk(client, inode):
             if attr.goal == a.goal:
@@ -173,110 +181,75 @@ def mfssetgoal(argv: list[str] | None = None) -> int:
             else:
                 changed += 1
         await client.op(m.SetGoal(inode, a.goal, True))
-        out.append({"path": path, "goal": a.goal, "changed": changed, "not_changed": unchanged,
-                    "permission_denied": 0})
-        if not a.json:
-            print(f"{path}:")
-            print(f" inodes with goal changed:      {changed:10d}")
-            print(f" inodes with goal not changed:  {unchanged:10d}")
-            print(f" inodes with permission denied: {0:10d}")
+        item = {"path": path, "goal": a.goal, "changed": changed, "not_changed": unchanged,
+                "permission_denied": 0}
+        return item, "\n".join([
+            f"{path}:",
+            f" inodes with goal changed:      {changed:10d}",
+            f" inodes with goal not changed:  {unchanged:10d}",
+            f" inodes with permission denied: {0:10d}"])
 
-    status = _run_paths(a.paths, one)
-    if a.json:
-        _emit_json(out)
-    return status
+    return path_tool(argv, "mfssetgoal", "Set the goal (copies).", report, add_args,
+                     lambda a: None if 1 <= a.goal <= 9 else "goal must be 1-9")
 
 
 # ---------------------------------------------------------------- files and directories
 
 
 def mfsfileinfo(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfsfileinfo", description="Chunks of a file and their copies.")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("paths", nargs="+")
-    a = p.parse_args(argv)
-    out = []
-
-    async def one(client: Client, path: str, inode: int) -> None:
+    async def report(client: Client, path: str, inode: int, a):
         chunks = (await client.op(m.FileChunks(inode))).chunks
         item = {"path": path, "chunks": [
             {"index": c.index, "chunk_id": c.chunk_id, "version": c.version,
              "copies": [{"address": f"{cp.addr[0]}:{cp.addr[1]}", "version": cp.version,
                          "status": "VALID" if cp.valid else "INVALID"} for cp in c.copies]}
             for c in chunks]}
-        out.append(item)
-        if a.json:
-            return
-        print(f"{path}:")
+        lines = [f"{path}:"]
         if not chunks:
-            print("\tno chunks - empty file")
+            lines.append("\tno chunks - empty file")
         for c in item["chunks"]:
-            print(f"\tchunk {c['index']}: {c['chunk_id']:016X}_{c['version']:08X} / "
-                  f"(id:{c['chunk_id']} ver:{c['version']})")
+            lines.append(f"\tchunk {c['index']}: {c['chunk_id']:016X}_{c['version']:08X} / "
+                         f"(id:{c['chunk_id']} ver:{c['version']})")
             if not c["copies"]:
-                print("\t\tno valid copies !!!")
+                lines.append("\t\tno valid copies !!!")
             for i, cp in enumerate(c["copies"], 1):
-                print(f"\t\tcopy {i}: {cp['address']} (status:{cp['status']})")
+                lines.append(f"\t\tcopy {i}: {cp['address']} (status:{cp['status']})")
+        return item, "\n".join(lines)
 
-    status = _run_paths(a.paths, one)
-    if a.json:
-        _emit_json(out)
-    return status
+    return path_tool(argv, "mfsfileinfo", "Chunks of a file and their copies.", report)
 
 
 def mfscheckfile(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfscheckfile", description="Chunks per number of copies.")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("paths", nargs="+")
-    a = p.parse_args(argv)
-    out = []
-
-    async def one(client: Client, path: str, inode: int) -> None:
-        chunks = (await client.op(m.FileChunks(inode))).chunks
+    async def report(client: Client, path: str, inode: int, a):
         hist: dict[int, int] = {}
-        for c in chunks:
+        for c in (await client.op(m.FileChunks(inode))).chunks:
             n = sum(1 for cp in c.copies if cp.valid)
             hist[n] = hist.get(n, 0) + 1
-        out.append({"path": path, "chunks_with_copies": {str(k): v for k, v in sorted(hist.items())}})
-        if a.json:
-            return
-        print(f"{path}:")
-        for n, count in sorted(hist.items()):
-            print(f" chunks with {n} cop{'y' if n == 1 else 'ies'}: {count}")
+        item = {"path": path, "chunks_with_copies": {str(k): v for k, v in sorted(hist.items())}}
+        lines = [f"{path}:"] + [f" chunks with {n} cop{'y' if n == 1 else 'ies'}: {count}"
+                                for n, count in sorted(hist.items())]
+        return item, "\n".join(lines)
 
-    status = _run_paths(a.paths, one)
-    if a.json:
-        _emit_json(out)
-    return status
+    return path_tool(argv, "mfscheckfile", "Chunks per number of copies.", report)
 
 
 def mfsdirinfo(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfsdirinfo", description="Totals of a directory tree.")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("paths", nargs="+")
-    a = p.parse_args(argv)
-    out = []
     fields = ("inodes", "dirs", "files", "chunks", "length", "size", "realsize")
 
-    async def one(client: Client, path: str, inode: int) -> None:
+    async def report(client: Client, path: str, inode: int, a):
         s = await client.op(m.DirStats(inode))
         item = {"path": path, **{f: getattr(s, f) for f in fields}}
-        out.append(item)
-        if a.json:
-            return
-        print(f"{path}:")
-        print(f" inodes:       {s.inodes:16d}")
-        print(f"  directories: {s.dirs:16d}")
-        print(f"  files:       {s.files:16d}")
-        print(f" chunks:       {s.chunks:16d}")
-        print(f" length:       {s.length:16d}")
-        print(f" size:         {s.size:16d}")
-        print(f" realsize:     {s.realsize:16d}")
+        return item, "\n".join([
+            f"{path}:",
+            f" inodes:       {s.inodes:16d}",
+            f"  directories: {s.dirs:16d}",
+            f"  files:       {s.files:16d}",
+            f" chunks:       {s.chunks:16d}",
+            f" length:       {s.length:16d}",
+            f" size:         {s.size:16d}",
+            f" realsize:     {s.realsize:16d}"])
 
-    status = _run_paths(a.paths, one)
-    if a.json:
-        _emit_json(out)
-    return status
+    return path_tool(argv, "mfsdirinfo", "Totals of a directory tree.", report)
 
 
 # ---------------------------------------------------------------- mfscli

@@ -16,8 +16,8 @@ import sys
 from ..client.client import Client
 from ..proto import messages as m
 from ..proto.errors import FsError
-from .tools import (ToolError, _client, _emit_json, _run_paths, attr_summary_tool, find_mount,
-                    master_inode)
+from .tools import (ToolError, _client, _recursive_flag, attr_summary_tool, find_mount,
+                    master_inode, path_tool)
 
 
 def mfsgettrashtime(argv: list[str] | None = None) -> int:
@@ -26,28 +26,17 @@ def mfsgettrashtime(argv: list[str] | None = None) -> int:
 
 
 def mfssettrashtime(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfssettrashtime",
-                                description="Set how long deleted files stay in the trash.")
-    p.add_argument("-r", action="store_true", help="recursive")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("seconds", type=int)
-    p.add_argument("paths", nargs="+")
-    a = p.parse_args(argv)
-    if a.seconds < 0:
-        print("mfssettrashtime: seconds must be 0 or more", file=sys.stderr)
-        return 2
-    out = []
+    def add_args(p):
+        _recursive_flag(p)
+        p.add_argument("seconds", type=int)
 
-    async def one(client: Client, path: str, inode: int) -> None:
+    async def report(client: Client, path: str, inode: int, a):
         attr = (await client.op(m.SetTrashTime(inode, a.seconds, a.r))).attr
-        out.append({"path": path, "trashtime": attr.trashtime, "recursive": a.r})
-        if not a.json:
-            print(f"{path}: {attr.trashtime}")
+        return ({"path": path, "trashtime": attr.trashtime, "recursive": a.r},
+                f"{path}: {attr.trashtime}")
 
-    status = _run_paths(a.paths, one)
-    if a.json:
-        _emit_json(out)
-    return status
+    return path_tool(argv, "mfssettrashtime", "Set how long deleted files stay in the trash.",
+                     report, add_args, lambda a: "seconds must be 0 or more" if a.seconds < 0 else None)
 
 
 def mfsmakesnapshot(argv: list[str] | None = None) -> int:
