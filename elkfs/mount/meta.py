@@ -21,7 +21,6 @@ import asyncio
 import errno
 import logging
 import os
-import signal
 import stat
 import sys
 import time
@@ -31,6 +30,7 @@ import pyfuse3
 from ..client.client import Client
 from ..proto import messages as m
 from ..proto.errors import FsError
+from .unmount import UnmountOnSignal
 
 log = logging.getLogger("elkfs.mount.meta")
 
@@ -218,23 +218,13 @@ async def serve(client: Client, mountpoint: str, fuse_options: set[str] | None =
     opts.add("subtype=elkfsmeta")
     opts |= fuse_options or set()
     pyfuse3.init(ops, mountpoint, opts)
-    loop = asyncio.get_running_loop()
-    stopping = False
-
-    def stop(*_):
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            pyfuse3.terminate()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+    signals = UnmountOnSignal()
     if ready is not None:
         ready()
     try:
         await pyfuse3.main()
     finally:
-        pyfuse3.close(unmount=stopping)
+        pyfuse3.close(unmount=signals.stopping)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from ..proto import messages as m
 from ..proto.errors import FsError
 from .fs import ElkOperations
 from .options import MountOptions
+from .unmount import UnmountOnSignal
 
 log = logging.getLogger("elkfs.mount")
 
@@ -116,17 +117,7 @@ async def serve(opts: MountOptions) -> int:
         await client.close()
         return 1
     loop = asyncio.get_running_loop()
-    stopping = False
-
-    def stop(*_):
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            log.info("signal received: unmounting")
-            pyfuse3.terminate()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop)
+    signals = UnmountOnSignal((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     if opts.readahead_mib and os.getuid() == 0:
         # The kernel sets the mount's read-ahead when FUSE's INIT completes, which happens
         # once the loop below runs: raise it just after that.
@@ -142,7 +133,7 @@ async def serve(opts: MountOptions) -> int:
             await ops.shutdown()
         finally:
             try:
-                pyfuse3.close(unmount=stopping)
+                pyfuse3.close(unmount=signals.stopping)
             except Exception as e:
                 log.debug("close: %s", e)
             await client.close()
