@@ -2,7 +2,10 @@
 """/work/shared/bench/metabench.py on an ElkFS mount and on a local directory, side by side,
 in the same minute.
 
-    .venv/bin/python bench/metabench_compare.py [N] [--metabench PATH]
+    .venv/bin/python bench/metabench_compare.py [N] [--runs K] [--metabench PATH]
+
+With --runs K it alternates K runs on each and prints the best of each line (the machine's
+speed drifts; the best run is the least disturbed one).
 """
 
 from __future__ import annotations
@@ -31,14 +34,20 @@ def run(metabench: str, root: str, n: int) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("n", nargs="?", type=int, default=2000)
+    p.add_argument("--runs", type=int, default=1)
     p.add_argument("--metabench", default=DEFAULT)
     a = p.parse_args()
     base = tempfile.mkdtemp(prefix="elkfs-metabench-")
     local = tempfile.mkdtemp(prefix="elkfs-metabench-local-")
+    ours: dict[str, float] = {}
+    theirs: dict[str, float] = {}
     with MountedCluster(base, "127.0.41", goal=2) as mc:
-        ours = run(a.metabench, mc.mnt, a.n)
-        theirs = run(a.metabench, local, a.n)
-    print(f"metabench N={a.n} ({os.cpu_count()} CPUs), ops/s")
+        for _ in range(a.runs):
+            for best, root in ((ours, mc.mnt), (theirs, local)):
+                for k, v in run(a.metabench, root, a.n).items():
+                    best[k] = max(best.get(k, 0.0), v)
+    runs = f", best of {a.runs} runs" if a.runs > 1 else ""
+    print(f"metabench N={a.n} ({os.cpu_count()} CPUs{runs}), ops/s")
     print(f"{'op':>10} {'ElkFS mount':>12} {'local dir':>12}")
     for k in ours:
         print(f"{k:>10} {ours[k]:12.0f} {theirs.get(k, 0):12.0f}")

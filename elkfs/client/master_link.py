@@ -7,6 +7,11 @@ result instead of applying the change twice. A read-only request is simply resen
 
 Only after `retry_s` without a master does an operation fail (with EIO), so a master
 restart is invisible to applications.
+
+A client that keeps directory listings (the mount) registers with `listing_ttl_ms`; the
+master then recalls a listing (`InvalidateListings`) before anyone else's change to that
+directory is acknowledged, and `on_invalidate(dirs)` is called. After a reconnect the
+master no longer knows what we keep, so `on_invalidate(None)`: drop everything.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import errno
 import itertools
 import logging
 import time
+from typing import Callable
 
 from ..proto import messages as m
 from ..proto import rpc
@@ -28,7 +34,8 @@ DEFAULT_MASTER_PORT = 9421
 
 class MasterLink:
     def __init__(self, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
-                 retry_s: float = 30.0, request_timeout_s: float = 60.0):
+                 retry_s: float = 30.0, request_timeout_s: float = 60.0,
+                 listing_ttl_ms: int = 0):
         self.host = host
         self.port = port
         self.info = info
@@ -39,6 +46,8 @@ class MasterLink:
         self._seq = itertools.count(1)
         self._connecting: asyncio.Task | None = None
         self.reconnects = 0
+        self.listing_ttl_ms = listing_ttl_ms
+        self.on_invalidate: Callable[[list[int] | None], None] | None = None
 
     async def connect(self) -> None:
         await self._ensure_connected(time.monotonic() + self.retry_s)
@@ -55,9 +64,13 @@ class MasterLink:
         last_error: Exception | None = None
         while True:
             try:
-                conn = await rpc.connect(self.host, self.port, name="master", timeout=5.0)
+                if self.on_invalidate is not None:
+                    self.on_invalidate(None)
+                conn = await rpc.connect(self.host, self.port, self._on_message, name="master",
+                                         timeout=5.0)
                 reply, _ = await conn.call(m.RegisterSession, session=self.session,
-                                           info=self.info, timeout=self.request_timeout_s)
+                                           info=self.info, timeout=self.request_timeout_s,
+                                           listing_ttl_ms=self.listing_ttl_ms)
                 if reply.status == BAD_SESSION and self.session:
                     # The master forgot us (session expired): start a new session.
                     log.warning("session %s expired on the master; opening a new one",
@@ -79,6 +92,13 @@ class MasterLink:
                 raise FsError(errno.EIO, f"master {self.host}:{self.port} unreachable: {last_error}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _on_message(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if not isinstance(msg, m.InvalidateListings):
+            raise rpc.FrameError(f"unexpected {type(msg).__name__} from the master")
+        if self.on_invalidate is not None:
+            self.on_invalidate(msg.dirs)
+        conn.send(m.Ok(msg.req))
 
     async def request(self, op: m.Op) -> m.Result | None:
         seq = 0 if op.READ_ONLY else next(self._seq)

@@ -307,13 +307,13 @@ class Namespace:
         else:
             node = self._new_node(SpecialNode, parent, op.name, mode, op.uid, op.gid, ts,
                                   dev=op.rdev)
-        return m.EntryOut(self.attr(node))
+        return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _mkdir(self, op: m.Mkdir, ts, sess):
         parent = self._prepare_create(op.parent, op.name)
         mode = stat.S_IFDIR | (op.mode & 0o7777)
         node = self._new_node(DirNode, parent, op.name, mode, op.uid, op.gid, ts)
-        return m.EntryOut(self.attr(node))
+        return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _symlink(self, op: m.Symlink, ts, sess):
         if not op.target or len(op.target) > 4096:
@@ -321,7 +321,7 @@ class Namespace:
         parent = self._prepare_create(op.parent, op.name)
         node = self._new_node(SymlinkNode, parent, op.name, stat.S_IFLNK | 0o777, op.uid,
                               op.gid, ts, target=op.target)
-        return m.EntryOut(self.attr(node))
+        return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _link(self, op: m.Link, ts, sess):
         node = self.node(op.inode)
@@ -334,7 +334,7 @@ class Namespace:
         node.nlink += 1
         node.ctime = ts
         parent.mtime = parent.ctime = ts
-        return m.EntryOut(self.attr(node))
+        return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _drop_link(self, node: Node, ts: int, path: bytes) -> None:
         """One name (`path`) of `node` is gone. The last name of a regular file with a
@@ -377,7 +377,7 @@ class Namespace:
         del parent.children[op.name]
         parent.mtime = parent.ctime = ts
         self._drop_link(node, ts, path)
-        return None
+        return self._changed(parent, node)
 
     def _rmdir(self, op: m.Rmdir, ts, sess):
         if op.name == b".":
@@ -396,7 +396,17 @@ class Namespace:
         parent.nlink -= 1
         parent.mtime = parent.ctime = ts
         del self.nodes[node.inode]
-        return None
+        return self._changed(parent)
+
+    def _changed(self, *nodes: Node | None) -> m.ChangedOut:
+        """The attributes of the touched nodes that still exist (each once)."""
+        seen: set[int] = set()
+        attrs = []
+        for node in nodes:
+            if node is not None and node.inode not in seen and node.inode in self.nodes:
+                seen.add(node.inode)
+                attrs.append(self.attr(node))
+        return m.ChangedOut(attrs)
 
     def _is_ancestor(self, ancestor: int, inode: int) -> bool:
         """True when `ancestor` is `inode` or a directory above it."""
@@ -428,7 +438,7 @@ class Namespace:
         if dst is not None and op.flags & m.RENAME_NOREPLACE:
             raise FsError(errno.EEXIST)
         if dst is src:  # two names of one file, or a name onto itself: nothing to do
-            return None
+            return self._changed(src)
         if isinstance(src, DirNode) and self._is_ancestor(src.inode, dst_dir.inode):
             raise FsError(errno.EINVAL, "directory into its own subtree")
         if dst is not None:
@@ -455,7 +465,7 @@ class Namespace:
         src.ctime = ts
         src_dir.mtime = src_dir.ctime = ts
         dst_dir.mtime = dst_dir.ctime = ts
-        return None
+        return self._changed(src_dir, dst_dir, src, dst)
 
     def _exchange(self, src_dir, name, src, dst_dir, new_name, dst, ts):
         for a, b in ((src, dst_dir), (dst, src_dir)):
@@ -470,7 +480,7 @@ class Namespace:
                     old_parent.nlink -= 1
         src.ctime = dst.ctime = ts
         src_dir.mtime = src_dir.ctime = dst_dir.mtime = dst_dir.ctime = ts
-        return None
+        return self._changed(src_dir, dst_dir, src, dst)
 
     def _setattr(self, op: m.SetAttr, ts, sess):
         node = self.node(op.inode)

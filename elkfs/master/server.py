@@ -30,6 +30,7 @@ from ..proto.errors import BAD_SESSION, NO_CHUNK, NO_SERVERS, FsError
 from . import replication as rep
 from .chunkservers import ChunkRegistry
 from .locks import ChunkLocks
+from .listings import ListingLeases, touched_dirs
 from .namespace import CHUNK_SIZE, DeleteChunkEffect, DuplicateChunkEffect, TruncateChunkEffect
 from .nodes import FileNode
 from .records import CloseSession, OpenSession
@@ -85,6 +86,7 @@ class MasterServer:
         self.locks = ChunkLocks(cfg.CHUNK_LOCK_WAIT)
         self.session_links: dict[bytes, rpc.Connection] = {}
         self.session_gone_at: dict[bytes, float] = {}
+        self.leases = ListingLeases()
         self.servers: list[asyncio.AbstractServer] = []
         self.tasks: set[asyncio.Task] = set()
         self.started_at = time.time()
@@ -169,6 +171,7 @@ class MasterServer:
         while True:
             await asyncio.sleep(min(10.0, max(0.5, self.cfg.SESSION_SUSTAIN_TIME / 4)))
             now = time.monotonic()
+            self.leases.sweep(now)
             for session_id, gone_at in list(self.session_gone_at.items()):
                 if now - gone_at >= self.cfg.SESSION_SUSTAIN_TIME and session_id in self.ns.sessions:
                     log.info("session %s expired", session_id.hex())
@@ -309,6 +312,7 @@ class MasterServer:
         self.locks.release_owner(conn)
         session_id = conn.context
         if session_id is not None and self.session_links.get(session_id) is conn:
+            self.leases.forget_session(session_id)  # it drops its listings when it reconnects
             del self.session_links[session_id]
             self.session_gone_at[session_id] = time.monotonic()
 
@@ -327,6 +331,7 @@ class MasterServer:
             old.context = None
         conn.context = session_id
         self.session_links[session_id] = conn
+        self.leases.set_ttl(session_id, msg.listing_ttl_ms)
         self.session_gone_at.pop(session_id, None)
         reply = m.SessionReply(msg.req, 0, session_id)
         self.store.when_durable(version, lambda: self._send(conn, reply))
@@ -342,21 +347,50 @@ class MasterServer:
             if msg.session not in self.ns.sessions:
                 raise FsError(BAD_SESSION, "unknown session: register first")
             if op.READ_ONLY:
-                conn.send(m.MetaReply(msg.req, 0, self.query(op)))
+                result = self.query(op)
+                if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
+                    self.leases.grant(op.inode, msg.session, time.monotonic())
+                conn.send(m.MetaReply(msg.req, 0, result))
                 return
             if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
                 self.spawn(self.chunk_op(conn, msg))
                 return
             done, result = self.ns.duplicate_result(msg.session, msg.seq)
+            holders = None
             if done:
                 version = self.ns.version
             else:
                 result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
                 self.run_effects()
+                now = time.monotonic()
+                if self.leases.by_dir:
+                    holders = self.leases.recall(touched_dirs(op), msg.session, now)
+                if isinstance(op, m.Mkdir):
+                    self.leases.grant(result.attr.inode, msg.session, now)  # it is empty
             reply = m.MetaReply(msg.req, 0, result)
-            self.store.when_durable(version, lambda: self._send(conn, reply))
+            if holders:
+                self.spawn(self._recall_then_reply(conn, reply, version, holders))
+            else:
+                self.store.when_durable(version, lambda: self._send(conn, reply))
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
+
+    async def _recall_then_reply(self, conn: rpc.Connection, reply: m.MetaReply, version: int,
+                                 holders: dict[bytes, tuple[list[int], float]]) -> None:
+        """Acknowledge a change only once every other holder of a listing it changed has
+        dropped that listing (or the listing expired)."""
+        now = time.monotonic()
+        calls = []
+        for session, (dirs, expires) in holders.items():
+            link = self.session_links.get(session)
+            if link is not None and link.is_open:
+                calls.append(link.call(m.InvalidateListings, dirs=dirs,
+                                       timeout=max(0.0, expires - now)))
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("listing recall not answered (%r): waited for it to expire", outcome)
+        await self.store.wait_durable(version)
+        self._send(conn, reply)
 
     def query(self, op: m.Op) -> m.Result | None:
         if isinstance(op, m.ReadChunk):

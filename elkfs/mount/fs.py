@@ -5,16 +5,21 @@ Theory of operation
 Kernel inode numbers are the master's inode numbers (the mounted subfolder's inode shows
 as 1), so no table maps them and `forget` has nothing to do.
 
-Metadata: every change is one request to the master (`Client.op`). The kernel caches
-entries and attributes for `entry_timeout`/`attr_timeout` seconds (MooseFS defaults: 1 s),
-which is what makes stat-heavy work fast; the master stays the authority.
+Metadata: every change is one request to the master (`Client.op`), the master stays the
+authority. The kernel caches entries and attributes for `entry_timeout`/`attr_timeout`
+seconds (MooseFS defaults: 1 s); behind it the mount's `MetaCache` keeps attributes and
+whole directory listings for the same times, so the kernel's own extra requests (the
+LOOKUP of a name about to be created, the GETATTR of a directory just changed, a LOOKUP
+whose entry expired) are answered without a master round trip. See `metacache.py` for what
+that promises.
 
 Open files: the mount keeps one `InodeState` per open inode, shared by all its handles:
 the writer (`client.File`, which streams writes into one chunk at a time in large pieces)
 and the local view of the size while written data is not yet committed. The master is
 told about opens (`Acquire`, so an unlinked open file stays readable) and closes
-(`Release`) without waiting for the answer: both ride the one ordered master connection,
-so they cost the application no round trip.
+(`Release`) without waiting for the answer, in batches: they wait up to `OPENS_DELAY` (or
+until this mount sends a change, so the master always learns of an open before an unlink
+from here), and an open closed again before its Acquire went out sends nothing at all.
 
 Reads: a handle reads through a `Reader`: chunk locations are asked once per chunk per
 open, sequential reads are detected and served from read-ahead blocks fetched in the
@@ -42,12 +47,15 @@ import json
 import logging
 import os
 import stat
+import time
 
+import msgspec
 import pyfuse3
 
 from ..client.client import CHUNK_SIZE, Client, File
 from ..proto import messages as m
 from ..proto.errors import NO_SERVERS, FsError
+from .metacache import LISTING_MAX, MetaCache
 from .options import MountOptions
 
 log = logging.getLogger("elkfs.mount")
@@ -55,9 +63,11 @@ log = logging.getLogger("elkfs.mount")
 ROOT = pyfuse3.ROOT_INODE
 MASTERINFO_NAME = b".masterinfo"
 MASTERINFO_INODE = 0x7FFFFFFFFFFFFFF0
+CAPABILITY = b"security.capability"
 BLKSIZE = 1 << 16
 RA_BLOCK = 2 << 20
 KNOWN_MAX = 200_000
+OPENS_DELAY = 0.05  # seconds an Acquire/Release may wait to be batched
 
 
 def _errno(e: FsError) -> int:
@@ -161,6 +171,31 @@ class Reader:
         return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
 
+def may_access(attr: m.Attr, want: int, uid: int, gid: int, pid: int) -> bool:
+    """The permission bits check (`want`: 4 read, 2 write, 1 execute) for a caller, with
+    its supplementary groups read from /proc as the kernel would know them."""
+    if uid == 0:
+        return not want & 1 or bool(attr.mode & 0o111) or stat.S_ISDIR(attr.mode)
+    if uid == attr.uid:
+        bits = attr.mode >> 6
+    elif gid == attr.gid or attr.gid in _groups(pid):
+        bits = attr.mode >> 3
+    else:
+        bits = attr.mode
+    return bits & want == want
+
+
+def _groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
 def _retrieve(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()
@@ -201,10 +236,17 @@ class ElkOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, list] = {}
         self.next_fh = 1
+        self.cache = MetaCache(opts.attr_timeout, opts.direntry_timeout)
+        client.link.on_invalidate = self.cache.invalidate
+        self.refreshing: dict[int, asyncio.Future] = {}  # directory -> listing in flight
+        self.parents: dict[int, int] = {}  # directory -> its parent, as last seen
+        self.no_caps: dict[int, float] = {}  # inode -> until when it has no security.capability
         self.known: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) last seen
         self.cached: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) of cached pages
         self.ra_blocks = max(0, opts.readahead_mib * (1 << 20) // RA_BLOCK)
         self.background: set[asyncio.Task] = set()
+        self.opens_unsent: dict[int, bool] = {}  # inode -> True: Acquire, False: Release
+        self.opens_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port, "subfolder": opts.subfolder,
             "root_inode": root_inode, "mountpoint": os.path.abspath(opts.mountpoint),
@@ -239,7 +281,35 @@ class ElkOperations(pyfuse3.Operations):
         """Send an op whose answer nobody waits for (it still goes out in order)."""
         self._spawn(self.client.op(op))
 
-    def _entry(self, attr: m.Attr, entry_timeout: float | None = None) -> pyfuse3.EntryAttributes:
+    def _opened(self, inode: int, is_open: bool) -> None:
+        """The first open (True) or the last close (False) of `inode` here."""
+        if self.opens_unsent.get(inode) is (not is_open):
+            del self.opens_unsent[inode]  # the two cancel out: the master never needs to know
+            return
+        self.opens_unsent[inode] = is_open
+        if self.opens_timer is None:
+            self.opens_timer = asyncio.get_running_loop().call_later(
+                OPENS_DELAY, self._send_opens)
+
+    def _send_opens(self) -> bool:
+        """Send the batched Acquire/Release ops. True if any went out."""
+        if self.opens_timer is not None:
+            self.opens_timer.cancel()
+            self.opens_timer = None
+        if not self.opens_unsent:
+            return False
+        unsent, self.opens_unsent = self.opens_unsent, {}
+        for inode, is_open in unsent.items():
+            self._fire(m.Acquire(inode) if is_open else m.Release(inode))
+        return True
+
+    def _fresh(self, attr: m.Attr) -> pyfuse3.EntryAttributes:
+        """Attributes the master just sent: cache them and give them to the kernel."""
+        self.cache.put(attr, time.monotonic())
+        return self._entry(attr)
+
+    def _entry(self, attr: m.Attr, entry_timeout: float | None = None,
+               attr_timeout: float | None = None) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         inode = attr.inode
         size = attr.size
@@ -249,7 +319,7 @@ class ElkOperations(pyfuse3.Operations):
         e.st_ino = self._k(inode)
         e.generation = 0
         e.entry_timeout = self.opts.entry_timeout if entry_timeout is None else entry_timeout
-        e.attr_timeout = self.opts.attr_timeout
+        e.attr_timeout = self.opts.attr_timeout if attr_timeout is None else attr_timeout
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
         e.st_uid = attr.uid
@@ -266,6 +336,11 @@ class ElkOperations(pyfuse3.Operations):
                 self.known.clear()
             self.known[inode] = (attr.mtime_ns, attr.size)
         return e
+
+    def _note_parent(self, directory: int, parent: int) -> None:
+        if len(self.parents) > KNOWN_MAX:
+            self.parents.clear()
+        self.parents[directory] = parent
 
     def _masterinfo_entry(self) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -285,30 +360,92 @@ class ElkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ lookups and attributes
 
+    def _absent(self, entry_timeout: float) -> pyfuse3.EntryAttributes:
+        if entry_timeout <= 0:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        neg = pyfuse3.EntryAttributes()
+        neg.st_ino = 0
+        neg.entry_timeout = entry_timeout
+        return neg
+
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._m(parent_inode)
         if parent == self.root and name == MASTERINFO_NAME:
             return self._masterinfo_entry()
+        dots = name in (b".", b"..")
+        known = None if dots else await self._listed(parent, name)
+        if known is not None:
+            inode, left = known
+            if not inode:
+                return self._absent(min(self.opts.neg_entry_timeout, left))
+            cached = self.cache.attr(inode, time.monotonic())
+            if cached is not None:
+                attr, attr_left = cached
+                if stat.S_ISDIR(attr.mode):
+                    self._note_parent(inode, parent)
+                return self._entry(attr, min(self.opts.entry_timeout, left), attr_left)
         try:
             out = await self.client.op(m.Lookup(parent, name))
         except FsError as e:
-            if e.status == errno.ENOENT and self.opts.neg_entry_timeout > 0:
-                neg = pyfuse3.EntryAttributes()
-                neg.st_ino = 0
-                neg.entry_timeout = self.opts.neg_entry_timeout
-                return neg
+            if e.status == errno.ENOENT:
+                if known is not None:
+                    self.cache.stale(parent)
+                return self._absent(self.opts.neg_entry_timeout)
             raise pyfuse3.FUSEError(_errno(e)) from None
-        return self._entry(out.attr)
+        if stat.S_ISDIR(out.attr.mode) and not dots:
+            self._note_parent(out.attr.inode, parent)
+        return self._fresh(out.attr)
+
+    async def _listed(self, parent: int, name: bytes):
+        """What the cached listing of `parent` says of `name` (see MetaCache.lookup),
+        refreshing an expired listing of a directory this mount has been working in."""
+        now = time.monotonic()
+        known = self.cache.lookup(parent, name, now)
+        if known is not None or not self.cache.has_listing(parent):
+            return known
+        await self._refresh_listing(parent)
+        return self.cache.lookup(parent, name, time.monotonic())
+
+    async def _refresh_listing(self, parent: int) -> None:
+        pending = self.refreshing.get(parent)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.refreshing[parent] = fut
+        try:
+            mark = self.cache.fetch_mark(parent)
+            try:
+                out = await self.client.op(m.ReadDir(parent, 0, LISTING_MAX))
+            except FsError:
+                self.cache.drop_listing(parent)
+                return
+            if out.next_offset == -1:
+                self.cache.install(parent, out.entries, mark, time.monotonic())
+            else:
+                self.cache.drop_listing(parent)
+        finally:
+            del self.refreshing[parent]
+            fut.set_result(None)
 
     async def getattr(self, inode, ctx=None):
         if inode == MASTERINFO_INODE:
             return self._masterinfo_entry()
-        return self._entry((await self._op(m.GetAttr(self._m(inode)))).attr)
+        ino = self._m(inode)
+        cached = self.cache.attr(ino, time.monotonic())
+        if cached is not None:
+            return self._entry(cached[0], attr_timeout=cached[1])
+        return self._fresh((await self._op(m.GetAttr(ino))).attr)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
+        if not (fields.update_size or fields.update_mode or fields.update_uid
+                or fields.update_gid or fields.update_atime):
+            entry = self._times_only(ino, attr, fields)
+            if entry is not None:
+                return entry
         out = None
         if fields.update_size:
             st = self.states.get(ino)
@@ -334,7 +471,29 @@ class ElkOperations(pyfuse3.Operations):
         if valid or out is None:
             out = await self._op(m.SetAttr(ino, valid, attr.st_mode, attr.st_uid, attr.st_gid,
                                            attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns))
-        return self._entry(out.attr)
+        return self._fresh(out.attr)
+
+    def _times_only(self, ino: int, attr, fields) -> pyfuse3.EntryAttributes | None:
+        """The write-back cache writing back times it keeps itself (mtime after writes,
+        ctime after a rename, unlink or link): answered here, sent without waiting.
+        None when the cache cannot answer."""
+        if self.cache.is_gone(ino):
+            raise pyfuse3.FUSEError(errno.ENOENT)  # unlinked and freed: the master agrees
+        now = time.monotonic()
+        cached = self.cache.attr(ino, now)
+        if cached is None:
+            return None
+        old = cached[0]
+        mtime = attr.st_mtime_ns if fields.update_mtime else old.mtime_ns
+        if mtime == old.mtime_ns:
+            # Only the kernel's own ctime bump: the master set ctime with the change.
+            return self._entry(old, attr_timeout=cached[1])
+        ctime = attr.st_ctime_ns if fields.update_ctime else old.ctime_ns
+        valid = m.SET_MTIME | (m.SET_CTIME if fields.update_ctime else 0)
+        self._fire(m.SetAttr(ino, valid, mtime_ns=mtime, ctime_ns=ctime))
+        new = msgspec.structs.replace(old, mtime_ns=mtime, ctime_ns=ctime)
+        self.cache.put(new, now)
+        return self._entry(new)
 
     async def readlink(self, inode, ctx):
         return (await self._op(m.ReadLink(self._m(inode)))).value
@@ -358,45 +517,88 @@ class ElkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ namespace changes
 
+    async def _change(self, op: m.Op, *dirs: int):
+        """Send a change to the directories `dirs`; a refusal that contradicts their
+        cached listings (EEXIST, ENOENT) drops those listings."""
+        for d in dirs:
+            self.cache.changing(d)
+        if self._send_opens():
+            await asyncio.sleep(0)  # let them go out first: the connection keeps the order
+        try:
+            return await self.client.op(op)
+        except FsError as e:
+            if e.status in (errno.EEXIST, errno.ENOENT, errno.ENOTEMPTY):
+                for d in dirs:
+                    self.cache.stale(d)
+            raise pyfuse3.FUSEError(_errno(e)) from None
+
+    async def _add(self, parent: int, name: bytes, op: m.Op) -> pyfuse3.EntryAttributes:
+        out = await self._change(op, parent)
+        self.cache.added(parent, name, out, time.monotonic())
+        return self._entry(out.attr)
+
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         mode = (mode & ~ctx.umask & 0o7777) | stat.S_IFMT(mode)
-        out = await self._op(m.Mknod(self._m(parent_inode), name, mode, ctx.uid, ctx.gid, rdev))
-        return self._entry(out.attr)
+        parent = self._m(parent_inode)
+        return await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid, rdev))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        out = await self._op(m.Mkdir(self._m(parent_inode), name, mode & ~ctx.umask & 0o7777,
-                                     ctx.uid, ctx.gid))
-        return self._entry(out.attr)
+        parent = self._m(parent_inode)
+        entry = await self._add(parent, name, m.Mkdir(parent, name, mode & ~ctx.umask & 0o7777,
+                                                      ctx.uid, ctx.gid))
+        self.cache.created_dir(entry.st_ino, time.monotonic())
+        self._note_parent(entry.st_ino, parent)
+        return entry
 
     async def symlink(self, parent_inode, name, target, ctx):
-        out = await self._op(m.Symlink(self._m(parent_inode), name, target, ctx.uid, ctx.gid))
-        return self._entry(out.attr)
+        parent = self._m(parent_inode)
+        return await self._add(parent, name, m.Symlink(parent, name, target, ctx.uid, ctx.gid))
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
-        out = await self._op(m.Link(self._m(inode), self._m(new_parent_inode), new_name))
-        return self._entry(out.attr)
+        parent = self._m(new_parent_inode)
+        return await self._add(parent, new_name, m.Link(self._m(inode), parent, new_name))
 
     async def unlink(self, parent_inode, name, ctx):
         parent = self._m(parent_inode)
         if parent == self.root and name == MASTERINFO_NAME:
             raise pyfuse3.FUSEError(errno.EPERM)
-        await self._op(m.Unlink(parent, name))
+        out = await self._change(m.Unlink(parent, name), parent)
+        self.cache.removed(parent, name, out, time.monotonic())
 
     async def rmdir(self, parent_inode, name, ctx):
-        await self._op(m.Rmdir(self._m(parent_inode), name))
+        parent = self._m(parent_inode)
+        out = await self._change(m.Rmdir(parent, name), parent)
+        self.cache.removed(parent, name, out, time.monotonic())
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self._op(m.Rename(self._m(parent_inode_old), name_old, self._m(parent_inode_new),
-                                name_new, flags))
+        parent, new_parent = self._m(parent_inode_old), self._m(parent_inode_new)
+        out = await self._change(m.Rename(parent, name_old, new_parent, name_new, flags),
+                                 parent, new_parent)
+        self.cache.moved(parent, name_old, new_parent, name_new,
+                         bool(flags & m.RENAME_EXCHANGE), out, time.monotonic())
 
     # ------------------------------------------------------------ extended attributes
 
     async def getxattr(self, inode, name, ctx):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return (await self._op(m.GetXattr(self._m(inode), name))).value
+        ino = self._m(inode)
+        if name == CAPABILITY:
+            # The kernel asks before every write to a file (FUSE file systems may not
+            # promise it "no capabilities"); remember the answer for the attribute time.
+            if self.no_caps.get(ino, 0.0) > time.monotonic():
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            try:
+                return (await self.client.op(m.GetXattr(ino, name))).value
+            except FsError as e:
+                if e.status == errno.ENODATA:
+                    if len(self.no_caps) > KNOWN_MAX:
+                        self.no_caps.clear()
+                    self.no_caps[ino] = time.monotonic() + self.opts.attr_timeout
+                raise pyfuse3.FUSEError(_errno(e)) from None
+        return (await self._op(m.GetXattr(ino, name))).value
 
     async def listxattr(self, inode, ctx):
         if inode == MASTERINFO_INODE:
@@ -406,36 +608,68 @@ class ElkOperations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
-        await self._op(m.SetXattr(self._m(inode), name, value))
+        ino = self._m(inode)
+        self.no_caps.pop(ino, None)
+        self.cache.drop(ino)  # ctime changes
+        await self._op(m.SetXattr(ino, name, value))
 
     async def removexattr(self, inode, name, ctx):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
-        await self._op(m.RemoveXattr(self._m(inode), name))
+        ino = self._m(inode)
+        self.no_caps.pop(ino, None)
+        self.cache.drop(ino)
+        await self._op(m.RemoveXattr(ino, name))
 
     # ------------------------------------------------------------ directories
 
     async def opendir(self, inode, ctx):
         fh = self.next_fh
         self.next_fh += 1
-        self.dirs[fh] = [self._m(inode), [], 0]  # inode, entries loaded, next master offset
+        self.dirs[fh] = [self._m(inode), None, 0]  # inode, entries loaded, next master offset
         return fh
+
+    async def _dots(self, inode: int) -> list[m.DirEntry]:
+        """The "." and ".." entries (the kernel only shows their inode numbers)."""
+        here = self.cache.attr(inode, time.monotonic())
+        here_attr = here[0] if here else (await self._op(m.GetAttr(inode))).attr
+        up = ROOT if inode == self.root else self.parents.get(inode)
+        if up is None:
+            up = (await self._op(m.Lookup(inode, b".."))).attr.inode
+        up_attr = m.Attr(up, stat.S_IFDIR, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0)
+        return [m.DirEntry(b".", here_attr), m.DirEntry(b"..", up_attr)]
 
     async def readdir(self, fh, start_id, token):
         d = self.dirs[fh]
-        inode, entries = d[0], d[1]
+        inode = d[0]
+        if d[1] is None:
+            d[1] = await self._dots(inode)
+        entries = d[1]
         i = start_id
         while True:
             if i >= len(entries):
                 if d[2] < 0:
                     return
+                first = d[2] == 0
+                mark = self.cache.fetch_mark(inode)
                 out = await self._op(m.ReadDir(inode, d[2], 1000))
+                now = time.monotonic()
+                for ent in out.entries:
+                    self.cache.put(ent.attr, now)
+                if first and out.next_offset == -1:  # the whole listing in one answer
+                    self.cache.install(inode, out.entries, mark, now)
                 entries.extend(out.entries)
                 d[2] = out.next_offset
                 if i >= len(entries):
                     return
             ent = entries[i]
-            if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.attr), i + 1):
+            if i < 2:
+                e = self._entry(ent.attr, 0.0, 0.0)
+            else:
+                e = self._entry(ent.attr)
+                if stat.S_ISDIR(ent.attr.mode):
+                    self._note_parent(ent.attr.inode, inode)
+            if not pyfuse3.readdir_reply(token, ent.name, e, i + 1):
                 return
             i += 1
 
@@ -451,7 +685,7 @@ class ElkOperations(pyfuse3.Operations):
         st = self._state(inode)
         st.opens += 1
         if st.opens == 1:
-            self._fire(m.Acquire(inode))
+            self._opened(inode, True)
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks))
@@ -483,7 +717,7 @@ class ElkOperations(pyfuse3.Operations):
             st = self.states.get(ino)
             if st is not None and st.writer is not None:
                 await self._flush_writer(st)
-            self._entry((await self._op(m.Truncate(ino, 0))).attr)
+            self._fresh((await self._op(m.Truncate(ino, 0))).attr)
             if st is not None:
                 st.size = -1
                 st.gen += 1
@@ -492,10 +726,32 @@ class ElkOperations(pyfuse3.Operations):
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         mode = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
-        out = await self._op(m.Mknod(self._m(parent_inode), name, mode, ctx.uid, ctx.gid))
-        entry = self._entry(out.attr)
-        fh, _ = self._new_handle(out.attr.inode, flags)
+        parent = self._m(parent_inode)
+        try:
+            entry = await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid))
+        except pyfuse3.FUSEError as e:
+            if e.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            # Another client created the name after our LOOKUP said it was absent (a
+            # cached listing): open(O_CREAT) without O_EXCL opens that file.
+            return await self._open_existing(parent, name, flags, ctx)
+        fh, _ = self._new_handle(entry.st_ino, flags)
         return self._file_info(fh, True), entry
+
+    async def _open_existing(self, parent: int, name: bytes, flags: int, ctx):
+        attr = (await self._op(m.Lookup(parent, name))).attr
+        if stat.S_ISDIR(attr.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        want = {os.O_RDONLY: 4, os.O_WRONLY: 2, os.O_RDWR: 6}[flags & os.O_ACCMODE]
+        if flags & os.O_TRUNC:
+            want |= 2
+        if not may_access(attr, want, ctx.uid, ctx.gid, ctx.pid):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        entry = self._fresh(attr)
+        fi = await self.open(entry.st_ino, flags & ~os.O_CREAT, ctx)
+        if flags & os.O_TRUNC:
+            entry = await self.getattr(entry.st_ino)
+        return fi, entry
 
     async def read(self, fh, off, size):
         if fh == 0:
@@ -540,7 +796,7 @@ class ElkOperations(pyfuse3.Operations):
         except FsError as e:
             raise pyfuse3.FUSEError(_errno(e)) from None
         if w.last_attr is not None:
-            self._entry(w.last_attr)  # remember the committed (mtime, size)
+            self._fresh(w.last_attr)  # remember the committed (mtime, size)
             if not w.dirty:
                 st.size = -1
 
@@ -580,7 +836,7 @@ class ElkOperations(pyfuse3.Operations):
             if len(self.cached) > KNOWN_MAX:
                 self.cached.clear()
             self.cached[h.inode] = sig
-        self._fire(m.Release(h.inode))
+        self._opened(h.inode, False)
 
     async def forget(self, inode_list):
         return
@@ -588,6 +844,7 @@ class ElkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
+        self._send_opens()
         for st in list(self.states.values()):
             try:
                 await self._flush_writer(st)

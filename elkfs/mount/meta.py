@@ -210,7 +210,7 @@ class MetaOperations(pyfuse3.Operations):
 async def serve(client: Client, mountpoint: str, fuse_options: set[str] | None = None,
                 ready=None) -> None:
     """Mount the meta file system at `mountpoint` and serve it until unmounted or
-    SIGTERM/SIGINT. Needs `pyfuse3.asyncio.enable()` first."""
+    SIGTERM/SIGINT. Needs `fuseloop.enable()` first."""
     ops = MetaOperations(client)
     opts = set(pyfuse3.default_options)
     opts.discard("default_permissions")
@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s mfsmount-meta %(levelname)s %(message)s")
-    import pyfuse3.asyncio
+    from . import fuseloop
 
-    pyfuse3.asyncio.enable()
+    fuseloop.enable()
 
     async def run() -> int:
         try:

@@ -16,12 +16,12 @@ import subprocess
 import sys
 
 import pyfuse3
-import pyfuse3.asyncio
 
 from ..client.client import Client
 from ..client.master_link import MasterLink
 from ..proto import messages as m
 from ..proto.errors import FsError
+from . import fuseloop
 from .fs import ElkOperations
 from .options import MountOptions
 from .unmount import UnmountOnSignal
@@ -80,7 +80,8 @@ def _signal_ready(text: str) -> None:
 async def serve(opts: MountOptions) -> int:
     retry = opts.io_retries
     link = MasterLink(opts.master, opts.port, f"mfsmount {os.path.abspath(opts.mountpoint)}",
-                      retry_s=retry, request_timeout_s=max(10.0, retry))
+                      retry_s=retry, request_timeout_s=max(10.0, retry),
+                      listing_ttl_ms=int(opts.direntry_timeout * 1000))
     try:
         await link.connect()
     except FsError as e:
@@ -176,7 +177,7 @@ def run_foreground(opts: MountOptions) -> int:
         logging.basicConfig(filename=opts.logfile, level=level, format=fmt)
     else:
         logging.basicConfig(level=level if opts.foreground else logging.WARNING, format=fmt)
-    pyfuse3.asyncio.enable()
+    fuseloop.enable()
     try:
         import uvloop
         runner = uvloop.run

@@ -371,7 +371,18 @@ class Result(msgspec.Struct, array_like=True, frozen=True, tag_field="r"):
 
 
 class EntryOut(Result, tag="entry"):
+    """The entry's attributes; for a change that added a name, also the directory's
+    (its new mtime/ctime/nlink), so a mount can answer the kernel's next GETATTR of it."""
+
     attr: Attr
+    parent: Attr | None = None
+
+
+class ChangedOut(Result, tag="changed"):
+    """Attributes, after the change, of every inode an unlink/rmdir/rename touched that
+    still exists (the directories, a moved or unlinked file that still has names)."""
+
+    attrs: list[Attr]
 
 
 class AttrOut(Result, tag="attr"):
@@ -441,7 +452,7 @@ class TrashOut(Result, tag="trash"):
 
 
 AnyResult = Union[
-    EntryOut, AttrOut, DirOut, BytesOut, NamesOut, StatFsOut, ChunkOut, FileChunksOut,
+    EntryOut, ChangedOut, AttrOut, DirOut, BytesOut, NamesOut, StatFsOut, ChunkOut, FileChunksOut,
     DirStatsOut, JsonOut, TrashOut,
 ]
 
@@ -456,6 +467,10 @@ class RegisterSession(Msg):
     req: int
     session: bytes
     info: str = ""
+    # How long the client keeps a directory listing (ms); 0: it keeps none. The master
+    # then tells it, and waits for its answer, before a change to a listed directory by
+    # anyone else is acknowledged (`InvalidateListings`).
+    listing_ttl_ms: int = 0
 
 
 @message(11)
@@ -482,6 +497,15 @@ class MetaReply(Msg):
     status: int
     result: AnyResult | None = None
     detail: str = ""
+
+
+@message(14)
+class InvalidateListings(Msg):
+    """Master -> client: forget the listings of these directories (another session
+    changed them). Answered with `Ok` once forgotten."""
+
+    req: int
+    dirs: list[int]
 
 
 # ---------------------------------------------------------------- chunkserver <-> master
