@@ -314,6 +314,10 @@ class Client:
             await f.close()
 
 
+def _out_of_space(e: BaseException) -> bool:
+    return isinstance(e, (FsError, OSError)) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class _OpenChunk:
     """The chunk a File is writing into: its chain session and everything sent to it."""
 
@@ -418,7 +422,17 @@ class File:
         try:
             await oc.writer.write(offset, data)
         except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+            if _out_of_space(e):
+                await self._abandon(oc)
+                raise FsError(errno.ENOSPC, f"chunkserver out of space: {e}") from None
             await self._recover(oc, e)
+
+    async def _abandon(self, oc: _OpenChunk) -> None:
+        """Give up the chunk session (a full chunkserver: another chain would not help);
+        the file keeps the length it had."""
+        self._open = None
+        oc.writer.close()
+        await self._end_chunk(oc.index, oc.chunk.chunk_id, 0)
 
     async def _recover(self, oc: _OpenChunk, error: Exception) -> None:
         """The chain failed: reopen the chunk (new version, surviving copies) and send
@@ -442,6 +456,9 @@ class File:
                 await oc.writer.finish(sync)
                 break
             except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                if _out_of_space(e):
+                    await self._abandon(oc)
+                    raise FsError(errno.ENOSPC, f"chunkserver out of space: {e}") from None
                 if attempt == 4:
                     self._open = None
                     raise FsError(errno.EIO, f"write failed: {e}") from None

@@ -510,9 +510,18 @@ class MasterServer:
         try:
             node = self.ns.file(op.inode)
             chunk = self.ns.chunk_of(op.inode, op.index)
-            if chunk is None:
+            # A chunk whose creation every chunkserver refused has no copy and no data:
+            # create it again, wherever there is room now.
+            fresh = chunk is None or (
+                chunk.refs == 1 and not self.registry.holders(chunk.chunk_id)
+                and node.length <= op.index * CHUNK_SIZE)
+            if fresh:
                 targets = self.registry.choose_servers(node.goal)
                 if not targets:
+                    servers = [s for s in self.registry.servers.values() if not s.lost]
+                    if servers and all(s.connected for s in servers):
+                        # Every chunkserver is here and full: no point in retrying.
+                        raise FsError(errno.ENOSPC, "every chunkserver is full")
                     raise FsError(NO_SERVERS, "no chunkserver with free space")
             else:
                 targets = self.registry.valid_servers(chunk.chunk_id, chunk.version)
@@ -523,11 +532,11 @@ class MasterServer:
                 roomy = [s for s in targets if s.free_bytes >= LOW_SPACE]
                 if roomy and len(roomy) < len(targets):
                     targets = roomy
-            shared = chunk is not None and chunk.refs > 1
+            shared = not fresh and chunk.refs > 1
             old = (chunk.chunk_id, chunk.version) if chunk is not None else None
             result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
             await self.store.wait_durable(version)
-            if chunk is None:
+            if fresh:
                 cmd = lambda s: m.CreateChunk(result.chunk_id, result.version)
             elif shared:  # copy-on-write: the chunkservers copy the shared chunk
                 cmd = lambda s: m.DuplicateChunk(old[0], old[1], result.chunk_id,
@@ -536,18 +545,19 @@ class MasterServer:
                 cmd = lambda s: m.SetChunkVersion(result.chunk_id, result.version - 1, result.version)
             if shared:
                 self._mark_busy(old[0])
+            refusals: list[int] = []
             try:
-                done = await self.command_all(targets, cmd)
+                done = await self.command_all(targets, cmd, refusals)
             finally:
                 if shared:
                     self._unmark_busy(old[0])
-            if chunk is None and not all(done):
+            if fresh and not all(done):
                 # Full or failing servers: try others for the copies they refused.
                 tried = {s.cs_id for s in targets}
                 more = self.registry.choose_servers(done.count(False), exclude=tried)
                 if more:
                     targets = targets + more
-                    done = done + await self.command_all(more, cmd)
+                    done = done + await self.command_all(more, cmd, refusals)
             chain = []
             for server, ok in zip(targets, done):
                 if ok:
@@ -556,6 +566,8 @@ class MasterServer:
                 else:
                     self.registry.drop_copy(result.chunk_id, server.cs_id)
             if not chain:
+                if refusals and all(r in (errno.ENOSPC, errno.EDQUOT) for r in refusals):
+                    raise FsError(errno.ENOSPC, "every chunkserver asked is full")
                 raise FsError(errno.EIO, f"no chunkserver accepted chunk {result.chunk_id:016X}")
             return m.ChunkOut(result.chunk_id, result.version, node.length, chain)
         except BaseException:
@@ -656,8 +668,9 @@ class MasterServer:
         finally:
             self._unmark_busy(effect.chunk_id)
 
-    async def command_all(self, servers, make_cmd) -> list[bool]:
-        """Send a command to each server at once; True where it succeeded."""
+    async def command_all(self, servers, make_cmd, refusals: list[int] | None = None) -> list[bool]:
+        """Send a command to each server at once; True where it succeeded. The statuses of
+        refusals are appended to `refusals`."""
 
         async def one(server) -> bool:
             link = server.link
@@ -668,6 +681,8 @@ class MasterServer:
                                 timeout=self.cfg.CS_COMMAND_TIMEOUT)
                 return True
             except FsError as e:
+                if refusals is not None:
+                    refusals.append(e.status)
                 log.warning("chunkserver %s refused %s: %s", server.name,
                             type(make_cmd(server)).__name__, e)
             except (rpc.ConnectionClosed, asyncio.TimeoutError, OSError) as e:
