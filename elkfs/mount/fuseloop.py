@@ -27,8 +27,11 @@ class _Watch:
         self.fd = fd
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.registered = False
+        self.woken = 0  # waiters woken that have not come back to wait (or read) yet
 
     async def wait(self) -> None:
+        if self.woken:
+            self.woken -= 1  # that worker has read its request by now
         fut = self.loop.create_future()
         self.waiters.append(fut)
         closing = shim._read_futures[self.fd]  # what notify_closing() fails at unmount
@@ -52,7 +55,13 @@ class _Watch:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
+                self.woken += 1
                 return
+        if self.woken:
+            # A woken worker is about to read: keep the registration (once per woken
+            # worker, so one that never comes back cannot keep the loop spinning).
+            self.woken -= 1
+            return
         # Nobody waits: stop watching (the fd stays readable until a worker reads it, and
         # a level-triggered watch would fire every loop iteration until then).
         self._unregister()
