@@ -139,7 +139,7 @@ class Namespace:
     def attr(node: Node) -> m.Attr:
         return m.Attr(node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime,
                       node.ctime, node.nlink, node.size(), node.rdev(), node.goal,
-                      node.trashtime)
+                      node.trashtime, bool(node.xattrs))
 
     def lookup(self, parent: int, name: bytes) -> Node:
         directory = self.dir(parent)

@@ -587,8 +587,12 @@ class ElkOperations(pyfuse3.Operations):
         ino = self._m(inode)
         if name == CAPABILITY:
             # The kernel asks before every write to a file (FUSE file systems may not
-            # promise it "no capabilities"); remember the answer for the attribute time.
-            if self.no_caps.get(ino, 0.0) > time.monotonic():
+            # promise it "no capabilities"): answer from the cached attributes (which say
+            # whether the file has any extended attribute) or the last answer.
+            now = time.monotonic()
+            cached = self.cache.attr(ino, now)
+            if (cached is not None and not cached[0].has_xattrs) \
+                    or self.no_caps.get(ino, 0.0) > now:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             try:
                 return (await self.client.op(m.GetXattr(ino, name))).value
@@ -610,8 +614,11 @@ class ElkOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
         self.no_caps.pop(ino, None)
-        self.cache.drop(ino)  # ctime changes
-        await self._op(m.SetXattr(ino, name, value))
+        self.cache.drop(ino)  # ctime and has_xattrs change
+        try:
+            await self._op(m.SetXattr(ino, name, value))
+        finally:
+            self.cache.drop(ino)  # an answer that crossed the change may have refilled it
 
     async def removexattr(self, inode, name, ctx):
         if inode == MASTERINFO_INODE:
@@ -619,7 +626,10 @@ class ElkOperations(pyfuse3.Operations):
         ino = self._m(inode)
         self.no_caps.pop(ino, None)
         self.cache.drop(ino)
-        await self._op(m.RemoveXattr(ino, name))
+        try:
+            await self._op(m.RemoveXattr(ino, name))
+        finally:
+            self.cache.drop(ino)
 
     # ------------------------------------------------------------ directories
 

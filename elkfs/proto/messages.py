@@ -76,6 +76,7 @@ class Attr(msgspec.Struct, array_like=True, frozen=True):
     rdev: int
     goal: int
     trashtime: int = 0  # seconds an unlinked file stays in the trash
+    has_xattrs: bool = False  # lets a mount answer "no such attribute" without asking
 
 
 class DirEntry(msgspec.Struct, array_like=True, frozen=True):
