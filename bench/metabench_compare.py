@@ -36,12 +36,13 @@ def main() -> int:
     p.add_argument("n", nargs="?", type=int, default=2000)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--metabench", default=DEFAULT)
+    p.add_argument("-o", dest="mount_options", default="", help="mount options, as mfsmount -o")
     a = p.parse_args()
     base = tempfile.mkdtemp(prefix="elkfs-metabench-")
     local = tempfile.mkdtemp(prefix="elkfs-metabench-local-")
     ours: dict[str, float] = {}
     theirs: dict[str, float] = {}
-    with MountedCluster(base, "127.0.41", goal=2) as mc:
+    with MountedCluster(base, "127.0.41", goal=2, mount_options=a.mount_options) as mc:
         for _ in range(a.runs):
             for best, root in ((ours, mc.mnt), (theirs, local)):
                 for k, v in run(a.metabench, root, a.n).items():
