@@ -67,7 +67,7 @@ class MasterLink:
                 if self.on_invalidate is not None:
                     self.on_invalidate(None)
                 conn = await rpc.connect(self.host, self.port, self._on_message, name="master",
-                                         timeout=5.0)
+                                         timeout=5.0, on_close=self._on_close)
                 reply, _ = await conn.call(m.RegisterSession, session=self.session,
                                            info=self.info, timeout=self.request_timeout_s,
                                            listing_ttl_ms=self.listing_ttl_ms)
@@ -92,6 +92,11 @@ class MasterLink:
                 raise FsError(errno.EIO, f"master {self.host}:{self.port} unreachable: {last_error}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _on_close(self, conn: rpc.Connection) -> None:
+        # Nobody recalls our listings while we are away (a new master knows none of them).
+        if self.on_invalidate is not None:
+            self.on_invalidate(None)
 
     def _on_message(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
         if not isinstance(msg, m.InvalidateListings):

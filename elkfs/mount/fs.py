@@ -16,10 +16,9 @@ that promises.
 Open files: the mount keeps one `InodeState` per open inode, shared by all its handles:
 the writer (`client.File`, which streams writes into one chunk at a time in large pieces)
 and the local view of the size while written data is not yet committed. The master is
-told about opens (`Acquire`, so an unlinked open file stays readable) and closes
-(`Release`) without waiting for the answer, in batches: they wait up to `OPENS_DELAY` (or
-until this mount sends a change, so the master always learns of an open before an unlink
-from here), and an open closed again before its Acquire went out sends nothing at all.
+told about opens (`Acquire`, so an unlinked open file stays readable, whoever unlinks it)
+at once and without waiting for the answer; closes (`Release`) wait up to `RELEASE_DELAY`
+and a file opened again meanwhile sends neither the Release nor a new Acquire.
 
 Reads: a handle reads through a `Reader`: chunk locations are asked once per chunk per
 open, sequential reads are detected and served from read-ahead blocks fetched in the
@@ -67,7 +66,7 @@ CAPABILITY = b"security.capability"
 BLKSIZE = 1 << 16
 RA_BLOCK = 2 << 20
 KNOWN_MAX = 200_000
-OPENS_DELAY = 0.05  # seconds an Acquire/Release may wait to be batched
+RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
 
 
 def _errno(e: FsError) -> int:
@@ -245,8 +244,8 @@ class ElkOperations(pyfuse3.Operations):
         self.cached: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) of cached pages
         self.ra_blocks = max(0, opts.readahead_mib * (1 << 20) // RA_BLOCK)
         self.background: set[asyncio.Task] = set()
-        self.opens_unsent: dict[int, bool] = {}  # inode -> True: Acquire, False: Release
-        self.opens_timer: asyncio.TimerHandle | None = None
+        self.releases: dict[int, None] = {}  # inodes closed here, Release not sent yet
+        self.release_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port, "subfolder": opts.subfolder,
             "root_inode": root_inode, "mountpoint": os.path.abspath(opts.mountpoint),
@@ -283,25 +282,24 @@ class ElkOperations(pyfuse3.Operations):
 
     def _opened(self, inode: int, is_open: bool) -> None:
         """The first open (True) or the last close (False) of `inode` here."""
-        if self.opens_unsent.get(inode) is (not is_open):
-            del self.opens_unsent[inode]  # the two cancel out: the master never needs to know
+        if is_open:
+            if inode in self.releases:
+                del self.releases[inode]  # the master still has it open for us
+            else:
+                self._fire(m.Acquire(inode))
             return
-        self.opens_unsent[inode] = is_open
-        if self.opens_timer is None:
-            self.opens_timer = asyncio.get_running_loop().call_later(
-                OPENS_DELAY, self._send_opens)
+        self.releases[inode] = None
+        if self.release_timer is None:
+            self.release_timer = asyncio.get_running_loop().call_later(
+                RELEASE_DELAY, self._send_releases)
 
-    def _send_opens(self) -> bool:
-        """Send the batched Acquire/Release ops. True if any went out."""
-        if self.opens_timer is not None:
-            self.opens_timer.cancel()
-            self.opens_timer = None
-        if not self.opens_unsent:
-            return False
-        unsent, self.opens_unsent = self.opens_unsent, {}
-        for inode, is_open in unsent.items():
-            self._fire(m.Acquire(inode) if is_open else m.Release(inode))
-        return True
+    def _send_releases(self) -> None:
+        if self.release_timer is not None:
+            self.release_timer.cancel()
+            self.release_timer = None
+        releases, self.releases = self.releases, {}
+        for inode in releases:
+            self._fire(m.Release(inode))
 
     def _fresh(self, attr: m.Attr) -> pyfuse3.EntryAttributes:
         """Attributes the master just sent: cache them and give them to the kernel."""
@@ -522,8 +520,6 @@ class ElkOperations(pyfuse3.Operations):
         cached listings (EEXIST, ENOENT) drops those listings."""
         for d in dirs:
             self.cache.changing(d)
-        if self._send_opens():
-            await asyncio.sleep(0)  # let them go out first: the connection keeps the order
         try:
             return await self.client.op(op)
         except FsError as e:
@@ -544,9 +540,10 @@ class ElkOperations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._m(parent_inode)
+        epoch = self.cache.epoch
         entry = await self._add(parent, name, m.Mkdir(parent, name, mode & ~ctx.umask & 0o7777,
                                                       ctx.uid, ctx.gid))
-        self.cache.created_dir(entry.st_ino, time.monotonic())
+        self.cache.created_dir(entry.st_ino, epoch, time.monotonic())
         self._note_parent(entry.st_ino, parent)
         return entry
 
@@ -578,6 +575,10 @@ class ElkOperations(pyfuse3.Operations):
                                  parent, new_parent)
         self.cache.moved(parent, name_old, new_parent, name_new,
                          bool(flags & m.RENAME_EXCHANGE), out, time.monotonic())
+        if parent != new_parent and isinstance(out, m.ChangedOut):
+            for attr in out.attrs:  # a moved directory has a new ".."
+                if stat.S_ISDIR(attr.mode) and attr.inode not in (parent, new_parent):
+                    self.parents.pop(attr.inode, None)
 
     # ------------------------------------------------------------ extended attributes
 
@@ -854,7 +855,7 @@ class ElkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
-        self._send_opens()
+        self._send_releases()
         for st in list(self.states.values()):
             try:
                 await self._flush_writer(st)

@@ -113,9 +113,10 @@ class MetaCache:
             self.put(e.attr, now)
         return True
 
-    def created_dir(self, inode: int, now: float) -> None:
-        """This mount created `inode`: it is empty."""
-        if self.dir_ttl > 0:
+    def created_dir(self, inode: int, epoch: int, now: float) -> None:
+        """This mount created `inode` (the mkdir went out at `epoch`): it is empty, unless
+        the master recalled it before the reply arrived (someone else already changed it)."""
+        if self.dir_ttl > 0 and inode not in self.change_seq and epoch == self.epoch:
             self.listings[inode] = Listing({}, now + self.dir_ttl)
 
     def drop_listing(self, parent: int) -> None:

@@ -8,9 +8,6 @@ keep listings for 30 s (`mfsdirentrycacheto=30`), so a listing that was not reca
 would answer wrongly for the whole test instead of for one second.
 `test_a_listed_directory_is_answered_without_the_master` shows the listings really are
 used (the master is stopped and A still answers), so the others are not vacuous.
-
-Tests marked `xfail(strict=True)` show product bugs (see their reasons): they fail now,
-and turn into failures (XPASS) once fixed, to have their marker removed.
 """
 
 from __future__ import annotations
@@ -285,9 +282,6 @@ def test_o_creat_over_a_kernel_cached_negative_entry(mc, d, b):
         stop_mount(mnt_c, proc)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: the mount batches Acquire for up to "
-                   "OPENS_DELAY after open() returned; an unlink through another mount in "
-                   "that window frees the file under the open descriptor")
 def test_a_file_open_through_b_survives_an_unlink_through_a(d, b):
     subprocess.run([os.path.join(BIN, "mfssettrashtime"), "0", d], check=True,
                    capture_output=True)  # no trash: only being open keeps it
@@ -404,8 +398,6 @@ def test_dot_and_dotdot_in_readdir(d, b):
         assert ls_ai(path)[".."] == entries[".."]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: rename does not update ElkOperations."
-                   "parents, so readdir's '..' of a moved directory names its old parent")
 def test_dotdot_after_this_mount_moved_the_directory(d):
     os.makedirs(os.path.join(d, "from", "moved"))
     os.mkdir(os.path.join(d, "to"))
@@ -447,8 +439,6 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: MetaCache.created_dir installs an empty "
-                   "listing even when the new directory was recalled before the mkdir reply")
 def test_mkdir_whose_reply_is_delayed_while_b_creates_inside(mc, d, b):
     """A's mkdir of d/sub waits for a listing holder of d that does not answer the recall.
     Meanwhile B sees sub and creates sub/x; the master recalls sub's listing from A (A was
@@ -501,9 +491,6 @@ def test_after_a_master_restart_listings_are_dropped(mc, d, b):
     assert ls(os.path.join(b, "newdir")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a mount drops its listings when it "
-                   "reconnects, not when its master connection closes; until its next request "
-                   "it answers from listings the restarted master does not know to recall")
 def test_after_a_master_restart_a_mount_that_sent_nothing_yet_sees_changes(mc, d, b):
     """Mount C keeps kernel entries and attributes long, so a LOOKUP in d after the restart
     is its first request. With the default 1 s kernel caches the same happens while the

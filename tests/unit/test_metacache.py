@@ -112,16 +112,27 @@ def test_an_expired_listing_cannot_answer_but_is_still_known_to_exist():
 def test_no_listings_when_their_ttl_is_zero():
     c = MetaCache(attr_ttl=1.0, dir_ttl=0.0)
     assert not c.install(D1, entries(a=11), c.fetch_mark(D1), 0.0)
-    c.created_dir(D2, 0.0)
+    c.created_dir(D2, c.epoch, 0.0)
     assert c.lookup(D1, b"a", 0.0) is None and c.lookup(D2, b"x", 0.0) is None
     assert not c.listings
 
 
 def test_a_directory_this_mount_created_is_known_empty():
     c = MetaCache(1.0, 3.0)
-    c.created_dir(D2, 5.0)
+    c.created_dir(D2, c.epoch, 5.0)
     assert c.lookup(D2, b"anything", 5.0) == (0, 3.0)
     assert c.lookup(D2, b"anything", 8.0) is None
+
+
+def test_a_created_directory_recalled_before_the_reply_is_not_cached():
+    c = MetaCache(1.0, 3.0)
+    c.invalidate([D2])  # the recall overtook our mkdir's reply: someone changed it already
+    c.created_dir(D2, c.epoch, 5.0)
+    assert c.lookup(D2, b"x", 5.0) is None
+    epoch = c.epoch
+    c.invalidate(None)  # every listing dropped while the mkdir was out
+    c.created_dir(D1, epoch, 5.0)
+    assert c.lookup(D1, b"x", 5.0) is None
 
 
 def test_stale_and_drop_listing_forget_the_listing_only():
