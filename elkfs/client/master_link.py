@@ -47,6 +47,8 @@ class MasterLink:
         self._connecting: asyncio.Task | None = None
         self.reconnects = 0
         self.listing_ttl_ms = listing_ttl_ms
+        self._tasks: set[asyncio.Task] = set()  # retries of posted changes
+        self._unanswered: set[asyncio.Future] = set()  # posted changes not answered yet
         self.on_invalidate: Callable[[list[int] | None], None] | None = None
 
     async def connect(self) -> None:
@@ -105,8 +107,52 @@ class MasterLink:
             self.on_invalidate(msg.dirs)
         conn.send(m.Ok(msg.req))
 
+    def post(self, op: m.Op) -> None:
+        """Send a change nobody waits for, in order with everything sent after it. It is
+        retried like any change if the connection breaks before the answer."""
+        seq = next(self._seq)
+        conn = self.conn
+        if conn is not None and conn.is_open:
+            try:
+                fut = conn.start_call(m.MetaRequest(conn.next_req(), self.session, seq, op))
+            except rpc.ConnectionClosed:
+                pass
+            else:
+                self._unanswered.add(fut)
+                fut.add_done_callback(lambda f: self._posted(f, op, seq))
+                return
+        self._spawn(self._request(op, seq))
+
+    def _posted(self, fut: asyncio.Future, op: m.Op, seq: int) -> None:
+        self._unanswered.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if isinstance(exc, (rpc.ConnectionClosed, OSError)):
+            self._spawn(self._request(op, seq))  # same seq: applied at most once
+        elif exc is None and isinstance(fut.result()[0], m.Error):
+            log.warning("%s refused: %s", type(op).__name__, fut.result()[0].detail)
+
+    async def drain_posted(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until every posted change was answered."""
+        pending = [*self._unanswered, *self._tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background request failed: %s", task.exception())
+
     async def request(self, op: m.Op) -> m.Result | None:
-        seq = 0 if op.READ_ONLY else next(self._seq)
+        return await self._request(op, 0 if op.READ_ONLY else next(self._seq))
+
+    async def _request(self, op: m.Op, seq: int) -> m.Result | None:
         deadline = time.monotonic() + self.retry_s
         while True:
             conn = await self._ensure_connected(deadline)

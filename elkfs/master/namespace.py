@@ -705,6 +705,14 @@ class Namespace:
                 self._maybe_free(node)
         return None
 
+    def _release_many(self, op: m.ReleaseMany, ts, sess):
+        if sess is None:
+            raise FsError(errno.EBADF, "release needs a session")
+        for inode in op.inodes:
+            if inode in sess.open_files:
+                self._release(m.Release(inode), ts, sess)
+        return None
+
     def _writechunk(self, op: m.WriteChunk, ts, sess):
         node = self.file(op.inode)
         if not 0 <= op.index < (1 << 31):
@@ -761,6 +769,7 @@ class Namespace:
         m.Unlink: _unlink, m.Rmdir: _rmdir, m.Rename: _rename, m.SetAttr: _setattr,
         m.Truncate: _truncate, m.SetXattr: _setxattr, m.RemoveXattr: _removexattr,
         m.SetGoal: _setgoal, m.Acquire: _acquire, m.Release: _release,
+        m.ReleaseMany: _release_many,
         m.WriteChunk: _writechunk, m.WriteChunkEnd: _writechunkend,
         OpenSession: _opensession, CloseSession: _closesession,
         m.SetTrashTime: _settrashtime, m.Snapshot: _snapshot, m.Undelete: _undelete,

@@ -27,7 +27,7 @@ class CloseSession(m.Op, tag="closesession"):
 
 JournalOp = Union[
     m.Mknod, m.Mkdir, m.Symlink, m.Link, m.Unlink, m.Rmdir, m.Rename, m.SetAttr, m.Truncate,
-    m.SetXattr, m.RemoveXattr, m.SetGoal, m.Acquire, m.Release, m.WriteChunk,
+    m.SetXattr, m.RemoveXattr, m.SetGoal, m.Acquire, m.Release, m.ReleaseMany, m.WriteChunk,
     m.WriteChunkEnd, OpenSession, CloseSession, m.SetTrashTime, m.Snapshot, m.Undelete,
     m.PurgeTrash,
 ]

@@ -243,7 +243,6 @@ class ElkOperations(pyfuse3.Operations):
         self.known: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) last seen
         self.cached: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) of cached pages
         self.ra_blocks = max(0, opts.readahead_mib * (1 << 20) // RA_BLOCK)
-        self.background: set[asyncio.Task] = set()
         self.releases: dict[int, None] = {}  # inodes closed here, Release not sent yet
         self.release_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
@@ -266,27 +265,13 @@ class ElkOperations(pyfuse3.Operations):
         except FsError as e:
             raise pyfuse3.FUSEError(_errno(e)) from None
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self.background.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task) -> None:
-        self.background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("background request failed: %s", task.exception())
-
-    def _fire(self, op: m.Op) -> None:
-        """Send an op whose answer nobody waits for (it still goes out in order)."""
-        self._spawn(self.client.op(op))
-
     def _opened(self, inode: int, is_open: bool) -> None:
         """The first open (True) or the last close (False) of `inode` here."""
         if is_open:
             if inode in self.releases:
                 del self.releases[inode]  # the master still has it open for us
             else:
-                self._fire(m.Acquire(inode))
+                self.client.link.post(m.Acquire(inode))
             return
         self.releases[inode] = None
         if self.release_timer is None:
@@ -297,9 +282,9 @@ class ElkOperations(pyfuse3.Operations):
         if self.release_timer is not None:
             self.release_timer.cancel()
             self.release_timer = None
-        releases, self.releases = self.releases, {}
-        for inode in releases:
-            self._fire(m.Release(inode))
+        if self.releases:
+            releases, self.releases = self.releases, {}
+            self.client.link.post(m.ReleaseMany(list(releases)))
 
     def _fresh(self, attr: m.Attr) -> pyfuse3.EntryAttributes:
         """Attributes the master just sent: cache them and give them to the kernel."""
@@ -488,7 +473,7 @@ class ElkOperations(pyfuse3.Operations):
             return self._entry(old, attr_timeout=cached[1])
         ctime = attr.st_ctime_ns if fields.update_ctime else old.ctime_ns
         valid = m.SET_MTIME | (m.SET_CTIME if fields.update_ctime else 0)
-        self._fire(m.SetAttr(ino, valid, mtime_ns=mtime, ctime_ns=ctime))
+        self.client.link.post(m.SetAttr(ino, valid, mtime_ns=mtime, ctime_ns=ctime))
         new = msgspec.structs.replace(old, mtime_ns=mtime, ctime_ns=ctime)
         self.cache.put(new, now)
         return self._entry(new)
@@ -861,8 +846,7 @@ class ElkOperations(pyfuse3.Operations):
                 await self._flush_writer(st)
             except Exception as e:
                 log.warning("inode %d: flush at unmount failed: %s", st.inode, e)
-        if self.background:
-            await asyncio.wait(list(self.background), timeout=10)
+        await self.client.link.drain_posted(timeout=10)
 
 
 _HANDLERS = ("lookup", "getattr", "setattr", "readlink", "access", "statfs", "mknod", "mkdir",

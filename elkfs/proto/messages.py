@@ -338,6 +338,12 @@ class Release(Op, tag="release"):
     inode: int
 
 
+class ReleaseMany(Op, tag="releasemany"):
+    """Several closes at once (a mount batches them); inodes not open are skipped."""
+
+    inodes: list[int]
+
+
 class WriteChunk(Op, tag="writechunk"):
     """Open chunk `index` of a file for writing: creates it or raises its version, and
     locks it for this writer until `WriteChunkEnd`. Replies with the chain to write to."""
@@ -359,7 +365,7 @@ AnyOp = Union[
     Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, StatFs, ReadChunk, FileChunks,
     DirStats, ClusterInfo, ListTrash,
     Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, SetAttr, Truncate, SetXattr,
-    RemoveXattr, SetGoal, Acquire, Release, WriteChunk, WriteChunkEnd,
+    RemoveXattr, SetGoal, Acquire, Release, ReleaseMany, WriteChunk, WriteChunkEnd,
     SetTrashTime, Snapshot, Undelete, PurgeTrash,
 ]
 

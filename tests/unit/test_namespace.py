@@ -211,6 +211,40 @@ def test_open_unlinked_file_lives_until_released():
     assert f not in r.ns.nodes
 
 
+def test_release_many_frees_what_it_closes_and_skips_what_is_not_open():
+    r = Runner()
+    r.do(m.SetTrashTime(ROOT, 0))
+    f, g, h = (r.mkfile(ROOT, n) for n in (b"f", b"g", b"h"))
+    r.do(m.Acquire(f))
+    r.do(m.Acquire(g))
+    r.do(m.Acquire(g))  # opened twice
+    r.do(m.Unlink(ROOT, b"f"))
+    r.do(m.Unlink(ROOT, b"g"))
+    r.do(m.ReleaseMany([f, g, h, 999]))  # h and 999 are not open: skipped, not an error
+    assert f not in r.ns.nodes  # its last open is gone: freed
+    assert g in r.ns.nodes  # still open once
+    r.do(m.ReleaseMany([g]))
+    assert g not in r.ns.nodes and h in r.ns.nodes
+
+
+def test_changes_return_the_attributes_a_mount_caches():
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    out = r.do(m.Mknod(d, b"f", 0o100644, 0, 0))
+    assert out.parent.inode == d and out.parent.mtime_ns == r.ns.nodes[d].mtime
+    assert not out.attr.has_xattrs
+    r.do(m.SetXattr(out.attr.inode, b"user.x", b"1"))
+    assert r.ns.attr(r.ns.nodes[out.attr.inode]).has_xattrs
+    r.do(m.Link(out.attr.inode, ROOT, b"g"))
+    changed = r.do(m.Unlink(d, b"f"))  # still linked as /g: its nlink comes back
+    assert {a.inode: a.nlink for a in changed.attrs} == {d: 2, out.attr.inode: 1}
+    changed = r.do(m.Rename(ROOT, b"g", d, b"g2"))
+    assert {a.inode for a in changed.attrs} == {ROOT, d, out.attr.inode}
+    changed = r.do(m.Unlink(d, b"g2"))  # its last name: it lives on in the trash
+    assert {a.inode: a.nlink for a in changed.attrs} == {d: 2, out.attr.inode: 0}
+    assert [a.inode for a in r.do(m.Rmdir(ROOT, b"d")).attrs] == [ROOT]
+
+
 def test_trash_time_inherited_unlink_to_trash_and_undelete():
     r = Runner()
     d = r.mkdir(ROOT, b"d")
