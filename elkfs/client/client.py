@@ -147,7 +147,7 @@ class Client:
         parent, name = await self._parent(path)
         try:
             attr = (await self.op(m.Mknod(parent, name, stat.S_IFREG | mode, self.uid,
-                                          self.gid))).attr
+                                          self.gid, acquire=True))).attr
         except FsError as e:
             if e.status != errno.EEXIST or exclusive:
                 raise
@@ -155,7 +155,10 @@ class Client:
             if stat.S_ISDIR(attr.mode):
                 raise FsError(errno.EISDIR) from None
             await self.op(m.Truncate(attr.inode, 0))
-        return await self._opened(attr.inode)
+            return await self._opened(attr.inode)
+        f = File(self, attr.inode)
+        f.acquired = True  # the Mknod opened it
+        return f
 
     async def open(self, path: str) -> "File":
         attr = await self.resolve(path)

@@ -302,11 +302,15 @@ class Namespace:
             raise FsError(errno.EINVAL, "mknod of this type")
         parent = self._prepare_create(op.parent, op.name)
         mode = fmt | (op.mode & 0o7777)
+        if op.acquire and sess is None:
+            raise FsError(BAD_SESSION, "acquire needs a session")
         if fmt == stat.S_IFREG:
             node = self._new_node(FileNode, parent, op.name, mode, op.uid, op.gid, ts)
         else:
             node = self._new_node(SpecialNode, parent, op.name, mode, op.uid, op.gid, ts,
                                   dev=op.rdev)
+        if op.acquire:
+            sess.open_files[node.inode] = sess.open_files.get(node.inode, 0) + 1
         return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _mkdir(self, op: m.Mkdir, ts, sess):

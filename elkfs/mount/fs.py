@@ -677,10 +677,11 @@ class ElkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ files
 
-    def _new_handle(self, inode: int, flags: int) -> tuple[int, bool]:
+    def _new_handle(self, inode: int, flags: int, acquired: bool = False) -> tuple[int, bool]:
+        """A handle for an open of `inode`; `acquired`: the master knows of this open."""
         st = self._state(inode)
         st.opens += 1
-        if st.opens == 1:
+        if st.opens == 1 and not acquired:
             self._opened(inode, True)
         fh = self.next_fh
         self.next_fh += 1
@@ -724,14 +725,15 @@ class ElkOperations(pyfuse3.Operations):
         mode = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
         parent = self._m(parent_inode)
         try:
-            entry = await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid))
+            entry = await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid,
+                                                          acquire=True))
         except pyfuse3.FUSEError as e:
             if e.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
             # Another client created the name after our LOOKUP said it was absent (a
             # cached listing): open(O_CREAT) without O_EXCL opens that file.
             return await self._open_existing(parent, name, flags, ctx)
-        fh, _ = self._new_handle(entry.st_ino, flags)
+        fh, _ = self._new_handle(entry.st_ino, flags, acquired=True)
         return self._file_info(fh, True), entry
 
     async def _open_existing(self, parent: int, name: bytes, flags: int, ctx):

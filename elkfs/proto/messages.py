@@ -190,7 +190,8 @@ class ListTrash(Op, tag="listtrash"):
 
 
 class Mknod(Op, tag="mknod"):
-    """Regular files, FIFOs, sockets and devices. `mode` includes the S_IF* type bits."""
+    """Regular files, FIFOs, sockets and devices. `mode` includes the S_IF* type bits.
+    `acquire`: the creator opens the new file at once (as `Acquire`, in the same step)."""
 
     parent: int
     name: bytes
@@ -198,6 +199,7 @@ class Mknod(Op, tag="mknod"):
     uid: int
     gid: int
     rdev: int = 0
+    acquire: bool = False
 
 
 class Mkdir(Op, tag="mkdir"):

@@ -227,6 +227,16 @@ def test_release_many_frees_what_it_closes_and_skips_what_is_not_open():
     assert g not in r.ns.nodes and h in r.ns.nodes
 
 
+def test_mknod_with_acquire_opens_the_new_file():
+    r = Runner()
+    r.do(m.SetTrashTime(ROOT, 0))
+    f = r.do(m.Mknod(ROOT, b"f", 0o100644, 0, 0, acquire=True)).attr.inode
+    r.do(m.Unlink(ROOT, b"f"))
+    assert f in r.ns.nodes  # open by the creator: alive though unlinked
+    r.do(m.Release(f))
+    assert f not in r.ns.nodes
+
+
 def test_changes_return_the_attributes_a_mount_caches():
     r = Runner()
     d = r.mkdir(ROOT, b"d")
