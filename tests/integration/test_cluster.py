@@ -15,6 +15,7 @@ import pytest
 
 from elkfs.client import Client
 from elkfs.proto import messages as m
+from elkfs.proto.errors import FsError
 from elkfs.testing.cluster import Cluster
 
 NET = "127.0.5"
@@ -273,3 +274,34 @@ async def test_session_expires_after_sustain_time(tmp_path):
         await watcher.close()
     finally:
         c.destroy()
+
+
+async def test_posted_change_is_retried_after_a_broken_connection_and_applied_once(cluster):
+    """`MasterLink.post` (how the mount sends Acquire/Release): the connection breaks right
+    after the send; the retry carries the same sequence number, so the open is counted
+    exactly once whether or not the master saw the first send."""
+    import errno
+    import stat
+
+    c = await connect(cluster)
+    try:
+        await c.mkdir("/posted")
+        await c.settrashtime("/posted", 0)
+        for i in range(6):
+            attr = await c.mknod(f"/posted/f{i}", stat.S_IFREG | 0o644)
+            if i % 2:  # broken right after the send
+                c.link.post(m.Acquire(attr.inode))
+                c.link.conn.transport.abort()
+            else:  # broken before: the post waits for the reconnection
+                c.link.conn.transport.abort()
+                await asyncio.sleep(0.05)
+                c.link.post(m.Acquire(attr.inode))
+            await c.link.drain_posted(timeout=30)
+            await c.unlink(f"/posted/f{i}")
+            assert (await c.getattr_inode(attr.inode)).nlink == 0  # open: kept
+            await c.op(m.Release(attr.inode))  # fails (EBADF) if the open was lost
+            with pytest.raises(FsError) as e:  # still there if it was counted twice
+                await c.getattr_inode(attr.inode)
+            assert e.value.errno == errno.ENOENT
+    finally:
+        await c.close()
