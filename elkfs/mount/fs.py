@@ -51,10 +51,11 @@ import time
 import msgspec
 import pyfuse3
 
-from ..client.client import CHUNK_SIZE, Client, File
+from ..client.client import Client, File
 from ..proto import messages as m
 from ..proto.errors import NO_SERVERS, FsError
 from .metacache import LISTING_MAX, MetaCache
+from .openfiles import RA_BLOCK, Handle, InodeState, Reader
 from .options import MountOptions
 
 log = logging.getLogger("elkfs.mount")
@@ -64,7 +65,6 @@ MASTERINFO_NAME = b".masterinfo"
 MASTERINFO_INODE = 0x7FFFFFFFFFFFFFF0
 CAPABILITY = b"security.capability"
 BLKSIZE = 1 << 16
-RA_BLOCK = 2 << 20
 KNOWN_MAX = 200_000
 RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
 
@@ -73,101 +73,6 @@ def _errno(e: FsError) -> int:
     if e.status == NO_SERVERS:
         return errno.ENOSPC
     return e.errno
-
-
-class InodeState:
-    """What the mount knows about an open inode."""
-
-    __slots__ = ("inode", "opens", "writer", "size", "gen", "writes")
-
-    def __init__(self, inode: int):
-        self.inode = inode
-        self.opens = 0
-        self.writer: File | None = None
-        self.size = -1  # local size while writes are not committed; -1: ask the master
-        self.gen = 0  # bumped on every local change of the data
-        self.writes = 0
-
-
-class Handle:
-    __slots__ = ("inode", "flags", "reader")
-
-    def __init__(self, inode: int, flags: int, reader: "Reader"):
-        self.inode = inode
-        self.flags = flags
-        self.reader = reader
-
-
-class Reader:
-    """Reads of one open handle: cached chunk locations and sequential read-ahead."""
-
-    def __init__(self, client: Client, state: InodeState, ra_blocks: int):
-        self.file = File(client, state.inode)
-        self.state = state
-        self.gen = state.gen
-        self.length = -1
-        self.next_off = -1
-        self.streak = 0
-        self.ra_blocks = ra_blocks
-        self.blocks: dict[int, asyncio.Task] = {}
-
-    def invalidate(self) -> None:
-        self.file._locations.clear()
-        self.length = -1
-        self.drop_blocks()
-
-    def drop_blocks(self) -> None:
-        self.blocks.clear()
-
-    async def _length(self, index: int, refresh: bool) -> int:
-        chunk = await self.file._chunk_for_read(index, refresh)
-        self.length = chunk.file_length
-        return self.length
-
-    def _block(self, b: int) -> asyncio.Task:
-        t = self.blocks.get(b)
-        if t is None:
-            start = b * RA_BLOCK
-            size = max(0, min(RA_BLOCK, self.length - start))
-            t = asyncio.ensure_future(self.file.read_range(start, size))
-            t.add_done_callback(_retrieve)
-            self.blocks[b] = t
-        return t
-
-    async def read(self, offset: int, size: int) -> bytes:
-        if self.gen != self.state.gen:
-            self.gen = self.state.gen
-            self.invalidate()
-        if self.length < 0 or offset + size > self.length:
-            await self._length(offset // CHUNK_SIZE, refresh=True)
-        if offset >= self.length or size <= 0:
-            return b""
-        size = min(size, self.length - offset)
-        # The kernel's read-ahead sends several requests at once, not always in order:
-        # "sequential" means near where the previous reads ended.
-        near = self.next_off - 2 * RA_BLOCK <= offset <= self.next_off + 2 * RA_BLOCK
-        if near:
-            self.next_off = max(self.next_off, offset + size)
-            self.streak += 1
-        else:
-            self.next_off = offset + size
-            self.streak = 0
-        if self.ra_blocks == 0 or (self.streak < 2 and size < RA_BLOCK // 2):
-            return bytes(await self.file.read_range(offset, size))
-        first, last = offset // RA_BLOCK, (offset + size - 1) // RA_BLOCK
-        ahead = min(self.ra_blocks, 1 + self.streak // 2)
-        end_block = (self.length - 1) // RA_BLOCK
-        for b in [b for b in self.blocks if b < first - 1 or b > last + self.ra_blocks + 2]:
-            self.blocks.pop(b)  # not cancelled: a concurrent read may still wait for it
-        for b in range(first, min(last + ahead, end_block) + 1):
-            self._block(b)
-        parts = []
-        for b in range(first, last + 1):
-            data = await self._block(b)
-            lo = max(offset, b * RA_BLOCK) - b * RA_BLOCK
-            hi = min(offset + size, b * RA_BLOCK + len(data)) - b * RA_BLOCK
-            parts.append(memoryview(data)[lo:hi])
-        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
 
 def may_access(attr: m.Attr, want: int, uid: int, gid: int, pid: int) -> bool:
@@ -193,11 +98,6 @@ def _groups(pid: int) -> set[int]:
     except (OSError, ValueError):
         pass
     return set()
-
-
-def _retrieve(task: asyncio.Task) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _always_reply(fn):
