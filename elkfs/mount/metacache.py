@@ -170,7 +170,9 @@ class MetaCache:
         dst = self.listings.get(new_parent)
         inode = src.names.get(name, 0) if src is not None else 0
         replaced = dst.names.get(new_name, 0) if dst is not None else 0
-        if (src is None or not inode) or (exchange and (dst is None or not replaced)):
+        if inode and inode == replaced:
+            pass  # two names of one file (or a name onto itself): POSIX says nothing happens
+        elif (src is None or not inode) or (exchange and (dst is None or not replaced)):
             # Not enough known to follow the change: forget both listings.
             self.listings.pop(parent, None)
             self.listings.pop(new_parent, None)
@@ -180,7 +182,7 @@ class MetaCache:
                 src.names[name] = replaced
             if dst is not None:
                 dst.names[new_name] = inode
-        if replaced and not exchange:
+        if replaced and not exchange and replaced != inode:
             self.drop(replaced)
         self._changed(out, now)
 

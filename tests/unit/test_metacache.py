@@ -370,3 +370,10 @@ def test_changing_bumps_only_its_directory():
     m1, m2 = c.fetch_mark(D1), c.fetch_mark(D2)
     assert c.changing(D1) == 1 and c.changing(D1) == 2
     assert c.fetch_mark(D1) != m1 and c.fetch_mark(D2) == m2
+
+
+def test_rename_between_two_names_of_one_file_changes_nothing():
+    c = cache_with(D1, a=11, b=11)
+    c.moved(D1, b"a", D1, b"b", False, m.ChangedOut([]), 0.0)
+    assert c.lookup(D1, b"a", 0.0) == (11, 5.0)
+    assert c.lookup(D1, b"b", 0.0) == (11, 5.0)
