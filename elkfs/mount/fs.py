@@ -54,7 +54,7 @@ import pyfuse3
 from ..client.client import Client, File
 from ..proto import messages as m
 from ..proto.errors import NO_SERVERS, FsError
-from .metacache import LISTING_MAX, MetaCache
+from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
 from .options import MountOptions
 
@@ -215,15 +215,11 @@ class ElkOperations(pyfuse3.Operations):
         e.st_mtime_ns = attr.mtime_ns
         e.st_ctime_ns = attr.ctime_ns
         if stat.S_ISREG(attr.mode):
-            if len(self.known) > KNOWN_MAX:
-                self.known.clear()
-            self.known[inode] = (attr.mtime_ns, attr.size)
+            bounded_put(self.known, inode, (attr.mtime_ns, attr.size), KNOWN_MAX)
         return e
 
     def _note_parent(self, directory: int, parent: int) -> None:
-        if len(self.parents) > KNOWN_MAX:
-            self.parents.clear()
-        self.parents[directory] = parent
+        bounded_put(self.parents, directory, parent, KNOWN_MAX)
 
     def _masterinfo_entry(self) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -484,9 +480,8 @@ class ElkOperations(pyfuse3.Operations):
                 return (await self.client.op(m.GetXattr(ino, name))).value
             except FsError as e:
                 if e.status == errno.ENODATA:
-                    if len(self.no_caps) > KNOWN_MAX:
-                        self.no_caps.clear()
-                    self.no_caps[ino] = time.monotonic() + self.opts.attr_timeout
+                    bounded_put(self.no_caps, ino, time.monotonic() + self.opts.attr_timeout,
+                                KNOWN_MAX)
                 raise pyfuse3.FUSEError(_errno(e)) from None
         return (await self._op(m.GetXattr(ino, name))).value
 
@@ -731,9 +726,7 @@ class ElkOperations(pyfuse3.Operations):
         # The pages the kernel keeps now are those of this (mtime, size).
         sig = self.known.get(h.inode)
         if sig is not None:
-            if len(self.cached) > KNOWN_MAX:
-                self.cached.clear()
-            self.cached[h.inode] = sig
+            bounded_put(self.cached, h.inode, sig, KNOWN_MAX)
         self._opened(h.inode, False)
 
     async def forget(self, inode_list):

@@ -32,6 +32,17 @@ ATTRS_MAX = 200_000
 LISTINGS_MAX = 2000
 
 
+def bounded_put(d: dict, key, value, limit: int) -> bool:
+    """`d[key] = value`, emptying `d` first when a new key would make it exceed `limit`
+    (the mount's caches are cheap to refill; a bound matters more than what is lost).
+    True if `d` was emptied."""
+    emptied = key not in d and len(d) >= limit
+    if emptied:
+        d.clear()
+    d[key] = value
+    return emptied
+
+
 class Listing:
     __slots__ = ("names", "expires")
 
@@ -57,9 +68,7 @@ class MetaCache:
     def put(self, attr: m.Attr | None, now: float) -> None:
         if attr is None or self.attr_ttl <= 0:
             return
-        if len(self.attrs) >= ATTRS_MAX:
-            self.attrs.clear()
-        self.attrs[attr.inode] = (attr, now + self.attr_ttl)
+        bounded_put(self.attrs, attr.inode, (attr, now + self.attr_ttl), ATTRS_MAX)
 
     def attr(self, inode: int, now: float) -> tuple[m.Attr, float] | None:
         """(attributes, seconds they may still be cached) or None."""
@@ -105,10 +114,9 @@ class MetaCache:
         if len(entries) > LISTING_MAX:
             self.listings.pop(parent, None)
             return False
-        if len(self.listings) >= LISTINGS_MAX and parent not in self.listings:
-            self.listings.clear()
-        self.listings[parent] = Listing({e.name: e.attr.inode for e in entries},
-                                        now + self.dir_ttl)
+        bounded_put(self.listings, parent,
+                    Listing({e.name: e.attr.inode for e in entries}, now + self.dir_ttl),
+                    LISTINGS_MAX)
         for e in entries:
             self.put(e.attr, now)
         return True
@@ -127,9 +135,8 @@ class MetaCache:
     def changing(self, parent: int) -> int:
         """A change to `parent` is about to be sent."""
         seq = self.change_seq.get(parent, 0) + 1
-        if len(self.change_seq) >= ATTRS_MAX:
-            self.change_seq.clear()
-        self.change_seq[parent] = seq
+        if bounded_put(self.change_seq, parent, seq, ATTRS_MAX):
+            self.epoch += 1  # counts restart from 0: no earlier fetch mark may match again
         return seq
 
     def invalidate(self, dirs: list[int] | None) -> None:
@@ -159,9 +166,7 @@ class MetaCache:
             if inode:
                 self.drop(inode)  # nlink changed; its new attributes follow if it lives on
                 if isinstance(out, m.ChangedOut) and all(a.inode != inode for a in out.attrs):
-                    if len(self.gone) >= ATTRS_MAX:
-                        self.gone.clear()
-                    self.gone[inode] = None
+                    bounded_put(self.gone, inode, None, ATTRS_MAX)
         self._changed(out, now)
 
     def moved(self, parent: int, name: bytes, new_parent: int, new_name: bytes,

@@ -28,6 +28,15 @@ def is_mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
+def wait_mounted(path: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait until a foreground `mfsmount` process has mounted `path`."""
+    deadline = time.monotonic() + timeout
+    while not is_mounted(path):
+        assert proc.poll() is None, f"mfsmount exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "not mounted in time"
+        time.sleep(0.02)
+
+
 def unmount(path: str, pid: int | None = None, timeout: float = 20.0) -> None:
     if is_mounted(path):
         r = subprocess.run(["fusermount3", "-u", path], capture_output=True)

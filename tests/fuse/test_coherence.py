@@ -27,7 +27,8 @@ import time
 
 import pytest
 
-from .mounted import is_mounted, unmount
+from .mounted import unmount, wait_mounted
+from .util import err, read
 
 NET = "127.0.37"
 DIR_TTL = "mfsdirentrycacheto=30"
@@ -47,11 +48,7 @@ def start_mount(mc, name: str, options: str = DIR_TTL):
                              str(port), "-o", options], stdout=subprocess.DEVNULL, stderr=log)
     log.close()
     try:
-        deadline = time.monotonic() + 30
-        while not is_mounted(mnt):
-            assert proc.poll() is None, f"mfsmount exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "not mounted in time"
-            time.sleep(0.02)
+        wait_mounted(mnt, proc)
     except BaseException:
         stop_mount(mnt, proc)
         raise
@@ -84,25 +81,12 @@ def b(d, mnt_b):
     return os.path.join(mnt_b, os.path.basename(d))
 
 
-def err(fn, *args, **kw) -> int:
-    try:
-        fn(*args, **kw)
-    except OSError as e:
-        return e.errno
-    raise AssertionError(f"{fn.__name__}{args} did not fail")
-
-
 def write(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, data)
     finally:
         os.close(fd)
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def ls(path: str) -> list[str]:

@@ -13,7 +13,7 @@ import time
 
 from elkfs.mount.options import parse
 
-from .mounted import is_mounted, unmount
+from .mounted import is_mounted, unmount, wait_mounted
 
 NET = "127.0.36"
 CHUNKSERVERS = 2
@@ -82,11 +82,7 @@ def test_mfsmount_o_mfsmeta_foreground(mc):
     proc = subprocess.Popen([os.path.join(BIN, "mfsmount"), meta, "-f", "-H", host, "-P",
                              str(port), "-o", "mfsmeta"], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not is_mounted(meta):
-            assert proc.poll() is None, f"mfsmount exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "not mounted in time"
-            time.sleep(0.05)
+        wait_mounted(meta, proc)
         assert sorted(os.listdir(meta)) == ["trash"]
         assert "undel" in os.listdir(os.path.join(meta, "trash"))
     finally:

@@ -15,7 +15,7 @@ import pytest
 
 from elkfs.mount.options import OptionError, parse
 
-from .mounted import is_mounted, unmount
+from .mounted import is_mounted, unmount, wait_mounted
 
 NET = "127.0.35"
 BIN = os.path.dirname(sys.executable)
@@ -55,14 +55,6 @@ def test_config_file(tmp_path):
         parse(["/m", "-c", str(cfg)])
 
 
-def _wait_mounted(path: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not is_mounted(path):
-        assert proc.poll() is None, f"mfsmount exited with {proc.returncode}"
-        assert time.monotonic() < deadline, "not mounted in time"
-        time.sleep(0.05)
-
-
 def test_foreground_subfolder_and_umount(mc):
     os.makedirs(os.path.join(mc.mnt, "exported", "inner"))
     with open(os.path.join(mc.mnt, "exported", "hello"), "w") as f:
@@ -74,7 +66,7 @@ def test_foreground_subfolder_and_umount(mc):
                              str(port), "-o", "mfssubfolder=/exported"],
                             stderr=subprocess.DEVNULL)
     try:
-        _wait_mounted(mnt2, proc)
+        wait_mounted(mnt2, proc)
         assert sorted(os.listdir(mnt2)) == ["hello", "inner"]
         assert open(os.path.join(mnt2, "hello")).read() == "hi"
         os.mkdir(os.path.join(mnt2, "made-here"))

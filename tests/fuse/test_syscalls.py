@@ -13,18 +13,10 @@ import threading
 import time
 
 from .util import (NOBODY, RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, as_user,
-                   renameat2, utimensat)
+                   err, read, renameat2, utimensat)
 
 NET = "127.0.32"
 MiB = 1 << 20
-
-
-def err(fn, *args, **kw) -> int:
-    try:
-        fn(*args, **kw)
-    except OSError as e:
-        return e.errno
-    raise AssertionError(f"{fn.__name__}{args} did not fail")
 
 
 def write(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -33,11 +25,6 @@ def write(path: str, data: bytes, mode: int = 0o644) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 # ---------------------------------------------------------------- files and directories

@@ -40,6 +40,20 @@ def utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int]) -> None
 NOBODY = 65534
 
 
+def err(fn, *args, **kw) -> int:
+    """The errno `fn(*args)` fails with (an AssertionError if it does not fail)."""
+    try:
+        fn(*args, **kw)
+    except OSError as e:
+        return e.errno
+    raise AssertionError(f"{fn.__name__}{args} did not fail")
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def as_user(code: str, uid: int = NOBODY, gid: int = NOBODY, timeout: float = 60) -> str:
     """Run Python `code` as another user (setpriv); returns stdout, raises on failure."""
     r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",

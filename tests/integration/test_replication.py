@@ -19,6 +19,8 @@ from elkfs.proto import messages as m
 from elkfs.proto.errors import FsError
 from elkfs.testing.cluster import Cluster
 
+from .small_disk import small_disk
+
 CHUNK = 64 << 20
 FAST = {"REPLICATIONS_DELAY_INIT": 0, "REPLICATIONS_DELAY_DISCONNECT": 2,
         "CHUNKS_LOOP_PERIOD": 0.2, "TRASH_PURGE_PERIOD": 0.2,
@@ -411,31 +413,22 @@ async def _async_not(coro):
 async def test_full_chunkserver_gets_no_more_chunks(tmp_path):
     """One chunkserver's disk is a 100 MiB tmpfs: once it fills, new chunks (and their
     second copies) go to the others, and every file is written and kept at goal 2."""
-    import shutil
-    import subprocess
-
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
     cluster = Cluster(str(tmp_path / "cluster"), net="127.0.68", chunkservers=3,
                       master_options=FAST, cs_options={"HDD_TEST_SPEED": 0})
-    cluster.write_configs()
-    small = cluster.chunkservers[0]
-    hdd = os.path.join(small.data_dir, "hdd1")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", hdd]).returncode:
-        pytest.skip("cannot mount tmpfs")
-    try:
-        cluster.start()
-        client = await Client.connect(*cluster.master_addr, info="replication test")
+    with small_disk(cluster) as small:
         try:
-            files = await write_files(client, "", [30 << 20] * 8)
-            await read_all(client, files)
-            await wait_for("every chunk at 2 copies", lambda: all_at(client, files, 2))
-            info = await client.cluster_info()
-            [s] = [s for s in info["chunkservers"] if s["address"].startswith(small.host + ":")]
-            assert s["chunks"] < 8  # it could not take a copy of everything
+            cluster.start()
+            client = await Client.connect(*cluster.master_addr, info="replication test")
+            try:
+                files = await write_files(client, "", [30 << 20] * 8)
+                await read_all(client, files)
+                await wait_for("every chunk at 2 copies", lambda: all_at(client, files, 2))
+                info = await client.cluster_info()
+                [s] = [s for s in info["chunkservers"]
+                       if s["address"].startswith(small.host + ":")]
+                assert s["chunks"] < 8  # it could not take a copy of everything
+            finally:
+                await client.close()
         finally:
-            await client.close()
-    finally:
-        cluster.stop()
-        subprocess.run(["umount", hdd])
-        cluster.destroy()
+            cluster.stop()
+    cluster.destroy()
