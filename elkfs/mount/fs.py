@@ -66,6 +66,9 @@ MASTERINFO_INODE = 0x7FFFFFFFFFFFFFF0
 CAPABILITY = b"security.capability"
 BLKSIZE = 1 << 16
 KNOWN_MAX = 200_000
+_SETATTR_BITS = (("update_mode", m.SET_MODE), ("update_uid", m.SET_UID),
+                 ("update_gid", m.SET_GID), ("update_atime", m.SET_ATIME),
+                 ("update_mtime", m.SET_MTIME), ("update_ctime", m.SET_CTIME))
 RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
 
 
@@ -335,18 +338,9 @@ class ElkOperations(pyfuse3.Operations):
                 st.size = -1
                 st.gen += 1
         valid = 0
-        if fields.update_mode:
-            valid |= m.SET_MODE
-        if fields.update_uid:
-            valid |= m.SET_UID
-        if fields.update_gid:
-            valid |= m.SET_GID
-        if fields.update_atime:
-            valid |= m.SET_ATIME
-        if fields.update_mtime:
-            valid |= m.SET_MTIME
-        if fields.update_ctime:
-            valid |= m.SET_CTIME
+        for field, bit in _SETATTR_BITS:
+            if getattr(fields, field):
+                valid |= bit
         if valid or out is None:
             out = await self._op(m.SetAttr(ino, valid, attr.st_mode, attr.st_uid, attr.st_gid,
                                            attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns))

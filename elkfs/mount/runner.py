@@ -77,6 +77,14 @@ def _signal_ready(text: str) -> None:
         pass
 
 
+def _failed(why: str) -> int:
+    """Report a failed mount on stderr and to a waiting `mfsmount` parent; exit status."""
+    msg = f"mfsmount: {why}"
+    print(msg, file=sys.stderr)
+    _signal_ready("ERR " + msg)
+    return 1
+
+
 async def serve(opts: MountOptions) -> int:
     retry = opts.io_retries
     link = MasterLink(opts.master, opts.port, f"mfsmount {os.path.abspath(opts.mountpoint)}",
@@ -85,21 +93,15 @@ async def serve(opts: MountOptions) -> int:
     try:
         await link.connect()
     except FsError as e:
-        msg = f"mfsmount: cannot connect to master {opts.master}:{opts.port}: {e}"
-        print(msg, file=sys.stderr)
-        _signal_ready("ERR " + msg)
-        return 1
+        return _failed(f"cannot connect to master {opts.master}:{opts.port}: {e}")
     client = Client(link, retry)
     if opts.meta:
         return await _serve_meta(client, opts)
     try:
         root = await _resolve_subfolder(client, opts.subfolder)
     except FsError as e:
-        msg = f"mfsmount: subfolder {opts.subfolder}: {e}"
-        print(msg, file=sys.stderr)
-        _signal_ready("ERR " + msg)
         await client.close()
-        return 1
+        return _failed(f"subfolder {opts.subfolder}: {e}")
     ops = ElkOperations(client, opts, root)
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts.add(f"fsname=mfs#{opts.master}:{opts.port}")
@@ -112,11 +114,8 @@ async def serve(opts: MountOptions) -> int:
     try:
         pyfuse3.init(ops, opts.mountpoint, fuse_opts)
     except Exception as e:
-        msg = f"mfsmount: cannot mount {opts.mountpoint}: {e}"
-        print(msg, file=sys.stderr)
-        _signal_ready("ERR " + msg)
         await client.close()
-        return 1
+        return _failed(f"cannot mount {opts.mountpoint}: {e}")
     loop = asyncio.get_running_loop()
     signals = UnmountOnSignal((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     if opts.readahead_mib and os.getuid() == 0:
@@ -160,10 +159,7 @@ async def _serve_meta(client: Client, opts: MountOptions) -> int:
     try:
         await meta.serve(client, opts.mountpoint, fuse_opts, ready=ready)
     except Exception as e:
-        msg = f"mfsmount: cannot mount {opts.mountpoint}: {e}"
-        print(msg, file=sys.stderr)
-        _signal_ready("ERR " + msg)
-        return 1
+        return _failed(f"cannot mount {opts.mountpoint}: {e}")
     finally:
         await client.close()
     log.info("unmounted %s", opts.mountpoint)

@@ -10,14 +10,6 @@ from elkfs.chunkserver.hddcfg import HddEntry
 from elkfs.proto.errors import NO_CHUNK, FsError
 
 
-@pytest.fixture
-def disks(tmp_path):
-    paths = [tmp_path / "hd1", tmp_path / "hd2"]
-    for p in paths:
-        p.mkdir()
-    return [str(p) for p in paths]
-
-
 def flip(path, offset):
     with open(path, "r+b") as f:
         f.seek(offset)

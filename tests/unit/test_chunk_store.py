@@ -12,14 +12,6 @@ from elkfs.proto.errors import CRC_ERROR, NO_CHUNK, WRONG_VERSION, FsError
 
 
 @pytest.fixture
-def disks(tmp_path):
-    paths = [tmp_path / "hd1", tmp_path / "hd2"]
-    for p in paths:
-        p.mkdir()
-    return [str(p) for p in paths]
-
-
-@pytest.fixture
 def store(disks):
     s = ChunkStore(disks, max_open=4)
     s.scan()
