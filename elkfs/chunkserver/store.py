@@ -25,6 +25,13 @@ are reported lost to the master, which rebuilds them elsewhere) and it gets no n
 chunks. `on_disk_failed(disk, [(chunk_id, version)])` is called (from whichever thread
 saw the error) so the server can tell the master.
 
+Recycled chunk files: a deleted chunk's file is emptied and moved to the disk's `.free`
+directory (up to `MAX_FREE_FILES`), and a new chunk takes one from there by renaming it,
+instead of unlinking and creating files. On ext4 without a journal (the test VMs' disks)
+creating a file skips every inode deleted in the last minutes, which makes a create cost
+~0.6 ms after a burst of deletions instead of ~0.03 ms; a rename costs ~0.02 ms. A chunk
+still open for a reader is unlinked as before (its reader keeps the old data).
+
 Write-behind flushing: a background thread fdatasyncs each chunk after every
 `flush_bytes` written to it (and when a write session ends). That is not a durability
 promise (only `fsync` is); it keeps dirty pages from piling up. On the test VMs, buffered
@@ -68,6 +75,9 @@ ZERO_TABLE = CRC.pack(CRC_ZERO) * BLOCKS
 MAX_ID = (1 << 64) - 1
 
 FLUSH_BYTES = 16 << 20
+SESSION_FLUSH_MIN = 1 << 20  # a session end flushes at least this much written data
+MAX_FREE_FILES = 4096  # emptied chunk files kept per disk for reuse
+FREE_DIR = ".free"
 
 NAME_RE = re.compile(r"^chunk_([0-9A-F]{16})_([0-9A-F]{8,16})\.elk$")
 
@@ -90,6 +100,52 @@ class Disk:
         self.chunk_count = 0
         self._subdirs: set[int] = set()
         self.dev = os.stat(path).st_dev
+        self.free_files: list[str] = []  # emptied chunk files in FREE_DIR, for reuse
+        self._free_seq = 0
+
+    def make_subdirs(self, present: set[str]) -> None:
+        """Make the 256 chunk directories now, as MooseFS does, rather than in the middle
+        of the first chunk creations (a mkdir costs as much as a file creation)."""
+        for sub in range(256):
+            name = f"{sub:02X}"
+            try:
+                if name not in present:
+                    os.mkdir(os.path.join(self.path, name))
+                self._subdirs.add(sub)
+            except FileExistsError:
+                self._subdirs.add(sub)
+            except OSError as e:  # made on first use instead (and the error seen there)
+                log.warning("cannot make %s in %s: %s", name, self.path, e)
+                return
+
+    def free_path(self) -> str:
+        free_dir = os.path.join(self.path, FREE_DIR)
+        if not self._free_seq:
+            os.makedirs(free_dir, exist_ok=True)
+        self._free_seq += 1
+        return os.path.join(free_dir, str(self._free_seq))
+
+    def scan_free(self) -> None:
+        """Pick up the recycled files left by an earlier run (emptied again: a crash
+        may have left one between its move and its truncation)."""
+        self.free_files.clear()
+        try:
+            entries = list(os.scandir(os.path.join(self.path, FREE_DIR)))
+        except FileNotFoundError:
+            return
+        for e in entries:
+            if e.name.isdigit():
+                self._free_seq = max(self._free_seq, int(e.name))
+            try:
+                if e.stat().st_size:
+                    os.truncate(e.path, 0)
+            except OSError as err:
+                log.warning("dropping recycled file %s: %s", e.path, err)
+                continue
+            if len(self.free_files) < MAX_FREE_FILES:
+                self.free_files.append(e.path)
+            else:
+                os.unlink(e.path)
 
     def space(self) -> tuple[int, int]:
         """(total, free) bytes of the file system holding this disk."""
@@ -188,11 +244,13 @@ class ChunkStore:
         return disk
 
     def _scan_disk(self, disk: Disk) -> None:
+        disk.scan_free()
         try:
             subdirs = [e for e in os.scandir(disk.path) if e.is_dir() and len(e.name) == 2]
         except OSError as e:
             log.error("cannot scan disk %s: %s", disk.path, e)
             return
+        disk.make_subdirs({e.name for e in subdirs})
         for sub in subdirs:
             for f in os.scandir(sub.path):
                 if f.name.endswith(".tmp"):
@@ -431,7 +489,9 @@ class ChunkStore:
                 raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} exists")
             disk = self._choose_disk()
             path = disk.chunk_path(chunk_id, version)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = self._reuse_free_file(disk, path)
+            if fd is None:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 os.pwrite(fd, make_header(chunk_id, version), 0)
             except BaseException:
@@ -447,6 +507,16 @@ class ChunkStore:
             if len(self._lru) > self.max_open:
                 self._evict()
 
+    @staticmethod
+    def _reuse_free_file(disk: Disk, path: str) -> int | None:
+        while disk.free_files:
+            try:
+                os.rename(disk.free_files.pop(), path)
+                return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:  # removed by hand: try the next one
+                continue
+        return None
+
     def delete(self, chunk_id: int, version: int) -> None:
         with self._lock:
             c = self._get(chunk_id, version)
@@ -456,7 +526,14 @@ class ChunkStore:
             if c.users == 0:
                 self._close(c)
             try:
-                os.unlink(c.path)
+                if c.users == 0 and not c.disk.marked_for_removal \
+                        and len(c.disk.free_files) < MAX_FREE_FILES:
+                    free = c.disk.free_path()
+                    os.rename(c.path, free)
+                    os.truncate(free, 0)
+                    c.disk.free_files.append(free)
+                else:
+                    os.unlink(c.path)
             except FileNotFoundError:
                 pass
 
@@ -666,9 +743,11 @@ class ChunkStore:
     # ------------------------------------------------------------ write-behind flushing
 
     def flush_soon(self, chunk_id: int) -> None:
-        """Queue a background fdatasync of what was written to the chunk (no waiting)."""
+        """Queue a background fdatasync of what was written to the chunk (no waiting).
+        A small session's few pages are left to the kernel: a flush of each would cost
+        more (an fdatasync and two thread switches) than the pile-up it prevents."""
         c = self._index.get(chunk_id)
-        if c is not None and c.unflushed and self.flush_bytes:
+        if c is not None and c.unflushed >= SESSION_FLUSH_MIN and self.flush_bytes:
             self._queue_flush(c)
 
     def _queue_flush(self, c: Chunk) -> None:

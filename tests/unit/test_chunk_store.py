@@ -6,8 +6,9 @@ import zlib
 
 import pytest
 
-from elkfs.chunkserver.store import (BLOCK, CHUNK_SIZE, CRC_OFFSET, CRC_ZERO, HEADER_SIZE,
-                                     ChunkStore, chunk_name)
+from elkfs.chunkserver import store as store_mod
+from elkfs.chunkserver.store import (BLOCK, CHUNK_SIZE, CRC_OFFSET, CRC_ZERO, FREE_DIR,
+                                     HEADER_SIZE, SESSION_FLUSH_MIN, ChunkStore, chunk_name)
 from elkfs.proto.errors import CRC_ERROR, NO_CHUNK, WRONG_VERSION, FsError
 
 
@@ -300,3 +301,110 @@ def test_write_behind_flush(disks):
         os.fdatasync = real
     assert 1 <= len(calls) <= 5
     assert s._index[13].users == 0 and s._index[13].fd is None
+
+
+# ---------------------------------------------------------------- recycled chunk files
+
+def free_dir(disk: str) -> str:
+    return os.path.join(disk, FREE_DIR)
+
+
+def test_deleted_chunk_file_is_emptied_and_reused(disks):
+    s = ChunkStore(disks[:1])
+    s.scan()
+    s.create(0x10, 1)
+    s.write(0x10, 1, 0, os.urandom(3 * BLOCK))
+    old_ino = os.stat(s._index[0x10].path).st_ino
+    s.delete(0x10, 1)
+    [free] = os.listdir(free_dir(disks[0]))
+    st = os.stat(os.path.join(free_dir(disks[0]), free))
+    assert st.st_ino == old_ino and st.st_size == 0 and st.st_blocks == 0
+    # The next chunk takes that file: no new inode, nothing of the old data.
+    s.create(0x21, 5)
+    path = s._index[0x21].path
+    assert os.stat(path).st_ino == old_ino
+    assert os.path.getsize(path) == HEADER_SIZE
+    assert os.listdir(free_dir(disks[0])) == []
+    assert s.info(0x21) == (5, 0)
+    assert bytes(s.read(0x21, 5, 0, BLOCK)) == bytes(BLOCK)
+    s.write(0x21, 5, 100, b"new")
+    assert bytes(s.read(0x21, 5, 100, 3)) == b"new"
+    s.close()
+    s2 = ChunkStore(disks[:1])
+    assert s2.scan() == 1 and s2.chunks() == [(0x21, 5)]
+    s2.close()
+
+
+def test_chunk_deleted_while_read_is_not_recycled(disks):
+    """A reader holding the file keeps the old data: the file is unlinked, not reused."""
+    s = ChunkStore(disks[:1])
+    s.scan()
+    s.create(0x30, 1)
+    data = os.urandom(BLOCK)
+    s.write(0x30, 1, 0, data)
+    c = s._acquire(s._index[0x30])  # as a read in progress does
+    s.delete(0x30, 1)
+    assert not os.path.isdir(free_dir(disks[0])) or not os.listdir(free_dir(disks[0]))
+    s.create(0x31, 1)
+    s.write(0x31, 1, 0, b"x" * BLOCK)
+    assert os.pread(c.fd, BLOCK, HEADER_SIZE) == data
+    s._release(c)
+    assert c.fd is None
+    s.close()
+
+
+def test_free_files_survive_a_restart(disks):
+    s = ChunkStore(disks[:1])
+    s.scan()
+    assert len([d for d in os.listdir(disks[0]) if len(d) == 2]) == 256  # made at start
+    for cid in (1, 2, 3):
+        s.create(cid, 1)
+        s.write(cid, 1, 0, b"abc")
+    for cid in (1, 2, 3):
+        s.delete(cid, 1)
+    s.close()
+    names = sorted(os.listdir(free_dir(disks[0])))
+    assert len(names) == 3
+    # A crash between the move and the truncation leaves data in a free file.
+    with open(os.path.join(free_dir(disks[0]), names[0]), "wb") as f:
+        f.write(b"leftover" * 1000)
+    s2 = ChunkStore(disks[:1])
+    assert s2.scan() == 0  # free files are not chunks
+    assert all(os.path.getsize(os.path.join(free_dir(disks[0]), n)) == 0 for n in names)
+    s2.create(7, 1)
+    s2.create(8, 1)
+    s2.delete(7, 1)
+    # The new free file gets a name of its own (the old names are still in use).
+    assert len(set(os.listdir(free_dir(disks[0])))) == 2
+    assert set(names) & set(os.listdir(free_dir(disks[0])))
+    for cid in (9, 10, 11):  # two recycled files and then a new one
+        s2.create(cid, 1)
+        assert s2.info(cid) == (1, 0)
+    assert os.listdir(free_dir(disks[0])) == []
+    s2.close()
+
+
+def test_free_files_are_bounded(disks, monkeypatch):
+    monkeypatch.setattr(store_mod, "MAX_FREE_FILES", 2)
+    s = ChunkStore(disks[:1])
+    s.scan()
+    for cid in range(1, 6):
+        s.create(cid, 1)
+    for cid in range(1, 6):
+        s.delete(cid, 1)
+    assert len(os.listdir(free_dir(disks[0]))) == 2
+    assert len(os.listdir(os.path.join(disks[0], "01"))) == 0
+    s.close()
+
+
+def test_small_session_end_leaves_flushing_to_the_kernel(disks):
+    s = ChunkStore(disks[:1])
+    s.scan()
+    s.create(0x40, 1)
+    s.write(0x40, 1, 0, b"small")
+    s.flush_soon(0x40)
+    assert not s._index[0x40].flush_queued
+    s.write(0x40, 1, BLOCK, bytes(SESSION_FLUSH_MIN))
+    s.flush_soon(0x40)
+    assert s._index[0x40].flush_queued or s._index[0x40].unflushed == 0
+    s.close()
