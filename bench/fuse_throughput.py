@@ -2,6 +2,7 @@
 """Throughput through the FUSE mount: `dd bs=1M conv=fsync` write and a cold read.
 
     .venv/bin/python bench/fuse_throughput.py [--size-mib 1024] [--goal 2] [--chunkservers 3]
+                                              [-o MOUNT_OPTIONS]
 
 Starts its own cluster + mount on 127.0.40.x, writes SIZE MiB with dd (conv=fsync: the
 time includes getting every byte onto the chunkservers' disks), remounts and drops the
@@ -35,12 +36,14 @@ def main() -> int:
     p.add_argument("--goal", type=int, default=2)
     p.add_argument("--chunkservers", type=int, default=3)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("-o", dest="mount_options", default="", help="mount options, as mfsmount -o")
     a = p.parse_args()
     base = tempfile.mkdtemp(prefix="elkfs-bench-")
-    with MountedCluster(base, "127.0.40", chunkservers=a.chunkservers, goal=a.goal) as mc:
+    with MountedCluster(base, "127.0.40", chunkservers=a.chunkservers, goal=a.goal,
+                        mount_options=a.mount_options) as mc:
         path = os.path.join(mc.mnt, "ddfile")
         print(f"ElkFS mount, goal {a.goal}, {a.chunkservers} chunkservers, {a.size_mib} MiB, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs" + (f", -o {a.mount_options}" if a.mount_options else ""))
         for run in range(1, a.runs + 1):
             if os.path.exists(path):
                 os.unlink(path)
