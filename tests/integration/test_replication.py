@@ -432,3 +432,42 @@ async def test_full_chunkserver_gets_no_more_chunks(tmp_path):
         finally:
             cluster.stop()
     cluster.destroy()
+
+
+# ---------------------------------------------------------------- recycled chunk files
+
+async def test_deleted_chunks_files_are_reused_for_new_chunks(cluster_factory):
+    """Deleted chunks leave emptied files in each disk's .free; new chunks take them (same
+    inodes), and the data written into them reads back, also after a chunkserver restart."""
+    cluster = cluster_factory("127.0.45", chunkservers=2)
+    client = await Client.connect(*cluster.master_addr, info="recycling test")
+
+    def free_files():
+        return {os.stat(p).st_ino for d in cluster.chunkservers
+                for p in glob.glob(os.path.join(d.data_dir, "hdd1", ".free", "*"))}
+
+    try:
+        await client.mkdir("/r")
+        await client.setgoal("/r", 2)
+        await client.settrashtime("/r", 0)
+        await client.mkdir("/r/old")
+        await client.mkdir("/r/new")
+        old = await write_files(client, "/r/old", [5000] * 10, seed=3)
+        old_ids = [c.chunk_id for p in old for c in await client.fileinfo(p)]
+        for p in old:
+            await client.unlink(p)
+        await wait_for("the chunks deleted", lambda: _async(not any(
+            chunk_files(cluster, d, cid) for d in cluster.chunkservers for cid in old_ids)))
+        freed = free_files()
+        assert len(freed) == 2 * len(old_ids)
+        new = await write_files(client, "/r/new", [7000] * 10, seed=4)
+        assert free_files() == set()  # every new copy took a recycled file
+        reused = {os.stat(path).st_ino for p in new for c in await client.fileinfo(p)
+                  for d in cluster.chunkservers for path in chunk_files(cluster, d, c.chunk_id)}
+        assert reused == freed
+        await read_all(client, new)
+        cluster.restart(cluster.chunkservers[0])
+        await wait_for("both chunkservers back", lambda: all_at(client, new, 2))
+        await read_all(client, new)
+    finally:
+        await client.close()
