@@ -169,6 +169,7 @@ class ChunkServer:
         self.server: asyncio.base_events.Server | None = None
         self.master: rpc.Connection | None = None
         self.registered = asyncio.Event()
+        self.made_unreported: set[tuple[int, int]] = set()  # see report_made
         self.damaged: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task] = set()
         self._master_task: asyncio.Task | None = None
@@ -388,6 +389,17 @@ class ChunkServer:
         if conn.is_open:
             conn.send(m.ReadData(msg.req, status))
 
+    def report_made(self, chunk_id: int, version: int) -> None:
+        """Tell the master of a chunk a write session made; one made while the link is
+        down or registering is told right after the next registration."""
+        if self.master is not None and self.master.is_open and self.registered.is_set():
+            try:
+                self.master.send(m.CsChunkMade(chunk_id, version))
+                return
+            except rpc.ConnectionClosed:
+                pass
+        self.made_unreported.add((chunk_id, version))
+
     def report_damaged(self, chunk_id: int, version: int) -> None:
         self.damaged.add((chunk_id, version))
         if self.master is not None and self.master.is_open and self.registered.is_set():
@@ -433,7 +445,8 @@ class ChunkServer:
         down_init = None
         where = ""
         try:
-            self.store.check(msg.chunk_id, msg.version)
+            if not msg.create:
+                self.store.check(msg.chunk_id, msg.version)
             if msg.chain:
                 host, port = msg.chain[0]
                 where = f"{host}:{port}"
@@ -442,10 +455,18 @@ class ChunkServer:
                     s.down_addr = (host, port)
                     down_init = s.down.start_call(m.WriteInit(
                         s.down.next_req(), chunk_id=msg.chunk_id, version=msg.version,
-                        chain=list(msg.chain[1:])))
+                        chain=list(msg.chain[1:]), create=msg.create))
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                     raise FsError(_status_of(e), f"{where}: {e or type(e).__name__}") \
                         from None
+            if msg.create:  # after passing it on: the next hops make theirs meanwhile
+                if msg.chunk_id not in self.store:
+                    try:
+                        self.store.create(msg.chunk_id, msg.version)
+                    except OSError as e:
+                        raise FsError(_status_of(e), f"cannot make the chunk: {e}") from None
+                    self.report_made(msg.chunk_id, msg.version)
+                self.store.check(msg.chunk_id, msg.version)
         except FsError as e:
             s.init_status = s.status = e.status
             detail = e.detail
@@ -661,6 +682,10 @@ class ChunkServer:
         log.info("registered with master %s:%d as %s:%d (%d chunks)", addr,
                  self.master_port, host, self.listen_port, len(self.store))
         self.registered.set()
+        made, self.made_unreported = self.made_unreported, set()
+        for chunk_id, version in made:
+            if chunk_id in self.store and self.store.info(chunk_id)[0] == version:
+                conn.send(m.CsChunkMade(chunk_id, version))
         if any(d.marked_for_removal for d in self.store.disks):
             self._send_marked()
         for chunk_id, version in list(self.damaged):

@@ -116,10 +116,11 @@ class ChunkWriter:
     every answer, so it returns only once the whole chain acknowledged everything."""
 
     def __init__(self, chain: list[m.Addr], chunk_id: int, version: int,
-                 pool: ConnectionPool | None = None):
+                 pool: ConnectionPool | None = None, create: bool = False):
         self.chain = chain
         self.chunk_id = chunk_id
         self.version = version
+        self.create = create  # a new chunk: each chunkserver makes it first
         self.pool = pool
         self.conn: rpc.Connection | None = None
         self.init_fut: asyncio.Future | None = None
@@ -137,7 +138,7 @@ class ChunkWriter:
                                           timeout=CONNECT_TIMEOUT)
         self.init_fut = self.conn.start_call(m.WriteInit(
             self.conn.next_req(), chunk_id=self.chunk_id, version=self.version,
-            chain=list(self.chain[1:])))
+            chain=list(self.chain[1:]), create=self.create))
 
     async def _settle_init(self) -> None:
         fut, self.init_fut = self.init_fut, None

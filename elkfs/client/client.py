@@ -378,12 +378,12 @@ class File:
             try:
                 chunk = await self.client.op(m.WriteChunk(self.inode, index))
                 writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version,
-                                     self.client.pool)
+                                     self.client.pool, chunk.create)
                 try:
                     await writer.open()
                 except BaseException:
                     writer.close()
-                    await self._end_chunk(index, chunk.chunk_id, 0)
+                    await self._end_chunk(index, chunk.chunk_id, 0, ok=False)
                     raise
                 self._locations.pop(index, None)
                 return _OpenChunk(index, chunk, writer)
@@ -399,8 +399,10 @@ class File:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _end_chunk(self, index: int, chunk_id: int, length: int) -> m.Attr:
-        return (await self.client.op(m.WriteChunkEnd(self.inode, index, chunk_id, length))).attr
+    async def _end_chunk(self, index: int, chunk_id: int, length: int,
+                         ok: bool = True) -> m.Attr:
+        return (await self.client.op(m.WriteChunkEnd(self.inode, index, chunk_id, length,
+                                                     ok))).attr
 
     async def _queue(self, oc: _OpenChunk, offset: int, data: bytes) -> None:
         if oc.pending and offset == oc.pending_off + len(oc.pending) \
@@ -425,7 +427,7 @@ class File:
         try:
             await oc.writer.write(offset, data)
         except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
-            if _out_of_space(e):
+            if _out_of_space(e) and not oc.chunk.create:
                 await self._abandon(oc)
                 raise FsError(errno.ENOSPC, f"chunkserver out of space: {e}") from None
             await self._recover(oc, e)
@@ -435,16 +437,23 @@ class File:
         the file keeps the length it had."""
         self._open = None
         oc.writer.close()
-        await self._end_chunk(oc.index, oc.chunk.chunk_id, 0)
+        await self._end_chunk(oc.index, oc.chunk.chunk_id, 0, ok=False)
 
     async def _recover(self, oc: _OpenChunk, error: Exception) -> None:
         """The chain failed: reopen the chunk (new version, surviving copies) and send
-        everything written in this session again."""
+        everything written in this session again. A new chunk's session that found a
+        chunkserver full comes here too: the master makes the chunk again where there is
+        room, or answers ENOSPC when there is none."""
         log.warning("write to chunk %016X failed (%s); replaying on a new chain",
                     oc.chunk.chunk_id, error)
         oc.writer.close()
-        await self._end_chunk(oc.index, oc.chunk.chunk_id, 0)
-        fresh = await self._open_chunk(oc.index)
+        await self._end_chunk(oc.index, oc.chunk.chunk_id, 0, ok=False)
+        try:
+            fresh = await self._open_chunk(oc.index)
+        except FsError as e:
+            if _out_of_space(e):
+                self._open = None  # nowhere to write it: the file keeps its length
+            raise
         oc.chunk, oc.writer = fresh.chunk, fresh.writer
         for offset, data in oc.sent:
             await oc.writer.write(offset, data)
@@ -459,7 +468,7 @@ class File:
                 await oc.writer.finish(sync)
                 break
             except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
-                if _out_of_space(e):
+                if _out_of_space(e) and not oc.chunk.create:
                     await self._abandon(oc)
                     raise FsError(errno.ENOSPC, f"chunkserver out of space: {e}") from None
                 if attempt == 4:

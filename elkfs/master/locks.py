@@ -55,6 +55,11 @@ class ChunkLocks:
         if queue is not None and not queue:
             del self.waiters[key]
 
+    def hand_over(self, key: Key, owner: object) -> None:
+        """The held lock now belongs to `owner` (kept past its first owner's end)."""
+        if key in self.holders:
+            self.holders[key] = owner
+
     def release_owner(self, owner: object) -> None:
         for key in [k for k, o in self.holders.items() if o is owner]:
             self.release(key)

@@ -92,6 +92,9 @@ class MasterServer:
         self.started_at = time.time()
         self.planner = rep.Planner(self._limits(cfg), time.monotonic())
         self.busy_chunks: dict[int, int] = {}  # chunk id -> operations changing its copies
+        # New chunks being made by their writer's session: (inode, index) -> (chunk id,
+        # version, chunkservers); their copies are registered at WriteChunkEnd.
+        self.creating: dict[tuple[int, int], tuple[int, int, list]] = {}
 
     @staticmethod
     def _limits(cfg) -> rep.Limits:
@@ -309,6 +312,10 @@ class MasterServer:
             conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on client port"))
 
     def on_client_close(self, conn: rpc.Connection) -> None:
+        for key in [k for k in self.creating if self.locks.held_by(k) is conn]:
+            # The writer is gone mid-creation: the lock stays until its copies are gone.
+            self.locks.hand_over(key, self)
+            self.spawn(self._unmake_then_release(key, self.creating.pop(key)))
         self.locks.release_owner(conn)
         session_id = conn.context
         if session_id is not None and self.session_links.get(session_id) is conn:
@@ -536,6 +543,12 @@ class MasterServer:
             old = (chunk.chunk_id, chunk.version) if chunk is not None else None
             result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
             await self.store.wait_durable(version)
+            if chunk is None:
+                # A brand-new chunk: the writer's session makes it on each chunkserver
+                # (WriteInit.create). Its copies count once WriteChunkEnd says it worked.
+                self.creating[key] = (result.chunk_id, result.version, targets)
+                return m.ChunkOut(result.chunk_id, result.version, node.length,
+                                  [s.addr for s in targets], create=True)
             if fresh:
                 cmd = lambda s: m.CreateChunk(result.chunk_id, result.version)
             elif shared:  # copy-on-write: the chunkservers copy the shared chunk
@@ -574,10 +587,35 @@ class MasterServer:
             self.locks.release(key)
             raise
 
+    async def _unmake(self, made: tuple[int, int, list]) -> None:
+        """Delete what a failed creating session may have made, before anyone writes the
+        chunk again (a new attempt makes it anew, with a higher version)."""
+        chunk_id, version, servers = made
+        deleted = await asyncio.gather(*(self.command(s, m.DeleteChunk(chunk_id, version))
+                                         for s in servers))
+        for server, ok in zip(servers, deleted):
+            # Reported made (CsChunkMade) before the deletion's answer, on the same link.
+            copy = self.registry.holders(chunk_id).get(server.cs_id)
+            if ok and copy is not None and copy.version == version:
+                self.registry.drop_copy(chunk_id, server.cs_id)
+
+    async def _unmake_then_release(self, key, made) -> None:
+        try:
+            await self._unmake(made)
+        finally:
+            self.locks.release(key)
+
     async def write_chunk_end(self, conn: rpc.Connection, msg: m.MetaRequest):
         op: m.WriteChunkEnd = msg.op
         key = (op.inode, op.index)
         try:
+            if self.locks.held_by(key) is conn and key in self.creating:
+                made = self.creating.pop(key)
+                if op.ok and made[0] == op.chunk_id:
+                    for server in made[2]:
+                        self.registry.set_copy(made[0], server.cs_id, made[1])
+                else:
+                    await self._unmake(made)
             chunk = self.ns.chunk_of(op.inode, op.index)
             if chunk is None or chunk.chunk_id != op.chunk_id:
                 raise FsError(errno.ESTALE, "chunk changed while written")
@@ -703,6 +741,14 @@ class MasterServer:
             conn.protocol_error(ValueError(f"{type(msg).__name__} before registration"))
         elif isinstance(msg, m.CsSpace):
             self.registry.space(cs_id, msg.total_bytes, msg.used_bytes, msg.chunk_count)
+        elif isinstance(msg, m.CsChunkMade):
+            if msg.chunk_id in self.ns.chunks:
+                known = self.registry.holders(msg.chunk_id).get(cs_id)
+                if known is None or known.version <= msg.version:
+                    self.registry.set_copy(msg.chunk_id, cs_id, msg.version)
+            else:  # its file was removed meanwhile
+                self.spawn(self._delete_orphans(self.registry.servers[cs_id],
+                                                [(msg.chunk_id, msg.version)]))
         elif isinstance(msg, m.CsChunkDamaged):
             server = self.registry.servers.get(cs_id)
             log.warning("chunkserver %s reports damaged copy of chunk %016X (version %d)",

@@ -10,7 +10,8 @@ can carry many requests at once (FUSE issues them concurrently).
 Ports:
 - 9421 client -> master: `RegisterSession`, `MetaRequest` (every file-system operation,
   an `Op` below) -> `MetaReply`.
-- 9420 chunkserver -> master: `CsRegister`, `CsSpace`, `CsChunkDamaged`; the master sends
+- 9420 chunkserver -> master: `CsRegister`, `CsSpace`, `CsChunkDamaged`, `CsChunkMade`;
+  the master sends
   `CsCommand` on the same connection and the chunkserver answers `Ok`/`Error`.
 - 9422 client -> chunkserver, chunkserver -> chunkserver: `ReadReq` -> `ReadData` (+ raw
   data), and the write session `WriteInit`, `WriteData` (+ raw data) -> `WriteStatus`,
@@ -355,12 +356,14 @@ class WriteChunk(Op, tag="writechunk"):
 
 
 class WriteChunkEnd(Op, tag="writechunkend"):
-    """The write to a chunk is done; the file is at least `length` bytes long now."""
+    """The write to a chunk is done; the file is at least `length` bytes long now.
+    `ok` False: the session failed or was given up (the copies it made are not kept)."""
 
     inode: int
     index: int
     chunk_id: int
     length: int
+    ok: bool = True
 
 
 AnyOp = Union[
@@ -426,6 +429,7 @@ class ChunkOut(Result, tag="chunk"):
     version: int
     file_length: int
     locations: list[Addr]
+    create: bool = False  # a new chunk: the write session makes it on each chunkserver
 
 
 class FileChunksOut(Result, tag="filechunks"):
@@ -548,6 +552,15 @@ class CsChunkDamaged(Msg):
     version: int
 
 
+@message(44)
+class CsChunkMade(Msg):
+    """A write session made this chunk (`WriteInit.create`): the master counts the copy
+    (it learns of it even if the writer's WriteChunkEnd reaches another master)."""
+
+    chunk_id: int
+    version: int
+
+
 class CsCmd(msgspec.Struct, array_like=True, frozen=True, tag_field="cmd"):
     pass
 
@@ -643,12 +656,15 @@ class ReadData(Msg):
 @message(62)
 class WriteInit(Msg):
     """Start a write session on this connection; `chain` lists the chunkservers after
-    this one, which the data is forwarded to."""
+    this one, which the data is forwarded to. With `create`, each chunkserver of the
+    chain makes the chunk first (the master hands out a new chunk without asking the
+    chunkservers to make it: one round trip less for every new chunk)."""
 
     req: int
     chunk_id: int
     version: int
     chain: list[Addr]
+    create: bool = False  # make the chunk (empty, this version) where it does not exist
 
 
 @message(63)

@@ -305,3 +305,123 @@ async def test_posted_change_is_retried_after_a_broken_connection_and_applied_on
             assert e.value.errno == errno.ENOENT
     finally:
         await c.close()
+
+
+def chunk_files(cluster, chunk_id: int) -> list[str]:
+    return sorted(p for d in cluster.chunkservers for p in glob.glob(
+        os.path.join(d.data_dir, "hdd1", "*", f"chunk_{chunk_id:016X}_*")))
+
+
+async def _made_but_not_ended(client: Client, path: str) -> m.ChunkOut:
+    """WriteChunk of a new file's first chunk and a whole write session on its chain
+    (which makes the chunk on each chunkserver), without the WriteChunkEnd."""
+    from elkfs.client.chunkio import ChunkWriter
+
+    attr = (await client.create(path)).inode
+    chunk = await client.op(m.WriteChunk(attr, 0))
+    assert chunk.create and chunk.version == 1
+    writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version, create=True)
+    await writer.open()
+    await writer.write(0, b"never acknowledged" * 100)
+    await writer.finish(sync=False)
+    return chunk
+
+
+async def test_a_new_chunk_is_made_by_its_first_write_session(cluster):
+    """The master hands out a new chunk without making it on the chunkservers; the write
+    session makes it on each one of its chain, and its copies count from WriteChunkEnd."""
+    client = await connect(cluster)
+    try:
+        await client.mkdir("/made")
+        await client.setgoal("/made", 2)
+        inode = (await client.create("/made/f")).inode
+        chunk = await client.op(m.WriteChunk(inode, 0))
+        assert chunk.create and len(chunk.locations) == 2
+        assert chunk_files(cluster, chunk.chunk_id) == []  # not made yet
+        await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, 0, ok=False))
+        data = os.urandom(300_000)
+        await client.write_file("/made/f", data)
+        [desc] = await client.fileinfo("/made/f")
+        assert len([c for c in desc.copies if c.valid]) == 2
+        assert len(chunk_files(cluster, desc.chunk_id)) == 2
+        assert await client.read_file("/made/f") == data
+    finally:
+        await client.close()
+
+
+async def test_a_failed_new_chunk_session_leaves_no_copies(cluster):
+    """WriteChunkEnd(ok=False) after a session that made the chunk: its files are deleted
+    before the answer, and the next write makes the chunk anew (a higher version)."""
+    client = await connect(cluster)
+    try:
+        await client.mkdir("/failed")
+        await client.setgoal("/failed", 2)
+        chunk = await _made_but_not_ended(client, "/failed/f")
+        assert len(chunk_files(cluster, chunk.chunk_id)) == 2
+        inode = (await client.stat("/failed/f")).inode
+        await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, 0, ok=False))
+        assert chunk_files(cluster, chunk.chunk_id) == []
+        assert (await client.stat("/failed/f")).size == 0
+        data = os.urandom(100_000)
+        await client.write_file("/failed/f", data)
+        [desc] = await client.fileinfo("/failed/f")
+        assert desc.chunk_id == chunk.chunk_id and desc.version > 1
+        assert len(chunk_files(cluster, chunk.chunk_id)) == 2
+        assert await client.read_file("/failed/f") == data
+    finally:
+        await client.close()
+
+
+async def test_a_writer_gone_mid_creation_leaves_no_copies(cluster):
+    """The writer's connection closes between WriteChunk and WriteChunkEnd: the master
+    deletes what the session made before anyone else may write the chunk."""
+    gone = await connect(cluster)
+    chunk = await _made_but_not_ended(gone, "/gone")
+    assert len(chunk_files(cluster, chunk.chunk_id)) == 2
+    await gone.close()
+    client = await connect(cluster)
+    try:
+        data = os.urandom(70_000)
+        f = await client.open("/gone")
+        await f.write(0, data)  # waits for the lock, which waits for the deletions
+        await f.close()
+        [desc] = await client.fileinfo("/gone")
+        assert desc.chunk_id == chunk.chunk_id and desc.version > 1
+        files = chunk_files(cluster, chunk.chunk_id)
+        assert files and all(not p.endswith("_00000001.elk") for p in files)
+        assert await client.read_file("/gone") == data
+    finally:
+        await client.close()
+
+
+async def test_a_new_chunk_made_after_a_master_restart_is_counted(cluster):
+    """The master restarts between handing out a new chunk and its WriteChunkEnd, and the
+    session makes the chunk only then: the chunkservers report what they made
+    (CsChunkMade), so the new master knows the copies and the data reads back."""
+    from elkfs.client.chunkio import ChunkWriter
+
+    client = await connect(cluster)
+    try:
+        await client.mkdir("/restarted")
+        await client.setgoal("/restarted", 2)
+        inode = (await client.create("/restarted/f")).inode
+        chunk = await client.op(m.WriteChunk(inode, 0))
+        assert chunk.create
+        cluster.kill(cluster.masters[0])
+        cluster.start_daemon(cluster.masters[0])
+        cluster.wait_chunkservers_registered()
+        data = os.urandom(200_000)
+        writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version, create=True)
+        await writer.open()
+        await writer.write(0, data)
+        await writer.finish(sync=False)
+        await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, len(data)))
+        for _ in range(100):  # the reports and the WriteChunkEnd come on different links
+            [desc] = await client.fileinfo("/restarted/f")
+            if len([c for c in desc.copies if c.valid]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(c.addr for c in desc.copies if c.valid) == sorted(chunk.locations)
+        assert await client.read_file("/restarted/f") == data
+    finally:
+        await client.close()
