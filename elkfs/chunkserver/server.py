@@ -64,6 +64,9 @@ OPTIONS: dict[str, Option] = {
     "MASTER_RECONNECTION_DELAY": Option(1.0, "float", "first delay before reconnecting, s"),
     "MASTER_TIMEOUT": Option(10.0, "float", "how long to wait for the master's replies, s"),
     "HDD_TEST_SPEED": Option(1.0, "nonneg_float", "background CRC scrub speed, MB/s (0: off)"),
+    "HDD_STOCK_FILES": Option(1024, ranged_int(0, 4096),
+                              "empty chunk files kept ready per disk, so that new chunks "
+                              "do not wait for file creation (0: none)"),
     "HDD_MAX_ERRORS": Option(3, ranged_int(1, 1000000),
                              "I/O errors after which a disk is taken out of use"),
     "WORKERS_MAX": Option(8, ranged_int(1, 256), "disk I/O threads"),
@@ -849,7 +852,8 @@ async def run(cfg: cfgmod.Config, ready) -> None:
         entries = hddcfg.load(cfg.HDD_CONF_FILENAME)
     except hddcfg.HddConfigError as e:
         raise RuntimeError(str(e)) from None
-    store = ChunkStore(entries, max_open=cfg.OPEN_CHUNKS_LIMIT, max_errors=cfg.HDD_MAX_ERRORS)
+    store = ChunkStore(entries, max_open=cfg.OPEN_CHUNKS_LIMIT, max_errors=cfg.HDD_MAX_ERRORS,
+                       stock=cfg.HDD_STOCK_FILES)
     loop = asyncio.get_running_loop()
     count = await loop.run_in_executor(None, store.scan)
     log.info("found %d chunks on %d disks", count, len(store.disks))

@@ -31,6 +31,9 @@ instead of unlinking and creating files. On ext4 without a journal (the test VMs
 creating a file skips every inode deleted in the last minutes, which makes a create cost
 ~0.6 ms after a burst of deletions instead of ~0.03 ms; a rename costs ~0.02 ms. A chunk
 still open for a reader is unlinked as before (its reader keeps the old data).
+With `stock` set (the chunkserver's HDD_STOCK_FILES), a background thread also keeps up
+to that many empty files in `.free`, made at start and topped up when half are used, so
+a burst of new chunks does not pay the file creations in the write path either.
 
 Write-behind flushing: a background thread fdatasyncs each chunk after every
 `flush_bytes` written to it (and when a write session ends). That is not a durability
@@ -204,7 +207,7 @@ def _check_range(offset: int, size: int) -> None:
 
 class ChunkStore:
     def __init__(self, disks: list[str | HddEntry | Disk], max_open: int = 256,
-                 flush_bytes: int = FLUSH_BYTES, max_errors: int = 3):
+                 flush_bytes: int = FLUSH_BYTES, max_errors: int = 3, stock: int = 0):
         self.disks: list[Disk] = []
         for d in disks:
             if isinstance(d, Disk):
@@ -224,6 +227,9 @@ class ChunkStore:
         self.flush_bytes = flush_bytes
         self._flushq: queue.SimpleQueue = queue.SimpleQueue()
         self._flusher: threading.Thread | None = None
+        self.stock = min(stock, MAX_FREE_FILES)  # empty files kept ready per disk
+        self._stocker: threading.Thread | None = None
+        self._closing = False
 
     # ------------------------------------------------------------ index
 
@@ -234,6 +240,8 @@ class ChunkStore:
             for disk in self.disks:
                 disk.chunk_count = 0
                 self._scan_disk(disk)
+            if self.stock:
+                self._keep_stock_locked()
             return len(self._index)
 
     def add_disk(self, entry: HddEntry) -> Disk:
@@ -241,6 +249,8 @@ class ChunkStore:
         with self._lock:
             self.disks.append(disk)
             self._scan_disk(disk)
+            if self.stock:
+                self._keep_stock_locked()
         return disk
 
     def _scan_disk(self, disk: Disk) -> None:
@@ -470,7 +480,54 @@ class ChunkStore:
             if c.users == 0:
                 self._close(c)
 
+    # ------------------------------------------------------------ stock of empty files
+
+    def _stock_low(self, disk: Disk) -> bool:
+        return not (disk.failed or disk.marked_for_removal) and \
+            len(disk.free_files) < self.stock
+
+    def keep_stock(self) -> None:
+        """Start the thread that makes empty chunk files up to `stock` per disk, unless it
+        runs already or no disk is below half of it."""
+        with self._lock:
+            self._keep_stock_locked()
+
+    def _keep_stock_locked(self) -> None:
+        if self._stocker is not None or self._closing or not any(
+                len(d.free_files) < self.stock // 2 and self._stock_low(d) for d in self.disks):
+            return
+        self._stocker = threading.Thread(target=self._stock_loop, daemon=True, name="cs-stock")
+        self._stocker.start()
+
+    def _stock_loop(self) -> None:
+        made = 0
+        try:
+            while not self._closing:
+                with self._lock:
+                    disk = next((d for d in self.disks if self._stock_low(d)), None)
+                    if disk is None:
+                        break
+                    path = disk.free_path()
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                     0o644))
+                except OSError as e:
+                    log.warning("cannot make spare chunk files in %s: %s", disk.path, e)
+                    break
+                with self._lock:
+                    disk.free_files.append(path)
+                made += 1
+        finally:
+            with self._lock:
+                self._stocker = None
+            log.debug("made %d spare chunk files", made)
+
     def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            stocker = self._stocker
+        if stocker is not None:
+            stocker.join()
         if self._flusher is not None:
             self._flushq.put(None)
             self._flusher.join()
@@ -490,6 +547,8 @@ class ChunkStore:
             disk = self._choose_disk()
             path = disk.chunk_path(chunk_id, version)
             fd = self._reuse_free_file(disk, path)
+            if self.stock:
+                self._keep_stock_locked()
             if fd is None:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:

@@ -439,7 +439,7 @@ async def test_full_chunkserver_gets_no_more_chunks(tmp_path):
 async def test_deleted_chunks_files_are_reused_for_new_chunks(cluster_factory):
     """Deleted chunks leave emptied files in each disk's .free; new chunks take them (same
     inodes), and the data written into them reads back, also after a chunkserver restart."""
-    cluster = cluster_factory("127.0.45", chunkservers=2)
+    cluster = cluster_factory("127.0.45", chunkservers=2, cs_options={"HDD_STOCK_FILES": 0})
     client = await Client.connect(*cluster.master_addr, info="recycling test")
 
     def free_files():

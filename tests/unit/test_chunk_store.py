@@ -408,3 +408,43 @@ def test_small_session_end_leaves_flushing_to_the_kernel(disks):
     s.flush_soon(0x40)
     assert s._index[0x40].flush_queued or s._index[0x40].unflushed == 0
     s.close()
+
+
+def wait_until(check, timeout=20.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_stock_of_empty_files_is_kept_for_new_chunks(disks):
+    s = ChunkStore(disks[:1], stock=8)
+    s.scan()
+    disk = s.disks[0]
+    wait_until(lambda: len(disk.free_files) == 8 and s._stocker is None)
+    stocked = {os.stat(p).st_ino for p in disk.free_files}
+    assert all(os.path.getsize(p) == 0 for p in disk.free_files)
+    for cid in range(1, 6):
+        s.create(cid, 1)
+        s.write(cid, 1, 0, b"x" * 100)
+    made = {os.stat(s._index[cid].path).st_ino for cid in range(1, 6)}
+    assert made <= stocked  # every new chunk took a stocked file
+    # Down to 3 of 8: below half, so the stock is topped up again.
+    wait_until(lambda: len(disk.free_files) == 8 and s._stocker is None)
+    assert len(os.listdir(os.path.join(disks[0], FREE_DIR))) == 8
+    s.close()
+    s2 = ChunkStore(disks[:1])  # no stock wanted: the files stay usable
+    assert s2.scan() == 5 and len(s2.disks[0].free_files) == 8
+    s2.create(9, 1)
+    assert len(s2.disks[0].free_files) == 7
+    s2.close()
+
+
+def test_close_stops_the_stocking(disks):
+    s = ChunkStore(disks[:1], stock=4096)
+    s.scan()
+    s.close()  # joins the thread, which stops at once
+    assert s._stocker is None
+    count = len(os.listdir(os.path.join(disks[0], FREE_DIR)))
+    assert count == len(s.disks[0].free_files)  # every file made is accounted for
