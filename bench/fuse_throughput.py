@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,20 +40,23 @@ def main() -> int:
     p.add_argument("-o", dest="mount_options", default="", help="mount options, as mfsmount -o")
     a = p.parse_args()
     base = tempfile.mkdtemp(prefix="elkfs-bench-")
-    with MountedCluster(base, "127.0.40", chunkservers=a.chunkservers, goal=a.goal,
-                        mount_options=a.mount_options) as mc:
-        path = os.path.join(mc.mnt, "ddfile")
-        print(f"ElkFS mount, goal {a.goal}, {a.chunkservers} chunkservers, {a.size_mib} MiB, "
-              f"{os.cpu_count()} CPUs" + (f", -o {a.mount_options}" if a.mount_options else ""))
-        for run in range(1, a.runs + 1):
-            if os.path.exists(path):
-                os.unlink(path)
-            w = dd("if=/dev/zero", f"of={path}", "bs=1M", f"count={a.size_mib}", "conv=fsync")
-            mc.remount()
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3")
-            r = dd(f"if={path}", "of=/dev/null", "bs=1M")
-            print(f" run {run}: write (conv=fsync) {w}   cold read {r}")
+    try:
+        with MountedCluster(base, "127.0.40", chunkservers=a.chunkservers, goal=a.goal,
+                            mount_options=a.mount_options) as mc:
+            path = os.path.join(mc.mnt, "ddfile")
+            print(f"ElkFS mount, goal {a.goal}, {a.chunkservers} chunkservers, {a.size_mib} MiB, "
+                  f"{os.cpu_count()} CPUs" + (f", -o {a.mount_options}" if a.mount_options else ""))
+            for run in range(1, a.runs + 1):
+                if os.path.exists(path):
+                    os.unlink(path)
+                w = dd("if=/dev/zero", f"of={path}", "bs=1M", f"count={a.size_mib}", "conv=fsync")
+                mc.remount()
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3")
+                r = dd(f"if={path}", "of=/dev/null", "bs=1M")
+                print(f" run {run}: write (conv=fsync) {w}   cold read {r}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the 1 GiB file's chunks
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,11 +43,15 @@ def main() -> int:
     local = tempfile.mkdtemp(prefix="elkfs-metabench-local-")
     ours: dict[str, float] = {}
     theirs: dict[str, float] = {}
-    with MountedCluster(base, "127.0.41", goal=2, mount_options=a.mount_options) as mc:
-        for _ in range(a.runs):
-            for best, root in ((ours, mc.mnt), (theirs, local)):
-                for k, v in run(a.metabench, root, a.n).items():
-                    best[k] = max(best.get(k, 0.0), v)
+    try:
+        with MountedCluster(base, "127.0.41", goal=2, mount_options=a.mount_options) as mc:
+            for _ in range(a.runs):
+                for best, root in ((ours, mc.mnt), (theirs, local)):
+                    for k, v in run(a.metabench, root, a.n).items():
+                        best[k] = max(best.get(k, 0.0), v)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(local, ignore_errors=True)
     runs = f", best of {a.runs} runs" if a.runs > 1 else ""
     print(f"metabench N={a.n} ({os.cpu_count()} CPUs{runs}), ops/s")
     print(f"{'op':>10} {'ElkFS mount':>12} {'local dir':>12}")
