@@ -312,19 +312,25 @@ def chunk_files(cluster, chunk_id: int) -> list[str]:
         os.path.join(d.data_dir, "hdd1", "*", f"chunk_{chunk_id:016X}_*")))
 
 
-async def _made_but_not_ended(client: Client, path: str) -> m.ChunkOut:
-    """WriteChunk of a new file's first chunk and a whole write session on its chain
-    (which makes the chunk on each chunkserver), without the WriteChunkEnd."""
+async def _handed_out(client: Client, directory: str) -> tuple[int, m.ChunkOut]:
+    """`directory/f`, a new file at goal 2, and the WriteChunk of its first chunk."""
+    await client.mkdir(directory)
+    await client.setgoal(directory, 2)
+    inode = (await client.create(f"{directory}/f")).inode
+    chunk = await client.op(m.WriteChunk(inode, 0))
+    assert chunk.create and chunk.version == 1 and len(chunk.locations) == 2
+    return inode, chunk
+
+
+async def _session(chunk: m.ChunkOut, data: bytes) -> None:
+    """A whole write session on the chunk's chain (which makes the chunk on each
+    chunkserver), without the WriteChunkEnd."""
     from elkfs.client.chunkio import ChunkWriter
 
-    attr = (await client.create(path)).inode
-    chunk = await client.op(m.WriteChunk(attr, 0))
-    assert chunk.create and chunk.version == 1
     writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version, create=True)
     await writer.open()
-    await writer.write(0, b"never acknowledged" * 100)
+    await writer.write(0, data)
     await writer.finish(sync=False)
-    return chunk
 
 
 async def test_a_new_chunk_is_made_by_its_first_write_session(cluster):
@@ -332,11 +338,7 @@ async def test_a_new_chunk_is_made_by_its_first_write_session(cluster):
     session makes it on each one of its chain, and its copies count from WriteChunkEnd."""
     client = await connect(cluster)
     try:
-        await client.mkdir("/made")
-        await client.setgoal("/made", 2)
-        inode = (await client.create("/made/f")).inode
-        chunk = await client.op(m.WriteChunk(inode, 0))
-        assert chunk.create and len(chunk.locations) == 2
+        inode, chunk = await _handed_out(client, "/made")
         assert chunk_files(cluster, chunk.chunk_id) == []  # not made yet
         await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, 0, ok=False))
         data = os.urandom(300_000)
@@ -354,11 +356,9 @@ async def test_a_failed_new_chunk_session_leaves_no_copies(cluster):
     before the answer, and the next write makes the chunk anew (a higher version)."""
     client = await connect(cluster)
     try:
-        await client.mkdir("/failed")
-        await client.setgoal("/failed", 2)
-        chunk = await _made_but_not_ended(client, "/failed/f")
+        inode, chunk = await _handed_out(client, "/failed")
+        await _session(chunk, b"never acknowledged" * 100)
         assert len(chunk_files(cluster, chunk.chunk_id)) == 2
-        inode = (await client.stat("/failed/f")).inode
         await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, 0, ok=False))
         assert chunk_files(cluster, chunk.chunk_id) == []
         assert (await client.stat("/failed/f")).size == 0
@@ -376,20 +376,21 @@ async def test_a_writer_gone_mid_creation_leaves_no_copies(cluster):
     """The writer's connection closes between WriteChunk and WriteChunkEnd: the master
     deletes what the session made before anyone else may write the chunk."""
     gone = await connect(cluster)
-    chunk = await _made_but_not_ended(gone, "/gone")
+    _, chunk = await _handed_out(gone, "/gone")
+    await _session(chunk, b"never acknowledged" * 100)
     assert len(chunk_files(cluster, chunk.chunk_id)) == 2
     await gone.close()
     client = await connect(cluster)
     try:
         data = os.urandom(70_000)
-        f = await client.open("/gone")
+        f = await client.open("/gone/f")
         await f.write(0, data)  # waits for the lock, which waits for the deletions
         await f.close()
-        [desc] = await client.fileinfo("/gone")
+        [desc] = await client.fileinfo("/gone/f")
         assert desc.chunk_id == chunk.chunk_id and desc.version > 1
         files = chunk_files(cluster, chunk.chunk_id)
         assert files and all(not p.endswith("_00000001.elk") for p in files)
-        assert await client.read_file("/gone") == data
+        assert await client.read_file("/gone/f") == data
     finally:
         await client.close()
 
@@ -398,23 +399,14 @@ async def test_a_new_chunk_made_after_a_master_restart_is_counted(cluster):
     """The master restarts between handing out a new chunk and its WriteChunkEnd, and the
     session makes the chunk only then: the chunkservers report what they made
     (CsChunkMade), so the new master knows the copies and the data reads back."""
-    from elkfs.client.chunkio import ChunkWriter
-
     client = await connect(cluster)
     try:
-        await client.mkdir("/restarted")
-        await client.setgoal("/restarted", 2)
-        inode = (await client.create("/restarted/f")).inode
-        chunk = await client.op(m.WriteChunk(inode, 0))
-        assert chunk.create
+        inode, chunk = await _handed_out(client, "/restarted")
         cluster.kill(cluster.masters[0])
         cluster.start_daemon(cluster.masters[0])
         cluster.wait_chunkservers_registered()
         data = os.urandom(200_000)
-        writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version, create=True)
-        await writer.open()
-        await writer.write(0, data)
-        await writer.finish(sync=False)
+        await _session(chunk, data)
         await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, len(data)))
         for _ in range(100):  # the reports and the WriteChunkEnd come on different links
             [desc] = await client.fileinfo("/restarted/f")
