@@ -56,6 +56,8 @@ from ..proto import messages as m
 from ..proto.errors import NO_SERVERS, FsError
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
+from .perms import (R, W, X, Caller, allowed, cacheable_children, check_hardlink,
+                    check_setattr, denied, need, open_wants, sticky_allows, xattr_wants)
 from .options import MountOptions
 
 log = logging.getLogger("elkfs.mount")
@@ -76,31 +78,6 @@ def _errno(e: FsError) -> int:
     if e.status == NO_SERVERS:
         return errno.ENOSPC
     return e.errno
-
-
-def may_access(attr: m.Attr, want: int, uid: int, gid: int, pid: int) -> bool:
-    """The permission bits check (`want`: 4 read, 2 write, 1 execute) for a caller, with
-    its supplementary groups read from /proc as the kernel would know them."""
-    if uid == 0:
-        return not want & 1 or bool(attr.mode & 0o111) or stat.S_ISDIR(attr.mode)
-    if uid == attr.uid:
-        bits = attr.mode >> 6
-    elif gid == attr.gid or attr.gid in _groups(pid):
-        bits = attr.mode >> 3
-    else:
-        bits = attr.mode
-    return bits & want == want
-
-
-def _groups(pid: int) -> set[int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
 
 
 def _always_reply(fn):
@@ -133,6 +110,8 @@ class ElkOperations(pyfuse3.Operations):
         self.client = client
         self.opts = opts
         self.enable_writeback_cache = opts.write_cache
+        # Permissions are checked here (perms.py) unless the kernel does (-o default_permissions).
+        self.checks = "default_permissions" not in opts.fuse_options
         self.root = root_inode
         self.states: dict[int, InodeState] = {}
         self.handles: dict[int, Handle] = {}
@@ -221,6 +200,59 @@ class ElkOperations(pyfuse3.Operations):
             bounded_put(self.known, inode, (attr.mtime_ns, attr.size), KNOWN_MAX)
         return e
 
+    async def _attr(self, ino: int) -> m.Attr:
+        """Attributes to check a permission against: the cached ones, else the master's."""
+        now = time.monotonic()
+        cached = self.cache.attr(ino, now)
+        if cached is not None:
+            return cached[0]
+        attr = (await self._op(m.GetAttr(ino))).attr
+        self.cache.put(attr, now)
+        return attr
+
+    def _who(self, ctx) -> Caller | None:
+        """The caller whose permissions this mount checks; None when they need no checking
+        (root may do anything that reaches a handler) or the kernel checks them."""
+        if not self.checks or ctx is None or ctx.uid == 0:
+            return None
+        return Caller(ctx)
+
+    async def _need_dir(self, ino: int, ctx, want: int) -> m.Attr | None:
+        """Check `want` on directory `ino`; returns its attributes when they were needed."""
+        who = self._who(ctx)
+        if who is None:
+            return None
+        attr = await self._attr(ino)
+        need(attr, who, want)
+        return attr
+
+    async def _child_timeout(self, directory: int, attr: m.Attr | None = None) -> float | None:
+        """The entry timeout for names in `directory`: 0 when not everybody may search it,
+        so the kernel asks (and this mount checks) at every path walk. None: the default."""
+        if not self.checks:
+            return None
+        if attr is None:
+            attr = await self._attr(directory)
+        return None if cacheable_children(attr) else 0.0
+
+    async def _child(self, parent: int, name: bytes) -> m.Attr | None:
+        """The attributes of `parent`/`name` (None: no such entry), for a permission check."""
+        known = await self._listed(parent, name)
+        if known is not None:
+            if not known[0]:
+                return None
+            cached = self.cache.attr(known[0], time.monotonic())
+            if cached is not None:
+                return cached[0]
+        try:
+            attr = (await self.client.op(m.Lookup(parent, name))).attr
+        except FsError as e:
+            if e.status == errno.ENOENT:
+                return None
+            raise pyfuse3.FUSEError(_errno(e)) from None
+        self.cache.put(attr, time.monotonic())
+        return attr
+
     def _note_parent(self, directory: int, parent: int) -> None:
         bounded_put(self.parents, directory, parent, KNOWN_MAX)
 
@@ -254,6 +286,14 @@ class ElkOperations(pyfuse3.Operations):
         parent = self._m(parent_inode)
         if parent == self.root and name == MASTERINFO_NAME:
             return self._masterinfo_entry()
+        timeout = self.opts.entry_timeout
+        if self.checks:
+            pattr = await self._attr(parent)
+            who = self._who(ctx)
+            if who is not None:
+                need(pattr, who, X)
+            if not cacheable_children(pattr):
+                timeout = 0.0
         dots = name in (b".", b"..")
         known = None if dots else await self._listed(parent, name)
         if known is not None:
@@ -265,7 +305,7 @@ class ElkOperations(pyfuse3.Operations):
                 attr, attr_left = cached
                 if stat.S_ISDIR(attr.mode):
                     self._note_parent(inode, parent)
-                return self._entry(attr, min(self.opts.entry_timeout, left), attr_left)
+                return self._entry(attr, min(timeout, left), attr_left)
         try:
             out = await self.client.op(m.Lookup(parent, name))
         except FsError as e:
@@ -276,7 +316,8 @@ class ElkOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(_errno(e)) from None
         if stat.S_ISDIR(out.attr.mode) and not dots:
             self._note_parent(out.attr.inode, parent)
-        return self._fresh(out.attr)
+        self.cache.put(out.attr, time.monotonic())
+        return self._entry(out.attr, timeout)
 
     async def _listed(self, parent: int, name: bytes):
         """What the cached listing of `parent` says of `name` (see MetaCache.lookup),
@@ -323,6 +364,11 @@ class ElkOperations(pyfuse3.Operations):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
+        mode = attr.st_mode
+        who = self._who(ctx)
+        if who is not None:
+            mode = check_setattr(await self._attr(ino), who, fields, attr, fh, time.time_ns(),
+                                 self.enable_writeback_cache)
         if not (fields.update_size or fields.update_mode or fields.update_uid
                 or fields.update_gid or fields.update_atime):
             entry = self._times_only(ino, attr, fields)
@@ -342,7 +388,7 @@ class ElkOperations(pyfuse3.Operations):
             if getattr(fields, field):
                 valid |= bit
         if valid or out is None:
-            out = await self._op(m.SetAttr(ino, valid, attr.st_mode, attr.st_uid, attr.st_gid,
+            out = await self._op(m.SetAttr(ino, valid, mode, attr.st_uid, attr.st_gid,
                                            attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns))
         return self._fresh(out.attr)
 
@@ -372,7 +418,11 @@ class ElkOperations(pyfuse3.Operations):
         return (await self._op(m.ReadLink(self._m(inode)))).value
 
     async def access(self, inode, mode, ctx):
-        return  # default_permissions: the kernel checks
+        """pyfuse3: True when allowed."""
+        if inode == MASTERINFO_INODE:
+            return not mode & (W | X)
+        attr = await self._attr(self._m(inode))  # F_OK: it exists
+        return not self.checks or allowed(attr, Caller(ctx), mode & (R | W | X))
 
     async def statfs(self, ctx):
         out = await self._op(m.StatFs())
@@ -403,49 +453,83 @@ class ElkOperations(pyfuse3.Operations):
                     self.cache.stale(d)
             raise pyfuse3.FUSEError(_errno(e)) from None
 
-    async def _add(self, parent: int, name: bytes, op: m.Op) -> pyfuse3.EntryAttributes:
+    async def _add(self, parent: int, name: bytes, op: m.Op, ctx) -> pyfuse3.EntryAttributes:
+        pattr = await self._need_dir(parent, ctx, W | X)
         out = await self._change(op, parent)
         self.cache.added(parent, name, out, time.monotonic())
-        return self._entry(out.attr)
+        timeout = None
+        if self.checks:
+            timeout = await self._child_timeout(parent, out.parent or pattr)
+        return self._entry(out.attr, timeout)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         mode = (mode & ~ctx.umask & 0o7777) | stat.S_IFMT(mode)
         parent = self._m(parent_inode)
-        return await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid, rdev))
+        return await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid, rdev),
+                               ctx)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._m(parent_inode)
         epoch = self.cache.epoch
         entry = await self._add(parent, name, m.Mkdir(parent, name, mode & ~ctx.umask & 0o7777,
-                                                      ctx.uid, ctx.gid))
+                                                      ctx.uid, ctx.gid), ctx)
         self.cache.created_dir(entry.st_ino, epoch, time.monotonic())
         self._note_parent(entry.st_ino, parent)
         return entry
 
     async def symlink(self, parent_inode, name, target, ctx):
         parent = self._m(parent_inode)
-        return await self._add(parent, name, m.Symlink(parent, name, target, ctx.uid, ctx.gid))
+        return await self._add(parent, name, m.Symlink(parent, name, target, ctx.uid, ctx.gid),
+                               ctx)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         parent = self._m(new_parent_inode)
-        return await self._add(parent, new_name, m.Link(self._m(inode), parent, new_name))
+        who = self._who(ctx)
+        if who is not None:
+            check_hardlink(await self._attr(self._m(inode)), who)
+        return await self._add(parent, new_name, m.Link(self._m(inode), parent, new_name), ctx)
 
     async def unlink(self, parent_inode, name, ctx):
         parent = self._m(parent_inode)
         if parent == self.root and name == MASTERINFO_NAME:
             raise pyfuse3.FUSEError(errno.EPERM)
+        await self._may_remove(parent, name, ctx)
         out = await self._change(m.Unlink(parent, name), parent)
         self.cache.removed(parent, name, out, time.monotonic())
 
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._m(parent_inode)
+        await self._may_remove(parent, name, ctx)
         out = await self._change(m.Rmdir(parent, name), parent)
         self.cache.removed(parent, name, out, time.monotonic())
 
+    async def _may_remove(self, parent: int, name: bytes, ctx,
+                          absent_ok: bool = False) -> m.Attr | None:
+        """may_delete: write and search permission on `parent`, and the sticky rule.
+        Returns the entry's attributes when they were looked up (None for root)."""
+        pattr = await self._need_dir(parent, ctx, W | X)
+        if pattr is None:
+            return None
+        victim = await self._child(parent, name)
+        if victim is None:
+            if absent_ok:
+                return None
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not sticky_allows(pattr, victim, self._who(ctx)):
+            raise denied(errno.EPERM)
+        return victim
+
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         parent, new_parent = self._m(parent_inode_old), self._m(parent_inode_new)
+        src = await self._may_remove(parent, name_old, ctx)
+        dst = await self._may_remove(new_parent, name_new, ctx, absent_ok=True)
+        if src is not None and parent != new_parent:
+            # a directory moved elsewhere gets a new "..": it must be writable
+            for moved in (src, dst if flags & m.RENAME_EXCHANGE else None):
+                if moved is not None and stat.S_ISDIR(moved.mode):
+                    need(moved, self._who(ctx), W)
         out = await self._change(m.Rename(parent, name_old, new_parent, name_new, flags),
                                  parent, new_parent)
         self.cache.moved(parent, name_old, new_parent, name_new,
@@ -461,6 +545,9 @@ class ElkOperations(pyfuse3.Operations):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         ino = self._m(inode)
+        who = self._who(ctx)
+        if who is not None and xattr_wants(name, False):
+            need(await self._attr(ino), who, R)
         if name == CAPABILITY:
             # The kernel asks before every write to a file (FUSE file systems may not
             # promise it "no capabilities"): answer from the cached attributes (which say
@@ -479,6 +566,11 @@ class ElkOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(_errno(e)) from None
         return (await self._op(m.GetXattr(ino, name))).value
 
+    async def _may_set_xattr(self, ino: int, name: bytes, ctx) -> None:
+        who = self._who(ctx)
+        if who is not None and xattr_wants(name, True):
+            need(await self._attr(ino), who, W)
+
     async def listxattr(self, inode, ctx):
         if inode == MASTERINFO_INODE:
             return []
@@ -488,6 +580,7 @@ class ElkOperations(pyfuse3.Operations):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
+        await self._may_set_xattr(ino, name, ctx)
         self.no_caps.pop(ino, None)
         self.cache.drop(ino)  # ctime and has_xattrs change
         try:
@@ -499,6 +592,7 @@ class ElkOperations(pyfuse3.Operations):
         if inode == MASTERINFO_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
+        await self._may_set_xattr(ino, name, ctx)
         self.no_caps.pop(ino, None)
         self.cache.drop(ino)
         try:
@@ -509,6 +603,7 @@ class ElkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ directories
 
     async def opendir(self, inode, ctx):
+        await self._need_dir(self._m(inode), ctx, R)
         fh = self.next_fh
         self.next_fh += 1
         self.dirs[fh] = [self._m(inode), None, 0]  # inode, entries loaded, next master offset
@@ -551,7 +646,7 @@ class ElkOperations(pyfuse3.Operations):
             if i < 2:
                 e = self._entry(ent.attr, 0.0, 0.0)
             else:
-                e = self._entry(ent.attr)
+                e = self._entry(ent.attr, await self._child_timeout(inode, entries[0].attr))
                 if stat.S_ISDIR(ent.attr.mode):
                     self._note_parent(ent.attr.inode, inode)
             if not pyfuse3.readdir_reply(token, ent.name, e, i + 1):
@@ -598,6 +693,9 @@ class ElkOperations(pyfuse3.Operations):
             fi.direct_io = True
             return fi
         ino = self._m(inode)
+        who = self._who(ctx)
+        if who is not None:
+            need(await self._attr(ino), who, open_wants(flags))
         if flags & os.O_TRUNC:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do.
             st = self.states.get(ino)
@@ -615,7 +713,7 @@ class ElkOperations(pyfuse3.Operations):
         parent = self._m(parent_inode)
         try:
             entry = await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid,
-                                                          acquire=True))
+                                                          acquire=True), ctx)
         except pyfuse3.FUSEError as e:
             if e.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
@@ -629,11 +727,8 @@ class ElkOperations(pyfuse3.Operations):
         attr = (await self._op(m.Lookup(parent, name))).attr
         if stat.S_ISDIR(attr.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        want = {os.O_RDONLY: 4, os.O_WRONLY: 2, os.O_RDWR: 6}[flags & os.O_ACCMODE]
-        if flags & os.O_TRUNC:
-            want |= 2
-        if not may_access(attr, want, ctx.uid, ctx.gid, ctx.pid):
-            raise pyfuse3.FUSEError(errno.EACCES)
+        if ctx.uid != 0:  # the kernel believed the name absent: it checked nothing
+            need(attr, Caller(ctx), open_wants(flags))
         entry = self._fresh(attr)
         fi = await self.open(entry.st_ino, flags & ~os.O_CREAT, ctx)
         if flags & os.O_TRUNC:

@@ -103,14 +103,13 @@ async def serve(opts: MountOptions) -> int:
         await client.close()
         return _failed(f"subfolder {opts.subfolder}: {e}")
     ops = ElkOperations(client, opts, root)
-    fuse_opts = set(pyfuse3.default_options)
-    fuse_opts.add(f"fsname=mfs#{opts.master}:{opts.port}")
-    fuse_opts.add("subtype=elkfs")
+    # No default_permissions unless asked for: the mount checks permissions itself (perms.py),
+    # which saves the kernel's GETATTR of a directory after every change in it.
+    fuse_opts = {f"fsname=mfs#{opts.master}:{opts.port}", "subtype=elkfs"}
     if os.getuid() == 0:
         fuse_opts.add("allow_other")
     fuse_opts |= opts.fuse_options
-    if "no_default_permissions" in fuse_opts:
-        fuse_opts -= {"no_default_permissions", "default_permissions"}
+    fuse_opts.discard("no_default_permissions")
     try:
         pyfuse3.init(ops, opts.mountpoint, fuse_opts)
     except Exception as e:
