@@ -17,12 +17,29 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tests.fuse.mounted import MountedCluster  # noqa: E402
 
 DEFAULT = "/work/shared/bench/metabench.py"
+
+
+def wait_stock(cluster, files: int = 1024, timeout: float = 90.0) -> None:
+    """Until every chunkserver has made its stock of empty chunk files (HDD_STOCK_FILES,
+    made by a thread at start): a long-running chunkserver has it, and making it takes
+    both cores for some seconds on this machine's disk."""
+    deadline = time.monotonic() + timeout
+    for cs in cluster.chunkservers:
+        free = os.path.join(cs.data_dir, "hdd1", ".free")
+        while time.monotonic() < deadline:
+            try:
+                if len(os.listdir(free)) >= files:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.2)
 
 
 def run(metabench: str, root: str, n: int) -> dict[str, float]:
@@ -45,6 +62,7 @@ def main() -> int:
     theirs: dict[str, float] = {}
     try:
         with MountedCluster(base, "127.0.41", goal=2, mount_options=a.mount_options) as mc:
+            wait_stock(mc.cluster)
             for _ in range(a.runs):
                 for best, root in ((ours, mc.mnt), (theirs, local)):
                     for k, v in run(a.metabench, root, a.n).items():

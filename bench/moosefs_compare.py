@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.metabench_compare import DEFAULT, run  # noqa: E402
+from bench.metabench_compare import DEFAULT, run, wait_stock  # noqa: E402
 from elkfs.testing.cluster import wait_port  # noqa: E402
 from tests.fuse.mounted import MountedCluster, is_mounted, unmount  # noqa: E402
 
@@ -172,6 +172,7 @@ def main() -> int:
         hosts = [f"{NET}.{50 + i}" for i in range(4)]
         with LoopbackAddresses(hosts), MooseFS(os.path.join(base, "moosefs")) as mfs, \
                 MountedCluster(os.path.join(base, "elkfs"), "127.0.41", goal=2) as elk:
+            wait_stock(elk.cluster)
             roots = {"MooseFS 3.0": mfs.mnt, "ElkFS": elk.mnt, "local dir": local}
             for i in range(a.runs):
                 for name, root in roots.items():

@@ -122,6 +122,7 @@ class ElkOperations(pyfuse3.Operations):
         self.refreshing: dict[int, asyncio.Future] = {}  # directory -> listing in flight
         self.parents: dict[int, int] = {}  # directory -> its parent, as last seen
         self.no_caps: dict[int, float] = {}  # inode -> until when it has no security.capability
+        self.sent_mtimes: dict[int, int] = {}  # inode -> the last mtime the kernel wrote back
         self.known: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) last seen
         self.cached: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) of cached pages
         self.ra_blocks = max(0, opts.readahead_mib * (1 << 20) // RA_BLOCK)
@@ -395,22 +396,32 @@ class ElkOperations(pyfuse3.Operations):
     def _times_only(self, ino: int, attr, fields) -> pyfuse3.EntryAttributes | None:
         """The write-back cache writing back times it keeps itself (mtime after writes,
         ctime after a rename, unlink or link): answered here, sent without waiting.
-        None when the cache cannot answer."""
+        The kernel ignores the attributes of this answer; expired ones will do (it is
+        told not to keep them). None when the cache has none."""
         if self.cache.is_gone(ino):
             raise pyfuse3.FUSEError(errno.ENOENT)  # unlinked and freed: the master agrees
         now = time.monotonic()
-        cached = self.cache.attr(ino, now)
+        cached = self.cache.last(ino, now)
         if cached is None:
             return None
         old = cached[0]
         mtime = attr.st_mtime_ns if fields.update_mtime else old.mtime_ns
-        if mtime == old.mtime_ns:
-            # Only the kernel's own ctime bump: the master set ctime with the change.
+        if mtime == old.mtime_ns or mtime == self.sent_mtimes.get(ino):
+            # Only the kernel's own ctime bump (the master set ctime with the change), or
+            # an mtime it sent before (the master has since set its own at the commit of
+            # the data written: that one stays).
+            return self._entry(old, attr_timeout=cached[1])
+        bounded_put(self.sent_mtimes, ino, mtime, KNOWN_MAX)
+        st = self.states.get(ino)
+        if st is not None and st.writer is not None and st.writer.dirty:
+            # Written data not committed yet: its commit (WriteChunkEnd) sets the mtime.
             return self._entry(old, attr_timeout=cached[1])
         ctime = attr.st_ctime_ns if fields.update_ctime else old.ctime_ns
         valid = m.SET_MTIME | (m.SET_CTIME if fields.update_ctime else 0)
         self.client.link.post(m.SetAttr(ino, valid, mtime_ns=mtime, ctime_ns=ctime))
         new = msgspec.structs.replace(old, mtime_ns=mtime, ctime_ns=ctime)
+        if not cached[1]:
+            return self._entry(new, attr_timeout=0.0)  # expired: not to be cached again
         self.cache.put(new, now)
         return self._entry(new)
 

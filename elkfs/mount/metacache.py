@@ -79,6 +79,14 @@ class MetaCache:
         self.hits += 1
         return hit[0], hit[1] - now
 
+    def last(self, inode: int, now: float) -> tuple[m.Attr, float] | None:
+        """The last attributes known, however old: (attributes, seconds they may still be
+        cached, 0 once expired) or None."""
+        hit = self.attrs.get(inode)
+        if hit is None:
+            return None
+        return hit[0], max(0.0, hit[1] - now)
+
     def drop(self, inode: int) -> None:
         self.attrs.pop(inode, None)
 

@@ -12,6 +12,7 @@ used (the master is stopped and A still answers), so the others are not vacuous.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import errno
@@ -491,3 +492,24 @@ def test_after_a_master_restart_a_mount_that_sent_nothing_yet_sees_changes(mc, d
         assert os.path.exists(os.path.join(c, "after"))
     finally:
         stop_mount(mnt_c, proc)
+
+
+def test_other_clients_never_see_the_mtime_go_back(mc, d):
+    """A write's commit sets the file's mtime on the master (later than the kernel's own
+    time of the write, which the write-back cache keeps and writes back at close and
+    again with the ctime of a later rename). The master keeps the later one."""
+    from elkfs.client.client import Client
+
+    async def master_mtime(path: str) -> int:
+        host, port = mc.cluster.master_addr
+        async with await Client.connect(host, port) as c:
+            return (await c.stat(path)).mtime_ns
+
+    p = os.path.join(d, "f")
+    rel = "/" + os.path.relpath(p, mc.mnt)
+    for i in range(5):
+        write(p, b"x" * 4096)
+        closed = asyncio.run(master_mtime(rel))
+        os.rename(p, p + ".r")
+        assert asyncio.run(master_mtime(rel + ".r")) >= closed
+        os.unlink(p + ".r")
