@@ -16,6 +16,10 @@ Data port, one `Connection` per peer (clients, and upstream chunkservers of a ch
   follow one another on a connection: clients keep pooled connections for them, and a
   chunkserver keeps its connection to the next hop of a chain after a session that ended
   well (`_chain_idle`), so a small file's write costs no new connection.
+- `WriteOnce(chunk, version, chain, offset, create, sync)` + the bytes: a whole session
+  in one message (what a small file's close sends): passed down the chain first, then made
+  (with `create`), written and fsynced (with `sync`) here; answered `Ok` once the chain
+  answered, or the first `Error`. One task per hop instead of one per message.
 - `ChunkInfoReq` -> `ChunkInfoReply(status, version, stored length)`.
 
 Master link: connect (every address the name resolves to, in turn), `CsRegister` with
@@ -338,6 +342,8 @@ class ChunkServer:
             self._write_init(conn, msg)
         elif t is m.WriteEnd:
             self._write_end(conn, msg)
+        elif t is m.WriteOnce:
+            self._spawn(self._write_once(conn, msg, data))
         elif t is m.ChunkInfoReq:
             try:
                 version, length = self.store.info(msg.chunk_id)
@@ -621,6 +627,58 @@ class ChunkServer:
                     conn.send(m.Error(msg.req, s.status, detail))
         finally:
             s.close()
+
+    async def _write_once(self, conn: rpc.Connection, msg: m.WriteOnce, data) -> None:
+        """A whole session in one message: pass it down the chain first, make the chunk
+        if asked, write, fsync if asked, then answer with the chain's outcome."""
+        status, detail, where = OK, "", ""
+        down = down_fut = None
+        data = memoryview(b"") if data is None else data
+        try:
+            if msg.chain:
+                host, port = msg.chain[0]
+                where = f"{host}:{port}"
+                try:
+                    down = await self._chain_conn(host, port)
+                    down_fut = down.start_call(m.WriteOnce(
+                        down.next_req(), msg.chunk_id, msg.version, list(msg.chain[1:]),
+                        msg.offset, msg.create, msg.sync), data)
+                except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                    raise FsError(_status_of(e), f"{where}: {e or type(e).__name__}") \
+                        from None
+            if msg.create and msg.chunk_id not in self.store:
+                try:
+                    self.store.create(msg.chunk_id, msg.version)
+                except OSError as e:
+                    raise FsError(_status_of(e), f"cannot make the chunk: {e}") from None
+                self.report_made(msg.chunk_id, msg.version)
+            self.store.check(msg.chunk_id, msg.version)
+            if len(data) <= INLINE_IO:
+                self.store.write(msg.chunk_id, msg.version, msg.offset, data)
+            else:
+                await self._io(self.store.write, msg.chunk_id, msg.version, msg.offset, data)
+            if msg.sync:
+                await self._io(self.store.fsync, msg.chunk_id)
+        except FsError as e:
+            status, detail = e.status, e.detail
+            if status == CRC_ERROR:
+                self.report_damaged(msg.chunk_id, msg.version)
+        except Exception as e:
+            status, detail = _status_of(e), str(e)
+            if not isinstance(e, OSError):
+                log.error("write to chunk %016X failed: %r", msg.chunk_id, e)
+        if down_fut is not None:
+            try:
+                reply, _ = await asyncio.wait_for(down_fut, CHAIN_TIMEOUT)
+                if isinstance(reply, m.Error) and status == OK:
+                    status, detail = reply.status, f"{where}: {reply.detail or reply.status}"
+                self._chain_put((host, port), down)  # answered: no session left on it
+            except Exception as e:
+                down.close()
+                if status == OK:
+                    status, detail = _status_of(e), f"{where}: {e or type(e).__name__}"
+        if conn.is_open:
+            conn.send(m.Ok(msg.req) if status == OK else m.Error(msg.req, status, detail))
 
     # ------------------------------------------------------------ master link
 

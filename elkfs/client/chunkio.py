@@ -129,16 +129,40 @@ class ChunkWriter:
         self.inflight_bytes = 0
         self.error: Exception | None = None
 
+    @property
+    def opened(self) -> bool:
+        return self.conn is not None
+
     async def open(self) -> None:
-        head = self.chain[0]
-        if self.pool is not None:
-            self.conn = await self.pool.get(head)
-        else:
-            self.conn = await rpc.connect(head[0], head[1], name="chunkserver",
-                                          timeout=CONNECT_TIMEOUT)
+        self.conn = await self._connect()
         self.init_fut = self.conn.start_call(m.WriteInit(
             self.conn.next_req(), chunk_id=self.chunk_id, version=self.version,
             chain=list(self.chain[1:]), create=self.create))
+
+    async def _connect(self) -> rpc.Connection:
+        head = self.chain[0]
+        if self.pool is not None:
+            return await self.pool.get(head)
+        return await rpc.connect(head[0], head[1], name="chunkserver", timeout=CONNECT_TIMEOUT)
+
+    async def write_once(self, offset: int, data: bytes, sync: bool) -> None:
+        """The whole session in one message (`WriteOnce`), for data that fits one frame:
+        returns once every copy has it."""
+        ok = False
+        try:
+            self.conn = await self._connect()
+            fut = self.conn.start_call(m.WriteOnce(
+                self.conn.next_req(), self.chunk_id, self.version, list(self.chain[1:]),
+                offset, self.create, sync), data)
+            reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+            if isinstance(reply, m.Error):
+                raise FsError(reply.status, reply.detail)
+            ok = True
+        finally:
+            if ok and self.pool is not None:
+                self.pool.put(self.chain[0], self.conn)
+                self.conn = None
+            self.close()
 
     async def _settle_init(self) -> None:
         fut, self.init_fut = self.init_fut, None
@@ -176,6 +200,8 @@ class ChunkWriter:
         whole chain (the chunkserver answers WriteEnd only after the session's writes)."""
         ok = False
         try:
+            if self.conn is None:  # nothing was written: an empty session
+                await self.open()
             end = self.end_fut = self.conn.start_call(m.WriteEnd(self.conn.next_req(),
                                                                  sync=sync))
             await self._settle_init()

@@ -29,7 +29,7 @@ import time
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
-from .chunkio import ChunkWriter, ConnectionPool, read_chunk
+from .chunkio import WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
 from .master_link import DEFAULT_MASTER_PORT, MasterLink
 
 log = logging.getLogger("elkfs.client")
@@ -371,7 +371,10 @@ class File:
         self._open = await self._open_chunk(index)
         return self._open
 
-    async def _open_chunk(self, index: int) -> _OpenChunk:
+    async def _open_chunk(self, index: int, connect: bool = False) -> _OpenChunk:
+        """WriteChunk, retried. With `connect` the chain session is opened too (and
+        retried with it); else it opens with the first data sent, or a small session
+        goes as one message at the close (`ChunkWriter.write_once`)."""
         deadline = time.monotonic() + self.client.io_retry_s
         delay = 0.1
         while True:
@@ -379,12 +382,13 @@ class File:
                 chunk = await self.client.op(m.WriteChunk(self.inode, index))
                 writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version,
                                      self.client.pool, chunk.create)
-                try:
-                    await writer.open()
-                except BaseException:
-                    writer.close()
-                    await self._end_chunk(index, chunk.chunk_id, 0, ok=False)
-                    raise
+                if connect:
+                    try:
+                        await writer.open()
+                    except BaseException:
+                        writer.close()
+                        await self._end_chunk(index, chunk.chunk_id, 0, ok=False)
+                        raise
                 self._locations.pop(index, None)
                 return _OpenChunk(index, chunk, writer)
             except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
@@ -425,6 +429,8 @@ class File:
         oc.sent.append((offset, data))
         oc.end = max(oc.end, offset + len(data))
         try:
+            if not oc.writer.opened:
+                await oc.writer.open()
             await oc.writer.write(offset, data)
         except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
             if _out_of_space(e) and not oc.chunk.create:
@@ -449,7 +455,7 @@ class File:
         oc.writer.close()
         await self._end_chunk(oc.index, oc.chunk.chunk_id, 0, ok=False)
         try:
-            fresh = await self._open_chunk(oc.index)
+            fresh = await self._open_chunk(oc.index, connect=True)
         except FsError as e:
             if _out_of_space(e):
                 self._open = None  # nowhere to write it: the file keeps its length
@@ -464,8 +470,15 @@ class File:
             return
         for attempt in range(5):
             try:
-                await self._send_pending(oc)
-                await oc.writer.finish(sync)
+                if not oc.writer.opened and len(oc.pending) <= WRITE_PIECE:
+                    # Nothing sent yet and all of it fits one frame: one message.
+                    data, oc.pending = bytes(oc.pending), bytearray()
+                    oc.sent.append((oc.pending_off, data))
+                    oc.end = max(oc.end, oc.pending_off + len(data))
+                    await oc.writer.write_once(oc.pending_off, data, sync)
+                else:
+                    await self._send_pending(oc)
+                    await oc.writer.finish(sync)
                 break
             except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                 if _out_of_space(e) and not oc.chunk.create:
@@ -494,7 +507,7 @@ class File:
         chunk = await self.client.op(m.ReadChunk(self.inode, index))
         if chunk.chunk_id == 0:  # truncated away meanwhile
             return
-        oc = await self._open_chunk(index)
+        oc = await self._open_chunk(index, connect=True)
         try:
             await oc.writer.finish(True)
         finally:

@@ -689,6 +689,22 @@ class WriteEnd(Msg):
     sync: bool = False
 
 
+@message(68)
+class WriteOnce(Msg):
+    """A whole write session in one message: WriteInit, one WriteData (the frame's data
+    part, at `offset`) and WriteEnd. Passed down the chain the same way; answered `Ok`
+    once every copy has it, or the first `Error`. A small file's write costs each
+    chunkserver one message and one task instead of three of each."""
+
+    req: int
+    chunk_id: int
+    version: int
+    chain: list[Addr]
+    offset: int
+    create: bool = False
+    sync: bool = False
+
+
 @message(66)
 class ChunkInfoReq(Msg):
     req: int

@@ -49,6 +49,7 @@ class FakeMaster:
         self.registrations: list[m.CsRegister] = []
         self.spaces: list[m.CsSpace] = []
         self.damaged: list[m.CsChunkDamaged] = []
+        self.made: list[tuple[tuple[str, int], int, int]] = []  # (server, chunk, version)
         self.changed = asyncio.Event()
         self.server = None
 
@@ -64,6 +65,9 @@ class FakeMaster:
             self.spaces.append(msg)
         elif isinstance(msg, m.CsChunkDamaged):
             self.damaged.append(msg)
+        elif isinstance(msg, m.CsChunkMade):
+            server = next(a for a, (c, _) in self.servers.items() if c is conn)
+            self.made.append((server, msg.chunk_id, msg.version))
         else:
             raise AssertionError(f"unexpected {msg!r}")
         self.changed.set()
@@ -284,6 +288,44 @@ async def _closed_by_peer(host, port, payload: bytes, shut_wr=False) -> bool:
         return data == b""
     finally:
         writer.close()
+
+
+async def write_once(addr, chain, chunk_id, version, offset, data, create=False, sync=False):
+    """One WriteOnce; returns its status (0 or the error's)."""
+    conn = await rpc.connect(*addr)
+    try:
+        await conn.call(m.WriteOnce, data=data, chunk_id=chunk_id, version=version,
+                        chain=chain, offset=offset, create=create, sync=sync, timeout=30)
+        return 0
+    except FsError as e:
+        return e.status
+    finally:
+        conn.close()
+
+
+async def test_write_once_sessions(tmp_path):
+    """A whole session in one message (WriteOnce) down a chain: it makes the chunk when
+    asked (each chunkserver reports it made it), writes every copy, and answers with the
+    first error of the chain."""
+    async with cluster(tmp_path) as (master, (cs0, cs1, cs2)):
+        data = os.urandom(5000)
+        assert await write_once(cs0.addr, [cs1.addr], 0x801, 1, 100, data, create=True) == 0
+        for cs in (cs0, cs1):
+            assert await read(cs.addr, 0x801, 1, 0, 5100) == (0, bytes(100) + data)
+        assert (await read(cs2.addr, 0x801, 1, 0, 10))[0] == NO_CHUNK
+        await master.wait_for(lambda: len(master.made) == 2)
+        assert sorted(master.made) == sorted([(cs0.addr, 0x801, 1), (cs1.addr, 0x801, 1)])
+        # an existing chunk, with sync, through all three (cs2 has no copy: its error)
+        assert await write_once(cs0.addr, [cs1.addr], 0x801, 1, 0, b"head", sync=True) == 0
+        assert (await read(cs1.addr, 0x801, 1, 0, 4)) == (0, b"head")
+        assert await write_once(cs0.addr, [cs1.addr, cs2.addr], 0x801, 1, 0, b"x") == NO_CHUNK
+        assert await write_once(cs0.addr, [], 0x801, 7, 0, b"x") == WRONG_VERSION
+        dead = (CS_HOSTS[2], free_port(CS_HOSTS[2]))
+        assert await write_once(cs0.addr, [dead], 0x801, 1, 0, b"x") == errno.ECONNREFUSED
+        # the chain connection is reused after a WriteOnce, also after an error answer
+        assert await write_once(cs1.addr, [cs2.addr], 0x801, 1, 0, b"y") == NO_CHUNK
+        assert await write_once(cs1.addr, [cs2.addr], 0x802, 1, 0, b"z", create=True) == 0
+        assert (await read(cs2.addr, 0x802, 1, 0, 1)) == (0, b"z")
 
 
 async def test_garbage_on_data_port(tmp_path):

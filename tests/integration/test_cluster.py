@@ -322,15 +322,22 @@ async def _handed_out(client: Client, directory: str) -> tuple[int, m.ChunkOut]:
     return inode, chunk
 
 
-async def _session(chunk: m.ChunkOut, data: bytes) -> None:
+async def _session(chunk: m.ChunkOut, data: bytes, once: bool) -> None:
     """A whole write session on the chunk's chain (which makes the chunk on each
-    chunkserver), without the WriteChunkEnd."""
+    chunkserver), without the WriteChunkEnd: WriteInit, WriteData and WriteEnd, or
+    (`once`) one WriteOnce, as a small file's close sends it."""
     from elkfs.client.chunkio import ChunkWriter
 
     writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version, create=True)
+    if once:
+        await writer.write_once(0, data, sync=False)
+        return
     await writer.open()
     await writer.write(0, data)
     await writer.finish(sync=False)
+
+
+both_ways = pytest.mark.parametrize("once", [False, True], ids=["session", "once"])
 
 
 async def test_a_new_chunk_is_made_by_its_first_write_session(cluster):
@@ -351,69 +358,72 @@ async def test_a_new_chunk_is_made_by_its_first_write_session(cluster):
         await client.close()
 
 
-async def test_a_failed_new_chunk_session_leaves_no_copies(cluster):
+@both_ways
+async def test_a_failed_new_chunk_session_leaves_no_copies(cluster, once):
     """WriteChunkEnd(ok=False) after a session that made the chunk: its files are deleted
     before the answer, and the next write makes the chunk anew (a higher version)."""
     client = await connect(cluster)
     try:
-        inode, chunk = await _handed_out(client, "/failed")
-        await _session(chunk, b"never acknowledged" * 100)
+        inode, chunk = await _handed_out(client, f"/failed{int(once)}")
+        await _session(chunk, b"never acknowledged" * 100, once)
         assert len(chunk_files(cluster, chunk.chunk_id)) == 2
         await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, 0, ok=False))
         assert chunk_files(cluster, chunk.chunk_id) == []
-        assert (await client.stat("/failed/f")).size == 0
+        assert (await client.stat(f"/failed{int(once)}/f")).size == 0
         data = os.urandom(100_000)
-        await client.write_file("/failed/f", data)
-        [desc] = await client.fileinfo("/failed/f")
+        await client.write_file(f"/failed{int(once)}/f", data)
+        [desc] = await client.fileinfo(f"/failed{int(once)}/f")
         assert desc.chunk_id == chunk.chunk_id and desc.version > 1
         assert len(chunk_files(cluster, chunk.chunk_id)) == 2
-        assert await client.read_file("/failed/f") == data
+        assert await client.read_file(f"/failed{int(once)}/f") == data
     finally:
         await client.close()
 
 
-async def test_a_writer_gone_mid_creation_leaves_no_copies(cluster):
+@both_ways
+async def test_a_writer_gone_mid_creation_leaves_no_copies(cluster, once):
     """The writer's connection closes between WriteChunk and WriteChunkEnd: the master
     deletes what the session made before anyone else may write the chunk."""
     gone = await connect(cluster)
-    _, chunk = await _handed_out(gone, "/gone")
-    await _session(chunk, b"never acknowledged" * 100)
+    _, chunk = await _handed_out(gone, f"/gone{int(once)}")
+    await _session(chunk, b"never acknowledged" * 100, once)
     assert len(chunk_files(cluster, chunk.chunk_id)) == 2
     await gone.close()
     client = await connect(cluster)
     try:
         data = os.urandom(70_000)
-        f = await client.open("/gone/f")
+        f = await client.open(f"/gone{int(once)}/f")
         await f.write(0, data)  # waits for the lock, which waits for the deletions
         await f.close()
-        [desc] = await client.fileinfo("/gone/f")
+        [desc] = await client.fileinfo(f"/gone{int(once)}/f")
         assert desc.chunk_id == chunk.chunk_id and desc.version > 1
         files = chunk_files(cluster, chunk.chunk_id)
         assert files and all(not p.endswith("_00000001.elk") for p in files)
-        assert await client.read_file("/gone/f") == data
+        assert await client.read_file(f"/gone{int(once)}/f") == data
     finally:
         await client.close()
 
 
-async def test_a_new_chunk_made_after_a_master_restart_is_counted(cluster):
+@both_ways
+async def test_a_new_chunk_made_after_a_master_restart_is_counted(cluster, once):
     """The master restarts between handing out a new chunk and its WriteChunkEnd, and the
     session makes the chunk only then: the chunkservers report what they made
     (CsChunkMade), so the new master knows the copies and the data reads back."""
     client = await connect(cluster)
     try:
-        inode, chunk = await _handed_out(client, "/restarted")
+        inode, chunk = await _handed_out(client, f"/restarted{int(once)}")
         cluster.kill(cluster.masters[0])
         cluster.start_daemon(cluster.masters[0])
         cluster.wait_chunkservers_registered()
         data = os.urandom(200_000)
-        await _session(chunk, data)
+        await _session(chunk, data, once)
         await client.op(m.WriteChunkEnd(inode, 0, chunk.chunk_id, len(data)))
         for _ in range(100):  # the reports and the WriteChunkEnd come on different links
-            [desc] = await client.fileinfo("/restarted/f")
+            [desc] = await client.fileinfo(f"/restarted{int(once)}/f")
             if len([c for c in desc.copies if c.valid]) == 2:
                 break
             await asyncio.sleep(0.1)
         assert sorted(c.addr for c in desc.copies if c.valid) == sorted(chunk.locations)
-        assert await client.read_file("/restarted/f") == data
+        assert await client.read_file(f"/restarted{int(once)}/f") == data
     finally:
         await client.close()
