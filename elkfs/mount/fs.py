@@ -549,6 +549,16 @@ class ElkOperations(pyfuse3.Operations):
             for attr in out.attrs:  # a moved directory has a new ".."
                 if stat.S_ISDIR(attr.mode) and attr.inode not in (parent, new_parent):
                     self.parents.pop(attr.inode, None)
+            if self.checks:
+                # The kernel moves its cached name along: not into a directory whose
+                # names it must not keep (perms.py). After this reply, from a thread.
+                moved = [(new_parent, name_new)]
+                if flags & m.RENAME_EXCHANGE:
+                    moved.append((parent, name_old))
+                for directory, name in moved:
+                    if not cacheable_children(await self._attr(directory)):
+                        pyfuse3.invalidate_entry_async(self._k(directory), name,
+                                                       ignore_enoent=True)
 
     # ------------------------------------------------------------ extended attributes
 

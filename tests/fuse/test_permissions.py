@@ -51,6 +51,7 @@ w("xattr_pub")
 os.setxattr("xattr_pub", "user.a", b"A")
 w("xattr_w", mode=0o666)
 w("nobodys", uid={NOBODY})
+w("tomove")
 d("closed", 0o700)
 w("closed/inner")
 d("listonly", 0o744)
@@ -99,6 +100,7 @@ def chdir(p):
     os.chdir(old)
 t("stat closed/inner (root just looked it up)", os.stat, "closed/inner")
 t("read closed/inner", rd, "closed/inner")
+t("stat closed/moved (root just moved it there)", os.stat, "closed/moved")
 t("list closed", os.listdir, "closed")
 t("chdir closed", chdir, "closed")
 t("read secret", rd, "secret")
@@ -171,6 +173,8 @@ print(json.dumps(out))
 def _answers(base: str) -> dict:
     os.chmod(base, 0o755)
     subprocess.run([sys.executable, "-c", SETUP], cwd=base, check=True)
+    os.stat(os.path.join(base, "tomove"))  # cached, then moved where it must not be
+    os.rename(os.path.join(base, "tomove"), os.path.join(base, "closed", "moved"))
     os.stat(os.path.join(base, "closed", "inner"))  # the kernel may now cache the name
     r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                         f"--groups={GROUP}", sys.executable, "-c", CHECKS, str(GROUP)],
