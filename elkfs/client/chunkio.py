@@ -113,7 +113,8 @@ class ChunkWriter:
     takes any number of sessions one after another on one connection) and is pipelined:
     `WriteInit`, the data and `WriteEnd` go out without waiting for each other (the
     chunkserver holds data that arrives before its chain is ready); `finish` waits for
-    every answer, so it returns only once the whole chain acknowledged everything."""
+    every answer, so it returns only once the whole chain acknowledged everything.
+    `write_once` instead sends a whole small session as one message (`WriteOnce`)."""
 
     def __init__(self, chain: list[m.Addr], chunk_id: int, version: int,
                  pool: ConnectionPool | None = None, create: bool = False):
