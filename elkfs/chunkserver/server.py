@@ -87,6 +87,11 @@ CHAIN_TIMEOUT = 10.0
 CHAIN_IDLE_MAX = 8  # idle connections kept per next chunkserver
 
 
+def _hop_failed(where: str, e: BaseException) -> FsError:
+    """The error a session answers when the next chunkserver of its chain cannot be reached."""
+    return FsError(_status_of(e), f"{where}: {e or type(e).__name__}")
+
+
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, FsError):
         return exc.status
@@ -466,15 +471,9 @@ class ChunkServer:
                         s.down.next_req(), chunk_id=msg.chunk_id, version=msg.version,
                         chain=list(msg.chain[1:]), create=msg.create))
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
-                    raise FsError(_status_of(e), f"{where}: {e or type(e).__name__}") \
-                        from None
+                    raise _hop_failed(where, e) from None
             if msg.create:  # after passing it on: the next hops make theirs meanwhile
-                if msg.chunk_id not in self.store:
-                    try:
-                        self.store.create(msg.chunk_id, msg.version)
-                    except OSError as e:
-                        raise FsError(_status_of(e), f"cannot make the chunk: {e}") from None
-                    self.report_made(msg.chunk_id, msg.version)
+                self._make_if_absent(msg.chunk_id, msg.version)
                 self.store.check(msg.chunk_id, msg.version)
         except FsError as e:
             s.init_status = s.status = e.status
@@ -507,6 +506,17 @@ class ChunkServer:
                 s.status = status
         if conn.is_open:
             conn.send(m.Ok(msg.req) if status == OK else m.Error(msg.req, status, detail))
+
+    def _make_if_absent(self, chunk_id: int, version: int) -> None:
+        """A creating session's copy (`create`): made here and reported to the master,
+        unless it exists already (a retried session)."""
+        if chunk_id in self.store:
+            return
+        try:
+            self.store.create(chunk_id, version)
+        except OSError as e:
+            raise FsError(_status_of(e), f"cannot make the chunk: {e}") from None
+        self.report_made(chunk_id, version)
 
     def _write_data(self, conn: rpc.Connection, msg: m.WriteData, data) -> None:
         s = conn.context
@@ -644,14 +654,9 @@ class ChunkServer:
                         down.next_req(), msg.chunk_id, msg.version, list(msg.chain[1:]),
                         msg.offset, msg.create, msg.sync), data)
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
-                    raise FsError(_status_of(e), f"{where}: {e or type(e).__name__}") \
-                        from None
-            if msg.create and msg.chunk_id not in self.store:
-                try:
-                    self.store.create(msg.chunk_id, msg.version)
-                except OSError as e:
-                    raise FsError(_status_of(e), f"cannot make the chunk: {e}") from None
-                self.report_made(msg.chunk_id, msg.version)
+                    raise _hop_failed(where, e) from None
+            if msg.create:  # after passing it on: the next hops make theirs meanwhile
+                self._make_if_absent(msg.chunk_id, msg.version)
             self.store.check(msg.chunk_id, msg.version)
             if len(data) <= INLINE_IO:
                 self.store.write(msg.chunk_id, msg.version, msg.offset, data)
