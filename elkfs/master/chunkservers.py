@@ -50,6 +50,7 @@ class ChunkRegistry:
         self.servers: dict[bytes, ChunkServer] = {}
         self.copies: dict[int, dict[bytes, Copy]] = {}  # chunk id -> cs id -> copy
         self.damaged_reports = 0
+        self.mark_reports = 0  # CsMarkedChunks taken in: stats older than one are stale
         self._turn = 0
 
     # ------------------------------------------------------------ servers
@@ -83,6 +84,7 @@ class ChunkRegistry:
     def set_marked(self, cs_id: bytes, chunk_ids) -> None:
         """The server's copies on disks marked for removal are exactly `chunk_ids`."""
         marked = set(chunk_ids)
+        self.mark_reports += 1
         count = 0
         for chunk_id, holders in self.copies.items():
             copy = holders.get(cs_id)

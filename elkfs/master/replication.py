@@ -45,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .chunkservers import ChunkRegistry
+from .chunkservers import ChunkRegistry, ChunkServer
 
 MIN_FREE = (64 << 20) + (1 << 20)  # a target needs room for one whole chunk
 
@@ -94,6 +94,7 @@ class Stats:
     damaged_copies: int = 0
     marked_needed: Counter = field(default_factory=Counter)  # cs_id -> marked copies needed
     by_copies: Counter = field(default_factory=Counter)  # readable copies -> chunks
+    mark_reports: int = 0  # the registry's count of removal marks these stats include
 
 
 class Planner:
@@ -151,7 +152,7 @@ class Planner:
                 actions.append(Forget(server.cs_id, registry.forget(server.cs_id)))
         servers = registry.servers
         acting = now - self.started_at >= limits.delay_init
-        stats = Stats()
+        stats = Stats(mark_reports=registry.mark_reports)
         urgent = []  # (priority, chunk_id, version, need, readable, holders)
         for chunk_id, chunk in chunks.items():
             version = chunk.version
@@ -229,6 +230,17 @@ class Planner:
             actions.extend(self._replications(urgent, registry))
         self.stats = stats
         return actions
+
+    def removal_state(self, server: ChunkServer, registry: ChunkRegistry) -> str:
+        """How the removal of the server's marked disks stands, for reports: "" (none
+        marked), "in progress", "ready" (every marked copy has its goal elsewhere), or
+        "counting" until a pass has seen the latest marks (a chunkserver that just came
+        back reports its marks after its copies, which count as good until then)."""
+        if not server.marked_copies:
+            return ""
+        if self.stats.mark_reports != registry.mark_reports:
+            return "counting"
+        return "in progress" if self.stats.marked_needed.get(server.cs_id, 0) else "ready"
 
     def _replications(self, urgent: list, registry: ChunkRegistry) -> list:
         if not urgent:

@@ -478,8 +478,7 @@ class MasterServer:
                  "chunks": s.chunk_count,
                  "marked_chunks": s.marked_copies,
                  "marked_chunks_needed": st.marked_needed.get(s.cs_id, 0),
-                 "removal": ("" if not s.marked_copies else
-                             "in progress" if st.marked_needed.get(s.cs_id, 0) else "ready")}
+                 "removal": planner.removal_state(s, self.registry)}
                 for s in self.registry.servers.values()
             ],
             "masters": [

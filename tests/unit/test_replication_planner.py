@@ -142,6 +142,27 @@ def test_marked_copies_are_copied_away_then_the_disk_is_ready():
     assert p.stats.marked_needed[cs(1)] == 0 and p.stats.overgoal == 0
 
 
+def test_removal_is_not_ready_until_a_pass_has_counted_the_marks():
+    # A chunkserver that comes back registers its copies (as good) before it reports
+    # which are marked: the last pass's stats must not call its removal ready.
+    reg = registry(servers=3)
+    reg.set_copy(1, cs(1), 1)
+    reg.set_copy(1, cs(2), 1)
+    p = planner()
+    assert p.plan(1.0, chunks((1, 1)), {1: 2}, reg) == []
+    server = reg.servers[cs(1)]
+    assert p.removal_state(server, reg) == ""
+    reg.set_marked(cs(1), [1])
+    assert p.stats.marked_needed[cs(1)] == 0  # stale: counted before the mark
+    assert p.removal_state(server, reg) == "counting"
+    [action] = p.plan(2.0, chunks((1, 1)), {1: 2}, reg)
+    assert p.removal_state(server, reg) == "in progress"
+    p.finished(action, True)
+    reg.set_copy(1, cs(3), 1)
+    p.plan(3.0, chunks((1, 1)), {1: 2}, reg)
+    assert p.removal_state(server, reg) == "ready"
+
+
 def test_busy_chunks_and_orphans():
     reg = registry()
     reg.set_copy(1, cs(1), 1)
