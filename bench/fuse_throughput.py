@@ -31,6 +31,27 @@ def dd(*args: str) -> str:
     return f"{m.group(2):>10}  ({m.group(1)} s)" if m else line
 
 
+def dd_mb_s(*args: str) -> float:
+    """dd's bytes over its seconds, in MB/s."""
+    r = subprocess.run(["dd", *args], capture_output=True, text=True, check=True)
+    m = re.search(r"^(\d+) bytes .* copied, ([0-9.]+) s", r.stderr, re.M)
+    return int(m.group(1)) / float(m.group(2)) / 1e6
+
+
+def write_then_cold_read(path: str, size_mib: int, remount) -> tuple[float, float]:
+    """dd `size_mib` MiB into `path` (bs=1M conv=fsync), remount, drop the page cache and
+    read it back: (write MB/s, read MB/s)."""
+    if os.path.exists(path):
+        os.unlink(path)
+    w = dd_mb_s("if=/dev/zero", f"of={path}", "bs=1M", f"count={size_mib}", "conv=fsync")
+    remount()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+    r = dd_mb_s(f"if={path}", "of=/dev/null", "bs=1M")
+    os.unlink(path)
+    return w, r
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size-mib", type=int, default=1024)
