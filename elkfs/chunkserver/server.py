@@ -507,16 +507,20 @@ class ChunkServer:
         if conn.is_open:
             conn.send(m.Ok(msg.req) if status == OK else m.Error(msg.req, status, detail))
 
-    def _make_if_absent(self, chunk_id: int, version: int) -> None:
-        """A creating session's copy (`create`): made here and reported to the master,
-        unless it exists already (a retried session)."""
+    def _make_if_absent(self, chunk_id: int, version: int, offset: int = 0,
+                        data=None, report: bool = True) -> bool:
+        """A creating session's copy (`create`): made here (with `data` written at
+        `offset`) and reported to the master (unless the caller does it), unless it
+        exists already (a retried session). Returns whether it was made."""
         if chunk_id in self.store:
-            return
+            return False
         try:
-            self.store.create(chunk_id, version)
+            self.store.create(chunk_id, version, offset, data)
         except OSError as e:
             raise FsError(_status_of(e), f"cannot make the chunk: {e}") from None
-        self.report_made(chunk_id, version)
+        if report:
+            self.report_made(chunk_id, version)
+        return True
 
     def _write_data(self, conn: rpc.Connection, msg: m.WriteData, data) -> None:
         s = conn.context
@@ -643,6 +647,7 @@ class ChunkServer:
         if asked, write, fsync if asked, then answer with the chain's outcome."""
         status, detail, where = OK, "", ""
         down = down_fut = None
+        made = False
         data = memoryview(b"") if data is None else data
         try:
             if msg.chain:
@@ -655,10 +660,13 @@ class ChunkServer:
                         msg.offset, msg.create, msg.sync), data)
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                     raise _hop_failed(where, e) from None
-            if msg.create:  # after passing it on: the next hops make theirs meanwhile
-                self._make_if_absent(msg.chunk_id, msg.version)
-            self.store.check(msg.chunk_id, msg.version)
-            if len(data) <= INLINE_IO:
+            # After passing it on: the next hops make theirs meanwhile.
+            small = len(data) <= INLINE_IO
+            made = msg.create and self._make_if_absent(
+                msg.chunk_id, msg.version, msg.offset, data if small else None, report=False)
+            if made and small:
+                pass  # written with the new chunk's header
+            elif small:
                 self.store.write(msg.chunk_id, msg.version, msg.offset, data)
             else:
                 await self._io(self.store.write, msg.chunk_id, msg.version, msg.offset, data)
@@ -684,6 +692,10 @@ class ChunkServer:
                     status, detail = _status_of(e), f"{where}: {e or type(e).__name__}"
         if conn.is_open:
             conn.send(m.Ok(msg.req) if status == OK else m.Error(msg.req, status, detail))
+        if made:
+            # Told after the answer (off the writer's wait), but in the same step: still
+            # before the answer to any deletion the writer's outcome may bring.
+            self.report_made(msg.chunk_id, msg.version)
 
     # ------------------------------------------------------------ master link
 

@@ -4,10 +4,12 @@ A chunk is the file `<disk>/<XX>/chunk_<id:016X>_<version:08X>.elk` (XX = id & 0
 
     0      4 KiB   header: b"ELKCHNK1", chunk_id u64, version u64 (big-endian), zeros
     4 KiB  4 KiB   CRC table: 1024 x u32 big-endian, zlib.crc32 of each 64 KiB block
-    8 KiB  ...     data, a whole number of 64 KiB blocks (at most 1024 = 64 MiB)
+    8 KiB  ...     data: 64 KiB blocks (at most 1024 = 64 MiB)
 
-Blocks not stored read as zeros; their CRC table entries always hold the CRC of a zero
-block, so extending a chunk (a hole, or ftruncate) never needs a table update.
+Writes store just the bytes written (a small file's chunk is 8 KiB plus its data, not a
+whole block), so the file may end inside its last block. Whatever is not stored reads as
+zeros, and the CRC table entry of a block never written holds the CRC of a zero block,
+so extending a chunk (a hole, or ftruncate) never needs a table update.
 
 All methods are blocking and thread-safe: the server runs the big ones in a thread pool.
 Data paths avoid copies: CRCs are computed over memoryview slices (ISA-L's crc32 when
@@ -90,8 +92,9 @@ def chunk_name(chunk_id: int, version: int) -> str:
 
 
 def make_header(chunk_id: int, version: int) -> bytes:
+    """The first 4 KiB of a chunk file (the CRC table follows)."""
     head = HEAD.pack(MAGIC, chunk_id, version)
-    return head + bytes(CRC_OFFSET - len(head)) + ZERO_TABLE
+    return head + bytes(CRC_OFFSET - len(head))
 
 
 class Disk:
@@ -538,9 +541,15 @@ class ChunkStore:
 
     # ------------------------------------------------------------ chunk operations
 
-    def create(self, chunk_id: int, version: int) -> None:
+    def create(self, chunk_id: int, version: int, offset: int = 0, data=None) -> None:
+        """Make a new, empty chunk; with `data`, also write it at `offset` (a small first
+        write: it goes to disk with the header in one call)."""
         if not 0 < chunk_id <= MAX_ID or not 0 <= version <= MAX_ID:
             raise FsError(errno.EINVAL, "chunk id or version out of range")
+        mv = None
+        if data is not None and len(data):
+            mv = memoryview(data).cast("B")
+            _check_range(offset, len(mv))
         with self._lock:
             if chunk_id in self._index:
                 raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} exists")
@@ -551,15 +560,19 @@ class ChunkStore:
                 self._keep_stock_locked()
             if fd is None:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            c = Chunk(chunk_id, version, disk, path, 0)
+            c.fd = fd
+            c.crc = bytearray(ZERO_TABLE)
+            header = make_header(chunk_id, version)
             try:
-                os.pwrite(fd, make_header(chunk_id, version), 0)
+                if mv is None:
+                    os.pwritev(fd, [header, c.crc], 0)
+                else:
+                    self._write_locked(c, offset, mv, header)
             except BaseException:
                 os.close(fd)
                 os.unlink(path)
                 raise
-            c = Chunk(chunk_id, version, disk, path, 0)
-            c.fd = fd
-            c.crc = bytearray(ZERO_TABLE)
             self._lru[chunk_id] = c
             self._index[chunk_id] = c
             disk.chunk_count += 1
@@ -836,47 +849,44 @@ class ChunkStore:
             finally:
                 self._release(c)
 
-    def _write_locked(self, c: Chunk, offset: int, mv: memoryview) -> None:
+    def _write_locked(self, c: Chunk, offset: int, mv: memoryview,
+                      header: bytes | None = None) -> None:
+        """Write exactly the given bytes (the rest of a partial block is on disk already,
+        or reads as zeros past the file's end) and their blocks' new CRCs. `header`: a
+        new chunk's first write, whose header and CRC table go in the same `pwritev`."""
         n = len(mv)
-        end = offset + n
         b0 = offset // BLOCK
-        b1 = (end + BLOCK - 1) // BLOCK
-        head = offset % BLOCK
-        tail = end % BLOCK
-        parts: list = []
-        if b1 - b0 == 1 and (head or tail):  # inside one block
-            block = self._read_block_checked(c, b0)
-            block[head:head + n] = mv
-            parts.append(block)
-        else:
-            pos = 0
-            if head:
-                block = self._read_block_checked(c, b0)
-                pos = BLOCK - head
-                block[head:] = mv[:pos]
-                parts.append(block)
-            mid_end = n - tail if tail else n
-            if mid_end > pos:
-                parts.append(mv[pos:mid_end])
-            if tail:
-                block = self._read_block_checked(c, b1 - 1)
-                block[:tail] = mv[mid_end:]
-                parts.append(block)
-        crc = c.crc
-        pack = CRC.pack_into
-        b = b0
-        for part in parts:
-            pv = memoryview(part)
-            for i in range(0, len(pv), BLOCK):
-                pack(crc, 4 * b, crc32(pv[i:i + BLOCK]))
-                b += 1
-        total = (b1 - b0) * BLOCK
-        written = os.pwritev(c.fd, parts, HEADER_SIZE + b0 * BLOCK)
-        if written != total:
-            raise FsError(errno.ENOSPC, f"short write to {c.path}")
-        os.pwrite(c.fd, crc[4 * b0:4 * b1], CRC_OFFSET + 4 * b0)
+        b1 = (offset + n + BLOCK - 1) // BLOCK
+        self._update_crcs(c, offset, mv, b0, b1)
+        if header is not None:
+            iov = [header, c.crc]
+            if offset == 0:  # contiguous: header, table, then the data
+                iov.append(mv)
+            if os.pwritev(c.fd, iov, 0) != HEADER_SIZE + (n if offset == 0 else 0):
+                raise FsError(errno.ENOSPC, f"short write to {c.path}")
+        if header is None or offset:
+            if os.pwrite(c.fd, mv, HEADER_SIZE + offset) != n:
+                raise FsError(errno.ENOSPC, f"short write to {c.path}")
+        if header is None:
+            os.pwrite(c.fd, c.crc[4 * b0:4 * b1], CRC_OFFSET + 4 * b0)
         if b1 > c.blocks:
             c.blocks = b1
+
+    def _update_crcs(self, c: Chunk, offset: int, mv: memoryview, b0: int, b1: int) -> None:
+        """Set the CRCs of blocks b0..b1 as they are once `mv` is written at `offset`:
+        a block the write covers only in part is read (and checked) to be patched."""
+        crc = c.crc
+        pack = CRC.pack_into
+        end = offset + len(mv)
+        for b in range(b0, b1):
+            start, stop = b * BLOCK, (b + 1) * BLOCK
+            if offset <= start and stop <= end:
+                pack(crc, 4 * b, crc32(mv[start - offset:stop - offset]))
+            else:
+                block = self._read_block_checked(c, b)
+                lo, hi = max(start, offset), min(stop, end)
+                block[lo - start:hi - start] = mv[lo - offset:hi - offset]
+                pack(crc, 4 * b, crc32(block))
 
     def fsync(self, chunk_id: int) -> None:
         c = self._index.get(chunk_id)
@@ -898,7 +908,7 @@ class ChunkStore:
         final = disk.chunk_path(chunk_id, version)
         path = final + ".tmp"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        os.pwrite(fd, make_header(chunk_id, version), 0)
+        os.pwritev(fd, [make_header(chunk_id, version), ZERO_TABLE], 0)
         c = Chunk(chunk_id, version, disk, path, 0)
         c.fd = fd
         c.crc = bytearray(ZERO_TABLE)

@@ -45,6 +45,35 @@ def test_create_layout(store):
     assert e.value.status == errno.EEXIST
 
 
+@pytest.mark.parametrize("offset", [0, 5000, BLOCK + 3])
+def test_create_with_first_write(tmp_path, offset):
+    s = ChunkStore([str(tmp_path)])
+    data = os.urandom(4096)
+    s.create(21, 3, offset, data)
+    c = s._index[21]
+    with open(c.path, "rb") as f:
+        raw = f.read()
+    # header, CRC table, then only the bytes written: a small file costs no whole block
+    assert raw[:8] == b"ELKCHNK1" and len(raw) == HEADER_SIZE + offset + len(data)
+    assert raw[HEADER_SIZE + offset:] == data and raw[HEADER_SIZE:HEADER_SIZE + offset] == bytes(offset)
+    b = offset // BLOCK
+    padded = raw[HEADER_SIZE + b * BLOCK:].ljust(BLOCK, b"\0")
+    assert struct.unpack_from(">I", raw, CRC_OFFSET + 4 * b)[0] == zlib.crc32(padded)
+    assert bytes(s.read(21, 3, offset - 10 if offset else 0, 5000)) == \
+        (bytes(10) if offset else b"") + data + bytes(5000 - len(data) - (10 if offset else 0))
+    # the same after a restart, and a later write inside the short last block
+    s.close()
+    s = ChunkStore([str(tmp_path)])
+    s.scan()
+    assert s.info(21) == (3, (b + 1) * BLOCK)
+    s.write(21, 3, offset + 100, b"xyz")
+    want = bytearray(data)
+    want[100:103] = b"xyz"
+    assert bytes(s.read(21, 3, offset, BLOCK)) == bytes(want) + bytes(BLOCK - len(want))
+    assert s.scrub(21)[1] is None
+    s.close()
+
+
 def test_random_writes_and_reads(store):
     rng = random.Random(1)
     store.create(1, 1)
@@ -73,13 +102,14 @@ def test_random_writes_and_reads(store):
             assert got == want
     whole = bytes(store.read(1, 1, 0, len(model)))
     assert whole == bytes(model)
-    # file layout: stored length is whole blocks; every CRC matches its block
+    # file layout: just the bytes written (the file ends where the furthest write did);
+    # every CRC matches its block, zero-padded
     c = store._index[1]
     with open(c.path, "rb") as f:
         raw = f.read()
-    assert (len(raw) - HEADER_SIZE) % BLOCK == 0
-    for b in range((len(raw) - HEADER_SIZE) // BLOCK):
-        block = raw[HEADER_SIZE + b * BLOCK:HEADER_SIZE + (b + 1) * BLOCK]
+    assert len(raw) == HEADER_SIZE + len(model)
+    for b in range(c.blocks):
+        block = raw[HEADER_SIZE + b * BLOCK:HEADER_SIZE + (b + 1) * BLOCK].ljust(BLOCK, b"\0")
         assert struct.unpack_from(">I", raw, CRC_OFFSET + 4 * b)[0] == zlib.crc32(block)
 
 
