@@ -28,6 +28,7 @@ WRITE_PIECE = 1 << 20
 WINDOW = 16 << 20
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 60.0
+FAN_OUT_MAX = 64 << 10  # a WriteOnce up to this size goes to every copy at once
 
 
 class ConnectionPool:
@@ -114,7 +115,9 @@ class ChunkWriter:
     `WriteInit`, the data and `WriteEnd` go out without waiting for each other (the
     chunkserver holds data that arrives before its chain is ready); `finish` waits for
     every answer, so it returns only once the whole chain acknowledged everything.
-    `write_once` instead sends a whole small session as one message (`WriteOnce`)."""
+    `write_once` instead sends a whole small session as one message (`WriteOnce`): down
+    the chain, or, up to FAN_OUT_MAX bytes, to every copy at once (one hop of waiting
+    instead of one per copy; the extra bytes sent are few)."""
 
     def __init__(self, chain: list[m.Addr], chunk_id: int, version: int,
                  pool: ConnectionPool | None = None, create: bool = False):
@@ -141,14 +144,14 @@ class ChunkWriter:
             chain=list(self.chain[1:]), create=self.create))
 
     async def _connect(self) -> rpc.Connection:
-        head = self.chain[0]
-        if self.pool is not None:
-            return await self.pool.get(head)
-        return await rpc.connect(head[0], head[1], name="chunkserver", timeout=CONNECT_TIMEOUT)
+        return await self._connect_to(self.chain[0])
 
     async def write_once(self, offset: int, data: bytes, sync: bool) -> None:
         """The whole session in one message (`WriteOnce`), for data that fits one frame:
         returns once every copy has it."""
+        if len(self.chain) > 1 and len(data) <= FAN_OUT_MAX:
+            await self._fan_out(offset, data, sync)
+            return
         ok = False
         try:
             self.conn = await self._connect()
@@ -164,6 +167,47 @@ class ChunkWriter:
                 self.pool.put(self.chain[0], self.conn)
                 self.conn = None
             self.close()
+
+    async def _fan_out(self, offset: int, data: bytes, sync: bool) -> None:
+        """`WriteOnce` with no chain to each copy, all sent before any answer is awaited.
+        Any copy failing fails the session, as a failing hop of a chain does."""
+        calls: list[tuple[m.Addr, rpc.Connection, asyncio.Future]] = []
+        error: FsError | None = None
+        try:
+            for addr in self.chain:
+                try:
+                    conn = await self._connect_to(addr)
+                    calls.append((addr, conn, conn.start_call(m.WriteOnce(
+                        conn.next_req(), self.chunk_id, self.version, [], offset,
+                        self.create, sync), data)))
+                except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                    error = error or _copy_failed(addr, errno.EIO, str(e) or type(e).__name__)
+            for addr, conn, fut in calls:
+                try:
+                    reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+                except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                    conn.close()
+                    error = error or _copy_failed(addr, errno.EIO, str(e) or type(e).__name__)
+                    continue
+                if isinstance(reply, m.Error):
+                    error = error or _copy_failed(addr, reply.status, reply.detail)
+                if self.pool is not None:
+                    self.pool.put(addr, conn)  # answered: no session left on it
+                else:
+                    conn.close()
+        except BaseException:  # cancelled: no connection may keep an unanswered session
+            for _, conn, fut in calls:
+                if not fut.done():
+                    fut.cancel()
+                    conn.close()
+            raise
+        if error is not None:
+            raise error
+
+    async def _connect_to(self, addr: m.Addr) -> rpc.Connection:
+        if self.pool is not None:
+            return await self.pool.get(addr)
+        return await rpc.connect(addr[0], addr[1], name="chunkserver", timeout=CONNECT_TIMEOUT)
 
     async def _settle_init(self) -> None:
         fut, self.init_fut = self.init_fut, None
@@ -237,3 +281,7 @@ class ChunkWriter:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _copy_failed(addr: m.Addr, status: int, detail: str) -> FsError:
+    return FsError(status, f"{addr[0]}:{addr[1]}: {detail or status}")

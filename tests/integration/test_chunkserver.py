@@ -328,6 +328,41 @@ async def test_write_once_sessions(tmp_path):
         assert (await read(cs2.addr, 0x802, 1, 0, 1)) == (0, b"z")
 
 
+async def test_client_write_once_fans_out_small_data(tmp_path):
+    """The client sends a small WriteOnce to every copy at once (no chain): each makes
+    and writes its copy; a copy that cannot be reached fails the session, named in the
+    error, while the others still have the data. Larger data goes down the chain."""
+    from elkfs.client.chunkio import FAN_OUT_MAX, ChunkWriter, ConnectionPool
+
+    async with cluster(tmp_path) as (master, (cs0, cs1, cs2)):
+        pool = ConnectionPool()
+        data = os.urandom(3000)
+        await ChunkWriter([cs0.addr, cs1.addr, cs2.addr], 0x901, 1, pool,
+                          create=True).write_once(10, data, sync=True)
+        for cs in (cs0, cs1, cs2):
+            assert await read(cs.addr, 0x901, 1, 0, 3010) == (0, bytes(10) + data)
+        await master.wait_for(lambda: len(master.made) == 3)
+        # each copy got its own message: nothing was passed down a chain
+        assert all(len(pool.idle[cs.addr]) == 1 for cs in (cs0, cs1, cs2))
+        dead = (CS_HOSTS[2], free_port(CS_HOSTS[2]))
+        with pytest.raises(FsError) as e:
+            await ChunkWriter([cs0.addr, dead, cs1.addr], 0x902, 1, pool,
+                              create=True).write_once(0, b"abc", sync=False)
+        assert f"{dead[0]}:{dead[1]}" in e.value.detail
+        for cs in (cs0, cs1):
+            assert await read(cs.addr, 0x902, 1, 0, 3) == (0, b"abc")
+        with pytest.raises(FsError) as e:  # a copy's refusal, with its address
+            await ChunkWriter([cs0.addr, cs2.addr], 0x902, 1, pool).write_once(0, b"x", False)
+        assert e.value.status == NO_CHUNK and f"{cs2.addr[0]}:{cs2.addr[1]}" in e.value.detail
+        # above FAN_OUT_MAX: one message down the chain (the head forwards it)
+        big = os.urandom(FAN_OUT_MAX + 1)
+        await ChunkWriter([cs1.addr, cs2.addr], 0x903, 1, pool,
+                          create=True).write_once(0, big, sync=False)
+        for cs in (cs1, cs2):
+            assert await read(cs.addr, 0x903, 1, 0, len(big)) == (0, big)
+        pool.close()
+
+
 async def test_garbage_on_data_port(tmp_path):
     async with cluster(tmp_path, n=1) as (master, (cs0,)):
         await master.command(cs0.addr, m.CreateChunk(0x77, 3))
