@@ -49,6 +49,7 @@ class MasterLink:
         self.listing_ttl_ms = listing_ttl_ms
         self._tasks: set[asyncio.Task] = set()  # retries of posted changes
         self._unanswered: set[asyncio.Future] = set()  # posted changes not answered yet
+        self._posts: list[tuple[m.Op, int]] = []  # posted changes not sent yet
         self.on_invalidate: Callable[[list[int] | None], None] | None = None
 
     async def connect(self) -> None:
@@ -109,19 +110,28 @@ class MasterLink:
 
     def post(self, op: m.Op) -> None:
         """Send a change nobody waits for, in order with everything sent after it. It is
-        retried like any change if the connection breaks before the answer."""
-        seq = next(self._seq)
-        conn = self.conn
-        if conn is not None and conn.is_open:
-            try:
-                fut = conn.start_call(m.MetaRequest(conn.next_req(), self.session, seq, op))
-            except rpc.ConnectionClosed:
-                pass
-            else:
-                self._unanswered.add(fut)
-                fut.add_done_callback(lambda f: self._posted(f, op, seq))
-                return
-        self._spawn(self._request(op, seq))
+        retried like any change if the connection breaks before the answer. It leaves at
+        the end of this event-loop step (`send_posted`): after the caller's own answer
+        (the mount's reply to the kernel), but before any request made after it."""
+        self._posts.append((op, next(self._seq)))
+        if len(self._posts) == 1:
+            asyncio.get_running_loop().call_soon(self.send_posted)
+
+    def send_posted(self) -> None:
+        """Send the posted changes not sent yet, in order."""
+        posts, self._posts = self._posts, []
+        for op, seq in posts:
+            conn = self.conn
+            if conn is not None and conn.is_open:
+                try:
+                    fut = conn.start_call(m.MetaRequest(conn.next_req(), self.session, seq, op))
+                except rpc.ConnectionClosed:
+                    pass
+                else:
+                    self._unanswered.add(fut)
+                    fut.add_done_callback(lambda f, op=op, seq=seq: self._posted(f, op, seq))
+                    continue
+            self._spawn(self._request(op, seq))
 
     def _posted(self, fut: asyncio.Future, op: m.Op, seq: int) -> None:
         self._unanswered.discard(fut)
@@ -135,6 +145,7 @@ class MasterLink:
 
     async def drain_posted(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every posted change was answered."""
+        self.send_posted()
         pending = [*self._unanswered, *self._tasks]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
@@ -156,6 +167,8 @@ class MasterLink:
         deadline = time.monotonic() + self.retry_s
         while True:
             conn = await self._ensure_connected(deadline)
+            if self._posts:
+                self.send_posted()  # changes posted before this one go first
             try:
                 reply, _ = await conn.call(m.MetaRequest, session=self.session, seq=seq, op=op,
                                            timeout=self.request_timeout_s)

@@ -291,6 +291,7 @@ async def test_posted_change_is_retried_after_a_broken_connection_and_applied_on
             attr = await c.mknod(f"/posted/f{i}", stat.S_IFREG | 0o644)
             if i % 2:  # broken right after the send
                 c.link.post(m.Acquire(attr.inode))
+                c.link.send_posted()  # else it leaves at the end of this loop step
                 c.link.conn.transport.abort()
             else:  # broken before: the post waits for the reconnection
                 c.link.conn.transport.abort()
@@ -303,6 +304,24 @@ async def test_posted_change_is_retried_after_a_broken_connection_and_applied_on
             with pytest.raises(FsError) as e:  # still there if it was counted twice
                 await c.getattr_inode(attr.inode)
             assert e.value.errno == errno.ENOENT
+    finally:
+        await c.close()
+
+
+async def test_posted_change_goes_before_a_request_made_after_it(cluster):
+    """A post leaves at the end of the event-loop step, but a request made in the same
+    step must not overtake it: here an open (Acquire) then an unlink of the file."""
+    import stat
+
+    c = await connect(cluster)
+    try:
+        parent = (await c.mkdir("/order")).inode
+        await c.settrashtime("/order", 0)
+        attr = await c.mknod("/order/f", stat.S_IFREG | 0o644)
+        c.link.post(m.Acquire(attr.inode))
+        await c.op(m.Unlink(parent, b"f"))
+        assert (await c.getattr_inode(attr.inode)).nlink == 0  # open first: kept
+        await c.op(m.Release(attr.inode))
     finally:
         await c.close()
 
