@@ -664,12 +664,10 @@ class ChunkServer:
             small = len(data) <= INLINE_IO
             made = msg.create and self._make_if_absent(
                 msg.chunk_id, msg.version, msg.offset, data if small else None, report=False)
-            if made and small:
-                pass  # written with the new chunk's header
-            elif small:
-                self.store.write(msg.chunk_id, msg.version, msg.offset, data)
-            else:
+            if not small:
                 await self._io(self.store.write, msg.chunk_id, msg.version, msg.offset, data)
+            elif not made:  # (a chunk made here got the data with its header)
+                self.store.write(msg.chunk_id, msg.version, msg.offset, data)
             if msg.sync:
                 await self._io(self.store.fsync, msg.chunk_id)
         except FsError as e:

@@ -203,6 +203,12 @@ class TempChunk:
     final_path: str
 
 
+def _pwrite_all(c: "Chunk", iov: list, pos: int) -> None:
+    """`pwritev` that treats a short write as the disk being full."""
+    if os.pwritev(c.fd, iov, pos) != sum(len(b) for b in iov):
+        raise FsError(errno.ENOSPC, f"short write to {c.path}")
+
+
 def _check_range(offset: int, size: int) -> None:
     if offset < 0 or size < 0 or offset + size > CHUNK_SIZE:
         raise FsError(errno.EINVAL, f"range {offset}+{size} outside the chunk")
@@ -566,7 +572,7 @@ class ChunkStore:
             header = make_header(chunk_id, version)
             try:
                 if mv is None:
-                    os.pwritev(fd, [header, c.crc], 0)
+                    _pwrite_all(c, [header, c.crc], 0)
                 else:
                     self._write_locked(c, offset, mv, header)
             except BaseException:
@@ -858,17 +864,14 @@ class ChunkStore:
         b0 = offset // BLOCK
         b1 = (offset + n + BLOCK - 1) // BLOCK
         self._update_crcs(c, offset, mv, b0, b1)
-        if header is not None:
-            iov = [header, c.crc]
-            if offset == 0:  # contiguous: header, table, then the data
-                iov.append(mv)
-            if os.pwritev(c.fd, iov, 0) != HEADER_SIZE + (n if offset == 0 else 0):
-                raise FsError(errno.ENOSPC, f"short write to {c.path}")
-        if header is None or offset:
-            if os.pwrite(c.fd, mv, HEADER_SIZE + offset) != n:
-                raise FsError(errno.ENOSPC, f"short write to {c.path}")
         if header is None:
+            _pwrite_all(c, [mv], HEADER_SIZE + offset)
             os.pwrite(c.fd, c.crc[4 * b0:4 * b1], CRC_OFFSET + 4 * b0)
+        elif offset == 0:  # contiguous: header, CRC table, then the data
+            _pwrite_all(c, [header, c.crc, mv], 0)
+        else:
+            _pwrite_all(c, [header, c.crc], 0)
+            _pwrite_all(c, [mv], HEADER_SIZE + offset)
         if b1 > c.blocks:
             c.blocks = b1
 
