@@ -57,6 +57,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from elkfs.proto.errors import CRC_ERROR, NO_CHUNK, WRONG_VERSION, FsError
+from elkfs.proto.layout import BLOCK_SIZE, BLOCKS_PER_CHUNK, CHUNK_SIZE
 
 from .hddcfg import HddEntry
 
@@ -67,9 +68,8 @@ except ImportError:  # pragma: no cover - optional dependency
 
 log = logging.getLogger("elkfs.chunkserver.store")
 
-BLOCK = 64 << 10
-BLOCKS = 1024
-CHUNK_SIZE = BLOCK * BLOCKS
+BLOCK = BLOCK_SIZE
+BLOCKS = BLOCKS_PER_CHUNK
 HEADER_SIZE = 8192
 CRC_OFFSET = 4096
 MAGIC = b"ELKCHNK1"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..proto.layout import CHUNK_SIZE
 from ..proto.messages import Addr
 
 
@@ -153,7 +154,7 @@ class ChunkRegistry:
     def choose_servers(self, count: int, exclude: set[bytes] = frozenset()) -> list[ChunkServer]:
         """Up to `count` distinct servers for new copies, most free space first."""
         candidates = [s for s in self.connected()
-                      if s.cs_id not in exclude and s.free_bytes > (64 << 20)]
+                      if s.cs_id not in exclude and s.free_bytes > CHUNK_SIZE]
         if not candidates:
             return []
         candidates.sort(key=lambda s: (-s.free_bytes, s.cs_id))

@@ -40,17 +40,16 @@ from dataclasses import dataclass, field
 
 from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
+from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
 from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
 from .records import CloseSession, OpenSession, Record
 
 ROOT = 1
-CHUNK_SIZE = 64 << 20
 MAX_NAME = 255
 MAX_GOAL = 9
 DEFAULT_ROOT_GOAL = 2
 DEFAULT_TRASHTIME = 86400
 MAX_TRASHTIME = (1 << 31) - 1
-MAX_FILE_SIZE = CHUNK_SIZE * (1 << 31)
 RESULTS_KEPT = 4096  # per-session results kept for retries
 
 _SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
@@ -225,8 +224,8 @@ class Namespace:
                 n_chunks = sum(1 for c in node.chunks if c)
                 chunks += n_chunks
                 length += node.length
-                blocks = -(-node.length // (64 << 10))
-                file_size = blocks * (64 << 10)
+                blocks = -(-node.length // BLOCK_SIZE)
+                file_size = blocks * BLOCK_SIZE
                 size += file_size
                 realsize += file_size * node.goal
         return m.DirStatsOut(inodes, dirs, files, chunks, length, size, realsize)
@@ -719,10 +718,10 @@ class Namespace:
 
     def _writechunk(self, op: m.WriteChunk, ts, sess):
         node = self.file(op.inode)
-        if not 0 <= op.index < (1 << 31):
+        if not 0 <= op.index < MAX_CHUNKS:
             raise FsError(errno.EFBIG)
-        while len(node.chunks) <= op.index:
-            node.chunks.append(0)
+        if len(node.chunks) <= op.index:
+            node.chunks.extend([0] * (op.index + 1 - len(node.chunks)))
         chunk_id = node.chunks[op.index]
         if chunk_id and self.chunks[chunk_id].refs > 1:
             # Shared with a snapshot: the writer gets its own copy under a new id (the

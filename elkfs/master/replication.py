@@ -45,9 +45,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from ..proto.layout import CHUNK_SIZE
 from .chunkservers import ChunkRegistry, ChunkServer
 
-MIN_FREE = (64 << 20) + (1 << 20)  # a target needs room for one whole chunk
+MIN_FREE = CHUNK_SIZE + (1 << 20)  # a target needs room for one whole chunk
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,21 @@ def test_goal_inherited_and_recursive():
     r.fails(m.SetGoal(d, 10), errno.EINVAL)
 
 
+def test_a_file_has_at_most_max_chunks():
+    """A write at the far end of a sparse file makes room for every chunk before it: the
+    limit bounds what one request can cost the master."""
+    from elkfs.proto.layout import CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
+
+    r = Runner()
+    f = r.mkfile(ROOT, b"f")
+    r.fails(m.WriteChunk(f, MAX_CHUNKS), errno.EFBIG)
+    r.fails(m.Truncate(f, MAX_FILE_SIZE + 1), errno.EFBIG)
+    last = r.do(m.WriteChunk(f, MAX_CHUNKS - 1))
+    r.do(m.WriteChunkEnd(f, MAX_CHUNKS - 1, last.chunk_id, MAX_FILE_SIZE))
+    assert r.ns.nodes[f].length == MAX_FILE_SIZE == MAX_CHUNKS * CHUNK_SIZE
+    assert len(r.ns.nodes[f].chunks) == MAX_CHUNKS
+
+
 def test_chunks_truncate_and_delete_effects():
     r = Runner()
     f = r.mkfile(ROOT, b"f")
