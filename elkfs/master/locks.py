@@ -21,9 +21,15 @@ class ChunkLocks:
         self.holders: dict[Key, object] = {}
         self.waiters: dict[Key, deque[asyncio.Future]] = {}
 
+    def try_acquire(self, key: Key, owner: object) -> bool:
+        """Take the lock if it is free; never waits."""
+        if key in self.holders:
+            return False
+        self.holders[key] = owner
+        return True
+
     async def acquire(self, key: Key, owner: object) -> None:
-        if key not in self.holders:
-            self.holders[key] = owner
+        if self.try_acquire(key, owner):
             return
         fut = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(key, deque()).append(fut)

@@ -27,11 +27,12 @@ from ..config import Option, ranged_int
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NO_CHUNK, NO_SERVERS, FsError
+from ..proto.layout import CHUNK_SIZE
 from . import replication as rep
 from .chunkservers import ChunkRegistry
 from .locks import ChunkLocks
 from .listings import ListingLeases, touched_dirs
-from .namespace import CHUNK_SIZE, DeleteChunkEffect, DuplicateChunkEffect, TruncateChunkEffect
+from .namespace import DeleteChunkEffect, DuplicateChunkEffect, TruncateChunkEffect
 from .nodes import FileNode
 from .records import CloseSession, OpenSession
 from .store import MetadataStore
@@ -360,7 +361,8 @@ class MasterServer:
                 conn.send(m.MetaReply(msg.req, 0, result))
                 return
             if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
-                self.spawn(self.chunk_op(conn, msg))
+                if not self.chunk_op_now(conn, msg):
+                    self.spawn(self.chunk_op(conn, msg))
                 return
             done, result = self.ns.duplicate_result(msg.session, msg.seq)
             holders = None
@@ -490,6 +492,32 @@ class MasterServer:
 
     # ------------------------------------------------------------ chunk operations
 
+    def chunk_op_now(self, conn: rpc.Connection, msg: m.MetaRequest) -> bool:
+        """The common chunk operations that need no waiting but for durability, done in
+        this step (no task, no extra loop iteration): a WriteChunk of a chunk that does
+        not exist yet and nobody locks, and a WriteChunkEnd with nothing to delete.
+        Returns False for the others (`chunk_op`). Raises FsError as `handle_op` expects."""
+        op = msg.op
+        if isinstance(op, m.WriteChunk):
+            key = (op.inode, op.index)
+            if self.ns.chunk_of(op.inode, op.index) is not None:
+                return False
+            node = self.ns.file(op.inode)
+            if not self.locks.try_acquire(key, conn):
+                return False
+            try:
+                result, version = self._make_chunk(msg, node)
+            except BaseException:
+                self.locks.release(key)
+                raise
+        elif isinstance(op, m.WriteChunkEnd) and not self._unmaking(conn, op):
+            result, version = self._end_chunk(conn, msg)
+        else:
+            return False
+        reply = m.MetaReply(msg.req, 0, result)
+        self.store.when_durable(version, lambda: self._send(conn, reply))
+        return True
+
     async def chunk_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         op = msg.op
         try:
@@ -516,19 +544,16 @@ class MasterServer:
         try:
             node = self.ns.file(op.inode)
             chunk = self.ns.chunk_of(op.inode, op.index)
+            if chunk is None:
+                out, version = self._make_chunk(msg, node)
+                await self.store.wait_durable(version)
+                return out
             # A chunk whose creation every chunkserver refused has no copy and no data:
             # create it again, wherever there is room now.
-            fresh = chunk is None or (
-                chunk.refs == 1 and not self.registry.holders(chunk.chunk_id)
-                and node.length <= op.index * CHUNK_SIZE)
+            fresh = (chunk.refs == 1 and not self.registry.holders(chunk.chunk_id)
+                     and node.length <= op.index * CHUNK_SIZE)
             if fresh:
-                targets = self.registry.choose_servers(node.goal)
-                if not targets:
-                    servers = [s for s in self.registry.servers.values() if not s.lost]
-                    if servers and all(s.connected for s in servers):
-                        # Every chunkserver is here and full: no point in retrying.
-                        raise FsError(errno.ENOSPC, "every chunkserver is full")
-                    raise FsError(NO_SERVERS, "no chunkserver with free space")
+                targets = self._targets(node.goal)
             else:
                 targets = self.registry.valid_servers(chunk.chunk_id, chunk.version)
                 if not targets:
@@ -539,15 +564,9 @@ class MasterServer:
                 if roomy and len(roomy) < len(targets):
                     targets = roomy
             shared = not fresh and chunk.refs > 1
-            old = (chunk.chunk_id, chunk.version) if chunk is not None else None
+            old = (chunk.chunk_id, chunk.version)
             result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
             await self.store.wait_durable(version)
-            if chunk is None:
-                # A brand-new chunk: the writer's session makes it on each chunkserver
-                # (WriteInit.create). Its copies count once WriteChunkEnd says it worked.
-                self.creating[key] = (result.chunk_id, result.version, targets)
-                return m.ChunkOut(result.chunk_id, result.version, node.length,
-                                  [s.addr for s in targets], create=True)
             if fresh:
                 cmd = lambda s: m.CreateChunk(result.chunk_id, result.version)
             elif shared:  # copy-on-write: the chunkservers copy the shared chunk
@@ -586,6 +605,28 @@ class MasterServer:
             self.locks.release(key)
             raise
 
+    def _targets(self, goal: int) -> list:
+        """Chunkservers for a new chunk's copies, or why there are none."""
+        targets = self.registry.choose_servers(goal)
+        if not targets:
+            servers = [s for s in self.registry.servers.values() if not s.lost]
+            if servers and all(s.connected for s in servers):
+                # Every chunkserver is here and full: no point in retrying.
+                raise FsError(errno.ENOSPC, "every chunkserver is full")
+            raise FsError(NO_SERVERS, "no chunkserver with free space")
+        return targets
+
+    def _make_chunk(self, msg: m.MetaRequest, node) -> tuple[m.ChunkOut, int]:
+        """A brand-new chunk (its lock held): the writer's session makes it on each
+        chunkserver (WriteInit.create). Its copies count once WriteChunkEnd says it
+        worked. Returns the answer and the version to be durable before it goes."""
+        op: m.WriteChunk = msg.op
+        targets = self._targets(node.goal)
+        result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+        self.creating[(op.inode, op.index)] = (result.chunk_id, result.version, targets)
+        return m.ChunkOut(result.chunk_id, result.version, node.length,
+                          [s.addr for s in targets], create=True), version
+
     async def _unmake(self, made: tuple[int, int, list]) -> None:
         """Delete what a failed creating session may have made, before anyone writes the
         chunk again (a new attempt makes it anew, with a higher version)."""
@@ -604,23 +645,41 @@ class MasterServer:
         finally:
             self.locks.release(key)
 
+    def _unmaking(self, conn: rpc.Connection, op: m.WriteChunkEnd) -> bool:
+        """Whether ending this session deletes the copies its failed creation made."""
+        key = (op.inode, op.index)
+        made = self.creating.get(key)
+        return (made is not None and self.locks.held_by(key) is conn
+                and not (op.ok and made[0] == op.chunk_id))
+
     async def write_chunk_end(self, conn: rpc.Connection, msg: m.MetaRequest):
+        op: m.WriteChunkEnd = msg.op
+        key = (op.inode, op.index)
+        if self._unmaking(conn, op):
+            try:
+                await self._unmake(self.creating.pop(key))
+            except BaseException:
+                self.locks.release(key)
+                raise
+        result, version = self._end_chunk(conn, msg)
+        await self.store.wait_durable(version)
+        return result
+
+    def _end_chunk(self, conn: rpc.Connection, msg: m.MetaRequest) -> tuple[m.Result, int]:
+        """Record the session's outcome and release the chunk. A new chunk's copies count
+        from here (a failed creation's were deleted before). The lock goes now, before
+        the change is durable: a later writer's change is journaled after this one."""
         op: m.WriteChunkEnd = msg.op
         key = (op.inode, op.index)
         try:
             if self.locks.held_by(key) is conn and key in self.creating:
-                made = self.creating.pop(key)
-                if op.ok and made[0] == op.chunk_id:
-                    for server in made[2]:
-                        self.registry.set_copy(made[0], server.cs_id, made[1])
-                else:
-                    await self._unmake(made)
+                chunk_id, version, servers = self.creating.pop(key)
+                for server in servers:
+                    self.registry.set_copy(chunk_id, server.cs_id, version)
             chunk = self.ns.chunk_of(op.inode, op.index)
             if chunk is None or chunk.chunk_id != op.chunk_id:
                 raise FsError(errno.ESTALE, "chunk changed while written")
-            result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
-            await self.store.wait_durable(version)
-            return result
+            return self.store.change(op, time.time_ns(), msg.session, msg.seq)
         finally:
             if self.locks.held_by(key) is conn:
                 self.locks.release(key)
