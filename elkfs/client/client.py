@@ -29,12 +29,12 @@ import time
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
+from ..proto.layout import CHUNK_SIZE, MAX_FILE_SIZE
 from .chunkio import WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
 from .master_link import DEFAULT_MASTER_PORT, MasterLink
 
 log = logging.getLogger("elkfs.client")
 
-CHUNK_SIZE = 64 << 20
 ROOT = 1
 COALESCE = 1 << 20
 SPLIT_READ_MIN = 2 << 20  # reads of at least twice this are spread over the copies
@@ -317,21 +317,42 @@ class Client:
             await f.close()
 
 
+def _retrieved(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()  # marks it retrieved: no "never retrieved" warning at exit
+
+
 def _out_of_space(e: BaseException) -> bool:
     return isinstance(e, (FsError, OSError)) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class _OpenChunk:
-    """The chunk a File is writing into: its chain session and everything sent to it."""
+    """The chunk a File is writing into: its chain session and everything sent to it.
 
-    def __init__(self, index: int, chunk: m.ChunkOut, writer: ChunkWriter):
+    The master's answer to `WriteChunk` (`chunk`, `writer`) is not waited for when the
+    chunk is opened: small writes are kept in `pending` meanwhile, so the kernel's WRITE
+    is answered at once and the trip to the master overlaps what the application does
+    next (typically close). Whoever needs the answer awaits `ready()`; a failure to open
+    comes out there, at the next write that sends data or at flush/close, as write-back
+    errors do."""
+
+    def __init__(self, index: int, opening: asyncio.Future):
         self.index = index
-        self.chunk = chunk
-        self.writer = writer
+        self.opening = opening  # -> (chunk, writer)
+        self.chunk: m.ChunkOut | None = None
+        self.writer: ChunkWriter | None = None
         self.sent: list[tuple[int, bytes]] = []  # (offset in chunk, data), for replays
         self.end = 0  # highest byte written, relative to the chunk
         self.pending_off = 0
         self.pending = bytearray()
+
+    async def ready(self) -> None:
+        if self.writer is None:
+            if not self.opening.done():
+                # Shielded: a cancelled waiter must not cancel the WriteChunk, whose
+                # answer (and chunk lock) the close still needs.
+                await asyncio.shield(self.opening)
+            self.chunk, self.writer = self.opening.result()
 
 
 class File:
@@ -353,6 +374,8 @@ class File:
     async def write(self, offset: int, data) -> int:
         if offset < 0:
             raise FsError(errno.EINVAL)
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)  # here, not at the close (the chunk is not waited for)
         data = bytes(data) if not isinstance(data, bytes) else data
         async with self._lock:
             pos = 0
@@ -368,10 +391,23 @@ class File:
         if self._open is not None and self._open.index == index:
             return self._open
         await self._close_chunk(sync=False)
-        self._open = await self._open_chunk(index)
+        opening = asyncio.ensure_future(self._open_chunk(index))
+        opening.add_done_callback(_retrieved)  # a failure is raised where it is awaited
+        self._open = _OpenChunk(index, opening)
         return self._open
 
-    async def _open_chunk(self, index: int, connect: bool = False) -> _OpenChunk:
+    async def _ready(self, oc: _OpenChunk) -> None:
+        """Wait for the master's answer to the chunk's WriteChunk; if it failed, the
+        chunk is not open any more (the data kept for it is lost, as the error says)."""
+        try:
+            await oc.ready()
+        except BaseException:
+            if self._open is oc:
+                self._open = None
+            raise
+
+    async def _open_chunk(self, index: int,
+                          connect: bool = False) -> tuple[m.ChunkOut, ChunkWriter]:
         """WriteChunk, retried. With `connect` the chain session is opened too (and
         retried with it); else it opens with the first data sent, or a small session
         goes as one message at the close (`ChunkWriter.write_once`)."""
@@ -390,7 +426,7 @@ class File:
                         await self._end_chunk(index, chunk.chunk_id, 0, ok=False)
                         raise
                 self._locations.pop(index, None)
-                return _OpenChunk(index, chunk, writer)
+                return chunk, writer
             except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                 retriable = not isinstance(e, FsError) or e.status in (
                     errno.EIO, CHUNK_LOCKED, NO_SERVERS, errno.ETIMEDOUT) or e.status >= 1000
@@ -426,6 +462,7 @@ class File:
             await self._send(oc, oc.pending_off, data)
 
     async def _send(self, oc: _OpenChunk, offset: int, data: bytes) -> None:
+        await self._ready(oc)
         oc.sent.append((offset, data))
         oc.end = max(oc.end, offset + len(data))
         try:
@@ -455,12 +492,11 @@ class File:
         oc.writer.close()
         await self._end_chunk(oc.index, oc.chunk.chunk_id, 0, ok=False)
         try:
-            fresh = await self._open_chunk(oc.index, connect=True)
+            oc.chunk, oc.writer = await self._open_chunk(oc.index, connect=True)
         except FsError as e:
             if _out_of_space(e):
                 self._open = None  # nowhere to write it: the file keeps its length
             raise
-        oc.chunk, oc.writer = fresh.chunk, fresh.writer
         for offset, data in oc.sent:
             await oc.writer.write(offset, data)
 
@@ -468,6 +504,7 @@ class File:
         oc = self._open
         if oc is None:
             return
+        await self._ready(oc)
         for attempt in range(5):
             try:
                 if not oc.writer.opened and len(oc.pending) <= WRITE_PIECE:
@@ -507,12 +544,12 @@ class File:
         chunk = await self.client.op(m.ReadChunk(self.inode, index))
         if chunk.chunk_id == 0:  # truncated away meanwhile
             return
-        oc = await self._open_chunk(index, connect=True)
+        chunk, writer = await self._open_chunk(index, connect=True)
         try:
-            await oc.writer.finish(True)
+            await writer.finish(True)
         finally:
-            oc.writer.close()
-            await self._end_chunk(index, oc.chunk.chunk_id, 0)
+            writer.close()
+            await self._end_chunk(index, chunk.chunk_id, 0)
 
     async def flush(self) -> None:
         async with self._lock:

@@ -7,6 +7,7 @@ copy and the bad copy is reported to the master.
 """
 
 import asyncio
+import errno
 import glob
 import os
 import random
@@ -444,5 +445,69 @@ async def test_a_new_chunk_made_after_a_master_restart_is_counted(cluster, once)
             await asyncio.sleep(0.1)
         assert sorted(c.addr for c in desc.copies if c.valid) == sorted(chunk.locations)
         assert await client.read_file(f"/restarted{int(once)}/f") == data
+    finally:
+        await client.close()
+
+
+async def test_a_small_write_does_not_wait_for_the_chunk(cluster):
+    """The master's answer to WriteChunk is not waited for by a small write: another
+    client holds the chunk, and the write returns anyway; the close waits for the chunk
+    and then writes, so nothing is lost and the other writer's session stays whole."""
+    a, b = await connect(cluster), await connect(cluster)
+    try:
+        inode, held = await _handed_out(a, "/deferred")
+        f = await b.open("/deferred/f")
+        await asyncio.wait_for(f.write(0, b"second writer"), 2.0)  # the chunk is still held
+        closing = asyncio.ensure_future(f.close())
+        await asyncio.sleep(0.3)
+        assert not closing.done()  # the close waits for the chunk
+        first = b"first writer, a whole session"
+        await _session(held, first, once=True)
+        await a.op(m.WriteChunkEnd(inode, 0, held.chunk_id, len(first)))
+        await asyncio.wait_for(closing, 10.0)
+        assert await a.read_file("/deferred/f") == b"second writer" + first[13:]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_refused_chunk_is_the_close_error_and_loses_nothing_else(tmp_path):
+    """With no chunkserver, the chunk a small write needs cannot be had: the write itself
+    returns, the error comes at the close (as write-back errors do), the file keeps its
+    length, and the File is not stuck: the next write tries again."""
+    cluster = Cluster(str(tmp_path), net="127.0.46", chunkservers=0)
+    cluster.start()
+    try:
+        client = await Client.connect(*cluster.master_addr, info="no chunkservers",
+                                      retry_s=1.0)
+        try:
+            f = await client.create("/f")
+            await asyncio.wait_for(f.write(0, b"x" * 100), 0.5)
+            with pytest.raises(FsError):
+                await f.close()
+            assert (await client.stat("/f")).size == 0
+            assert not f.dirty
+            await asyncio.wait_for(f.write(0, b"y"), 0.5)
+            with pytest.raises(FsError):
+                await f.flush()
+        finally:
+            await client.close()
+    finally:
+        cluster.destroy()
+
+
+async def test_a_write_past_the_largest_file_size_is_refused_at_once(cluster):
+    from elkfs.proto.layout import MAX_FILE_SIZE
+
+    client = await connect(cluster)
+    try:
+        f = await client.create("/huge")
+        for offset in (MAX_FILE_SIZE - 1, MAX_FILE_SIZE):
+            with pytest.raises(FsError) as e:
+                await f.write(offset, b"xy")
+            assert e.value.errno == errno.EFBIG
+        await f.write(MAX_FILE_SIZE - 2, b"xy")  # the last two bytes a file can have
+        await f.close()
+        assert (await client.stat("/huge")).size == MAX_FILE_SIZE
     finally:
         await client.close()
