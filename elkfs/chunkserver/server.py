@@ -497,7 +497,7 @@ class ChunkServer:
         status = s.init_status
         if status == OK and down_init is not None:
             try:
-                reply, _ = await asyncio.wait_for(down_init, CHAIN_TIMEOUT)
+                reply, _ = await rpc.wait_reply(down_init, CHAIN_TIMEOUT)
                 if isinstance(reply, m.Error):
                     status, detail = reply.status, f"{where}: {reply.detail or reply.status}"
             except Exception as e:
@@ -626,7 +626,7 @@ class ChunkServer:
                 self.store.flush_soon(s.chunk_id)
             if down_fut is not None:
                 try:
-                    reply, _ = await asyncio.wait_for(down_fut, CHAIN_TIMEOUT)
+                    reply, _ = await rpc.wait_reply(down_fut, CHAIN_TIMEOUT)
                     if isinstance(reply, m.Error) and s.status == OK:
                         s.status, detail = reply.status, reply.detail
                     elif isinstance(reply, m.Ok) and s.status == OK and s.down is not None:
@@ -680,7 +680,7 @@ class ChunkServer:
                 log.error("write to chunk %016X failed: %r", msg.chunk_id, e)
         if down_fut is not None:
             try:
-                reply, _ = await asyncio.wait_for(down_fut, CHAIN_TIMEOUT)
+                reply, _ = await rpc.wait_reply(down_fut, CHAIN_TIMEOUT)
                 if isinstance(reply, m.Error) and status == OK:
                     status, detail = reply.status, f"{where}: {reply.detail or reply.status}"
                 self._chain_put((host, port), down)  # answered: no session left on it
@@ -889,7 +889,7 @@ class ChunkServer:
                     if not pending:
                         break
                     off, fut = pending.popleft()
-                    reply, data = await asyncio.wait_for(fut, CHAIN_TIMEOUT * 3)
+                    reply, data = await rpc.wait_reply(fut, CHAIN_TIMEOUT * 3)
                     if reply.status != OK:
                         raise FsError(reply.status, f"reading offset {off}")
                     if data is not None:

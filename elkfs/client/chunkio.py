@@ -76,7 +76,7 @@ async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: 
             futures.append((pos, piece, conn.start_call(msg)))
             pos += piece
         for pos, piece, fut in futures:
-            reply, data = await asyncio.wait_for(fut, IO_TIMEOUT)
+            reply, data = await rpc.wait_reply(fut, IO_TIMEOUT)
             if isinstance(reply, m.Error):
                 raise FsError(reply.status, reply.detail)
             if reply.status != 0:
@@ -158,7 +158,7 @@ class ChunkWriter:
             fut = self.conn.start_call(m.WriteOnce(
                 self.conn.next_req(), self.chunk_id, self.version, list(self.chain[1:]),
                 offset, self.create, sync), data)
-            reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+            reply, _ = await rpc.wait_reply(fut, IO_TIMEOUT)
             if isinstance(reply, m.Error):
                 raise FsError(reply.status, reply.detail)
             ok = True
@@ -184,7 +184,7 @@ class ChunkWriter:
                     error = error or _copy_failed(addr, errno.EIO, str(e) or type(e).__name__)
             for addr, conn, fut in calls:
                 try:
-                    reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+                    reply, _ = await rpc.wait_reply(fut, IO_TIMEOUT)
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                     conn.close()
                     error = error or _copy_failed(addr, errno.EIO, str(e) or type(e).__name__)
@@ -213,7 +213,7 @@ class ChunkWriter:
         fut, self.init_fut = self.init_fut, None
         if fut is None:
             return
-        reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+        reply, _ = await rpc.wait_reply(fut, IO_TIMEOUT)
         if isinstance(reply, m.Error):
             raise FsError(reply.status, reply.detail)
 
@@ -234,7 +234,7 @@ class ChunkWriter:
         await self._settle_init()
         size, fut = self.inflight.pop(0)
         self.inflight_bytes -= size
-        reply, _ = await asyncio.wait_for(fut, IO_TIMEOUT)
+        reply, _ = await rpc.wait_reply(fut, IO_TIMEOUT)
         if isinstance(reply, m.Error):
             raise FsError(reply.status, reply.detail)
         if reply.status != 0:
@@ -253,7 +253,7 @@ class ChunkWriter:
             while self.inflight:
                 await self._settle_oldest()
             self.end_fut = None
-            reply, _ = await asyncio.wait_for(end, IO_TIMEOUT)
+            reply, _ = await rpc.wait_reply(end, IO_TIMEOUT)
             if isinstance(reply, m.Error):
                 raise FsError(reply.status, reply.detail)
             ok = True

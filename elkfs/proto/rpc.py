@@ -224,16 +224,9 @@ class Connection(asyncio.BufferedProtocol):
         `Error` reply."""
         msg = cls(self.next_req(), **fields)
         fut = self.start_call(msg, data)
-        timer = None
-        if timeout is not None:
-            # A timer on the reply's own future: cheaper than asyncio.wait_for (no extra
-            # future and callbacks on every request).
-            timer = fut.get_loop().call_later(timeout, _expire, fut)
         try:
-            reply, rdata = await fut
+            reply, rdata = await wait_reply(fut, timeout)
         finally:
-            if timer is not None:
-                timer.cancel()
             self._pending.pop(msg.req, None)
         if isinstance(reply, m.Error):
             raise FsError(reply.status, reply.detail)
@@ -260,6 +253,20 @@ class Connection(asyncio.BufferedProtocol):
     def close(self):
         if self.transport is not None:
             self.transport.close()
+
+
+async def wait_reply(fut: asyncio.Future, timeout: float | None):
+    """The reply `(msg, data)` of a `start_call` future; TimeoutError after `timeout`. A
+    timer on the future itself: cheaper than asyncio.wait_for, which makes a future and
+    callbacks of its own and costs a loop iteration even for a reply already there."""
+    if fut.done():
+        return fut.result()
+    timer = fut.get_loop().call_later(timeout, _expire, fut) if timeout is not None else None
+    try:
+        return await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _expire(fut: asyncio.Future) -> None:
