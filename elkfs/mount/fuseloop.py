@@ -9,6 +9,9 @@
 - the nursery kept every worker task it ever started in a set until unmount; workers
   come and go with the load (pyfuse3 starts one whenever none is idle), so a long-lived
   mount grew without bound. Finished tasks now leave the set.
+- `Lock`: pyfuse3 lets one worker at a time wait for /dev/fuse (`read_lock`), so the lock
+  passes from worker to worker with every request. `_HandOffLock` does just that, without
+  asyncio.Lock's general machinery.
 """
 
 from __future__ import annotations
@@ -82,6 +85,40 @@ async def wait_readable(fd) -> None:
     await watch.wait()
 
 
+class _HandOffLock:
+    """A lock that passes straight to the first waiter on release (it stays locked)."""
+
+    def __init__(self):
+        self._locked = False
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if not self._locked:
+            self._locked = True
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._release()  # handed to us as we were cancelled: pass it on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._locked = False
+
+
 def _start_soon(self, func, *args, name=None) -> None:
     task = asyncio.create_task(func(*args))
     task.name = name
@@ -91,5 +128,6 @@ def _start_soon(self, func, *args, name=None) -> None:
 
 def enable() -> None:
     shim.enable()
+    shim.Lock = _HandOffLock
     shim.wait_readable = wait_readable
     shim._Nursery.start_soon = _start_soon
