@@ -370,7 +370,8 @@ class MasterServer:
                 version = self.ns.version
             else:
                 result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
-                self.run_effects()
+                if self.ns.effects:
+                    self.run_effects()
                 now = time.monotonic()
                 if self.leases.by_dir:
                     holders = self.leases.recall(touched_dirs(op), msg.session, now)
