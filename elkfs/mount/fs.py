@@ -72,6 +72,11 @@ _SETATTR_BITS = (("update_mode", m.SET_MODE), ("update_uid", m.SET_UID),
                  ("update_gid", m.SET_GID), ("update_atime", m.SET_ATIME),
                  ("update_mtime", m.SET_MTIME), ("update_ctime", m.SET_CTIME))
 RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
+# A directory this mount holds no listing of is listed after the master said this many
+# names were absent in it: the mount is working in it (creating there, most likely), and
+# with the listing every later LOOKUP there is answered without a trip to the master.
+MISSES_BEFORE_LISTING = 2
+UNLISTABLE_S = 60.0  # a directory too big to keep a listing of is not fetched again for this long
 
 
 def _errno(e: FsError) -> int:
@@ -120,6 +125,8 @@ class ElkOperations(pyfuse3.Operations):
         self.cache = MetaCache(opts.attr_timeout, opts.direntry_timeout)
         client.link.on_invalidate = self.cache.invalidate
         self.refreshing: dict[int, asyncio.Future] = {}  # directory -> listing in flight
+        self.misses: dict[int, int] = {}  # directory without a listing -> absent names asked
+        self.unlistable: dict[int, float] = {}  # directory -> until when not worth listing
         self.parents: dict[int, int] = {}  # directory -> its parent, as last seen
         self.no_caps: dict[int, float] = {}  # inode -> until when it has no security.capability
         self.sent_mtimes: dict[int, int] = {}  # inode -> the last mtime the kernel wrote back
@@ -313,6 +320,8 @@ class ElkOperations(pyfuse3.Operations):
             if e.status == errno.ENOENT:
                 if known is not None:
                     self.cache.stale(parent)
+                elif not dots:
+                    bounded_put(self.misses, parent, self.misses.get(parent, 0) + 1, KNOWN_MAX)
                 return self._absent(self.opts.neg_entry_timeout)
             raise pyfuse3.FUSEError(_errno(e)) from None
         if stat.S_ISDIR(out.attr.mode) and not dots:
@@ -322,11 +331,16 @@ class ElkOperations(pyfuse3.Operations):
 
     async def _listed(self, parent: int, name: bytes):
         """What the cached listing of `parent` says of `name` (see MetaCache.lookup),
-        refreshing an expired listing of a directory this mount has been working in."""
+        fetching the listing of a directory this mount has been working in: one it had
+        a listing of (expired now), or one where the master said names were absent."""
         now = time.monotonic()
         known = self.cache.lookup(parent, name, now)
-        if known is not None or not self.cache.has_listing(parent):
+        if known is not None:
             return known
+        if not self.cache.has_listing(parent) and (
+                self.misses.get(parent, 0) < MISSES_BEFORE_LISTING or self.cache.dir_ttl <= 0
+                or self.unlistable.get(parent, 0.0) > now):
+            return None
         await self._refresh_listing(parent)
         return self.cache.lookup(parent, name, time.monotonic())
 
@@ -339,15 +353,18 @@ class ElkOperations(pyfuse3.Operations):
         self.refreshing[parent] = fut
         try:
             mark = self.cache.fetch_mark(parent)
+            self.misses.pop(parent, None)
             try:
                 out = await self.client.op(m.ReadDir(parent, 0, LISTING_MAX))
             except FsError:
                 self.cache.drop_listing(parent)
                 return
-            if out.next_offset == -1:
+            if out.next_offset == -1 and len(out.entries) <= LISTING_MAX:
                 self.cache.install(parent, out.entries, mark, time.monotonic())
             else:
                 self.cache.drop_listing(parent)
+                bounded_put(self.unlistable, parent, time.monotonic() + UNLISTABLE_S,
+                            KNOWN_MAX)
         finally:
             del self.refreshing[parent]
             fut.set_result(None)

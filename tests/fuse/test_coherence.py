@@ -154,6 +154,42 @@ def test_a_listed_directory_is_answered_without_the_master(mc, d):
     assert results == {"absent": errno.ENOENT, "present": True}
 
 
+def test_a_directory_where_names_were_absent_is_listed_and_kept_coherent(mc, d, b):
+    """A never created nor listed `sub` (B made it). After the master said two names
+    were absent there, A fetches the listing: later LOOKUPs, of absent and present names,
+    are answered without the master; and B's changes still reach A at once."""
+    os.mkdir(os.path.join(b, "sub"))
+    write(os.path.join(b, "sub", "here"), b"x")
+    sub = os.path.join(d, "sub")
+    assert err(os.stat, os.path.join(sub, "absent1")) == errno.ENOENT
+    assert err(os.stat, os.path.join(sub, "absent2")) == errno.ENOENT
+    assert err(os.stat, os.path.join(sub, "absent3")) == errno.ENOENT  # listed here
+    master = mc.cluster.masters[0]
+    results = {}
+    dfd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY)
+
+    def probe():
+        results["absent"] = err(os.stat, "absent4", dir_fd=dfd)
+        results["present"] = stat.S_ISREG(os.stat("here", dir_fd=dfd).st_mode)
+
+    try:
+        mc.cluster.signal(master, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=probe)
+            t.start()
+            t.join(3)
+            answered = not t.is_alive()
+        finally:
+            mc.cluster.signal(master, signal.SIGCONT)
+        t.join(60)
+    finally:
+        os.close(dfd)
+    assert answered, "a LOOKUP in a directory listed after two misses waited for the master"
+    assert results == {"absent": errno.ENOENT, "present": True}
+    write(os.path.join(b, "sub", "absent4"), b"y")  # recalls A's listing first
+    assert read(os.path.join(sub, "absent4")) == b"y"
+
+
 # ---------------------------------------------------------------- changes made elsewhere
 
 
