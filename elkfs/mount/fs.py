@@ -75,7 +75,11 @@ RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
 # A directory this mount holds no listing of is listed after the master said this many
 # names were absent in it: the mount is working in it (creating there, most likely), and
 # with the listing every later LOOKUP there is answered without a trip to the master.
+# Such a listing is fetched only up to a smaller size, which bounds what a few lookups
+# can cost the master; a recall drops it, and it is fetched again only after two more
+# misses, so many mounts creating in one directory do not re-read it after every change.
 MISSES_BEFORE_LISTING = 2
+MISSED_LISTING_MAX = 1000
 UNLISTABLE_S = 60.0  # a directory too big to keep a listing of is not fetched again for this long
 
 
@@ -337,14 +341,16 @@ class ElkOperations(pyfuse3.Operations):
         known = self.cache.lookup(parent, name, now)
         if known is not None:
             return known
-        if not self.cache.has_listing(parent) and (
-                self.misses.get(parent, 0) < MISSES_BEFORE_LISTING or self.cache.dir_ttl <= 0
-                or self.unlistable.get(parent, 0.0) > now):
+        if self.cache.has_listing(parent):
+            await self._refresh_listing(parent)
+        elif (self.misses.get(parent, 0) >= MISSES_BEFORE_LISTING and self.cache.dir_ttl > 0
+              and self.unlistable.get(parent, 0.0) <= now):
+            await self._refresh_listing(parent, MISSED_LISTING_MAX)
+        else:
             return None
-        await self._refresh_listing(parent)
         return self.cache.lookup(parent, name, time.monotonic())
 
-    async def _refresh_listing(self, parent: int) -> None:
+    async def _refresh_listing(self, parent: int, limit: int = LISTING_MAX) -> None:
         pending = self.refreshing.get(parent)
         if pending is not None:
             await asyncio.shield(pending)
@@ -355,11 +361,11 @@ class ElkOperations(pyfuse3.Operations):
             mark = self.cache.fetch_mark(parent)
             self.misses.pop(parent, None)
             try:
-                out = await self.client.op(m.ReadDir(parent, 0, LISTING_MAX))
+                out = await self.client.op(m.ReadDir(parent, 0, limit))
             except FsError:
                 self.cache.drop_listing(parent)
                 return
-            if out.next_offset == -1 and len(out.entries) <= LISTING_MAX:
+            if out.next_offset == -1 and len(out.entries) <= limit:
                 self.cache.install(parent, out.entries, mark, time.monotonic())
             else:
                 self.cache.drop_listing(parent)
