@@ -127,18 +127,19 @@ def ls_ai(path: str) -> dict[str, int]:
 # ---------------------------------------------------------------- the cache is used
 
 
-def test_a_listed_directory_is_answered_without_the_master(mc, d):
+def lookups_with_the_master_stopped(mc, directory: str, absent: str, present: str):
+    """Stat an absent and a present name of `directory` (through its fd: no path walk
+    from the mount's root) while the master is stopped. Returns what they gave, or None
+    if they were still waiting for the master after 3 s."""
     master = mc.cluster.masters[0]
     results = {}
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # no path walk from the mount's root
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
 
     def probe():
-        results["absent"] = err(os.stat, "absent", dir_fd=dfd)
-        results["present"] = stat.S_ISREG(os.stat("here", dir_fd=dfd).st_mode)
+        results["absent"] = err(os.stat, absent, dir_fd=dfd)
+        results["present"] = stat.S_ISREG(os.stat(present, dir_fd=dfd).st_mode)
 
     try:
-        write(os.path.join(d, "here"), b"x")  # d's fresh attributes come back with it
-        assert ls(d) == ["here"]  # A now keeps the listing of d
         mc.cluster.signal(master, signal.SIGSTOP)
         try:
             t = threading.Thread(target=probe)
@@ -150,8 +151,15 @@ def test_a_listed_directory_is_answered_without_the_master(mc, d):
         t.join(60)
     finally:
         os.close(dfd)
-    assert answered, "a LOOKUP in a listed directory waited for the master"
-    assert results == {"absent": errno.ENOENT, "present": True}
+    return results if answered else None
+
+
+def test_a_listed_directory_is_answered_without_the_master(mc, d):
+    write(os.path.join(d, "here"), b"x")  # d's fresh attributes come back with it
+    assert ls(d) == ["here"]  # A now keeps the listing of d
+    got = lookups_with_the_master_stopped(mc, d, "absent", "here")
+    assert got is not None, "a LOOKUP in a listed directory waited for the master"
+    assert got == {"absent": errno.ENOENT, "present": True}
 
 
 def test_a_directory_where_names_were_absent_is_listed_and_kept_coherent(mc, d, b):
@@ -164,28 +172,9 @@ def test_a_directory_where_names_were_absent_is_listed_and_kept_coherent(mc, d, 
     assert err(os.stat, os.path.join(sub, "absent1")) == errno.ENOENT
     assert err(os.stat, os.path.join(sub, "absent2")) == errno.ENOENT
     assert err(os.stat, os.path.join(sub, "absent3")) == errno.ENOENT  # listed here
-    master = mc.cluster.masters[0]
-    results = {}
-    dfd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY)
-
-    def probe():
-        results["absent"] = err(os.stat, "absent4", dir_fd=dfd)
-        results["present"] = stat.S_ISREG(os.stat("here", dir_fd=dfd).st_mode)
-
-    try:
-        mc.cluster.signal(master, signal.SIGSTOP)
-        try:
-            t = threading.Thread(target=probe)
-            t.start()
-            t.join(3)
-            answered = not t.is_alive()
-        finally:
-            mc.cluster.signal(master, signal.SIGCONT)
-        t.join(60)
-    finally:
-        os.close(dfd)
-    assert answered, "a LOOKUP in a directory listed after two misses waited for the master"
-    assert results == {"absent": errno.ENOENT, "present": True}
+    got = lookups_with_the_master_stopped(mc, sub, "absent4", "here")
+    assert got is not None, "a LOOKUP in a directory listed after two misses waited for the master"
+    assert got == {"absent": errno.ENOENT, "present": True}
     write(os.path.join(b, "sub", "absent4"), b"y")  # recalls A's listing first
     assert read(os.path.join(sub, "absent4")) == b"y"
 
