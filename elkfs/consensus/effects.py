@@ -26,6 +26,7 @@ class Output:
     lease_log: list[LeaseEvent] = field(default_factory=list)
     applied: list[Any] = field(default_factory=list)
     wake_at: float | None = None
+    proposed: int = 0            # Propose: version of the last entry appended (0: refused)
 
     def send_to(self, dest: str, msg: Any) -> None:
         self.send.append((dest, msg))

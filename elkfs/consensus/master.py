@@ -49,13 +49,13 @@ from .lease import NEVER, LeaseTracker
 from .leaselog import LeaseEvent
 from .messages import (AdminChangeVoters, AdminStepDown, Append, AppendReply, ClientRead,
                        ClientRegister, ClientReply, ClientWrite, Entry, InstallSnapshot,
-                       JournalSynced, JournalWrite, PersistMasterTerm, PreVote, PreVoteReply,
-                       Release, Renew, RenewReply, SaveSnapshot, Tick, TimeoutNow, VoteReply,
-                       VoteRequest)
+                       JournalSynced, JournalWrite, PeersChanged, PersistMasterTerm, PreVote,
+                       PreVoteReply, Propose, Release, Renew, RenewReply, SaveSnapshot,
+                       SnapshotTaken, Tick, TimeoutNow, VoteReply, VoteRequest)
 from .records import LogPos, Record, has_quorum, highest, majority, record_key
 from .replication import Progress, commit_point
 from .sessions import (AppStateMachine, Applied, Command, RegisterSession, ReplicatedState,
-                       encode_payload)
+                       ReplicatedStateLike, encode_payload)
 
 FOLLOWER, CANDIDATE, LEADER = "FOLLOWER", "CANDIDATE", "LEADER"
 # Legal role changes; anything else is a bug (etcd raft panics the same way).
@@ -94,13 +94,19 @@ class _Campaign:
 
 
 class Master:
-    def __init__(self, ident: str, addr: str, config: HAConfig, app: AppStateMachine,
-                 rng: RandomSource, now: float, disk: MasterDisk | None = None) -> None:
+    def __init__(self, ident: str, addr: str, config: HAConfig, app: AppStateMachine | None,
+                 rng: RandomSource, now: float, disk: MasterDisk | None = None,
+                 state: ReplicatedStateLike | None = None) -> None:
         self.ident, self.addr, self.cfg, self.rng = ident, addr, config, rng
         disk = disk or MasterDisk()
         self.term = disk.term                  # highest term used or seen (never reused)
         self.accepted_term = disk.accepted_term
-        self.state = ReplicatedState(app)
+        self.state = state if state is not None else ReplicatedState(app)
+        # Who to talk to: fixed in the simulator, refreshed by the daemon (DNS, connected
+        # voters) through ``PeersChanged``.
+        self.master_addrs: tuple[str, ...] = config.master_addrs
+        self.voter_addrs: tuple[str, ...] = config.voter_addrs
+        self.initial_voters: tuple[str, ...] = config.initial_voters
         base: LogPos = (0, 0)
         self.snap: SaveSnapshot | None = disk.snapshot
         if disk.snapshot is not None:
@@ -394,6 +400,8 @@ class Master:
                 self._answer_waiters(a, out)
 
     def _maybe_compact(self, out: Output) -> None:
+        if not self.cfg.snapshot_gap:      # the daemon's shell takes the snapshots
+            return
         snap_v = self.snap.last[1] if self.snap else 0
         if self.applied - snap_v >= self.cfg.snapshot_gap:
             pos = (self.log.term_at(self.applied), self.applied)
@@ -408,7 +416,7 @@ class Master:
         c = self.campaign = _Campaign(term, "pre", now, now + self.cfg.max_round_trip_s)
         r = self._round()
         c.rounds[r], c.latest_round = now, r
-        for v in self.cfg.voter_addrs:
+        for v in self.voter_addrs:
             out.send_to(v, PreVote(term, self.ident, r, self.last()))
 
     def _start_vote(self, now: float, out: Output, reason: str) -> None:
@@ -418,7 +426,7 @@ class Master:
         self._persist_term(out)          # durable before the requests leave
         self.campaign = _Campaign(self.term, "vote", now, now + self.cfg.max_round_trip_s)
         self._event(out, "election-start", f"reason={reason} last={self.last()}")
-        self._send_votes(now, out, self.cfg.voter_addrs)
+        self._send_votes(now, out, self.voter_addrs)
 
     def _send_votes(self, now: float, out: Output, addrs) -> None:
         c = self.campaign
@@ -442,14 +450,14 @@ class Master:
         for v in due:
             del c.retry_at[v]
         if due and c.phase == "vote":
-            self._send_votes(now, out, self.cfg.voter_addrs)
+            self._send_votes(now, out, self.voter_addrs)
         elif due:
             self._start_prevote(now, out)
 
     def _abandon(self, now: float, out: Output, why: str) -> None:
         c = self.campaign
         if c.phase == "vote":
-            for v in self.cfg.voter_addrs:
+            for v in self.voter_addrs:
                 out.send_to(v, Release(c.term, self.ident))
             self._event(out, "election-lost", why, term=c.term)
         self.campaign = None
@@ -459,6 +467,8 @@ class Master:
     def _eligibility(self, rstar: Record | None, replies) -> str | None:
         """Why this master must not lead under ``rstar`` (None: it may)."""
         if rstar is None:
+            if not self.initial_voters:
+                return "no-record-and-not-founder"
             if self.log.last_version != 0:
                 return "no-record-but-has-metadata"
         elif self.ident not in rstar.members:
@@ -476,11 +486,11 @@ class Master:
         self.term = max(self.term, m.term)
         rstar = highest((r.record for r in c.replies.values()), self._epoch_only())
         self._learn_record(rstar)
-        voters = rstar.voters if rstar else self.cfg.initial_voters
+        voters = rstar.voters if rstar else self.initial_voters
         why = self._eligibility(rstar, [r.record for r in c.replies.values()])
         yes = [v for v, r in c.replies.items() if r.would_grant and v in voters]
         if len(yes) >= majority(len(voters)):
-            if why is not None and len(c.replies) < len(self.cfg.voter_addrs):
+            if why is not None and len(c.replies) < len(self.voter_addrs):
                 return       # a later reply may show a higher record that names us
             if why is not None:
                 self.eligible = False
@@ -509,7 +519,7 @@ class Master:
             mine = (self.role == LEADER and m.term == self.accepted_term) or \
                 (c is not None and c.term == m.term)
             if m.granted and not mine:   # a late grant of an abandoned term: give it back
-                for v in self.cfg.voter_addrs:
+                for v in self.voter_addrs:
                     out.send_to(v, Release(m.term, self.ident))
             return
         if m.granted and m.term == c.term:
@@ -524,7 +534,7 @@ class Master:
                 c.retry_at[m.voter] = now + m.wait_s + 0.002
                 c.deadline = max(c.deadline, c.retry_at[m.voter] + self.cfg.max_round_trip_s)
         rstar = highest((g[0] for g in c.grants.values()), self._epoch_only())
-        voters = rstar.voters if rstar else self.cfg.initial_voters
+        voters = rstar.voters if rstar else self.initial_voters
         counted = {v: g for v, g in c.grants.items() if v in voters}
         if len(counted) >= majority(len(voters)):
             why = self._eligibility(rstar, [g[0] for g in c.grants.values()])
@@ -550,13 +560,13 @@ class Master:
         self.led_since = now
         for v, (_, t) in counted.items():
             self.lease.acked[v] = t
-        voters = rstar.voters if rstar else self.cfg.initial_voters
+        voters = rstar.voters if rstar else self.initial_voters
         self.base_record = rstar or Record(0, 0, (), voters)
         self.lease_until = self.lease.until([voters])
         self._event(out, "lease-acquired",
                     f"until=+{self.lease_until - now:.3f}s record="
                     f"{rstar.describe() if rstar else 'bootstrap'} last={self.last()}")
-        for addr in self.cfg.master_addrs:
+        for addr in self.master_addrs:
             if addr != self.addr:
                 self.progress[addr] = Progress(next_version=self.log.last_version + 1)
         self.align_deadline = now + self.cfg.align_timeout_s
@@ -577,7 +587,7 @@ class Master:
         r = self._round()
         self.lease.start_round(r, now)
         rec = self.pending or self.record
-        for v in self.cfg.voter_addrs:
+        for v in self.voter_addrs:
             out.send_to(v, Renew(self.accepted_term, self.ident, r, rec))
         self.next_renew_at = now + self.cfg.renew_period_s
 
@@ -860,7 +870,7 @@ class Master:
             return
         self.lease_until = now        # drop the own lease first (HA-traces.md 10a)
         self._event(out, "lease-released", f"handover to={target}")
-        for v in self.cfg.voter_addrs:
+        for v in self.voter_addrs:
             out.send_to(v, Release(self.accepted_term, self.ident, target))
         out.send_to(addr, TimeoutNow(self.accepted_term, self.ident, self.record))
         self._become_follower(now, out, None, None)
@@ -876,6 +886,43 @@ class Master:
     def _on_change_voters(self, now: float, m: AdminChangeVoters, out: Output) -> None:
         if self.serving(now):
             self.voter_changes.append(m)
+
+    # ---------------------------------------------------------------- daemon shell -----
+    def _on_propose(self, now: float, m: Propose, out: Output) -> None:
+        """Entries the leader's shell already applied to its metadata; answered by the
+        shell once ``commit`` reaches them."""
+        if not self._taking_writes(now):
+            return
+        first = self.log.last_version + 1
+        entries = tuple(Entry(self.accepted_term, first + i, p) for i, p in enumerate(m.payloads))
+        for e in entries:
+            self.log.append(e)
+        if entries:
+            self._journal_write(None, entries, out)
+            self._flush_appends(now, out)
+        out.proposed = self.log.last_version
+
+    def _on_peers(self, now: float, m: PeersChanged, out: Output) -> None:
+        self.voter_addrs = m.voter_addrs
+        self.initial_voters = m.bootstrap_voters
+        if m.master_addrs == self.master_addrs:
+            return
+        self.master_addrs = m.master_addrs
+        if self.role == LEADER:
+            for addr in m.master_addrs:
+                if addr != self.addr and addr not in self.progress:
+                    self.progress[addr] = Progress(next_version=self.log.last_version + 1)
+                    self._send_append(now, addr, self.progress[addr], out)
+            for addr in [a for a in self.progress if a not in m.master_addrs]:
+                del self.progress[addr]     # a member there is shrunk out after the lag
+
+    def _on_snapshot_taken(self, now: float, m: SnapshotTaken, out: Output) -> None:
+        v = m.last[1]
+        if v > self.applied or v < self.log.base[1] or self.log.term_at(v) != m.last[0]:
+            return                           # not of our committed log (raced a truncation)
+        if self.snap is None or v > self.snap.last[1]:
+            self.snap = SaveSnapshot(m.last, m.data)
+            self.log.compact(max(self.log.base[1], v - self.cfg.log_retain))
 
     def _ignore(self, now: float, m, out: Output) -> None:
         pass
@@ -896,6 +943,9 @@ _HANDLERS = {
     ClientRead: Master._on_read,
     AdminStepDown: Master._on_stepdown,
     AdminChangeVoters: Master._on_change_voters,
+    Propose: Master._on_propose,
+    PeersChanged: Master._on_peers,
+    SnapshotTaken: Master._on_snapshot_taken,
     PreVote: Master._ignore,
     VoteRequest: Master._ignore,
     Renew: Master._ignore,

@@ -130,6 +130,29 @@ class JournalSynced(_Msg):
     write_id: int
 
 
+class Propose(_Msg):
+    """The daemon's leader shell appends changes it has already applied (speculatively)
+    to its own metadata; the core numbers them, journals and replicates them, and the
+    shell answers each once ``commit`` reaches its version (see docs/ha.md)."""
+    payloads: tuple[bytes, ...]
+
+
+class PeersChanged(_Msg):
+    """The daemon's current view: master addresses (DNS), connected voter addresses, and
+    the voters a brand-new cluster may bootstrap with (empty unless this master founds
+    the cluster)."""
+    master_addrs: tuple[str, ...]
+    voter_addrs: tuple[str, ...]
+    bootstrap_voters: tuple[str, ...] = ()
+
+
+class SnapshotTaken(_Msg):
+    """The shell stored a snapshot of committed state at ``last`` (a checkpoint file);
+    ``data`` names it for ``InstallSnapshot``.  The core may forget older entries."""
+    last: LogPos
+    data: bytes
+
+
 # ---------------------------------------------------------------- clients / admin --------
 class ClientRegister(_Msg):
     client: str

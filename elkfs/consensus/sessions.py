@@ -60,6 +60,19 @@ class AppStateMachine(Protocol):
     def restore(self, data: bytes) -> None: ...
 
 
+class ReplicatedStateLike(Protocol):
+    """What the master core applies committed entries to: :class:`ReplicatedState` in the
+    simulator, the metadata store's adapter in the daemon (which de-duplicates client
+    operations in the metadata itself)."""
+
+    sessions: dict
+
+    def apply(self, entry: Entry) -> "Applied": ...
+    def lookup(self, session: str, seq: int): ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
 class Applied(msgspec.Struct, frozen=True):
     """One committed entry applied: reported to the shell (and the simulator's checks)."""
     term: int
