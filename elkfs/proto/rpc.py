@@ -204,6 +204,11 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self.transport.write(pack_header(msg.TYPE, len(meta), 0) + meta)
 
+    def send_if_open(self, msg: m.Msg) -> None:
+        """Send unless the connection is gone (an answer nobody waits for any more)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.send(msg)
+
     def next_req(self) -> int:
         return next(self._req_ids)
 

@@ -1,0 +1,214 @@
+"""The client port (MooseFS's `matoclserv`): sessions, metadata requests, queries.
+
+Changes are applied through the store and answered once durable (committed, with HA);
+a change that touches a directory another session keeps a listing of is answered only
+after that listing was recalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+
+from ..proto import messages as m
+from ..proto import rpc
+from ..proto.errors import BAD_SESSION, FsError
+from . import replication as rep
+from .listings import ListingLeases, touched_dirs
+from .part import MasterPart
+from .records import OpenSession
+
+log = logging.getLogger("mfsmaster")
+
+
+class ClientPort(MasterPart):
+    def __init__(self, master):
+        super().__init__(master)
+        self.session_links: dict[bytes, rpc.Connection] = {}
+        self.session_gone_at: dict[bytes, float] = {}
+        self.leases = ListingLeases()
+
+    def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if isinstance(msg, m.MetaRequest):
+            self.handle_op(conn, msg)
+        elif isinstance(msg, m.RegisterSession):
+            self.register_session(conn, msg)
+        else:
+            conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on client port"))
+
+    def on_client_close(self, conn: rpc.Connection) -> None:
+        for key in [k for k in self.master.chunks.creating if self.locks.held_by(k) is conn]:
+            # The writer is gone mid-creation: the lock stays until its copies are gone.
+            self.locks.hand_over(key, self)
+            self.spawn(self.master.chunks._unmake_then_release(key, self.master.chunks.creating.pop(key)))
+        self.locks.release_owner(conn)
+        session_id = conn.context
+        if session_id is not None and self.session_links.get(session_id) is conn:
+            self.leases.forget_session(session_id)  # it drops its listings when it reconnects
+            del self.session_links[session_id]
+            self.session_gone_at[session_id] = time.monotonic()
+
+    def register_session(self, conn: rpc.Connection, msg: m.RegisterSession) -> None:
+        session_id = msg.session
+        if not session_id:
+            session_id = secrets.token_bytes(16)
+            _, version = self.store.change(OpenSession(session_id, msg.info[:200]), time.time_ns())
+        elif session_id not in self.ns.sessions:
+            conn.send(m.SessionReply(msg.req, BAD_SESSION, b""))
+            return
+        else:
+            version = self.ns.version
+        old = self.session_links.get(session_id)
+        if old is not None and old is not conn:
+            old.context = None
+        conn.context = session_id
+        self.session_links[session_id] = conn
+        self.leases.set_ttl(session_id, msg.listing_ttl_ms)
+        self.session_gone_at.pop(session_id, None)
+        reply = m.SessionReply(msg.req, 0, session_id)
+        self.store.when_durable(version, lambda: conn.send_if_open(reply))
+
+    def handle_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
+        op = msg.op
+        try:
+            if msg.session not in self.ns.sessions:
+                raise FsError(BAD_SESSION, "unknown session: register first")
+            if op.READ_ONLY:
+                result = self.query(op)
+                if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
+                    self.leases.grant(op.inode, msg.session, time.monotonic())
+                conn.send(m.MetaReply(msg.req, 0, result))
+                return
+            if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
+                if not self.master.chunks.chunk_op_now(conn, msg):
+                    self.spawn(self.master.chunks.chunk_op(conn, msg))
+                return
+            done, result = self.ns.duplicate_result(msg.session, msg.seq)
+            holders = None
+            if done:
+                version = self.ns.version
+            else:
+                result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+                if self.ns.effects:
+                    self.master.chunks.run_effects()
+                now = time.monotonic()
+                if self.leases.by_dir:
+                    holders = self.leases.recall(touched_dirs(op), msg.session, now)
+                if isinstance(op, m.Mkdir):
+                    self.leases.grant(result.attr.inode, msg.session, now)  # it is empty
+            reply = m.MetaReply(msg.req, 0, result)
+            if holders:
+                self.spawn(self._recall_then_reply(conn, reply, version, holders))
+            else:
+                self.store.when_durable(version, lambda: conn.send_if_open(reply))
+        except FsError as e:
+            conn.send(m.Error(msg.req, e.status, e.detail))
+
+    async def _recall_then_reply(self, conn: rpc.Connection, reply: m.MetaReply, version: int,
+                                 holders: dict[bytes, tuple[list[int], float]]) -> None:
+        """Acknowledge a change only once every other holder of a listing it changed has
+        dropped that listing (or the listing expired)."""
+        now = time.monotonic()
+        calls = []
+        for session, (dirs, expires) in holders.items():
+            link = self.session_links.get(session)
+            if link is not None and link.is_open:
+                calls.append(link.call(m.InvalidateListings, dirs=dirs,
+                                       timeout=max(0.0, expires - now)))
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("listing recall not answered (%r): waited for it to expire", outcome)
+        await self.store.wait_durable(version)
+        conn.send_if_open(reply)
+
+    def query(self, op: m.Op) -> m.Result | None:
+        if isinstance(op, m.ReadChunk):
+            return self.read_chunk(op.inode, op.index)
+        if isinstance(op, m.FileChunks):
+            return self.file_chunks(op.inode)
+        if isinstance(op, m.StatFs):
+            total, used = self.registry.totals()
+            return m.StatFsOut(total, max(0, total - used), used, len(self.ns.nodes))
+        if isinstance(op, m.ClusterInfo):
+            return m.JsonOut(json.dumps(self.cluster_info()))
+        return self.ns.query(op)
+
+    def read_chunk(self, inode: int, index: int) -> m.ChunkOut:
+        node = self.ns.file(inode)
+        chunk = self.ns.chunk_of(inode, index)
+        if chunk is None:
+            return m.ChunkOut(0, 0, node.length, [])
+        servers = self.registry.valid_servers(chunk.chunk_id, chunk.version)
+        return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [s.addr for s in servers])
+
+    def file_chunks(self, inode: int) -> m.FileChunksOut:
+        node = self.ns.file(inode)
+        out = []
+        for index, chunk_id in enumerate(node.chunks):
+            if not chunk_id:
+                continue
+            chunk = self.ns.chunks[chunk_id]
+            copies = []
+            for cs_id, copy in self.registry.holders(chunk_id).items():
+                server = self.registry.servers.get(cs_id)
+                if server is not None:  # not valid while its server is away
+                    copies.append(m.ChunkCopy(server.addr, copy.version,
+                                              copy.valid and copy.version == chunk.version
+                                              and server.connected))
+            out.append(m.ChunkDesc(index, chunk_id, chunk.version, copies))
+        return m.FileChunksOut(out)
+
+    def cluster_info(self) -> dict:
+        """Counts of chunk health come from the replication planner's last pass
+        (`replication_passes` tells a caller when a fresh one ran)."""
+        ns = self.ns
+        planner = self.planner
+        st = planner.stats
+        total, used = self.registry.totals()
+        now = time.monotonic()
+        trash_bytes = sum(ns.nodes[i].size() for i in ns.trash)
+        replicating = sum(1 for acts in planner.inflight.values() for a in acts
+                          if isinstance(a, rep.Replicate))
+        return {
+            "metadata_version": ns.version,
+            "inodes": len(ns.nodes),
+            "chunks": len(ns.chunks),
+            "sessions": len(ns.sessions),
+            "total_bytes": total,
+            "used_bytes": used,
+            "missing_chunks": st.missing,
+            "endangered_chunks": st.endangered,
+            "undergoal_chunks": st.undergoal,
+            "overgoal_chunks": st.overgoal,
+            "stale_copies": st.stale_copies,
+            "damaged_copies": st.damaged_copies,
+            "chunks_by_copies": {str(k): v for k, v in sorted(st.by_copies.items())},
+            "replications_in_flight": replicating,
+            "replications_done": planner.replicated,
+            "replications_failed": planner.replication_failures,
+            "deletions_done": planner.deleted,
+            "replication_passes": planner.passes,
+            "replication_active": now - planner.started_at >= planner.limits.delay_init,
+            "trash_files": len(ns.trash),
+            "trash_bytes": trash_bytes,
+            "last_checkpoint_version": self.store.last_checkpoint_version,
+            "chunkservers": [
+                {"id": s.cs_id.hex(), "address": s.name, "connected": s.connected,
+                 "lost": s.lost,
+                 "disconnected_s": 0 if s.connected else round(now - s.disconnected_at, 1),
+                 "total_bytes": s.total_bytes, "used_bytes": s.used_bytes,
+                 "chunks": s.chunk_count,
+                 "marked_chunks": s.marked_copies,
+                 "marked_chunks_needed": st.marked_needed.get(s.cs_id, 0),
+                 "removal": planner.removal_state(s, self.registry)}
+                for s in self.registry.servers.values()
+            ],
+            "masters": [
+                {"address": f"{self.cfg.MATOCL_LISTEN_HOST}:{self.cfg.MATOCL_LISTEN_PORT}",
+                 "state": "LEADER", "metadata_version": ns.version, "term": 0,
+                 "uptime_s": round(time.time() - self.master.started_at)}
+            ],
+        }

@@ -1,0 +1,96 @@
+"""The chunkserver port (MooseFS's `matocsserv`): registration and reports.
+
+A chunkserver registers with its chunk list; later reports (chunks made, damaged, on
+disks marked for removal, lost) keep the `ChunkRegistry` true.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..proto import messages as m
+from ..proto import rpc
+from .part import MasterPart
+
+log = logging.getLogger("mfsmaster")
+
+
+class ChunkserverPort(MasterPart):
+    def on_chunkserver(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if isinstance(msg, m.CsRegister):
+            self.register_chunkserver(conn, msg)
+            return
+        cs_id = conn.context
+        if cs_id is None:
+            conn.protocol_error(ValueError(f"{type(msg).__name__} before registration"))
+        elif isinstance(msg, m.CsSpace):
+            self.registry.space(cs_id, msg.total_bytes, msg.used_bytes, msg.chunk_count)
+        elif isinstance(msg, m.CsChunkMade):
+            if msg.chunk_id in self.ns.chunks:
+                known = self.registry.holders(msg.chunk_id).get(cs_id)
+                if known is None or known.version <= msg.version:
+                    self.registry.set_copy(msg.chunk_id, cs_id, msg.version)
+            else:  # its file was removed meanwhile
+                self.spawn(self._delete_orphans(self.registry.servers[cs_id],
+                                                [(msg.chunk_id, msg.version)]))
+        elif isinstance(msg, m.CsChunkDamaged):
+            server = self.registry.servers.get(cs_id)
+            log.warning("chunkserver %s reports damaged copy of chunk %016X (version %d)",
+                        server.name if server else cs_id.hex(), msg.chunk_id, msg.version)
+            self.registry.mark_damaged(msg.chunk_id, cs_id)
+        elif isinstance(msg, m.CsMarkedChunks):
+            self.registry.set_marked(cs_id, msg.chunk_ids)
+            server = self.registry.servers.get(cs_id)
+            log.info("chunkserver %s has %d chunks on disks marked for removal",
+                     server.name if server else cs_id.hex(), len(msg.chunk_ids))
+        elif isinstance(msg, m.CsChunksLost):
+            server = self.registry.servers.get(cs_id)
+            log.warning("chunkserver %s lost %d copies (disk taken out)",
+                        server.name if server else cs_id.hex(), len(msg.chunks))
+            for chunk_id, version in msg.chunks:
+                copy = self.registry.holders(chunk_id).get(cs_id)
+                if copy is not None and copy.version == version:
+                    self.registry.drop_copy(chunk_id, cs_id)
+        else:
+            conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on chunkserver port"))
+
+    def register_chunkserver(self, conn: rpc.Connection, msg: m.CsRegister) -> None:
+        if len(msg.cs_id) != 16:
+            conn.protocol_error(ValueError("chunkserver id must be 16 bytes"))
+            return
+        old = self.registry.servers.get(msg.cs_id)
+        if old is not None and old.link is not None and old.link is not conn:
+            old.link.context = None
+            old.link.close()
+        server = self.registry.register(msg.cs_id, (msg.host, msg.port), msg.chunks,
+                                        msg.total_bytes, msg.used_bytes, conn)
+        conn.context = msg.cs_id
+        conn.send(m.Ok(msg.req))
+        orphans, stale = [], 0
+        for chunk_id, version in msg.chunks:
+            chunk = self.ns.chunks.get(chunk_id)
+            if chunk is None:
+                orphans.append((chunk_id, version))
+                self.registry.drop_copy(chunk_id, msg.cs_id)
+            elif version != chunk.version:
+                stale += 1
+        log.info("chunkserver %s registered (id %s, %d chunks, %d stale, %d unknown)",
+                 server.name, msg.cs_id.hex(), len(msg.chunks), stale, len(orphans))
+        if orphans:
+            self.spawn(self._delete_orphans(server, orphans))
+
+    async def _delete_orphans(self, server, orphans: list[tuple[int, int]]) -> None:
+        """Delete copies of chunks the metadata does not know (their file is gone)."""
+        for chunk_id, version in orphans:
+            if chunk_id in self.ns.chunks:  # created meanwhile
+                continue
+            await self.master.chunks.command_all([server], lambda s: m.DeleteChunk(chunk_id, version))
+
+    def on_chunkserver_close(self, conn: rpc.Connection) -> None:
+        cs_id = conn.context
+        if cs_id is not None:
+            server = self.registry.servers.get(cs_id)
+            if server is not None and server.link is conn:
+                log.warning("chunkserver %s disconnected", server.name)
+                self.registry.disconnect(cs_id, time.monotonic())
