@@ -14,6 +14,29 @@ import msgspec
 
 ChunkVersion = tuple[int, int]   # (term, counter), ordered lexicographically
 
+# On disk and on the wire a version is one integer, ``term << 32 | counter``: integer order
+# is the pair's order, and a version of term 0 (a master without HA, or a chunk file
+# written before HA) is the plain counter it always was.
+COUNTER_BITS = 32
+COUNTER_MASK = (1 << COUNTER_BITS) - 1
+
+
+def version_term(version: int) -> int:
+    return version >> COUNTER_BITS
+
+
+def first_version(term: int) -> int:
+    """The version of a chunk made by a change of ``term``."""
+    return (term << COUNTER_BITS) | 1
+
+
+def next_version(version: int, term: int) -> int:
+    """The version a change of ``term`` raises ``version`` to: above it, in ``term``."""
+    counter = (version & COUNTER_MASK) + 1
+    if counter > COUNTER_MASK or term < version_term(version):
+        raise ValueError(f"cannot raise version {version:#x} in term {term}")
+    return (term << COUNTER_BITS) | counter
+
 
 class ChunkCommand(msgspec.Struct, frozen=True, tag=True):
     term: int

@@ -103,7 +103,7 @@ def write(ns: Namespace, path: str) -> None:
             f.write(SECTION.pack(len(payload), zlib.crc32(payload), kind))
             f.write(payload)
 
-        section(K_COUNTERS, [ns.version, ns.next_inode, ns.next_chunk_id])
+        section(K_COUNTERS, [ns.version, ns.next_inode, ns.next_chunk_id, ns.last_term])
         batch = []
         for node in ns.nodes.values():
             batch.append(_node_tuple(node))
@@ -162,7 +162,8 @@ def read(path: str) -> Namespace:
         pos += length
         obj = _dec.decode(payload)
         if kind == K_COUNTERS:
-            ns.version, ns.next_inode, ns.next_chunk_id = obj
+            ns.version, ns.next_inode, ns.next_chunk_id = obj[:3]
+            ns.last_term = obj[3] if len(obj) > 3 else 0  # written before HA
         elif kind == K_NODES:
             for t in obj:
                 node = _node_from(t)

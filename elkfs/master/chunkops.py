@@ -217,7 +217,7 @@ class ChunkOps(MasterPart):
                 cmd = lambda s: m.DuplicateChunk(old[0], old[1], result.chunk_id,
                                                  result.version)
             else:
-                cmd = lambda s: m.SetChunkVersion(result.chunk_id, result.version - 1, result.version)
+                cmd = lambda s: m.SetChunkVersion(result.chunk_id, old[1], result.version)
             if shared:
                 self._mark_busy(old[0])
             refusals: list[int] = []
@@ -383,7 +383,7 @@ class ChunkOps(MasterPart):
             for server in made:
                 self.registry.set_copy(effect.new_chunk_id, server.cs_id, effect.new_version)
             if effect.length >= 0 and made:
-                new_version = effect.new_version + 1
+                new_version = effect.cut_version
                 done = await self.command_all(made, lambda s: m.TruncateChunk(
                     effect.new_chunk_id, effect.new_version, new_version, effect.length))
                 for server, ok in zip(made, done):

@@ -38,6 +38,7 @@ import itertools
 import stat
 from dataclasses import dataclass, field
 
+from ..consensus.fencing import first_version, next_version
 from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
@@ -74,13 +75,14 @@ class DeleteChunkEffect:
 class DuplicateChunkEffect:
     """Copy-on-write of a shared chunk: make `new_chunk_id` at `new_version` from
     `chunk_id` at `version`; then, if `length` >= 0, cut it to `length` bytes under
-    version `new_version + 1`."""
+    version `cut_version`."""
 
     chunk_id: int
     version: int
     new_chunk_id: int
     new_version: int
     length: int = -1
+    cut_version: int = 0  # the version after the cut (when length >= 0)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class Namespace:
         self.sessions: dict[bytes, Session] = {}
         self.trash: dict[int, tuple[int, bytes]] = {}  # inode -> (expire_ns, path)
         self.version = 0  # metadata version of the last applied record
+        self.last_term = 0  # term of the last applied record (HA; 0 without)
+        self.term = 0  # term of the record being applied: new chunk versions are of it
         self.next_inode = ROOT + 1
         self.next_chunk_id = 1
         self.effects: list = []
@@ -260,8 +264,10 @@ class Namespace:
         handler = self._HANDLERS.get(type(op))
         if handler is None:
             raise FsError(errno.ENOSYS, f"{type(op).__name__} does not change metadata")
+        self.term = rec.term
         result = handler(self, op, rec.ts_ns, sess)
         self.version = rec.version
+        self.last_term = rec.term
         if sess is not None and rec.seq:
             sess.results[rec.seq] = result
             if len(sess.results) > RESULTS_KEPT:
@@ -530,17 +536,19 @@ class Namespace:
                 if chunk.refs > 1:
                     # Shared with a snapshot: cut a private copy (new id), not the shared one.
                     chunk.refs -= 1
-                    new = Chunk(self.next_chunk_id, 2)
+                    made = first_version(self.term)
+                    new = Chunk(self.next_chunk_id, next_version(made, self.term))
                     self.next_chunk_id += 1
                     self.chunks[new.chunk_id] = new
                     node.chunks[keep - 1] = new.chunk_id
                     self.effects.append(DuplicateChunkEffect(chunk.chunk_id, chunk.version,
-                                                             new.chunk_id, 1, tail))
+                                                             new.chunk_id, made, tail,
+                                                             new.version))
                 else:
                     # The last chunk keeps `tail` bytes: zero the rest on its copies, under
                     # a new version so a copy that missed the cut is stale.
                     old = chunk.version
-                    chunk.version += 1
+                    chunk.version = next_version(old, self.term)
                     self.effects.append(TruncateChunkEffect(chunk.chunk_id, old, chunk.version,
                                                             tail))
         node.length = op.length
@@ -727,15 +735,15 @@ class Namespace:
             # Shared with a snapshot: the writer gets its own copy under a new id (the
             # shell has the chunkservers duplicate the old chunk into it).
             self.chunks[chunk_id].refs -= 1
-            chunk = Chunk(self.next_chunk_id, 1)
+            chunk = Chunk(self.next_chunk_id, first_version(self.term))
             self.next_chunk_id += 1
             self.chunks[chunk.chunk_id] = chunk
             node.chunks[op.index] = chunk.chunk_id
         elif chunk_id:
             chunk = self.chunks[chunk_id]
-            chunk.version += 1
+            chunk.version = next_version(chunk.version, self.term)
         else:
-            chunk = Chunk(self.next_chunk_id, 1)
+            chunk = Chunk(self.next_chunk_id, first_version(self.term))
             self.next_chunk_id += 1
             self.chunks[chunk.chunk_id] = chunk
             node.chunks[op.index] = chunk.chunk_id

@@ -39,6 +39,7 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     session: bytes
     seq: int
     op: JournalOp
+    term: int = 0  # the leader's term (HA); 0 without HA and in journals written before it
 
 
 RECORD_ENCODER = msgspec.msgpack.Encoder()

@@ -344,7 +344,7 @@ def test_snapshot_shares_chunks_and_copies_on_write():
     r.do(m.Truncate(f, (64 << 20) + 100))
     new = r.ns.nodes[f].chunks[1]
     assert new != c1.chunk_id and r.ns.chunks[new].version == 2
-    assert r.ns.effects == [DuplicateChunkEffect(c1.chunk_id, 1, new, 1, 100)]
+    assert r.ns.effects == [DuplicateChunkEffect(c1.chunk_id, 1, new, 1, 100, 2)]
     assert snap_f.chunks[1] == c1.chunk_id and r.ns.chunks[c1.chunk_id].refs == 1
     # Removing one side keeps the chunks of the other.
     r.do(m.SetTrashTime(ROOT, 0, recursive=True))
@@ -465,3 +465,22 @@ def test_snapshot_master_time_of_a_big_file_and_a_1000_file_tree():
     snap = r.ns.lookup(ROOT, b"tree-snap")
     assert sum(len(r.ns.nodes[c].children) for c in snap.children.values()) == 1000
     assert all(c.refs == 2 for c in r.ns.chunks.values())
+
+
+def test_chunk_versions_are_of_the_record_term():
+    """With HA a version is (term << 32 | counter): a change of a newer term raises it
+    above anything an older term handed out; without HA (term 0) it counts as before."""
+    from elkfs.consensus.fencing import version_term
+    from elkfs.master.records import Record
+
+    ns = Namespace()
+    apply = lambda op, term: ns.apply(Record(ns.version + 1, 1, b"", 0, op, term))
+    f = apply(m.Mknod(ROOT, b"f", 0o100644, 0, 0, 0), 0).attr.inode
+    assert apply(m.WriteChunk(f, 0), 0).version == 1
+    assert apply(m.WriteChunk(f, 0), 0).version == 2
+    v = apply(m.WriteChunk(f, 0), 7).version
+    assert version_term(v) == 7 and v == (7 << 32) | 3
+    assert apply(m.WriteChunk(f, 1), 7).version == (7 << 32) | 1
+    assert ns.last_term == 7
+    with pytest.raises(ValueError):  # an older term never lowers a version
+        apply(m.WriteChunk(f, 0), 6)
