@@ -268,7 +268,8 @@ class MasterDirectory:
         self._callbacks.append(callback)
 
     async def start(self) -> None:
-        """Resolve until a first answer, then refresh in the background.
+        """Resolve until a first answer (retrying every second, or every `refresh_s` if
+        shorter), then refresh in the background.
 
         Raises the last DiscoveryError if no answer came within `start_timeout_s`."""
         if self._task is not None:
