@@ -78,7 +78,7 @@ def parse_dns_server(text: str) -> tuple[str, int] | None:
         raise ValueError(f"DNS server must be an IPv4 address, got {host!r}") from None
     if not sep:
         return host, DEFAULT_DNS_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"DNS server port must be 1-65535, got {port_text!r}")
     return host, int(port_text)
 

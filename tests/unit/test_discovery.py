@@ -4,6 +4,7 @@ is the master itself, and MasterDirectory driven by a scripted resolver and a fa
 
 import asyncio
 import logging
+import socket
 
 import pytest
 
@@ -57,12 +58,39 @@ def test_parse_dns_server(text, expected):
     ("127.0.1.53:65536", "port must be 1-65535"),
     ("127.0.1.53:dns", "port must be 1-65535, got 'dns'"),
     ("127.0.1.53:-1", "port must be 1-65535"),
+    ("127.0.1.53:\u0665\u0663", "port must be 1-65535"),  # digits, but not ASCII ones
     ("::1", "must be IPv4 'IP' or 'IP:PORT'"),
     ("[::1]:53", "must be IPv4 'IP' or 'IP:PORT'"),
 ])
 def test_parse_dns_server_rejects(text, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         parse_dns_server(text)
+
+
+async def test_the_system_resolver_answer_is_sorted_and_deduplicated(monkeypatch):
+    async def getaddrinfo(host, port, *, family=0, type=0, proto=0, flags=0):
+        assert (host, family, type) == (NAME, socket.AF_INET, socket.SOCK_STREAM)
+        return [(family, type, 6, "", (addr, 0)) for addr in ["10.0.0.10", "10.0.0.9", "10.0.0.10"]]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    assert await resolve(NAME) == ["10.0.0.9", "10.0.0.10"]
+    assert await resolve(NAME, dns_server="system") == ["10.0.0.9", "10.0.0.10"]
+
+
+async def test_system_resolver_failures_are_discovery_errors(monkeypatch):
+    async def unknown(*args, **kw):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def hanging(*args, **kw):
+        await asyncio.Event().wait()
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "getaddrinfo", unknown)
+    with pytest.raises(DiscoveryError, match="system resolver: Name or service not known"):
+        await resolve(NAME)
+    monkeypatch.setattr(loop, "getaddrinfo", hanging)
+    with pytest.raises(DiscoveryError, match="no answer within 0.01s"):
+        await resolve(NAME, timeout=0.01)
 
 
 async def test_a_bad_dns_server_is_a_value_error_not_a_discovery_error():
