@@ -42,7 +42,6 @@ import errno
 import logging
 import os
 import signal
-import socket
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,11 +49,13 @@ from elkfs import config as cfgmod
 from elkfs.config import Option, ranged_int
 from elkfs.proto import messages as m
 from elkfs.proto import rpc
-from elkfs.proto.errors import CRC_ERROR, NOT_LEADER, OK, WRONG_VERSION, FsError
+from elkfs.proto.errors import CRC_ERROR, OK, WRONG_VERSION, FsError
 from elkfs.proto.frames import MAX_DATA, FrameError
 
 from . import hddcfg
+from .master_links import MasterLinks
 from .store import CHUNK_SIZE, ChunkStore
+from .voter_shell import VoterShell
 
 log = logging.getLogger("elkfs.chunkserver")
 
@@ -66,6 +67,11 @@ OPTIONS: dict[str, Option] = {
     "MASTER_HOST": Option("mfsmaster", "str", "master name (every address it resolves to)"),
     "MASTER_PORT": Option(9420, "port", "master port for chunkservers"),
     "MASTER_RECONNECTION_DELAY": Option(1.0, "float", "first delay before reconnecting, s"),
+    "DNS_SERVER": Option("", "str", "DNS server (IP or IP:PORT) to resolve MASTER_HOST with; "
+                                    "empty: the system resolver"),
+    "DNS_REFRESH_TIME": Option(5.0, "float", "seconds between resolutions of MASTER_HOST"),
+    "LEADER_LEASE_DURATION": Option(2.0, "float", "the least lease this voter promises, s "
+                                                  "(the masters' longer one wins)"),
     "MASTER_TIMEOUT": Option(10.0, "float", "how long to wait for the master's replies, s"),
     "HDD_TEST_SPEED": Option(1.0, "nonneg_float", "background CRC scrub speed, MB/s (0: off)"),
     "HDD_STOCK_FILES": Option(1024, ranged_int(0, 4096),
@@ -77,8 +83,6 @@ OPTIONS: dict[str, Option] = {
     "OPEN_CHUNKS_LIMIT": Option(512, ranged_int(4, 1 << 20), "chunk files kept open"),
 }
 
-SPACE_INTERVAL = 1.0
-MAX_RECONNECT_DELAY = 5.0
 INLINE_IO = 128 << 10  # reads/writes up to this size run in the event loop
 REPLICATION_PIECE = 4 << 20
 REPLICATION_WINDOW = 4
@@ -162,14 +166,14 @@ class ChunkServer:
     def __init__(self, store: ChunkStore, *, data_path: str, listen_host: str = "*",
                  listen_port: int = 9422, master_host: str = "mfsmaster",
                  master_port: int = 9420, reconnect_delay: float = 1.0,
+                 dns_server: str | None = None, dns_refresh_s: float = 5.0,
+                 lease_s: float = 2.0,
                  master_timeout: float = 10.0, workers: int = 8, hdd_conf: str | None = None,
                  test_speed: float = 0.0):
         self.store = store
         self.data_path = data_path
         self.listen_host = "0.0.0.0" if listen_host in ("*", "") else listen_host
         self.listen_port = listen_port
-        self.master_host = master_host
-        self.master_port = master_port
         self.reconnect_delay = reconnect_delay
         self.master_timeout = master_timeout
         self.hdd_conf = hdd_conf
@@ -179,12 +183,12 @@ class ChunkServer:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cs-io")
         self.cs_id = load_cs_id(data_path)
         self.server: asyncio.base_events.Server | None = None
-        self.master: rpc.Connection | None = None
-        self.registered = asyncio.Event()
+        self.voter = VoterShell(data_path, lease_s)
+        self.masters = MasterLinks(self, master_host, master_port, dns_server, dns_refresh_s,
+                                   reconnect_delay, master_timeout)
         self.made_unreported: set[tuple[int, int]] = set()  # see report_made
         self.damaged: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._master_task: asyncio.Task | None = None
         self._commands: asyncio.Queue = asyncio.Queue()
         self._command_task: asyncio.Task | None = None
         self._replications = asyncio.Semaphore(REPLICATIONS_MAX)
@@ -197,7 +201,8 @@ class ChunkServer:
     def from_config(cls, cfg: cfgmod.Config, store: ChunkStore) -> "ChunkServer":
         return cls(store, data_path=cfg.DATA_PATH, listen_host=cfg.CSSERV_LISTEN_HOST,
                    listen_port=cfg.CSSERV_LISTEN_PORT, master_host=cfg.MASTER_HOST,
-                   master_port=cfg.MASTER_PORT,
+                   master_port=cfg.MASTER_PORT, dns_server=cfg.DNS_SERVER or None,
+                   dns_refresh_s=cfg.DNS_REFRESH_TIME, lease_s=cfg.LEADER_LEASE_DURATION,
                    reconnect_delay=cfg.MASTER_RECONNECTION_DELAY,
                    master_timeout=cfg.MASTER_TIMEOUT, workers=cfg.WORKERS_MAX,
                    hdd_conf=cfg.HDD_CONF_FILENAME, test_speed=cfg.HDD_TEST_SPEED)
@@ -213,7 +218,7 @@ class ChunkServer:
         log.info("data port listening on %s:%d; %d chunks", self.listen_host,
                  self.listen_port, len(self.store))
         self._command_task = asyncio.create_task(self._command_worker())
-        self._master_task = asyncio.create_task(self._master_loop())
+        self.masters.start()
         loop = asyncio.get_running_loop()
         self.store.on_disk_failed = lambda disk, lost: loop.call_soon_threadsafe(
             self._disk_failed, disk, lost)
@@ -222,7 +227,8 @@ class ChunkServer:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-        for t in (self._master_task, self._command_task, *self._tasks):
+        self.masters.stop()
+        for t in (self._command_task, *self._tasks):
             if t is not None:
                 t.cancel()
         for conn in list(self._conns):
@@ -231,8 +237,7 @@ class ChunkServer:
             for conn in idle:
                 conn.close()
         self._chain_idle.clear()
-        if self.master is not None:
-            self.master.close()
+        self.voter.close()
         await asyncio.sleep(0)
         self.pool.shutdown(wait=True)
         self.store.close()
@@ -275,22 +280,14 @@ class ChunkServer:
             self._send_marked()
 
     def _send_marked(self) -> None:
-        if self.master is not None and self.master.is_open and self.registered.is_set():
-            try:
-                self.master.send(m.CsMarkedChunks(self.store.marked_chunks()))
-            except rpc.ConnectionClosed:
-                pass
+        self.masters.send_all(m.CsMarkedChunks(self.store.marked_chunks()))
 
     def _disk_failed(self, disk, lost: list[tuple[int, int]]) -> None:
         """A disk was taken out: tell the master its copies are gone."""
         for chunk_id, version in lost:
             self.damaged.discard((chunk_id, version))
-        if self.master is not None and self.master.is_open and self.registered.is_set():
-            try:
-                self.master.send(m.CsChunksLost(lost))
-            except rpc.ConnectionClosed:
-                pass
-        # (If the master is not connected, the next registration lists the chunks left.)
+        self.masters.send_all(m.CsChunksLost(lost))
+        # (A master not connected now gets the chunks left at its next registration.)
 
     async def _scrub_loop(self) -> None:
         """CRC-check every chunk in turn at `test_speed` MB/s, forever."""
@@ -404,23 +401,16 @@ class ChunkServer:
             conn.send(m.ReadData(msg.req, status))
 
     def report_made(self, chunk_id: int, version: int) -> None:
-        """Tell the master of a chunk a write session made; one made while the link is
-        down or registering is told right after the next registration."""
-        if self.master is not None and self.master.is_open and self.registered.is_set():
-            try:
-                self.master.send(m.CsChunkMade(chunk_id, version))
-                return
-            except rpc.ConnectionClosed:
-                pass
-        self.made_unreported.add((chunk_id, version))
+        """Tell every master of a copy made or changed here (a write session, or a
+        command of one master: the others learn it too); one made while a link is down
+        or registering is told right after that registration."""
+        self.masters.send_all(m.CsChunkMade(chunk_id, version))
+        if self.masters.registering:  # its chunk list may have been taken before this
+            self.made_unreported.add((chunk_id, version))
 
     def report_damaged(self, chunk_id: int, version: int) -> None:
         self.damaged.add((chunk_id, version))
-        if self.master is not None and self.master.is_open and self.registered.is_set():
-            try:
-                self.master.send(m.CsChunkDamaged(chunk_id, version))
-            except rpc.ConnectionClosed:
-                pass
+        self.masters.send_all(m.CsChunkDamaged(chunk_id, version))
 
     # write sessions
 
@@ -697,73 +687,20 @@ class ChunkServer:
 
     # ------------------------------------------------------------ master link
 
-    async def _master_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        delay = self.reconnect_delay
-        while True:
-            try:
-                infos = await loop.getaddrinfo(self.master_host, self.master_port,
-                                               type=socket.SOCK_STREAM)
-                addrs = list(dict.fromkeys(info[4][0] for info in infos))
-            except OSError as e:
-                log.warning("cannot resolve master %s: %s", self.master_host, e)
-                addrs = []
-            served = False
-            for addr in addrs:
-                try:
-                    conn = await self._connect(addr, self.master_port, self._on_master,
-                                               "master", timeout=self.master_timeout)
-                except (OSError, asyncio.TimeoutError) as e:
-                    log.debug("master %s:%d: %s", addr, self.master_port, e)
-                    continue
-                try:
-                    if await self._register(conn, addr):
-                        served = True
-                        delay = self.reconnect_delay
-                        await self._master_session(conn)
-                        log.warning("lost the master at %s:%d", addr, self.master_port)
-                        break
-                except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed, FsError) as e:
-                    log.warning("master %s:%d: %s", addr, self.master_port, e)
-                finally:
-                    self.registered.clear()
-                    self.master = None
-                    conn.close()
-            if not served:
-                log.info("no master reachable at %s:%d; retrying in %.1fs", self.master_host,
-                         self.master_port, delay)
-            await asyncio.sleep(delay)
-            if not served:
-                delay = min(delay * 2, max(MAX_RECONNECT_DELAY, self.reconnect_delay))
-
     def advertised_host(self, conn: rpc.Connection) -> str:
         if self.listen_host != "0.0.0.0":
             return self.listen_host
         return conn.transport.get_extra_info("sockname")[0]
 
-    async def _register(self, conn: rpc.Connection, addr: str) -> bool:
-        total, used = self.store.space()
-        host = self.advertised_host(conn)
-        self.master = conn
-        try:
-            await conn.call(m.CsRegister, cs_id=self.cs_id, host=host, port=self.listen_port,
-                            chunks=self.store.chunks(), total_bytes=total, used_bytes=used,
-                            timeout=self.master_timeout)
-        except FsError as e:
-            if e.status == NOT_LEADER:
-                log.info("master %s is not the leader", addr)
-            else:
-                log.warning("master %s refused registration: %s", addr, e)
-            return False
-        log.info("registered with master %s:%d as %s:%d (%d chunks)", addr,
-                 self.master_port, host, self.listen_port, len(self.store))
-        self.registered.set()
-        made, self.made_unreported = self.made_unreported, set()
-        for chunk_id, version in made:
+    def after_registration(self, conn: rpc.Connection) -> None:
+        """What a master that just registered us must hear besides the chunk list."""
+        for chunk_id, version in list(self.made_unreported):
             if chunk_id in self.store and self.store.info(chunk_id)[0] == version:
                 conn.send(m.CsChunkMade(chunk_id, version))
+        if not self.masters.registering:
+            self.made_unreported.clear()
         if any(d.marked_for_removal for d in self.store.disks):
-            self._send_marked()
+            conn.send(m.CsMarkedChunks(self.store.marked_chunks()))
         for chunk_id, version in list(self.damaged):
             try:
                 if self.store.info(chunk_id)[0] == version:
@@ -772,25 +709,12 @@ class ChunkServer:
             except FsError:
                 pass
             self.damaged.discard((chunk_id, version))
-        return True
 
-    async def _master_session(self, conn: rpc.Connection) -> None:
-        while conn.is_open:
-            total, used = self.store.space()
-            conn.send(m.CsSpace(total, used, len(self.store)))
-            try:
-                await asyncio.wait_for(asyncio.shield(conn.closed), SPACE_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
-
-    def _on_master(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
-        if type(msg) is m.CsCommand:
-            if isinstance(msg.command, m.ReplicateChunk):
-                self._spawn(self._replicate_command(conn, msg))
-            else:
-                self._commands.put_nowait((conn, msg))
+    def take_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
+        if isinstance(msg.command, m.ReplicateChunk):
+            self._spawn(self._replicate_command(conn, msg))
         else:
-            log.warning("ignoring %s from the master", type(msg).__name__)
+            self._commands.put_nowait((conn, msg))
 
     async def _command_worker(self) -> None:
         while True:
@@ -808,8 +732,33 @@ class ChunkServer:
             if conn.is_open:
                 conn.send(reply)
 
+    def _has(self, chunk_id: int, version: int) -> bool:
+        try:
+            return self.store.info(chunk_id)[0] == version
+        except FsError:
+            return False
+
     async def _execute(self, cmd: m.CsCmd) -> None:
+        """Carry out one command. A command whose outcome is already here is done (a new
+        leader redoes the chunk side of changes its predecessor may have carried out);
+        the outcome is told to every master."""
+        await self._execute_once(cmd)
+        if isinstance(cmd, m.DeleteChunk):
+            self.masters.send_all(m.CsChunkDeleted(cmd.chunk_id, cmd.version))
+        elif isinstance(cmd, m.DuplicateChunk):
+            self.report_made(cmd.new_chunk_id, cmd.new_version)
+        elif isinstance(cmd, (m.SetChunkVersion, m.TruncateChunk)):
+            self.report_made(cmd.chunk_id, cmd.new_version)
+        else:
+            self.report_made(cmd.chunk_id, cmd.version)
+
+    async def _execute_once(self, cmd: m.CsCmd) -> None:
         st = self.store
+        if isinstance(cmd, (m.SetChunkVersion, m.TruncateChunk)) and \
+                self._has(cmd.chunk_id, cmd.new_version):
+            return
+        if isinstance(cmd, m.DuplicateChunk) and self._has(cmd.new_chunk_id, cmd.new_version):
+            return
         if isinstance(cmd, m.CreateChunk):
             # A new chunk is an empty file with a header: cheaper done at once than
             # handed to the thread pool (a small file's write waits for it).

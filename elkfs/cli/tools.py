@@ -56,7 +56,8 @@ def master_inode(path: str, info: dict) -> int:
 
 
 async def _client(info: dict) -> Client:
-    return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0)
+    return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
+                                dns_server=info.get("dns_server"))
 
 
 async def _walk(client: Client, inode: int):

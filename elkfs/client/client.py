@@ -50,8 +50,11 @@ class Client:
 
     @classmethod
     async def connect(cls, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
-                      retry_s: float = 30.0) -> "Client":
-        link = MasterLink(host, port, info or f"elkfs client pid {os.getpid()}", retry_s)
+                      retry_s: float = 30.0, dns_server: str | None = None) -> "Client":
+        """Connect to the master at `host` (an address, or a name whose A records are the
+        masters: the client finds the leader and follows it)."""
+        link = MasterLink(host, port, info or f"elkfs client pid {os.getpid()}", retry_s,
+                          dns_server=dns_server)
         await link.connect()
         return cls(link, retry_s)
 

@@ -8,6 +8,14 @@ result instead of applying the change twice. A read-only request is simply resen
 Only after `retry_s` without a master does an operation fail (with EIO), so a master
 restart is invisible to applications.
 
+With HA the host is a name with one A record per master (or one address): the link
+resolves it (`dns_server`, or the system resolver), tries the leader it last heard of
+first and then every address, and follows a follower's redirect (`NOT_LEADER` naming the
+leader). A request answered `NOT_LEADER` (the master stopped leading) is resent like one
+whose connection broke. While requests wait, the link pings the master every
+`PING_PERIOD_S`; a master that does not answer within `PING_TIMEOUT_S` (stopped, or cut
+off) is given up and the requests go to whoever leads now.
+
 A client that keeps directory listings (the mount) registers with `listing_ttl_ms`; the
 master then recalls a listing (`InvalidateListings`) before anyone else's change to that
 directory is acknowledged, and `on_invalidate(dirs)` is called. After a reconnect the
@@ -23,21 +31,46 @@ import logging
 import time
 from typing import Callable
 
+from ..discovery import DiscoveryError, resolve
 from ..proto import messages as m
 from ..proto import rpc
-from ..proto.errors import BAD_SESSION, FsError
+from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 
 log = logging.getLogger("elkfs.client")
 
 DEFAULT_MASTER_PORT = 9421
+PING_PERIOD_S = 1.0
+PING_TIMEOUT_S = 3.0
+REGISTER_TIMEOUT_S = 5.0  # a master that takes longer is taken for gone (stopped)
+
+
+def parse_hint(text: str) -> tuple[str, int] | None:
+    """A redirect's "host:port" (None when the master knows no leader)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+class _Redirect(Exception):
+    """The master asked does not lead; `leader` is where it says the leader is."""
+
+    def __init__(self, leader: tuple[str, int] | None):
+        super().__init__(f"not the leader (leader: {leader[0]}:{leader[1]})" if leader
+                         else "not the leader (no leader known)")
+        self.leader = leader
 
 
 class MasterLink:
     def __init__(self, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
                  retry_s: float = 30.0, request_timeout_s: float = 60.0,
-                 listing_ttl_ms: int = 0):
+                 listing_ttl_ms: int = 0, dns_server: str | None = None):
         self.host = host
         self.port = port
+        self.dns_server = dns_server
+        self.leader: tuple[str, int] | None = None  # where the leader was last seen
+        self.address: tuple[str, int] | None = None  # the master connected to
+        self._watchdog: asyncio.Task | None = None
         self.info = info
         self.retry_s = retry_s
         self.request_timeout_s = request_timeout_s
@@ -62,39 +95,79 @@ class MasterLink:
             self._connecting = asyncio.create_task(self._connect_loop(deadline))
         return await asyncio.shield(self._connecting)
 
+    async def _candidates(self) -> list[tuple[str, int]]:
+        """Where to look for the leader: the one last seen first, then every address."""
+        found = [self.leader] if self.leader else []
+        try:
+            addrs = await resolve(self.host, self.dns_server)
+        except DiscoveryError as e:
+            if not found:
+                raise
+            log.warning("%s (trying the last leader %s:%d)", e, *self.leader)
+            addrs = []
+        return found + [(a, self.port) for a in addrs if (a, self.port) not in found]
+
     async def _connect_loop(self, deadline: float) -> rpc.Connection:
         delay = 0.05
         last_error: Exception | None = None
         while True:
+            if self.on_invalidate is not None:
+                self.on_invalidate(None)
             try:
-                if self.on_invalidate is not None:
-                    self.on_invalidate(None)
-                conn = await rpc.connect(self.host, self.port, self._on_message, name="master",
-                                         timeout=5.0, on_close=self._on_close)
+                candidates = await self._candidates()
+            except DiscoveryError as e:
+                candidates, last_error = [], e
+            while candidates:
+                addr = candidates.pop(0)
+                try:
+                    conn = await self._register(addr)
+                except _Redirect as r:
+                    if r.leader and r.leader != addr:
+                        self.leader = r.leader
+                        candidates = [r.leader] + [c for c in candidates if c != r.leader]
+                    last_error = r
+                    continue
+                except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                    last_error = e
+                    continue
+                self.conn, self.address, self.leader = conn, addr, addr
+                return conn
+            if time.monotonic() + delay > deadline:
+                raise FsError(errno.EIO, f"no master of {self.host} is leading "
+                                         f"({last_error})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _register(self, addr: tuple[str, int]) -> rpc.Connection:
+        """Connect to `addr` and open (or resume) the session there; `_Redirect` when it
+        does not lead."""
+        conn = await rpc.connect(*addr, self._on_message, name="master", timeout=5.0,
+                                 on_close=self._on_close)
+        try:
+            while True:
                 reply, _ = await conn.call(m.RegisterSession, session=self.session,
-                                           info=self.info, timeout=self.request_timeout_s,
+                                           info=self.info, timeout=REGISTER_TIMEOUT_S,
                                            listing_ttl_ms=self.listing_ttl_ms)
+                if reply.status == NOT_LEADER:
+                    raise _Redirect(parse_hint(reply.leader))
                 if reply.status == BAD_SESSION and self.session:
                     # The master forgot us (session expired): start a new session.
                     log.warning("session %s expired on the master; opening a new one",
                                 self.session.hex())
                     self.session = b""
-                    conn.close()
                     continue
                 if reply.status != 0:
-                    conn.close()
                     raise FsError(reply.status, "session registration refused")
-                if self.session and self.conn is not None:
-                    self.reconnects += 1
-                self.session = reply.session
-                self.conn = conn
-                return conn
-            except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
-                last_error = e
-            if time.monotonic() + delay > deadline:
-                raise FsError(errno.EIO, f"master {self.host}:{self.port} unreachable: {last_error}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                break
+        except BaseException:
+            conn.close()
+            raise
+        if self.session and self.conn is not None:
+            self.reconnects += 1
+        if self.address is not None and addr != self.address:
+            log.info("the leader is now %s:%d", *addr)
+        self.session = reply.session
+        return conn
 
     def _on_close(self, conn: rpc.Connection) -> None:
         # Nobody recalls our listings while we are away (a new master knows none of them).
@@ -120,6 +193,8 @@ class MasterLink:
     def send_posted(self) -> None:
         """Send the posted changes not sent yet, in order."""
         posts, self._posts = self._posts, []
+        if posts:
+            self._watch()
         for op, seq in posts:
             conn = self.conn
             if conn is not None and conn.is_open:
@@ -138,10 +213,12 @@ class MasterLink:
         if fut.cancelled():
             return
         exc = fut.exception()
-        if isinstance(exc, (rpc.ConnectionClosed, OSError)):
+        reply = fut.result()[0] if exc is None else None
+        if isinstance(exc, (rpc.ConnectionClosed, OSError)) or \
+                (isinstance(reply, m.Error) and reply.status == NOT_LEADER):
             self._spawn(self._request(op, seq))  # same seq: applied at most once
-        elif exc is None and isinstance(fut.result()[0], m.Error):
-            log.warning("%s refused: %s", type(op).__name__, fut.result()[0].detail)
+        elif isinstance(reply, m.Error):
+            log.warning("%s refused: %s", type(op).__name__, reply.detail)
 
     async def drain_posted(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every posted change was answered."""
@@ -169,11 +246,16 @@ class MasterLink:
             conn = await self._ensure_connected(deadline)
             if self._posts:
                 self.send_posted()  # changes posted before this one go first
+            self._watch()
             try:
                 reply, _ = await conn.call(m.MetaRequest, session=self.session, seq=seq, op=op,
                                            timeout=self.request_timeout_s)
                 return reply.result
-            except (rpc.ConnectionClosed, OSError, asyncio.TimeoutError) as e:
+            except (rpc.ConnectionClosed, OSError, asyncio.TimeoutError, FsError) as e:
+                if isinstance(e, FsError):
+                    if e.status != NOT_LEADER:
+                        raise
+                    self.leader = parse_hint(e.detail)
                 if time.monotonic() > deadline:
                     raise FsError(errno.EIO, f"master unreachable: {e}") from None
                 log.info("master connection lost (%s); retrying %s", e, type(op).__name__)
@@ -181,7 +263,35 @@ class MasterLink:
                     conn.close()
                     self.conn = None
 
+    def _watch(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.ensure_future(self._watch_master())
+
+    async def _watch_master(self) -> None:
+        """While anything waits for the master, make sure it still answers: a master
+        that is stopped or cut off keeps the connection open and answers nothing."""
+        while True:
+            await asyncio.sleep(PING_PERIOD_S)
+            conn = self.conn
+            if conn is None or not conn.is_open:
+                return
+            if not conn.waiting and not self._unanswered:
+                return
+            try:
+                await conn.call(m.Ping, timeout=PING_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("master %s:%d does not answer; looking for the leader",
+                            *(self.address or (self.host, self.port)))
+                if conn is self.conn:
+                    self.conn = None
+                conn.close()
+                return
+            except (rpc.ConnectionClosed, OSError, FsError):
+                return
+
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.conn is not None:
             self.conn.close()
             self.conn = None

@@ -92,8 +92,9 @@ def _node_from(t: list) -> Node:
     return node
 
 
-def write(ns: Namespace, path: str) -> None:
-    """Write `ns` to `path` atomically (temp file, fsync, rename, fsync dir)."""
+def write(ns: Namespace, path: str, final: bool = True) -> None:
+    """Write `ns` to `path` atomically (temp file, fsync, rename, fsync dir). With
+    `final=False` it stays at `path + ".tmp"` until `publish`."""
     tmp = path + ".tmp"
     with open(tmp, "wb", buffering=1 << 20) as f:
         f.write(HEADER.pack(MAGIC, ns.version))
@@ -132,9 +133,16 @@ def write(ns: Namespace, path: str) -> None:
         section(K_END, [len(ns.nodes), len(ns.chunks)])
         f.flush()
         os.fsync(f.fileno())
-    os.rename(tmp, path)
+    if final:
+        publish(path)
+
+
+def publish(path: str) -> None:
+    """Give a checkpoint written with `final=False` its name: from now on start-up
+    may load it."""
     from .journal import fsync_dir
 
+    os.rename(path + ".tmp", path)
     fsync_dir(os.path.dirname(path) or ".")
 
 

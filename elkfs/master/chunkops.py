@@ -118,10 +118,11 @@ class ChunkOps(MasterPart):
         if server is None:
             return False
         link = server.link
-        if link is None or not link.is_open:
+        term = self.master.command_term()
+        if link is None or not link.is_open or term is None:
             return False
         try:
-            await link.call(m.CsCommand, command=cmd,
+            await link.call(m.CsCommand, command=cmd, term=term,
                             timeout=timeout or self.cfg.CS_COMMAND_TIMEOUT)
             return True
         except FsError as e:
@@ -369,7 +370,10 @@ class ChunkOps(MasterPart):
         return asyncio.gather(*truncations)
 
     async def _delete_after(self, version: int, servers, chunk_id: int, versions) -> None:
-        await self.store.wait_durable(version)
+        try:
+            await self.store.wait_durable(version)
+        except FsError:
+            return  # not leading any more: the new leader deletes what nothing points at
         await self.command_all(servers, lambda s: m.DeleteChunk(chunk_id, versions[s.cs_id]))
 
     async def duplicate_chunk(self, effect: DuplicateChunkEffect) -> None:
@@ -414,10 +418,11 @@ class ChunkOps(MasterPart):
 
         async def one(server) -> bool:
             link = server.link
-            if link is None or not link.is_open:
+            term = self.master.command_term()
+            if link is None or not link.is_open or term is None:
                 return False
             try:
-                await link.call(m.CsCommand, command=make_cmd(server),
+                await link.call(m.CsCommand, command=make_cmd(server), term=term,
                                 timeout=self.cfg.CS_COMMAND_TIMEOUT)
                 return True
             except FsError as e:

@@ -8,6 +8,7 @@ after that listing was recalled.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import secrets
@@ -15,7 +16,7 @@ import time
 
 from ..proto import messages as m
 from ..proto import rpc
-from ..proto.errors import BAD_SESSION, FsError
+from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import replication as rep
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
@@ -32,12 +33,61 @@ class ClientPort(MasterPart):
         self.leases = ListingLeases()
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
-        if isinstance(msg, m.MetaRequest):
+        if type(msg) is m.Ping:
+            conn.send(m.Ok(msg.req))
+        elif isinstance(msg, m.MasterStatus):
+            conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(self.master_status()))))
+        elif not self.master.leading:
+            self.redirect(conn, msg)
+        elif isinstance(msg, m.MetaRequest):
             self.handle_op(conn, msg)
         elif isinstance(msg, m.RegisterSession):
             self.register_session(conn, msg)
+        elif isinstance(msg, m.MasterAdmin):
+            self.admin(conn, msg)
         else:
             conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on client port"))
+
+    def redirect(self, conn: rpc.Connection, msg: m.Msg) -> None:
+        """A master that does not lead answers every request with where the leader is
+        ("" while there is none): the client goes there and resends."""
+        leader = self.master.ha.leader_hint()
+        if isinstance(msg, m.RegisterSession):
+            conn.send(m.SessionReply(msg.req, NOT_LEADER, b"", leader))
+        elif hasattr(msg, "req"):
+            conn.send(m.Error(msg.req, NOT_LEADER, leader))
+        else:
+            conn.protocol_error(ValueError(f"unexpected {type(msg).__name__} on client port"))
+
+    def drop_all(self) -> None:
+        """Close every client's connection (this master stopped leading)."""
+        for conn in list(self.session_links.values()):
+            conn.close()
+
+    def reply_read(self, conn: rpc.Connection, reply: m.Msg) -> None:
+        """Answer a read once the state it was read from is committed (with HA: nobody
+        sees a change a failover could still lose)."""
+        if self.master.ha is None:
+            conn.send(reply)
+        else:
+            self.store.when_durable(self.ns.version, lambda: conn.send_if_open(reply))
+
+    def master_status(self) -> dict:
+        if self.master.ha is not None:
+            return self.master.ha.view()
+        return {"state": "LEADER", "metadata_version": self.ns.version, "term": 0,
+                "masters": self._masters_without_ha(), "wall_time": time.time()}
+
+    def admin(self, conn: rpc.Connection, msg: m.MasterAdmin) -> None:
+        try:
+            if self.master.ha is None:
+                raise FsError(errno.EINVAL, "HA is not enabled on this master")
+            if msg.command != "step-down":
+                raise FsError(errno.EINVAL, f"unknown command {msg.command!r}")
+            result = self.master.ha.step_down(msg.target)
+            conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(result))))
+        except FsError as e:
+            conn.send(m.Error(msg.req, e.status, e.detail))
 
     def on_client_close(self, conn: rpc.Connection) -> None:
         for key in [k for k in self.master.chunks.creating if self.locks.held_by(k) is conn]:
@@ -80,7 +130,7 @@ class ClientPort(MasterPart):
                 result = self.query(op)
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
                     self.leases.grant(op.inode, msg.session, time.monotonic())
-                conn.send(m.MetaReply(msg.req, 0, result))
+                self.reply_read(conn, m.MetaReply(msg.req, 0, result))
                 return
             if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
                 if not self.master.chunks.chunk_op_now(conn, msg):
@@ -121,7 +171,10 @@ class ClientPort(MasterPart):
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.info("listing recall not answered (%r): waited for it to expire", outcome)
-        await self.store.wait_durable(version)
+        try:
+            await self.store.wait_durable(version)
+        except FsError:
+            return  # no longer leading: the client resends to the new leader
         conn.send_if_open(reply)
 
     def query(self, op: m.Op) -> m.Result | None:
@@ -206,9 +259,10 @@ class ClientPort(MasterPart):
                  "removal": planner.removal_state(s, self.registry)}
                 for s in self.registry.servers.values()
             ],
-            "masters": [
-                {"address": f"{self.cfg.MATOCL_LISTEN_HOST}:{self.cfg.MATOCL_LISTEN_PORT}",
-                 "state": "LEADER", "metadata_version": ns.version, "term": 0,
-                 "uptime_s": round(time.time() - self.master.started_at)}
-            ],
+            "masters": self.master_status()["masters"],
         }
+
+    def _masters_without_ha(self) -> list[dict]:
+        return [{"address": f"{self.cfg.MATOCL_LISTEN_HOST}:{self.cfg.MATOCL_LISTEN_PORT}",
+                 "state": "LEADER", "metadata_version": self.ns.version, "term": 0,
+                 "uptime_s": round(time.time() - self.master.started_at)}]

@@ -131,6 +131,35 @@ def read_records(data_dir: str, after_version: int) -> Iterator[tuple[int, memor
                 os.fsync(f.fileno())
 
 
+def truncate_after(data_dir: str, version: int) -> None:
+    """Drop every record after `version` from the segments on disk (with HA: an
+    uncommitted tail that the new leader's log does not have)."""
+    for first, path in reversed(list_segments(data_dir)):
+        if first > version:
+            os.unlink(path)
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        records, _ = _scan(path, data, True)
+        end = 0
+        for v, payload in records:
+            if v > version:
+                break
+            end += REC_HEADER.size + len(payload)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+        break
+    fsync_dir(data_dir)
+
+
+def remove_segments(data_dir: str) -> None:
+    """Drop the whole journal (a follower installing the leader's checkpoint)."""
+    for _, path in list_segments(data_dir):
+        os.unlink(path)
+    fsync_dir(data_dir)
+
+
 class JournalWriter:
     """Appends framed records to the current segment. Not thread-safe: the event loop
     writes; `sync()` may run in a worker thread (fsync of a file opened O_APPEND)."""

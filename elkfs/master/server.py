@@ -27,6 +27,7 @@ from .chunkops import ChunkOps
 from .chunkservers import ChunkRegistry
 from .client_port import ClientPort
 from .cs_port import ChunkserverPort
+from .ha import HANode
 from .locks import ChunkLocks
 from .records import CloseSession
 from .store import MetadataStore
@@ -60,10 +61,21 @@ OPTIONS = {
     "CHUNKS_LOOP_PERIOD": Option(1.0, "float", "seconds between replication passes"),
     "REPLICATION_TIMEOUT": Option(300.0, "float", "seconds one chunk replication may take"),
     "TRASH_PURGE_PERIOD": Option(1.0, "float", "seconds between checks for expired trash"),
+    # High availability (docs/ha.md)
+    "HA_ENABLED": Option(False, "bool", "several masters, one leader elected by the chunkservers"),
+    "LEADER_LEASE_DURATION": Option(2.0, "float", "seconds of a leader's lease (renewed every half)"),
+    "MASTER_PORT": Option(9420, "port", "port the masters reach each other on (HA)"),
+    "MASTER_HOST": Option("mfsmaster", "str", "name whose A records are the masters (HA)"),
+    "DNS_SERVER": Option("", "str", "DNS server (IP or IP:PORT) to resolve MASTER_HOST with; "
+                                    "empty: the system resolver"),
+    "DNS_REFRESH_TIME": Option(5.0, "float", "seconds between resolutions of MASTER_HOST"),
+    "HA_LOG_RETAIN": Option(100000, "int", "journal records kept in memory for lagging "
+                                           "followers (older ones get the checkpoint)"),
 }
 
 RESTART_KEYS = ("DATA_PATH", "MATOCL_LISTEN_HOST", "MATOCL_LISTEN_PORT", "MATOCS_LISTEN_HOST",
-                "MATOCS_LISTEN_PORT")
+                "MATOCS_LISTEN_PORT", "HA_ENABLED", "MASTER_PORT", "MASTER_HOST", "DNS_SERVER",
+                "LEADER_LEASE_DURATION")
 
 
 def _host(value: str) -> str | None:
@@ -83,6 +95,7 @@ class MasterServer:
         self.clients = ClientPort(self)
         self.chunkservers = ChunkserverPort(self)
         self.chunks = ChunkOps(self)
+        self.ha = HANode(self) if cfg.HA_ENABLED else None
 
     @staticmethod
     def _limits(cfg) -> rep.Limits:
@@ -98,20 +111,25 @@ class MasterServer:
 
     async def run(self, ready) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.store.load)
-        now = time.monotonic()
-        self.planner.started_at = now
-        for session_id in self.ns.sessions:
-            self.clients.session_gone_at[session_id] = now
         cfg = self.cfg
+        cs_port = cfg.MATOCS_LISTEN_PORT
+        if self.ha is not None:
+            if cfg.MASTER_PORT != cs_port:
+                log.warning("HA: masters and chunkservers share MASTER_PORT %d "
+                            "(MATOCS_LISTEN_PORT %d is not used)", cfg.MASTER_PORT, cs_port)
+                cs_port = cfg.MASTER_PORT
+            await self.ha.start()
+        else:
+            await loop.run_in_executor(None, self.store.load)
+            self.became_leader()
         self.servers.append(await rpc.serve(_host(cfg.MATOCL_LISTEN_HOST), cfg.MATOCL_LISTEN_PORT,
                                             self.clients.on_client, "client", on_close=self.clients.on_client_close))
-        self.servers.append(await rpc.serve(_host(cfg.MATOCS_LISTEN_HOST), cfg.MATOCS_LISTEN_PORT,
+        self.servers.append(await rpc.serve(_host(cfg.MATOCS_LISTEN_HOST), cs_port,
                                             self.chunkservers.on_chunkserver, "chunkserver",
                                             on_close=self.chunkservers.on_chunkserver_close))
-        log.info("listening for clients on %s:%d, chunkservers on %s:%d",
-                 cfg.MATOCL_LISTEN_HOST, cfg.MATOCL_LISTEN_PORT, cfg.MATOCS_LISTEN_HOST,
-                 cfg.MATOCS_LISTEN_PORT)
+        log.info("listening for clients on %s:%d, chunkservers%s on %s:%d",
+                 cfg.MATOCL_LISTEN_HOST, cfg.MATOCL_LISTEN_PORT,
+                 " and masters" if self.ha else "", cfg.MATOCS_LISTEN_HOST, cs_port)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop(),
@@ -127,6 +145,8 @@ class MasterServer:
                 server.close()
             log.info("writing final checkpoint")
             self.store.close(checkpoint=True)
+            if self.ha is not None:
+                self.ha.stop()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; apply what can change while running."""
@@ -147,6 +167,35 @@ class MasterServer:
         self.planner.limits = limits
         log.info("reloaded %s", fresh.path)
 
+    # ------------------------------------------------------------ leadership
+
+    @property
+    def leading(self) -> bool:
+        """Whether this master serves clients and commands chunkservers now (always,
+        without HA)."""
+        return self.ha is None or self.ha.leading
+
+    def command_term(self) -> int | None:
+        """The term chunkserver commands carry (0 without HA); None when this master must
+        not command chunkservers now."""
+        return 0 if self.ha is None else self.ha.command_term()
+
+    def became_leader(self) -> None:
+        """This master now serves: sessions not connected to it start their sustain time,
+        chunk replication waits its initial delay (chunkservers keep registering)."""
+        now = time.monotonic()
+        self.planner.started_at = now
+        for session_id in self.ns.sessions:
+            if session_id not in self.clients.session_links:
+                self.clients.session_gone_at[session_id] = now
+        if self.ns.effects:  # changes committed at the election: carry out their chunk side
+            self.chunks.run_effects()
+
+    def lost_leadership(self) -> None:
+        """Another master leads: its clients must go there (they reconnect and resend)."""
+        self.clients.drop_all()
+        self.clients.session_gone_at.clear()
+
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
@@ -163,6 +212,8 @@ class MasterServer:
             await asyncio.sleep(min(10.0, max(0.5, self.cfg.SESSION_SUSTAIN_TIME / 4)))
             now = time.monotonic()
             self.clients.leases.sweep(now)
+            if not self.leading:
+                continue
             for session_id, gone_at in list(self.clients.session_gone_at.items()):
                 if now - gone_at >= self.cfg.SESSION_SUSTAIN_TIME and session_id in self.ns.sessions:
                     log.info("session %s expired", session_id.hex())
@@ -175,6 +226,8 @@ class MasterServer:
         decision (this master's clock) is replayed, never re-made."""
         while True:
             await asyncio.sleep(self.cfg.TRASH_PURGE_PERIOD)
+            if not self.leading:
+                continue
             now = time.time_ns()
             expired = [inode for inode, (expire, _) in self.ns.trash.items() if expire <= now]
             for i in range(0, len(expired), 1000):
@@ -188,6 +241,8 @@ class MasterServer:
     async def replication_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.CHUNKS_LOOP_PERIOD)
+            if not self.leading:
+                continue
             try:
                 self.chunks.replication_pass()
             except Exception:

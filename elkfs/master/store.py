@@ -10,6 +10,13 @@ once fsynced.
 
 On start `load()` reads the newest valid checkpoint (an older one if the newest is
 damaged), replays the journal after it and opens a fresh segment.
+
+With HA a `replicator` (the master's `HANode`) takes over what is durable: `change()`
+hands each record to it instead of the journal batch (the consensus core journals and
+replicates it), replies wait until the change is *committed* (`when_durable`), and the
+journal on disk is written by the core's `JournalWrite`s (`journal_write`), which may
+cut an uncommitted tail. At start `load_ha()` loads the newest checkpoint only: the
+journal after it goes to the core, which applies each record once it is committed.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import time
 from typing import Callable
 
 from . import checkpoint as ckpt
-from .journal import JournalWriter, fsync_dir, frame, list_segments, read_records
+from ..proto.errors import NOT_LEADER, FsError
+from .journal import (JournalCorrupt, JournalWriter, fsync_dir, frame, list_segments,
+                      read_records, remove_segments, truncate_after)
 from .namespace import Namespace
 from .records import RECORD_DECODER, RECORD_ENCODER, Record
 
@@ -51,51 +60,114 @@ class MetadataStore:
         self._checkpointing = False
         self.last_checkpoint_version = 0
         self.last_checkpoint_time = 0.0
+        self.replicator = None  # the HANode with HA: commits, replicates, journals
 
     # ------------------------------------------------------------ start-up
 
     def load(self) -> None:
-        ns = None
+        self.ns = self._load_checkpoint()
+        self._replay()
+        self.journal = JournalWriter(self.data_dir, self.ns.version + 1)
+
+    def _load_checkpoint(self, at_most: int | None = None) -> Namespace:
+        """The newest readable checkpoint (not newer than `at_most`), or an empty one."""
         for version, path in reversed(ckpt.list_checkpoints(self.data_dir)):
+            if at_most is not None and version > at_most:
+                continue
             try:
                 ns = ckpt.read(path)
                 log.info("loaded checkpoint %s (metadata version %d, %d inodes)",
                          os.path.basename(path), version, len(ns.nodes))
                 self.last_checkpoint_version = version
-                break
+                return ns
             except (ckpt.CheckpointError, OSError, ValueError) as e:
                 log.error("skipping damaged checkpoint: %s", e)
-        if ns is None:
-            ns = Namespace()
-            if list_segments(self.data_dir) and ckpt.list_checkpoints(self.data_dir):
-                log.error("no readable checkpoint: replaying the whole journal")
-        self.ns = ns
+        if list_segments(self.data_dir) and ckpt.list_checkpoints(self.data_dir):
+            log.error("no readable checkpoint: replaying the whole journal")
+        return Namespace()
+
+    def _replay(self, upto: int | None = None) -> None:
+        """Apply the journal's records after the namespace's version (up to `upto`)."""
+        ns = self.ns
         replayed = 0
         started = time.monotonic()
         for version, payload in read_records(self.data_dir, ns.version):
+            if upto is not None and version > upto:
+                break
             rec = RECORD_DECODER.decode(payload)
             if rec.version != version:
-                from .journal import JournalCorrupt
-
                 raise JournalCorrupt(f"record header version {version} != payload {rec.version}")
             try:
                 ns.apply(rec)
             except Exception as e:  # replay must never fail: the op succeeded live
-                from .journal import JournalCorrupt
-
                 raise JournalCorrupt(f"replay of metadata version {version} failed: {e}") from e
             replayed += 1
         ns.effects.clear()  # their chunkserver side was done (or is redone by the registry)
         if replayed:
             log.info("replayed %d journal records in %.2fs; metadata version %d",
                      replayed, time.monotonic() - started, ns.version)
-        self.journal = JournalWriter(self.data_dir, ns.version + 1)
 
+    # ------------------------------------------------------------ HA
+
+    def load_ha(self) -> tuple[tuple[int, int], list[tuple[int, int, bytes]]]:
+        """Load the newest checkpoint (committed state) and read the journal after it
+        without applying it. Returns the checkpoint's (term, version) and the records
+        after it as (term, version, payload)."""
+        self.ns = self._load_checkpoint()
+        entries = []
+        for version, payload in read_records(self.data_dir, self.ns.version):
+            entries.append((RECORD_DECODER.decode(payload).term, version, bytes(payload)))
+        last = entries[-1][1] if entries else self.ns.version
+        self.journal = JournalWriter(self.data_dir, last + 1)
+        return (self.ns.last_term, self.ns.version), entries
+
+    def journal_write(self, truncate_after_version: int | None, entries) -> None:
+        """The consensus core's journal write: cut the tail after a version (a conflict
+        with the leader's log), then append `entries` ((term, version, payload) items)."""
+        if truncate_after_version is not None and \
+                truncate_after_version < self.journal.written_version:
+            self.journal.close()
+            truncate_after(self.data_dir, truncate_after_version)
+            self.journal = JournalWriter(self.data_dir, truncate_after_version + 1)
+        if entries:
+            buf = bytearray()
+            for e in entries:
+                buf += frame(e.version, e.payload)
+            self.journal.write(buf, entries[-1].version)
+
+    def install_checkpoint(self, version: int) -> None:
+        """Start over from the checkpoint `metadata.<version>.elk` (a follower catching up
+        from the leader's): load it, drop the whole journal, journal from version+1."""
+        path = os.path.join(self.data_dir, ckpt.checkpoint_name(version))
+        self.ns = ckpt.read(path)
+        self.last_checkpoint_version = version
+        self.journal.close()
+        remove_segments(self.data_dir)
+        self.journal = JournalWriter(self.data_dir, version + 1)
+
+    def reload_to(self, version: int) -> None:
+        """Rebuild the namespace at committed `version` from the checkpoint and journal on
+        disk (a deposed leader drops what it applied beyond the commit point)."""
+        started = time.monotonic()
+        self.ns = self._load_checkpoint(at_most=version)
+        self._replay(upto=version)
+        if self.ns.version != version:
+            raise JournalCorrupt(f"reload reached metadata version {self.ns.version}, "
+                                 f"not {version}")
+        log.info("metadata rebuilt at committed version %d in %.2fs", version,
+                 time.monotonic() - started)
     # ------------------------------------------------------------ changing
 
     def change(self, op, ts_ns: int, session: bytes = b"", seq: int = 0):
         """Apply `op` and queue its record. Returns (result, version). Raises FsError
         (nothing changed, nothing journaled) when the op fails."""
+        replicator = self.replicator
+        if replicator is not None:
+            term = replicator.writable_term()  # FsError(NOT_LEADER) unless leading now
+            rec = Record(self.ns.version + 1, ts_ns, session, seq, op, term)
+            result = self.ns.apply(rec)
+            replicator.propose(RECORD_ENCODER.encode(rec))
+            return result, rec.version
         rec = Record(self.ns.version + 1, ts_ns, session, seq, op)
         result = self.ns.apply(rec)
         self._batch += frame(rec.version, RECORD_ENCODER.encode(rec))
@@ -116,7 +188,14 @@ class MetadataStore:
         elif self._waiters:
             self._sync_wanted.set()
 
-    def when_durable(self, version: int, callback: Callable[[], None]) -> None:
+    def when_durable(self, version: int, callback: Callable[[], None],
+                     failed: Callable[[], None] | None = None) -> None:
+        """Call `callback` once the change of `version` is durable (with HA: committed,
+        and only while this master leads; `failed` is called if it stops leading
+        first)."""
+        if self.replicator is not None:
+            self.replicator.when_committed(version, callback, failed)
+            return
         durable = (self.journal.written_version if self.save_mode == SAVE_MODE_BACKGROUND
                    else self.journal.synced_version)
         if version <= durable:
@@ -126,8 +205,15 @@ class MetadataStore:
         heapq.heappush(self._waiters, (version, self._waiter_seq, callback))
 
     async def wait_durable(self, version: int) -> None:
+        """Wait until `version` is durable; with HA raises FsError(NOT_LEADER) if this
+        master stops leading first."""
         fut = asyncio.get_running_loop().create_future()
-        self.when_durable(version, lambda: fut.done() or fut.set_result(None))
+
+        def lost() -> None:
+            if not fut.done():
+                fut.set_exception(FsError(NOT_LEADER, "leadership lost"))
+
+        self.when_durable(version, lambda: fut.done() or fut.set_result(None), lost)
         await fut
 
     def _wake(self, durable: int) -> None:
@@ -167,14 +253,15 @@ class MetadataStore:
             self.flush()
             async with self._sync_lock:
                 self.journal.rotate()
-            version = self.ns.version
+            version, term = self.ns.version, self.ns.last_term
             path = os.path.join(self.data_dir, ckpt.checkpoint_name(version))
+            replicator = self.replicator
             started = time.monotonic()
             pid = os.fork()
             if pid == 0:  # child: a frozen copy-on-write view of the namespace
                 code = 1
                 try:
-                    ckpt.write(self.ns, path)
+                    ckpt.write(self.ns, path, final=replicator is None)
                     code = 0
                 finally:
                     os._exit(code)
@@ -183,6 +270,18 @@ class MetadataStore:
             if status != 0:
                 log.error("checkpoint of metadata version %d failed (status %d)", version, status)
                 return False
+            if replicator is not None:
+                # A leader's namespace runs ahead of the commit point: the checkpoint may
+                # be loaded at start only once everything in it is committed.
+                try:
+                    await self.wait_durable(version)
+                except FsError:
+                    os.unlink(path + ".tmp")
+                    log.info("checkpoint of metadata version %d dropped: not committed",
+                             version)
+                    return False
+                ckpt.publish(path)
+                replicator.snapshot_taken(term, version)
             log.info("checkpoint of metadata version %d written in %.2fs", version,
                      time.monotonic() - started)
             self.last_checkpoint_version = version
@@ -193,7 +292,9 @@ class MetadataStore:
             self._checkpointing = False
 
     def checkpoint_now(self) -> None:
-        """Synchronous checkpoint for a clean stop."""
+        """Synchronous checkpoint for a clean stop (with HA, of committed state only)."""
+        if self.replicator is not None and not self.replicator.is_committed(self.ns.version):
+            return
         self.flush()
         self.journal.rotate()
         path = os.path.join(self.data_dir, ckpt.checkpoint_name(self.ns.version))

@@ -140,7 +140,8 @@ class ElkOperations(pyfuse3.Operations):
         self.releases: dict[int, None] = {}  # inodes closed here, Release not sent yet
         self.release_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
-            "host": client.link.host, "port": client.link.port, "subfolder": opts.subfolder,
+            "host": client.link.host, "port": client.link.port,
+            "dns_server": client.link.dns_server, "subfolder": opts.subfolder,
             "root_inode": root_inode, "mountpoint": os.path.abspath(opts.mountpoint),
             "pid": os.getpid(),
         }).encode() + b"\n"

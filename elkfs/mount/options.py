@@ -7,7 +7,9 @@ per line as given to `-o` (`mfsmaster=10.0.0.1`, `allow_other`), `#` comments, a
 optionally a line with the mount point (a path starting with `/`). Command-line options
 win over the file.
 
-ElkFS options (the `mfs*` names MooseFS uses): mfsmaster, mfsport, mfssubfolder,
+ElkFS options (the `mfs*` names MooseFS uses): mfsmaster (an address, or a name whose A
+records are the masters: the mount follows the leader), mfsdnsserver (IP[:PORT] of the DNS
+server to resolve it with; default: the system resolver), mfsport, mfssubfolder,
 mfspassword (parsed; enforced by a later security feature), mfsioretries (seconds a system
 call keeps retrying while the master or chunkservers are unreachable, then EIO),
 mfsattrcacheto, mfsentrycacheto, mfsnegentrycacheto, mfsdirentrycacheto (kernel cache
@@ -35,6 +37,7 @@ class MountOptions:
     mountpoint: str = ""
     master: str = "mfsmaster"
     port: int = 9421
+    dns_server: str | None = None  # where to resolve `master` (None: the system resolver)
     subfolder: str = "/"
     password: str | None = None
     io_retries: float = 30.0
@@ -84,6 +87,14 @@ def apply_option(opts: MountOptions, item: str) -> None:
         if not value:
             raise OptionError("option mfsmaster needs a host")
         opts.master = value
+    elif key == "mfsdnsserver":
+        from ..discovery import parse_dns_server
+
+        try:
+            parse_dns_server(value)
+        except ValueError as e:
+            raise OptionError(f"option mfsdnsserver: {e}") from None
+        opts.dns_server = value or None
     elif key == "mfsport":
         opts.port = _int(key, value, 1, 65535)
     elif key == "mfssubfolder":

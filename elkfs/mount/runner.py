@@ -89,7 +89,8 @@ async def serve(opts: MountOptions) -> int:
     retry = opts.io_retries
     link = MasterLink(opts.master, opts.port, f"mfsmount {os.path.abspath(opts.mountpoint)}",
                       retry_s=retry, request_timeout_s=max(10.0, retry),
-                      listing_ttl_ms=int(opts.direntry_timeout * 1000))
+                      listing_ttl_ms=int(opts.direntry_timeout * 1000),
+                      dns_server=opts.dns_server)
     try:
         await link.connect()
     except FsError as e:

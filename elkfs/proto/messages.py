@@ -526,7 +526,9 @@ class InvalidateListings(Msg):
 
 @message(40)
 class CsRegister(Msg):
-    """First message of a chunkserver on the master port. `cs_id` is kept on its disk."""
+    """First message of a chunkserver on the master port. `cs_id` is kept on its disk.
+    With HA it registers with every master and its voter (`voter`, the uuid of its voter
+    state) votes; `cluster` is the cluster it belongs to ("" before it joined one)."""
 
     req: int
     cs_id: bytes
@@ -535,6 +537,19 @@ class CsRegister(Msg):
     chunks: list[tuple[int, int]]  # (chunk_id, version)
     total_bytes: int
     used_bytes: int
+    voter: str = ""
+    cluster: str = ""
+
+
+@message(45)
+class CsRegistered(Msg):
+    """The answer to `CsRegister`: the master's cluster id ("" if it has none yet) and
+    identity (`uuid.incarnation`, "" without HA)."""
+
+    req: int
+    cluster: str = ""
+    master: str = ""
+    lease_s: float = 0.0  # the masters' LEADER_LEASE_DURATION: the voter promises as long
 
 
 @message(41)
@@ -556,6 +571,14 @@ class CsChunkDamaged(Msg):
 class CsChunkMade(Msg):
     """A write session made this chunk (`WriteInit.create`): the master counts the copy
     (it learns of it even if the writer's WriteChunkEnd reaches another master)."""
+
+    chunk_id: int
+    version: int
+
+
+@message(46)
+class CsChunkDeleted(Msg):
+    """A copy deleted on a master's command: every other master forgets it too."""
 
     chunk_id: int
     version: int
@@ -615,6 +638,69 @@ AnyCsCmd = Union[CreateChunk, DeleteChunk, SetChunkVersion, TruncateChunk, Dupli
 class CsCommand(Msg):
     req: int
     command: AnyCsCmd
+    term: int = 0  # the leader's term (HA): a chunkserver refuses terms below its highest
+
+
+# ---------------------------------------------------------------- HA (MASTER_PORT, 9420)
+
+
+@message(100)
+class MasterHello(Msg):
+    """First message of a master on another master's MASTER_PORT (the chunkserver port:
+    the first message tells the two kinds apart). Each master sends on its own outgoing
+    link; the answers come back on the other master's link."""
+
+    cluster: str
+    ident: str  # uuid.incarnation
+    host: str  # the address it is known by (its A record)
+    client_port: int
+
+
+@message(101)
+class Consensus(Msg):
+    """One message of the HA protocol (`elkfs.consensus.messages`, msgpack in `body`),
+    master to master or master to a chunkserver's voter. `cluster` keeps two clusters on
+    one network apart."""
+
+    cluster: str
+    body: bytes
+
+
+@message(102)
+class SnapshotChunk(Msg):
+    """Leader -> follower: a piece of the checkpoint (`metadata.<version>.elk`) the
+    follower installs to catch up (+ the raw bytes); the `InstallSnapshot` follows the
+    last piece."""
+
+    version: int
+    offset: int
+    total: int
+
+
+@message(103)
+class MasterStatus(Msg):
+    """Any master, leader or follower, answers with its view of the cluster (a
+    `MetaReply` holding `JsonOut`); no session needed."""
+
+    req: int
+
+
+@message(105)
+class Ping(Msg):
+    """Client -> master: are you there? Answered `Ok` by any master at once; a client
+    waiting on a request uses it to notice a master that stopped answering."""
+
+    req: int
+
+
+@message(104)
+class MasterAdmin(Msg):
+    """An operator's command to the leader (`mfscli`): "step-down" [target address];
+    answered with `MetaReply(JsonOut)` or `Error` (NOT_LEADER names the leader)."""
+
+    req: int
+    command: str
+    target: str = ""
 
 
 @message(90)

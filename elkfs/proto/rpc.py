@@ -37,7 +37,7 @@ SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
 
 REPLY_TYPES = frozenset(
     cls.TYPE for cls in (m.Ok, m.Error, m.SessionReply, m.MetaReply, m.ReadData,
-                         m.WriteStatus, m.ChunkInfoReply)
+                         m.WriteStatus, m.ChunkInfoReply, m.CsRegistered)
 )
 
 Handler = Callable[["Connection", m.Msg, memoryview | None], None]
@@ -250,6 +250,11 @@ class Connection(asyncio.BufferedProtocol):
             self.send(m.Error(req, exc.status, exc.detail))
         else:
             self.send(m.Error(req, PROTOCOL, str(exc)))
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a request sent here still waits for its reply."""
+        return bool(self._pending)
 
     @property
     def is_open(self) -> bool:

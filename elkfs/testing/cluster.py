@@ -4,6 +4,10 @@ Every daemon is a real process with its own config file and data directory under
 `base_dir`. Masters listen on `<net>.10`, `<net>.11`, ...; chunkservers on `<net>.20`,
 `<net>.21`, ... (all of 127.0.0.0/8 is loopback on Linux, no set-up needed).
 
+With `ha=True` the masters run with HA_ENABLED and are found through DNS: a dnsmasq on
+`<net>.53` (`LocalDNS`) answers `mfsmaster.test` with one A record per master, and the
+chunkservers and clients resolve that name.
+
 Two ways to run the daemons:
 - `foreground=True` (tests): each daemon runs with `-f` as a child process of the
   launcher, so a test can SIGKILL, SIGSTOP or restart it precisely;
@@ -77,17 +81,27 @@ class Daemon:
         return None
 
 
+MASTER_NAME = "mfsmaster.test"
+
+
 class Cluster:
     def __init__(self, base_dir: str, net: str = "127.0.1", masters: int = 1,
                  chunkservers: int = 3, foreground: bool = True,
-                 master_options: dict | None = None, cs_options: dict | None = None):
+                 master_options: dict | None = None, cs_options: dict | None = None,
+                 ha: bool = False):
         self.base_dir = os.path.abspath(base_dir)
         self.net = net
         self.foreground = foreground
         self.master_options = master_options or {}
         self.cs_options = cs_options or {}
+        self.ha = ha
         self.masters = [self._master(i) for i in range(masters)]
         self.chunkservers = [self._chunkserver(i) for i in range(chunkservers)]
+        self.dns = None
+        if ha:
+            from .dns import LocalDNS
+
+            self.dns = LocalDNS(os.path.join(self.base_dir, "dns"), f"{net}.53")
 
     # ------------------------------------------------------------ layout
 
@@ -105,11 +119,34 @@ class Cluster:
 
     @property
     def master_host(self) -> str:
-        return self.masters[0].host
+        """What clients and chunkservers are told to find the master(s) by."""
+        return MASTER_NAME if self.ha else self.masters[0].host
 
     @property
     def master_addr(self) -> tuple[str, int]:
-        return self.masters[0].host, MASTER_CLIENT_PORT
+        return self.master_host, MASTER_CLIENT_PORT
+
+    @property
+    def dns_server(self) -> str | None:
+        return self.dns.server if self.dns is not None else None
+
+    def client_args(self) -> dict:
+        """`Client.connect(**cluster.client_args())`."""
+        return {"host": self.master_host, "port": MASTER_CLIENT_PORT,
+                "dns_server": self.dns_server}
+
+    def mount_args(self) -> list[str]:
+        """mfsmount's options that find this cluster's master(s)."""
+        args = ["-H", self.master_host, "-P", str(MASTER_CLIENT_PORT)]
+        if self.dns is not None:
+            args += ["-o", f"mfsdnsserver={self.dns.server}"]
+        return args
+
+    def _ha_options(self) -> dict:
+        if not self.ha:
+            return {}
+        return {"HA_ENABLED": 1, "MASTER_HOST": MASTER_NAME, "DNS_SERVER": self.dns.server,
+                "MASTER_PORT": MASTER_CS_PORT}
 
     def write_configs(self) -> None:
         for d in self.masters:
@@ -118,6 +155,7 @@ class Cluster:
                 "DATA_PATH": d.data_dir,
                 "MATOCL_LISTEN_HOST": d.host, "MATOCL_LISTEN_PORT": MASTER_CLIENT_PORT,
                 "MATOCS_LISTEN_HOST": d.host, "MATOCS_LISTEN_PORT": MASTER_CS_PORT,
+                **self._ha_options(),
                 **self.master_options,
             }
             self._write_cfg(d.cfg_path, opts)
@@ -132,6 +170,7 @@ class Cluster:
                 "DATA_PATH": d.data_dir, "HDD_CONF_FILENAME": hdd_cfg,
                 "CSSERV_LISTEN_HOST": d.host, "CSSERV_LISTEN_PORT": CS_PORT,
                 "MASTER_HOST": self.master_host, "MASTER_PORT": MASTER_CS_PORT,
+                **({"DNS_SERVER": self.dns.server} if self.ha else {}),
                 **self.cs_options,
             }
             self._write_cfg(d.cfg_path, opts)
@@ -146,6 +185,9 @@ class Cluster:
     # ------------------------------------------------------------ control
 
     def start(self) -> None:
+        if self.dns is not None:
+            self.dns.set_records(MASTER_NAME, [d.host for d in self.masters])
+            self.dns.start()
         self.write_configs()
         for d in self.masters:
             self.start_daemon(d)
@@ -204,6 +246,8 @@ class Cluster:
                 self.stop_daemon(d)
             except Exception:
                 self.kill(d)
+        if self.dns is not None:
+            self.dns.stop()
 
     def destroy(self) -> None:
         self.stop()
@@ -219,7 +263,7 @@ class Cluster:
 
         async def check() -> None:
             deadline = time.monotonic() + timeout
-            client = await Client.connect(*self.master_addr, info="cluster launcher")
+            client = await Client.connect(**self.client_args(), info="cluster launcher")
             try:
                 while True:
                     info = await client.cluster_info()
@@ -232,27 +276,69 @@ class Cluster:
             finally:
                 await client.close()
 
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(check())
-            return
-        # Called from async code (a test): run our own loop in a thread.
-        import threading
+        run_sync(check)
 
-        errors = []
-        t = threading.Thread(target=lambda: errors.append(_run_catching(check)))
-        t.start()
-        t.join()
-        if errors and errors[0] is not None:
-            raise errors[0]
+    # ------------------------------------------------------------ HA
+
+    def status(self, d: Daemon, timeout: float = 2.0) -> dict | None:
+        """The master's own view (MasterStatus), None when it does not answer."""
+        from ..client.masters import master_status
+
+        async def ask():
+            try:
+                return await master_status(d.host, MASTER_CLIENT_PORT, timeout)
+            except Exception:
+                return None
+
+        return run_sync(ask)
+
+    def leader(self) -> Daemon | None:
+        """The master that serves as leader now (by its own word), if any."""
+        for d in self.masters:
+            if d.pid() is None:
+                continue
+            st = self.status(d, timeout=1.0)
+            if st is not None and st.get("state") == "LEADER":
+                return d
+        return None
+
+    def wait_leader(self, timeout: float = 30.0, other_than: Daemon | None = None) -> Daemon:
+        deadline = time.monotonic() + timeout
+        while True:
+            d = self.leader()
+            if d is not None and d is not other_than:
+                return d
+            if time.monotonic() > deadline:
+                states = {x.name: (self.status(x, 1.0) or {}).get("state") for x in self.masters}
+                raise TimeoutError(f"no leader after {timeout}s: {states}")
+            time.sleep(0.1)
+
+
+def run_sync(coro_fn):
+    """Run `coro_fn()` to completion from sync code, also when called from inside a
+    running event loop (a test): then in a thread with its own loop."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_fn())
+    import threading
+
+    results: list = []
+    t = threading.Thread(target=lambda: results.append(_run_catching(coro_fn)))
+    t.start()
+    t.join()
+    kind, value = results[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def _run_catching(coro_fn):
     import asyncio
 
     try:
-        asyncio.run(coro_fn())
-        return None
+        return "ok", asyncio.run(coro_fn())
     except Exception as e:
-        return e
+        return "error", e

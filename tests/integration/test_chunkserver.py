@@ -50,6 +50,7 @@ class FakeMaster:
         self.spaces: list[m.CsSpace] = []
         self.damaged: list[m.CsChunkDamaged] = []
         self.made: list[tuple[tuple[str, int], int, int]] = []  # (server, chunk, version)
+        self.deleted: list[tuple[int, int]] = []  # (chunk, version) deleted on command
         self.changed = asyncio.Event()
         self.server = None
 
@@ -68,6 +69,8 @@ class FakeMaster:
         elif isinstance(msg, m.CsChunkMade):
             server = next(a for a, (c, _) in self.servers.items() if c is conn)
             self.made.append((server, msg.chunk_id, msg.version))
+        elif isinstance(msg, m.CsChunkDeleted):
+            self.deleted.append((msg.chunk_id, msg.version))
         else:
             raise AssertionError(f"unexpected {msg!r}")
         self.changed.set()
