@@ -95,9 +95,11 @@ def parse_args(prog: str, default_cfg: str, argv: list[str] | None):
 
 def run_daemon(prog: str, default_cfg: str, options: dict[str, cfgmod.Option],
                body: Callable[[cfgmod.Config, Callable[[], None]], Awaitable[None]],
-               argv: list[str] | None = None) -> int:
+               argv: list[str] | None = None,
+               describe: Callable[[cfgmod.Config], str | None] | None = None) -> int:
     """Entry point of a daemon. `body(cfg, ready)` runs the service; it calls `ready()`
-    once it serves and returns when the daemon should exit (SIGTERM cancels it)."""
+    once it serves and returns when the daemon should exit (SIGTERM cancels it).
+    `describe(cfg)` adds what the running daemon says of itself to `status`."""
     args = parse_args(prog, default_cfg, argv)
     try:
         overrides = dict(o.split("=", 1) for o in args.overrides)
@@ -116,6 +118,10 @@ def run_daemon(prog: str, default_cfg: str, options: dict[str, cfgmod.Option],
     if args.action == "status":
         pid = lock.holder()
         print(f"{prog} is running (pid {pid})" if pid else f"{prog} is not running")
+        if pid and describe is not None:
+            detail = describe(cfg)
+            if detail:
+                print(detail)
         return 0 if pid else 3
     if args.action == "reload":
         pid = lock.holder()

@@ -1,13 +1,36 @@
 """`mfsmaster [-c CFG] [-f] start|stop|restart|reload|status`"""
 
+import asyncio
 import sys
 
 from ..daemon import run_daemon
 from ..master.server import OPTIONS, serve
 
 
+def describe(cfg) -> str | None:
+    """`status`: the running master's own word on its state (LEADER / FOLLOWER /
+    CANDIDATE with HA), term and metadata version."""
+    from ..client.masters import master_status
+
+    host = cfg.MATOCL_LISTEN_HOST if cfg.MATOCL_LISTEN_HOST not in ("*", "0.0.0.0", "") \
+        else "127.0.0.1"
+    try:
+        st = asyncio.run(master_status(host, cfg.MATOCL_LISTEN_PORT, timeout=3.0))
+    except Exception as e:  # noqa: BLE001 - status must say something, whatever failed
+        return f"state: unknown (no answer on {host}:{cfg.MATOCL_LISTEN_PORT}: {e!r})"
+    line = f"state: {st['state']}, metadata version {st['metadata_version']}"
+    if "term" in st and cfg.HA_ENABLED:
+        line += f", term {st['term']}"
+        if st.get("state") != "LEADER":
+            line += f", leader {st.get('leader') or 'unknown'}"
+        lease = st.get("lease")
+        if lease:
+            line += f", lease expires in {lease['expires_in']:.2f}s"
+    return line
+
+
 def main(argv=None) -> int:
-    return run_daemon("mfsmaster", "/etc/mfs/mfsmaster.cfg", OPTIONS, serve, argv)
+    return run_daemon("mfsmaster", "/etc/mfs/mfsmaster.cfg", OPTIONS, serve, argv, describe)
 
 
 if __name__ == "__main__":

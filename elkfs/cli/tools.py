@@ -17,6 +17,7 @@ import json
 import os
 import stat
 import sys
+import time
 
 from ..client.client import Client
 from ..proto import messages as m
@@ -304,12 +305,50 @@ def _print_chunkservers(info: dict) -> None:
               f"{_human(s['used_bytes']):>12} {_human(s['total_bytes']):>12} {pct:>5.1f}%")
 
 
-def _print_masters(info: dict) -> None:
+def _print_masters(masters: list[dict]) -> None:
+    """Each master as it describes itself (with HA every master is asked)."""
     print("metadata servers:")
-    print(f" {'#':>2} {'address':<22} {'state':<10} {'meta version':>14} {'term':>6} {'uptime':>10}")
-    for i, ms in enumerate(info["masters"], 1):
-        print(f" {i:>2} {ms['address']:<22} {ms['state']:<10} {ms['metadata_version']:>14} "
-              f"{ms.get('term', 0):>6} {str(ms.get('uptime_s', '-')) + ' s':>10}")
+    print(f" {'#':>2} {'address':<16} {'state':<24} {'term':>5} {'meta version':>13} "
+          f"{'in sync':>8} {'lease left':>10} {'uptime':>9}")
+    for i, ms in enumerate(masters, 1):
+        lease = ms.get("lease")
+        left = f"{lease['expires_in']:.2f}s" if lease else "-"
+        in_sync = {True: "yes", False: "no"}.get(_self_entry(ms).get("in_sync"), "-")
+        uptime = f"{ms['uptime_s']} s" if "uptime_s" in ms else "-"
+        print(f" {i:>2} {ms.get('address', '?'):<16} {ms.get('state', '?'):<24} "
+              f"{ms.get('term', '-'):>5} {ms.get('metadata_version', '-'):>13} {in_sync:>8} "
+              f"{left:>10} {uptime:>9}")
+        if not ms.get("reachable", True):
+            print(f"      unreachable: {ms.get('error', '')}")
+
+
+def _self_entry(view: dict) -> dict:
+    return next((x for x in view.get("masters", []) if x.get("self")), {})
+
+
+def _step_down(host: str, port: int, dns_server: str | None, target: str) -> int:
+    """Hand the leadership over (to `target`, or the most caught-up master) and show it
+    happen."""
+    from ..client.masters import cluster_status, master_admin
+
+    started = time.monotonic()
+    try:
+        asyncio.run(master_admin(host, "step-down", target, port, dns_server))
+    except (FsError, OSError) as e:
+        print(f"mfscli: step-down: {e}", file=sys.stderr)
+        return 1
+    print("step-down requested; waiting for the new leader...")
+    while time.monotonic() - started < 15:
+        views = asyncio.run(cluster_status(host, port, dns_server, timeout=1.0))
+        leaders = [v for v in views if v.get("state") == "LEADER"]
+        if leaders:
+            v = leaders[0]
+            print(f"new leader {v['address']} (term {v['term']}) after "
+                  f"{time.monotonic() - started:.2f}s")
+            return 0
+        time.sleep(0.05)
+    print("mfscli: no new leader within 15 s", file=sys.stderr)
+    return 1
 
 
 def mfscli(argv: list[str] | None = None) -> int:
@@ -318,6 +357,10 @@ def mfscli(argv: list[str] | None = None) -> int:
     p.add_argument("-P", dest="port", type=int, default=None, help="master client port (9421)")
     p.add_argument("-S", dest="sections", action="append", default=[],
                    help="section: IN (all), IG (general), CS (chunkservers), IM (masters)")
+    p.add_argument("-D", dest="dns_server", default=None,
+                   help="DNS server (IP[:PORT]) to resolve the master name with")
+    p.add_argument("-C", dest="command", default=None,
+                   help="command: SD (the leader steps down) or SD/ADDRESS (hands over to it)")
     p.add_argument("--json", action="store_true")
     p.add_argument("path", nargs="?", help="a path inside a mount (default: current directory)")
     a = p.parse_args(argv)
@@ -326,27 +369,39 @@ def mfscli(argv: list[str] | None = None) -> int:
         if s not in SECTIONS:
             print(f"mfscli: unknown section {s} (known: {', '.join(SECTIONS)})", file=sys.stderr)
             return 2
-    host, port = a.host, a.port
+    host, port, dns_server = a.host, a.port, a.dns_server
     if host is None:
         try:
             info, _ = find_mount(a.path or os.getcwd())
             host, port = info["host"], port or info["port"]
+            dns_server = dns_server or info.get("dns_server")
         except ToolError:
             if a.path:
                 print(f"mfscli: {a.path}: not inside an ElkFS mount", file=sys.stderr)
                 return 1
             host = "mfsmaster"
     port = port or 9421
+    if a.command is not None:
+        cmd, _, target = a.command.partition("/")
+        if cmd.upper() != "SD":
+            print(f"mfscli: unknown command {a.command} (known: SD, SD/ADDRESS)",
+                  file=sys.stderr)
+            return 2
+        return _step_down(host, port, dns_server, target)
 
-    async def fetch() -> dict:
-        client = await Client.connect(host, port, info="mfscli", retry_s=10.0)
+    async def fetch() -> tuple[dict, list[dict]]:
+        from ..client.masters import cluster_status
+
+        client = await Client.connect(host, port, info="mfscli", retry_s=10.0,
+                                      dns_server=dns_server)
         try:
-            return json.loads((await client.op(m.ClusterInfo())).text)
+            info = json.loads((await client.op(m.ClusterInfo())).text)
         finally:
             await client.close()
+        return info, await cluster_status(host, port, dns_server)
 
     try:
-        info = asyncio.run(fetch())
+        info, masters = asyncio.run(fetch())
     except (FsError, OSError) as e:
         print(f"mfscli: master {host}:{port}: {e}", file=sys.stderr)
         return 1
@@ -358,7 +413,7 @@ def mfscli(argv: list[str] | None = None) -> int:
             if s in ("IN", "CS"):
                 doc["chunkservers"] = info["chunkservers"]
             if s in ("IN", "IM", "MS"):
-                doc["masters"] = info["masters"]
+                doc["masters"] = masters
         _emit_json(doc)
         return 0
     first = True
@@ -375,5 +430,5 @@ def mfscli(argv: list[str] | None = None) -> int:
         if s == "IN":
             print()
         if s in ("IN", "IM", "MS"):
-            _print_masters(info)
+            _print_masters(masters)
     return 0

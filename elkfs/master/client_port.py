@@ -75,8 +75,8 @@ class ClientPort(MasterPart):
     def master_status(self) -> dict:
         if self.master.ha is not None:
             return self.master.ha.view()
-        return {"state": "LEADER", "metadata_version": self.ns.version, "term": 0,
-                "masters": self._masters_without_ha(), "wall_time": time.time()}
+        me = self._masters_without_ha()[0]
+        return {**me, "masters": [{**me, "self": True}], "wall_time": time.time()}
 
     def admin(self, conn: rpc.Connection, msg: m.MasterAdmin) -> None:
         try:

@@ -392,6 +392,16 @@ class HANode:
             except Exception:
                 log.exception("reply callback failed")
 
+    async def wait_committed(self, version: int) -> bool:
+        """True once `version` is committed; False if this master stops leading first
+        (a follower's state is committed already)."""
+        if self.is_committed(version):
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self.when_committed(version, lambda: fut.done() or fut.set_result(True),
+                            lambda: fut.done() or fut.set_result(False))
+        return await fut
+
     def is_committed(self, version: int) -> bool:
         return self.core is not None and version <= self.core.commit
 

@@ -273,9 +273,7 @@ class MetadataStore:
             if replicator is not None:
                 # A leader's namespace runs ahead of the commit point: the checkpoint may
                 # be loaded at start only once everything in it is committed.
-                try:
-                    await self.wait_durable(version)
-                except FsError:
+                if not await replicator.wait_committed(version):
                     os.unlink(path + ".tmp")
                     log.info("checkpoint of metadata version %d dropped: not committed",
                              version)

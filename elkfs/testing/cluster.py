@@ -187,7 +187,8 @@ class Cluster:
     def start(self) -> None:
         if self.dns is not None:
             self.dns.set_records(MASTER_NAME, [d.host for d in self.masters])
-            self.dns.start()
+            if self.dns.pid() is None:
+                self.dns.start()
         self.write_configs()
         for d in self.masters:
             self.start_daemon(d)

@@ -30,8 +30,7 @@ def is_mounted(path: str) -> bool:
 def mount(c: Cluster) -> None:
     """Mount the demo cluster at demo/mnt (mfsmount returns once it is mounted)."""
     os.makedirs(MOUNT_DIR, exist_ok=True)
-    host, port = c.master_addr
-    r = subprocess.run([os.path.join(BIN, "mfsmount"), MOUNT_DIR, "-H", host, "-P", str(port),
+    r = subprocess.run([os.path.join(BIN, "mfsmount"), MOUNT_DIR, *c.mount_args(),
                         "-o", f"mfslogfile={os.path.join(DEMO_DIR, 'mount.log')}"],
                        capture_output=True, text=True, timeout=120)
     if r.returncode != 0 or not is_mounted(MOUNT_DIR):
@@ -63,7 +62,8 @@ def unmount() -> None:
 
 
 def cluster() -> Cluster:
-    return Cluster(DEMO_DIR, net="127.0.1", masters=1, chunkservers=3, foreground=False)
+    return Cluster(DEMO_DIR, net="127.0.1", masters=3, chunkservers=3, foreground=False,
+                   ha=True)
 
 
 def start() -> int:
@@ -80,10 +80,18 @@ def start() -> int:
         print(f"demo: start failed: {e}", file=sys.stderr)
         print(f"demo: see the logs under {DEMO_DIR}/*/", file=sys.stderr)
         return 1
+    try:
+        leader = c.wait_leader(30)
+    except TimeoutError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    rel = os.path.relpath
     print("ElkFS demo cluster is serving:")
+    print(f"  DNS          {c.dns_server} (dnsmasq): {c.master_host} has one A record per master")
     for d in c.masters:
+        role = "LEADER" if d is leader else "follower"
         print(f"  master       {d.host}:{MASTER_CLIENT_PORT} (clients), {d.host}:{MASTER_CS_PORT} "
-              f"(chunkservers)  data+log: {os.path.relpath(d.data_dir)}")
+              f"(chunkservers, masters)  {role:<8}  data+log: {rel(d.data_dir)}")
     for d in c.chunkservers:
         print(f"  chunkserver  {d.host}:{CS_PORT}  data+log: {os.path.relpath(d.data_dir)}")
     try:
@@ -97,10 +105,13 @@ def start() -> int:
     print("Try it:")
     print(f"  cp -r elkfs {os.path.relpath(MOUNT_DIR)}/ && ls -l {os.path.relpath(MOUNT_DIR)}/elkfs"
           f" && .venv/bin/mfsfileinfo {os.path.relpath(MOUNT_DIR)}/elkfs/__init__.py")
-    print(f"  .venv/bin/mfscli {os.path.relpath(MOUNT_DIR)}")
+    print(f"  .venv/bin/mfscli -S IM {os.path.relpath(MOUNT_DIR)}     # the masters and who leads")
+    print(f"  .venv/bin/mfscli -C SD {os.path.relpath(MOUNT_DIR)}     # the leader steps down")
+    print(f"  kill -9 $(cat {rel(leader.data_dir)}/.mfsmaster.lock)   # fail over to another master")
     print("Or from Python:")
     print(f"  .venv/bin/python -c \"import asyncio; from elkfs.client import Client; "
-          f"print(asyncio.run(Client.connect('{c.master_host}')).link.session.hex())\"")
+          f"print(asyncio.run(Client.connect('{c.master_host}', dns_server='{c.dns_server}'))"
+          f".link.session.hex())\"")
     print("Stop it with: make demo-stop")
     return 0
 
