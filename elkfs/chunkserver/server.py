@@ -323,14 +323,10 @@ class ChunkServer:
                        timeout: float = 5.0) -> rpc.Connection:
         """Connect from our own address when we listen on one (so per-address firewall
         rules and the master's view of us match the data port)."""
-        loop = asyncio.get_running_loop()
         local = None
         if self.listen_host != "0.0.0.0" and ":" not in self.listen_host:
-            local = (self.listen_host, 0)
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: rpc.Connection(handler, name), host, port,
-                                   local_addr=local), timeout)
-        return conn
+            local = self.listen_host
+        return await rpc.connect(host, port, handler, name, timeout, local_host=local)
 
     # ------------------------------------------------------------ data port
 

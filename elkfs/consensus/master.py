@@ -666,9 +666,14 @@ class Master:
             if m == self.ident:
                 continue
             p = by_ident.get(m)
-            seen = p.caught_up_at if p else NEVER
+            lag_since = max(p.caught_up_at if p else NEVER, self.led_since)
+            # Shrink only when the voters still hear us after the member fell behind: a
+            # leader that hears nobody (its answers cut off) must not leave a record of
+            # itself alone at the voters, which no other master could lead under.
+            heard_at = self.lease_until - self.cfg.leader_lease_s
             if (p is None or p.match_version < last_v) and \
-                    now - max(seen, self.led_since) > self.cfg.isr_lag_timeout_s:
+                    now - lag_since > self.cfg.isr_lag_timeout_s and \
+                    heard_at > lag_since + self.cfg.isr_lag_timeout_s:
                 members = tuple(x for x in rec.members if x != m)
                 return self._propose(now, Record(self.accepted_term, rec.epoch + 1, members,
                                                  rec.voters, self._commit_pos()), out,

@@ -40,7 +40,7 @@ class ChunkOps(MasterPart):
 
     def replication_pass(self) -> None:
         actions = self.planner.plan(time.monotonic(), self.ns.chunks, self.chunk_goals(),
-                                    self.registry, self.busy())
+                                    self.registry, self.busy(), self.master.registry_complete())
         for action in actions:
             if isinstance(action, rep.Forget):
                 server = self.registry.servers.get(action.cs_id)
@@ -91,7 +91,9 @@ class ChunkOps(MasterPart):
         ok = False
         registry = self.registry
         try:
-            if isinstance(action, rep.Replicate):
+            if isinstance(action, rep.Raise):
+                ok = bool(await self.raise_copies(action))
+            elif isinstance(action, rep.Replicate):
                 target = registry.servers.get(action.target)
                 sources = [registry.servers[c].addr for c in action.sources
                            if c in registry.servers]
@@ -112,6 +114,20 @@ class ChunkOps(MasterPart):
             log.exception("replication action %r failed", action)
         finally:
             self.planner.finished(action, ok)
+
+    async def raise_copies(self, action: rep.Raise) -> list:
+        """Carry out a `Raise`: the servers whose copies now have the chunk's version."""
+        servers = [self.registry.servers[c] for c in action.cs_ids if c in self.registry.servers]
+        done = await self.command_all(servers, lambda s: m.SetChunkVersion(
+            action.chunk_id, action.version, action.new_version))
+        raised = [s for s, ok in zip(servers, done) if ok]
+        for server in raised:
+            self.registry.set_copy(action.chunk_id, server.cs_id, action.new_version)
+        if raised:
+            log.info("chunk %016X: copies at version %X raised to %X (a raise decided but "
+                     "never carried out) on %s", action.chunk_id, action.version,
+                     action.new_version, ", ".join(s.name for s in raised))
+        return raised
 
     async def command(self, server, cmd: m.CsCmd, timeout: float | None = None) -> bool:
         """Send one command to one chunkserver; True when it succeeded."""
@@ -202,6 +218,8 @@ class ChunkOps(MasterPart):
             else:
                 targets = self.registry.valid_servers(chunk.chunk_id, chunk.version)
                 if not targets:
+                    targets = await self._raise_for_write(chunk)
+                if not targets:
                     raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X} has no valid copy")
                 # A (nearly) full server is left out while others have room: its copy goes
                 # stale and the replication loop rebuilds it on a server with space.
@@ -249,6 +267,18 @@ class ChunkOps(MasterPart):
         except BaseException:
             self.locks.release(key)
             raise
+
+    async def _raise_for_write(self, chunk) -> list:
+        """A chunk to write whose copies all missed a raise that was never carried out:
+        raise them now (the planner would, at its next pass)."""
+        if not self.master.registry_complete() or chunk.chunk_id in self.planner.inflight:
+            return []
+        r = rep.raisable(chunk.version, self.registry.holders(chunk.chunk_id),
+                         self.registry.servers)
+        if r is None:
+            return []
+        return await self.raise_copies(rep.Raise(chunk.chunk_id, r.version, r.new_version,
+                                                 r.cs_ids))
 
     def _targets(self, goal: int) -> list:
         """Chunkservers for a new chunk's copies, or why there are none."""

@@ -104,6 +104,7 @@ class HANode:
         self.lease_log = open(os.path.join(cfg.DATA_PATH, "lease.log"), "a", buffering=1)
         self.core: Master | None = None
         self.addr: str = ""
+        self.local_host: str | None = None
         self.directory = MasterDirectory(cfg.MASTER_HOST, cfg.DNS_SERVER or None,
                                          cfg.DNS_REFRESH_TIME)
         self.peers = PeerLinks(self)
@@ -182,6 +183,9 @@ class HANode:
         if not self.addr:
             raise SystemExit(f"cannot tell which A record of {self.cfg.MASTER_HOST} is this "
                              "master: set MATOCS_LISTEN_HOST to its address")
+        # Links to the other masters leave from our own address when we listen on one.
+        self.local_host = self.addr if self.cfg.MATOCS_LISTEN_HOST not in \
+            ("*", "0.0.0.0", "") else None
         base, entries = await loop.run_in_executor(None, self.store.load_ha)
         snap = cm.SaveSnapshot(base, str(base[1]).encode()) if base[1] else None
         disk = MasterDisk(self.persisted["term"], self.persisted["accepted_term"], snap,
@@ -464,6 +468,11 @@ class HANode:
         self._save_identity()
         log.info("founding cluster %s with voters %s", self.cluster, ", ".join(voters))
         return voters
+
+    def all_voters_connected(self) -> bool:
+        rec = self.core.record or self.core.known_record
+        return rec is not None and all(
+            v in self.voters and self.voters[v].is_open for v in rec.voters)
 
     def voter_connected(self, voter: str, cluster: str, conn) -> None:
         self.voters[voter] = conn

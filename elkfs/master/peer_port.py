@@ -49,7 +49,8 @@ class _Outgoing:
         while True:
             try:
                 conn = await rpc.connect(self.host, node.cfg.MASTER_PORT, None,
-                                         name=f"master {self.host}", timeout=2.0)
+                                         name=f"master {self.host}", timeout=2.0,
+                                         local_host=node.local_host)
             except (OSError, asyncio.TimeoutError) as e:
                 if not self.down_logged:
                     log.warning("master %s:%d unreachable: %s", self.host,

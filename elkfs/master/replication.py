@@ -34,6 +34,16 @@ before `delay_init` seconds after the master started (chunkservers are still
 registering). Replications are handed out most urgent first: chunks with one readable
 copy left, then by the share of the goal that is missing.
 
+A chunk with no copy at its version but copies at an older one had a version raise
+committed whose commands never reached the chunkservers (the master that decided it
+died first, or, with HA, the change was committed by the next leader): nothing was
+written under the new version, since a chunkserver takes writes only at the version it
+holds and the raise is told to a writer only after it was carried out. So the copies at
+the highest version any server reported hold the newest data, and `Raise` brings them up
+to the chunk's version. Only when the registry is complete (`complete`: every
+chunkserver of the cluster registered here) and no disconnected server holds a copy
+that high: a copy not heard of could hold newer data.
+
 Counts of the last pass (`stats`): missing (no readable copy), endangered (one readable
 copy, goal >= 2), undergoal (fewer good copies than the goal, missing excluded), overgoal,
 stale/damaged copies, and per server how many of its marked copies are still needed.
@@ -65,6 +75,31 @@ class Delete:
     version: int  # the version of the copy to delete
     cs_id: bytes
     reason: str  # "stale", "damaged", "overgoal", "orphan"
+
+
+@dataclass(frozen=True)
+class Raise:
+    """Set the copies at `version` on `cs_ids` to the chunk's `new_version`."""
+
+    chunk_id: int
+    version: int
+    new_version: int
+    cs_ids: tuple[bytes, ...]
+
+
+def raisable(version: int, holders: Mapping | None, servers: Mapping) -> Raise | None:
+    """The `Raise` that brings a chunk with no copy at `version` back (see the module
+    docstring), or None. `chunk_id` is filled in by the caller."""
+    if not holders:
+        return None
+    valid = {cs: c for cs, c in holders.items() if c.valid and cs in servers}
+    if not valid or any(c.version >= version for c in valid.values()):
+        return None
+    top = max(c.version for c in valid.values())
+    at_top = tuple(sorted(cs for cs, c in valid.items() if c.version == top))
+    if not all(servers[cs].connected for cs in at_top):
+        return None
+    return Raise(0, top, version, at_top)
 
 
 @dataclass(frozen=True)
@@ -119,7 +154,7 @@ class Planner:
         if isinstance(action, Replicate):
             self.writing[action.target] += 1
             self.reading[action.sources[0]] += 1
-        else:
+        elif isinstance(action, Delete):
             self.deleting[action.cs_id] += 1
 
     def finished(self, action, ok: bool) -> None:
@@ -135,7 +170,7 @@ class Planner:
                 self.replicated += 1
             else:
                 self.replication_failures += 1
-        else:
+        elif isinstance(action, Delete):
             self.deleting[action.cs_id] -= 1
             if ok:
                 self.deleted += 1
@@ -143,7 +178,8 @@ class Planner:
     # ------------------------------------------------------------ planning
 
     def plan(self, now: float, chunks: Mapping, goals: Mapping[int, int],
-             registry: ChunkRegistry, busy: set[int] = frozenset()) -> list:
+             registry: ChunkRegistry, busy: set[int] = frozenset(),
+             complete: bool = False) -> list:
         self.passes += 1
         limits = self.limits
         actions: list = []
@@ -195,6 +231,13 @@ class Planner:
             if marked and len(good) + waiting < goal:
                 for cs_id in marked:
                     stats.marked_needed[cs_id] += 1
+            if readable == 0 and complete and chunk_id not in busy \
+                    and chunk_id not in self.inflight:
+                r = raisable(version, holders, servers)
+                if r is not None:
+                    action = Raise(chunk_id, r.version, r.new_version, r.cs_ids)
+                    self.started(action)
+                    actions.append(action)
             if not acting or chunk_id in busy:
                 continue
             inflight = self.inflight.get(chunk_id, ())

@@ -122,6 +122,7 @@ class MasterServer:
         else:
             await loop.run_in_executor(None, self.store.load)
             self.became_leader()
+        self.planner.started_at = time.monotonic()
         self.servers.append(await rpc.serve(_host(cfg.MATOCL_LISTEN_HOST), cfg.MATOCL_LISTEN_PORT,
                                             self.clients.on_client, "client", on_close=self.clients.on_client_close))
         self.servers.append(await rpc.serve(_host(cfg.MATOCS_LISTEN_HOST), cs_port,
@@ -180,11 +181,19 @@ class MasterServer:
         not command chunkservers now."""
         return 0 if self.ha is None else self.ha.command_term()
 
+    def registry_complete(self) -> bool:
+        """Whether every chunkserver of the cluster has registered here, so the chunk
+        registry knows every copy: with HA, every voter of the in-sync record (every
+        chunkserver votes) is connected; without, the initial delay has passed."""
+        if self.ha is not None:
+            return self.ha.all_voters_connected()
+        return time.monotonic() - self.planner.started_at >= self.planner.limits.delay_init
+
     def became_leader(self) -> None:
-        """This master now serves: sessions not connected to it start their sustain time,
-        chunk replication waits its initial delay (chunkservers keep registering)."""
+        """This master now serves: sessions not connected to it start their sustain time.
+        (With HA, chunkservers registered with it all along: the replication planner's
+        initial delay counts from the master's start, not from its election.)"""
         now = time.monotonic()
-        self.planner.started_at = now
         for session_id in self.ns.sessions:
             if session_id not in self.clients.session_links:
                 self.clients.session_gone_at[session_id] = now

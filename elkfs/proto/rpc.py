@@ -285,10 +285,16 @@ def _expire(fut: asyncio.Future) -> None:
 
 
 async def connect(host: str, port: int, handler: Handler | None = None, name: str = "",
-                  timeout: float = 5.0, on_close=None) -> Connection:
+                  timeout: float = 5.0, on_close=None, local_host: str | None = None
+                  ) -> Connection:
+    """Connect to host:port; from `local_host` when given (a daemon that listens on one
+    address connects from it too, so per-address firewall rules and peers' view of it
+    match)."""
     loop = asyncio.get_event_loop()
+    local = (local_host, 0) if local_host else None
     _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: Connection(handler, name, on_close), host, port),
+        loop.create_connection(lambda: Connection(handler, name, on_close), host, port,
+                               local_addr=local),
         timeout)
     return conn
 

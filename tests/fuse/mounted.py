@@ -82,10 +82,9 @@ class MountedCluster:
         return self
 
     def mount(self, extra: str = "") -> None:
-        host, port = self.cluster.master_addr
         opts = ",".join(o for o in (f"mfslogfile={self.base_dir}/mount.log",
                                     self.mount_options, extra) if o)
-        subprocess.run([os.path.join(BIN, "mfsmount"), self.mnt, "-H", host, "-P", str(port),
+        subprocess.run([os.path.join(BIN, "mfsmount"), self.mnt, *self.cluster.mount_args(),
                         "-o", opts], check=True, capture_output=True, timeout=60)
         with open(os.path.join(self.mnt, ".masterinfo")) as f:
             self.pid = json.load(f)["pid"]

@@ -18,7 +18,7 @@ KNOWN = {
     "grant_without_lease": 0,
     "ack_before_isr": 10,
     "ack_before_fsync": 56,
-    "epoch_only_order": 101,
+    "epoch_only_order": 493,
     "no_restamp": 4,
     "grow_without_union": 12,
     "version_only_match": 10,
