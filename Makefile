@@ -1,8 +1,9 @@
 # ElkFS: every target installs what it needs first (scripts/setup.sh is idempotent).
 PY := .venv/bin/python
 SEEDS ?= 20000
+MINUTES ?= 5
 
-.PHONY: setup demo demo-stop test sim sim-mutants bench clean
+.PHONY: setup demo demo-stop test sim sim-mutants bench chaos clean
 
 setup:
 	@./scripts/setup.sh
@@ -24,6 +25,9 @@ sim-mutants: setup
 
 bench: setup
 	@$(PY) bench/throughput.py
+
+chaos: setup
+	@$(PY) bench/chaos.py --minutes $(MINUTES)
 
 clean:
 	rm -rf .venv build *.egg-info

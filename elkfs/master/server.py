@@ -212,9 +212,19 @@ class MasterServer:
         return task
 
     async def checkpoint_loop(self) -> None:
+        """A checkpoint every METADATA_SAVE_FREQ hours; with HA also after every
+        HA_LOG_RETAIN changes, since the consensus core keeps the records after the last
+        checkpoint in memory (for followers that lag)."""
+        period = self.cfg.METADATA_SAVE_FREQ * 3600
+        due = time.monotonic() + period
         while True:
-            await asyncio.sleep(self.cfg.METADATA_SAVE_FREQ * 3600)
-            await self.store.checkpoint()
+            await asyncio.sleep(min(5.0, period))
+            store = self.store
+            behind = store.ns.version - store.last_checkpoint_version
+            if time.monotonic() >= due or (self.ha is not None
+                                           and behind >= self.cfg.HA_LOG_RETAIN):
+                due = time.monotonic() + period
+                await store.checkpoint()
 
     async def session_loop(self) -> None:
         while True:

@@ -235,9 +235,15 @@ class MetadataStore:
                 pass
             self._sync_wanted.clear()
             async with self._sync_lock:
-                if self.journal.synced_version >= self.journal.written_version:
+                journal = self.journal
+                if journal is None or journal.synced_version >= journal.written_version:
                     continue
-                synced = await loop.run_in_executor(None, self.journal.sync)
+                try:
+                    synced = await loop.run_in_executor(None, journal.sync)
+                except OSError as e:  # replaced meanwhile (HA cut or reset the journal)
+                    if journal is self.journal:
+                        log.error("journal fsync failed: %s", e)
+                    continue
             if self.save_mode == SAVE_MODE_FSYNC:
                 self._wake(synced)
 

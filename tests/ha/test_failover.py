@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 
-from .conftest import Firewall, converged, wait_until
-from .workload import (Appender, History, Renamer, SizeReader, check_appends,
-                       check_no_failures, check_reads_not_stale, check_renames)
+from elkfs.testing.faults import Firewall, converged, wait_until
+from elkfs.testing.history import (Appender, History, Renamer, SizeReader, check_appends,
+                                   check_no_failures, check_reads_not_stale, check_renames)
 
 NET = "127.0.81"
 BIN = os.path.dirname(sys.executable)

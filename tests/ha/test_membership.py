@@ -12,8 +12,7 @@ import sys
 import time
 
 from elkfs.testing.cluster import MASTER_NAME
-
-from .conftest import converged, wait_until
+from elkfs.testing.faults import converged, wait_until
 
 NET = "127.0.82"
 BIN = os.path.dirname(sys.executable)

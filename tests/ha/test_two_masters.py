@@ -3,7 +3,7 @@ cluster still fails over."""
 
 from __future__ import annotations
 
-from .conftest import converged, wait_until
+from elkfs.testing.faults import converged, wait_until
 from .test_failover import run_workload
 
 NET = "127.0.83"

@@ -170,3 +170,25 @@ def test_busy_chunks_and_orphans():
     p = planner()
     actions = p.plan(1.0, chunks((1, 1)), {1: 3}, reg, busy={1})
     assert actions == [Delete(9, 4, cs(2), "orphan")]
+
+
+def test_a_raise_never_carried_out_is_carried_out_when_every_copy_is_known():
+    """All copies one raise behind (decided, committed, never told to the chunkservers):
+    the copies at the highest version are raised, but only with a complete registry and
+    with no disconnected server holding a copy as high."""
+    from elkfs.master.replication import Raise, raisable
+
+    reg = registry()
+    reg.set_copy(1, cs(1), 6)
+    reg.set_copy(1, cs(2), 6)
+    reg.set_copy(1, cs(3), 5)  # missed a write at 6: stale
+    p = planner()
+    assert p.plan(1.0, chunks((1, 7)), {1: 2}, reg, complete=False) == []
+    [action] = p.plan(1.0, chunks((1, 7)), {1: 2}, reg, complete=True)
+    assert action == Raise(1, 6, 7, (cs(1), cs(2)))
+    assert p.plan(2.0, chunks((1, 7)), {1: 2}, reg, complete=True) == []  # in flight
+    p.finished(action, True)
+    reg.disconnect(cs(2), 3.0)
+    assert raisable(7, reg.holders(1), reg.servers) is None  # a copy at 6 is away
+    reg.set_copy(1, cs(4), 7)
+    assert raisable(7, reg.holders(1), reg.servers) is None  # one copy is current

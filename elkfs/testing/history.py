@@ -1,4 +1,4 @@
-"""A recorded workload for failover tests, and the checks of its history.
+"""A recorded workload for failover tests and benchmarks, and the checks of its history.
 
 Client processes run as threads doing real system calls on a real mount (and one reads
 through the client library, another client of the same cluster). Every operation is
