@@ -14,12 +14,14 @@ the faults the checks read the history, not only the final files:
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 
 from elkfs.client.client import Client
+from elkfs.proto.errors import FsError
 
 
 @dataclass
@@ -160,10 +162,10 @@ class SizeReader(Worker):
     def step(self, i: int):
         try:
             return self.loop.run_until_complete(self.client.stat(self.path)).size
-        except FileNotFoundError:
-            return 0
-        except Exception as e:  # the library's errors are FsError (an OSError subclass)
-            raise OSError(str(e)) from e
+        except FsError as e:
+            if e.status == errno.ENOENT:  # not made yet by the appender
+                return 0
+            raise OSError(e.errno, str(e)) from e
 
     def teardown(self) -> None:
         self.loop.run_until_complete(self.client.close())
