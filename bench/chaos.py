@@ -132,7 +132,7 @@ def main() -> int:
                 n += 1
                 t0 = time.monotonic()
                 table[kind]()
-                wait_until(lambda: converged(c), 90, "one leader and all masters in sync")
+                wait_until(lambda: converged(c, quiet=False), 90, "one leader and all masters in sync")
                 stall = stall_after(history, t0)
                 stalls.setdefault(kind, []).append(stall)
                 print(f"  {n:>3} {kind:<14} stall {stall:6.3f}s", flush=True)

@@ -101,6 +101,7 @@ def main() -> int:
     p.add_argument("--stepdowns", type=int, default=20)
     p.add_argument("--stops", type=int, default=10)
     p.add_argument("--partitions", type=int, default=10)
+    p.add_argument("--keep", action="store_true", help="keep the cluster's directory")
     a = p.parse_args()
     base = tempfile.mkdtemp(prefix="elkfs-failover-")
     os.chmod(base, 0o755)
@@ -127,7 +128,7 @@ def main() -> int:
                 time.sleep(1.0)
                 t0 = time.monotonic()
                 fault()
-                wait_until(lambda: converged(c), 60, "all masters in sync")
+                wait_until(lambda: converged(c, quiet=False), 60, "all masters in sync")
                 time.sleep(0.5)
                 stall = stall_after(history, t0)
                 stalls.setdefault(kind, []).append(stall)
@@ -145,7 +146,10 @@ def main() -> int:
     finally:
         Firewall.heal_all()
         mc.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if a.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     ops = len(history.ops)
     print(f"\nfailover under load through the mount (3 masters, 3 chunkservers, lease "
           f"{LEASE_S:.0f} s, {os.cpu_count()} CPUs); longest application stall per fault")

@@ -14,7 +14,8 @@ first and then every address, and follows a follower's redirect (`NOT_LEADER` na
 leader). A request answered `NOT_LEADER` (the master stopped leading) is resent like one
 whose connection broke. While requests wait, the link pings the master every
 `PING_PERIOD_S`; a master that does not answer within `PING_TIMEOUT_S` (stopped, or cut
-off) is given up and the requests go to whoever leads now.
+off) is given up, asked last for a while (its kernel still accepts connections), and the
+requests go to whoever leads now.
 
 A client that keeps directory listings (the mount) registers with `listing_ttl_ms`; the
 master then recalls a listing (`InvalidateListings`) before anyone else's change to that
@@ -39,9 +40,10 @@ from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 log = logging.getLogger("elkfs.client")
 
 DEFAULT_MASTER_PORT = 9421
-PING_PERIOD_S = 1.0
-PING_TIMEOUT_S = 3.0
-REGISTER_TIMEOUT_S = 5.0  # a master that takes longer is taken for gone (stopped)
+PING_PERIOD_S = 0.5
+PING_TIMEOUT_S = 1.5  # a master's event loop answers a ping at once, even under load
+REGISTER_TIMEOUT_S = 2.0  # a master that takes longer is taken for gone (stopped)
+SILENT_S = 10.0  # a master that stopped answering is asked last for this long
 
 
 def parse_hint(text: str) -> tuple[str, int] | None:
@@ -70,6 +72,7 @@ class MasterLink:
         self.dns_server = dns_server
         self.leader: tuple[str, int] | None = None  # where the leader was last seen
         self.address: tuple[str, int] | None = None  # the master connected to
+        self.silent: dict[tuple[str, int], float] = {}  # address -> when it went quiet
         self._watchdog: asyncio.Task | None = None
         self.info = info
         self.retry_s = retry_s
@@ -96,7 +99,9 @@ class MasterLink:
         return await asyncio.shield(self._connecting)
 
     async def _candidates(self) -> list[tuple[str, int]]:
-        """Where to look for the leader: the one last seen first, then every address."""
+        """Where to look for the leader: the one last seen first, then every address;
+        not a master that went silent lately (its kernel still takes connections that
+        nobody answers), unless no other is there."""
         found = [self.leader] if self.leader else []
         try:
             addrs = await resolve(self.host, self.dns_server)
@@ -105,7 +110,13 @@ class MasterLink:
                 raise
             log.warning("%s (trying the last leader %s:%d)", e, *self.leader)
             addrs = []
-        return found + [(a, self.port) for a in addrs if (a, self.port) not in found]
+        now = time.monotonic()
+        for addr, since in list(self.silent.items()):
+            if now - since > SILENT_S:
+                del self.silent[addr]
+        ordered = found + [(a, self.port) for a in addrs if (a, self.port) not in found]
+        heard = [a for a in ordered if a not in self.silent]
+        return heard or ordered  # a silent master only when nobody else is there
 
     async def _connect_loop(self, deadline: float) -> rpc.Connection:
         delay = 0.05
@@ -122,21 +133,24 @@ class MasterLink:
                 try:
                     conn = await self._register(addr)
                 except _Redirect as r:
-                    if r.leader and r.leader != addr:
+                    if r.leader and r.leader != addr and r.leader not in self.silent:
                         self.leader = r.leader
                         candidates = [r.leader] + [c for c in candidates if c != r.leader]
                     last_error = r
                     continue
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                     last_error = e
+                    if isinstance(e, asyncio.TimeoutError):
+                        self.silent[addr] = time.monotonic()
                     continue
                 self.conn, self.address, self.leader = conn, addr, addr
+                self.silent.pop(addr, None)
                 return conn
             if time.monotonic() + delay > deadline:
                 raise FsError(errno.EIO, f"no master of {self.host} is leading "
                                          f"({last_error})")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.2)  # a new leader serves any moment: look often
 
     async def _register(self, addr: tuple[str, int]) -> rpc.Connection:
         """Connect to `addr` and open (or resume) the session there; `_Redirect` when it
@@ -282,6 +296,8 @@ class MasterLink:
             except asyncio.TimeoutError:
                 log.warning("master %s:%d does not answer; looking for the leader",
                             *(self.address or (self.host, self.port)))
+                if self.address is not None:
+                    self.silent[self.address] = time.monotonic()
                 if conn is self.conn:
                     self.conn = None
                 conn.close()

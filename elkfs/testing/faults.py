@@ -54,15 +54,19 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
         time.sleep(interval)
 
 
-def converged(cluster) -> bool:
+def converged(cluster, quiet: bool = True) -> bool:
     """Every running master answers, one leads, the others follow in sync (members of
-    the in-sync record, not catching up), and all hold the same metadata version."""
+    the in-sync record, not catching up), and, when nothing is writing (`quiet`), all
+    hold the same metadata version."""
     views = [cluster.status(d) for d in cluster.masters if d.pid() is not None]
     if not views or any(v is None for v in views):
         return False
     if any(v["state"] not in ("LEADER", "FOLLOWER") for v in views):
         return False
     leaders = [v for v in views if v["state"] == "LEADER"]
+    if not quiet:
+        in_sync = [m for m in leaders[0]["masters"] if m["in_sync"]] if leaders else []
+        return len(leaders) == 1 and len(in_sync) == len(views)
     versions = {v["commit"] for v in views}
     return len(leaders) == 1 and len(versions) == 1 and \
         all(v["metadata_version"] == v["commit"] for v in views)
