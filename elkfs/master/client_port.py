@@ -70,7 +70,7 @@ class ClientPort(MasterPart):
         if self.master.ha is None:
             conn.send(reply)
         else:
-            self.store.when_durable(self.ns.version, lambda: conn.send_if_open(reply))
+            self.store.when_durable(self.store.seen_version, lambda: conn.send_if_open(reply))
 
     def master_status(self) -> dict:
         if self.master.ha is not None:

@@ -28,14 +28,18 @@ import os
 import time
 from typing import Callable
 
-from . import checkpoint as ckpt
+from ..proto import messages as m
 from ..proto.errors import NOT_LEADER, FsError
+from . import checkpoint as ckpt
 from .journal import (JournalCorrupt, JournalWriter, fsync_dir, frame, list_segments,
                       read_records, remove_segments, truncate_after)
 from .namespace import Namespace
-from .records import RECORD_DECODER, RECORD_ENCODER, Record
+from .records import RECORD_DECODER, RECORD_ENCODER, CloseSession, OpenSession, Record
 
 log = logging.getLogger("elkfs.store")
+
+# Changes no read shows (who has which file open, sessions): a read need not wait for them.
+UNSEEN_BY_READS = frozenset((m.Acquire, m.Release, m.ReleaseMany, OpenSession, CloseSession))
 
 SAVE_MODE_BACKGROUND = 0  # handed to the OS before the reply, fsync within a second
 SAVE_MODE_FSYNC = 1  # fsynced before the reply
@@ -61,6 +65,9 @@ class MetadataStore:
         self.last_checkpoint_version = 0
         self.last_checkpoint_time = 0.0
         self.replicator = None  # the HANode with HA: commits, replicates, journals
+        # The version of the last change a read can see (with HA a read is answered once
+        # that is committed); changes to open-file counts and sessions are not seen.
+        self.seen_version = 0
 
     # ------------------------------------------------------------ start-up
 
@@ -140,6 +147,7 @@ class MetadataStore:
         from the leader's): load it, drop the whole journal, journal from version+1."""
         path = os.path.join(self.data_dir, ckpt.checkpoint_name(version))
         self.ns = ckpt.read(path)
+        self.seen_version = version
         self.last_checkpoint_version = version
         self.journal.close()
         remove_segments(self.data_dir)
@@ -151,6 +159,7 @@ class MetadataStore:
         started = time.monotonic()
         self.ns = self._load_checkpoint(at_most=version)
         self._replay(upto=version)
+        self.seen_version = version
         if self.ns.version != version:
             raise JournalCorrupt(f"reload reached metadata version {self.ns.version}, "
                                  f"not {version}")
@@ -167,6 +176,8 @@ class MetadataStore:
             rec = Record(self.ns.version + 1, ts_ns, session, seq, op, term)
             result = self.ns.apply(rec)
             replicator.propose(RECORD_ENCODER.encode(rec))
+            if type(op) not in UNSEEN_BY_READS:
+                self.seen_version = rec.version
             return result, rec.version
         rec = Record(self.ns.version + 1, ts_ns, session, seq, op)
         result = self.ns.apply(rec)
