@@ -539,6 +539,7 @@ class CsRegister(Msg):
     used_bytes: int
     voter: str = ""
     cluster: str = ""
+    version: str = ""  # the chunkserver's ElkFS version (shown on the web page)
 
 
 @message(45)
