@@ -83,7 +83,9 @@ def timeline(masters: list[str], tenures: list[dict], failovers: list[dict], now
                      f'{escape(f["from"])} → {escape(f["to"])} (term {f["term"]}): '
                      f'{escape(f["kind"])}{"; " + escape(f["reason"]) if f["reason"] else ""}'
                      f'</title></line>')
-        parts.append(f'<text class="failover-label {kind}" x="{fx + 3:.1f}" y="{height - 4}">'
+        near_end = fx > width - 90  # keep the label inside the chart
+        parts.append(f'<text class="failover-label {kind}" x="{fx - 3 if near_end else fx + 3:.1f}"'
+                     f' y="{height - 4}" text-anchor="{"end" if near_end else "start"}">'
                      f'{escape(f["kind"])}</text>')
     nx = x(now)
     parts.append(f'<line class="now" x1="{nx:.1f}" y1="{AXIS_H - 4}" x2="{nx:.1f}" '

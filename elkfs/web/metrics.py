@@ -27,7 +27,7 @@ class Exposition:
         self.lines: list[str] = []
         self._declared: set[str] = set()
 
-    def add(self, name: str, kind: str, help_text: str, value, **labels) -> None:
+    def add(self, name: str, kind: str, help_text: str, value, /, **labels) -> None:
         if name not in self._declared:
             self._declared.add(name)
             self.lines.append(f"# HELP {name} {help_text}")

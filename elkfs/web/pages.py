@@ -164,7 +164,8 @@ def _leader_summary(d: dict, admin_enabled: bool) -> str:
         acks, voters = lease.get("renewal_acks"), lease.get("voter_count")
         parts.append(
             f'<p class="lead">This master is the <b>LEADER</b> (term {e(me.get("term"))}). '
-            f'Its lease expires in <span class="countdown" data-expires-in="{e(left)}">'
+            f'Its lease expires in <span class="countdown" data-address="{e(d["self"])}" '
+            f'data-expires-in="{e(left)}">'
             f'{seconds(left)}</span> unless renewed; the last renewal acknowledged was sent '
             f'{seconds(lease.get("renewed_ago_s"))} ago and acknowledged by {e(acks)} of '
             f'{e(voters)} voters.</p>')
@@ -173,8 +174,9 @@ def _leader_summary(d: dict, admin_enabled: bool) -> str:
         parts.append(
             f'<p class="lead">This master is a <b>{e(me.get("state"))}</b>. The leader is '
             f'<a class="leader-link" href="{e(d["leader_url"])}">{e(d["leader"])}</a> '
-            f'(lease expires in <span class="countdown" data-expires-in='
-            f'"{e(lease.get("expires_in"))}">{seconds(lease.get("expires_in"))}</span>). '
+            f'(lease expires in <span class="countdown" data-address="{e(d["leader"])}" '
+            f'data-expires-in="{e(lease.get("expires_in"))}">'
+            f'{seconds(lease.get("expires_in"))}</span>). '
             f'Step Down is on <a href="{e(d["leader_url"])}masters">the leader\'s page</a>.</p>')
     else:
         believed = d.get("believed_leader")
@@ -219,7 +221,8 @@ def _masters_table(d: dict) -> str:
         vv = r["version_vector"]
         vv_text = f"({vv[0]}, {vv[1]})" if vv else "-"
         if r["lease_expires_in"] is not None:
-            lease = (f'<span class="countdown" data-expires-in="{e(r["lease_expires_in"])}">'
+            lease = (f'<span class="countdown" data-address="{e(r["address"])}" '
+                     f'data-expires-in="{e(r["lease_expires_in"])}">'
                      f'{seconds(r["lease_expires_in"])}</span>'
                      f'<br><small>renewed {seconds(r["lease_renewed_ago_s"])} ago, '
                      f'{e(r["lease_acks"])}/{e(r["lease_voters"])} acks</small>')
@@ -312,10 +315,15 @@ def leases_view(d: dict, everything: bool) -> str:
                   '</th></tr></thead><tbody>' + "".join(fails) + "</tbody></table>"
                   if fails else '<p class="muted">No failover in the events at hand.</p>')
     events = []
+    idents = d.get("idents", {})
     for ev in d["events"]:
         cls = "ev-" + ev["event"].split("-")[0]
+        detail = e(ev["detail"])
+        for ident, host in idents.items():  # name the masters by address too
+            if ident:
+                detail = detail.replace(e(ident), f"{e(ident)} ({e(host)})")
         events.append(f'<tr class="{e(cls)}"><td>{e(when(ev["time"]))}</td><td>{e(ev["term"])}'
-                      f'</td><td>{e(ev["event"])}</td><td><code>{e(ev["detail"])}</code></td></tr>')
+                      f'</td><td>{e(ev["event"])}</td><td><code>{detail}</code></td></tr>')
     toggle = ('<a href="/leases">notable events only</a>' if everything else
               '<a href="/leases?all=1">all events</a>')
     return f"""<h2>Who led when</h2>

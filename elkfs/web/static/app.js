@@ -13,7 +13,6 @@
   const dialog = document.getElementById("stepdown-dialog");
   const token = (document.querySelector('meta[name="elkfs-token"]') || {}).content || "";
   let paused = false;
-  let loadedAt = performance.now();
   let failingSince = null;
   let inFlight = false;
 
@@ -35,7 +34,7 @@
       if (!resp.ok) throw new Error("HTTP " + resp.status);
       const html = await resp.text();
       live.innerHTML = html;
-      loadedAt = performance.now();
+      takeCountdowns();
       refreshed.textContent = "as of " + clockText(new Date());
       failingSince = null;
       offline.hidden = true;
@@ -64,17 +63,50 @@
     if (!paused) refresh();
   });
 
-  // Leases count down between refreshes (the value is the server's at load time).
+  // Leases count down live: the page's values, then the masters' answers once a second
+  // (a lease is renewed every half lease, faster than the page refreshes).
+  const leases = new Map();  // address -> {left: seconds at `at`, at: performance.now()}
+
+  function takeCountdowns() {
+    const at = performance.now();
+    leases.clear();
+    for (const el of document.querySelectorAll(".countdown[data-address]")) {
+      leases.set(el.dataset.address, { left: Number(el.dataset.expiresIn), at: at });
+    }
+  }
+  takeCountdowns();
+
   setInterval(function () {
-    const elapsed = (performance.now() - loadedAt) / 1000;
-    for (const el of document.querySelectorAll(".countdown[data-expires-in]")) {
-      const left = Number(el.dataset.expiresIn);
-      if (!isFinite(left)) continue;
-      const now = Math.max(0, left - elapsed);
-      el.textContent = now.toFixed(2) + " s";
-      el.classList.toggle("expired", now === 0);
+    const now = performance.now();
+    for (const el of document.querySelectorAll(".countdown[data-address]")) {
+      const lease = leases.get(el.dataset.address);
+      if (lease === undefined) continue;
+      if (!isFinite(lease.left)) {
+        el.textContent = "-";
+        continue;
+      }
+      const left = Math.max(0, lease.left - (now - lease.at) / 1000);
+      el.textContent = left.toFixed(2) + " s";
+      el.classList.toggle("expired", left === 0);
     }
   }, 100);
+
+  if (body.dataset.view === "masters") {
+    setInterval(async function () {
+      if (paused || document.hidden || dialogOpen()) return;
+      try {
+        const resp = await fetch("/api/masters", { cache: "no-store" });
+        if (!resp.ok) return;
+        const at = performance.now();
+        for (const row of await resp.json()) {
+          const left = row.lease_expires_in === null ? NaN : Number(row.lease_expires_in);
+          if (leases.has(row.address)) leases.set(row.address, { left: left, at: at });
+        }
+      } catch (err) {
+        // the full refresh reports an unreachable master
+      }
+    }, 1000);
+  }
 
   if (dialog === null) return;
 
