@@ -205,6 +205,9 @@ class Views:
             "clock_offset_s": _round(extra.get("offset_s"), 4),
             "rtt_s": _round(extra.get("rtt_s"), 4),
         })
+        if self.ha is None:  # one master: its journal is the log, every change committed
+            row["version_vector"] = [0, row["metadata_version"]]
+            row["commit"] = row["metadata_version"]
         lease = view.get("lease")
         if lease:
             row.update({"lease_expires_in": lease.get("expires_in"),

@@ -31,10 +31,6 @@ PASSWORD = "correct horse battery staple"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCREENSHOTS = os.path.join(REPO, "test-output", "screenshots")
 
-if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:  # pragma: no cover
-    pytest.skip("FUSE is not available", allow_module_level=True)
-
-
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
@@ -66,6 +62,8 @@ def get_json(url: str):
 @pytest.fixture(scope="package")
 def ha_web():
     """Three HA masters with ADMIN_PASSWORD, three chunkservers, a mount with a few files."""
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:  # pragma: no cover
+        pytest.skip("FUSE is not available")
     base = tempfile.mkdtemp(prefix="elkfs-web-")
     os.chmod(base, 0o755)
     mc = MountedCluster(base, NET, chunkservers=3, masters=3, ha=True,
@@ -113,6 +111,9 @@ def page(browser):
     assert not errors, f"script errors on the page: {errors}"
 
 
+_taken: list[str] = []  # screenshots of this run
+
+
 @pytest.fixture(scope="session")
 def shoot():
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
@@ -121,12 +122,13 @@ def shoot():
     def take(pg, name: str) -> str:
         path = os.path.join(SCREENSHOTS, f"{name}.png")
         pg.screenshot(path=path, full_page=True)
+        _taken.append(path)
         return path
 
     return take
 
 
 def pytest_terminal_summary(terminalreporter):
-    if os.path.isdir(SCREENSHOTS) and os.listdir(SCREENSHOTS):
+    if _taken:
         terminalreporter.write_line(f"web interface screenshots: {SCREENSHOTS} "
-                                    f"({len(os.listdir(SCREENSHOTS))} files)")
+                                    f"({len(_taken)} files)")
