@@ -142,7 +142,8 @@ class MasterLinks:
     async def _session(self, conn: rpc.Connection) -> None:
         while conn.is_open:
             total, used = self.cs.store.space()
-            conn.send(m.CsSpace(total, used, len(self.cs.store)))
+            disks = [m.CsDisk(*d) for d in self.cs.store.disk_report()]
+            conn.send(m.CsSpace(total, used, len(self.cs.store), disks))
             try:
                 await asyncio.wait_for(asyncio.shield(conn.closed), SPACE_INTERVAL)
             except asyncio.TimeoutError:

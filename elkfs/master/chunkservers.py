@@ -11,7 +11,7 @@ copies should go.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..proto.layout import CHUNK_SIZE
 from ..proto.messages import Addr
@@ -31,6 +31,7 @@ class ChunkServer:
     marked_copies: int = 0  # copies on disks marked for removal
     version: str = ""  # its ElkFS version, as it registered
     errors: int = 0  # damaged or lost copies it reported since this master started
+    disks: list = field(default_factory=list)  # its CsDisk reports (the web page)
 
     @property
     def free_bytes(self) -> int:

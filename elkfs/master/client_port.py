@@ -261,6 +261,10 @@ class ClientPort(MasterPart):
                  "disconnected_s": 0 if s.connected else round(now - s.disconnected_at, 1),
                  "total_bytes": s.total_bytes, "used_bytes": s.used_bytes,
                  "chunks": s.chunk_count, "version": s.version, "errors": s.errors,
+                 "disks": [{"path": d.path, "total_bytes": d.total_bytes,
+                            "used_bytes": d.used_bytes, "chunks": d.chunks, "errors": d.errors,
+                            "marked_for_removal": d.marked_for_removal, "failed": d.failed}
+                           for d in s.disks],
                  "marked_chunks": s.marked_copies,
                  "marked_chunks_needed": st.marked_needed.get(s.cs_id, 0),
                  "removal": planner.removal_state(s, self.registry)}

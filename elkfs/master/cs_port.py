@@ -47,6 +47,9 @@ class ChunkserverPort(MasterPart):
             ha.from_voter(msg)
         elif isinstance(msg, m.CsSpace):
             self.registry.space(cs_id, msg.total_bytes, msg.used_bytes, msg.chunk_count)
+            server = self.registry.servers.get(cs_id)
+            if server is not None:
+                server.disks = msg.disks
         elif isinstance(msg, m.CsChunkMade):
             if msg.chunk_id in self.ns.chunks or not self.master.leading:
                 known = self.registry.holders(msg.chunk_id).get(cs_id)

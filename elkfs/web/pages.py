@@ -385,7 +385,36 @@ def chunkservers_view(d: dict) -> str:
             '<th>Votes for</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
             '<p class="note">Errors: damaged or lost copies the chunkserver reported since '
             'this master started. Every chunkserver registers with every master and votes: '
-            '"votes for" is the leader whose lease renewals it acknowledged.</p>')
+            '"votes for" is the leader whose lease renewals it acknowledged.</p>'
+            + _disks_table(servers))
+
+
+def _disks_table(servers: list[dict]) -> str:
+    rows = []
+    for s in servers:
+        for disk in s.get("disks") or []:
+            total, used = disk["total_bytes"], disk["used_bytes"]
+            pct = 100.0 * used / total if total else 0.0
+            if disk["failed"]:
+                state = '<span class="bad">taken out (I/O errors)</span>'
+            elif disk["marked_for_removal"]:
+                state = '<span class="warn">marked for removal</span>'
+            else:
+                state = '<span class="ok">in use</span>'
+            rows.append(
+                f'<tr><td>{e(s["address"])}</td><td><code>{e(disk["path"])}</code></td>'
+                f'<td>{state}</td><td class="num">{e(disk["chunks"])}</td>'
+                f'<td class="num">{human_bytes(used)}</td><td class="num">{human_bytes(total)}'
+                f'</td><td><meter min="0" max="100" value="{pct:.1f}" high="90">{pct:.1f}%'
+                f'</meter> {pct:.1f}%</td><td class="num{" bad" if disk["errors"] else ""}">'
+                f'{e(disk["errors"])}</td></tr>')
+    if not rows:
+        return ""
+    return ('<h2>Disks</h2><table class="grid" id="disks-table"><thead><tr><th>Chunkserver</th>'
+            '<th>Path</th><th>State</th><th>Chunks</th><th>Used</th><th>Total</th><th>Usage</th>'
+            '<th>I/O errors</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
+            '<p class="note">Used and total are those of the file system holding the '
+            'directory (several directories on one file system each show all of it).</p>')
 
 
 # ---------------------------------------------------------------- info

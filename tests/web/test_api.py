@@ -55,6 +55,9 @@ def test_api_views(ha_web):
         assert s["connected"] and s["version"] and s["total_bytes"] > 0
         assert s["votes_for"] == leader.host and s["vote_acked_ago_s"] < 2.0
         assert s["errors"] == 0
+        (disk,) = s["disks"]
+        assert disk["path"].endswith("hdd1") and disk["total_bytes"] > 0
+        assert not disk["failed"] and not disk["marked_for_removal"]
     info = get_json(url + "api/info")
     assert info["files"] >= 4 and info["dirs"] >= 2 and info["chunks"] >= 4
     assert info["leading"] is True and info["missing_chunks"] == 0

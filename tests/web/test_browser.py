@@ -93,6 +93,8 @@ def test_other_views(ha_web, page, shoot):
     for d in c.chunkservers:
         expect(page.locator(f'#chunkservers-table tr[data-address^="{d.host}:"]')) \
             .to_contain_text(leader.host)
+    expect(page.locator("#disks-table tbody tr")).to_have_count(3)
+    expect(page.locator("#disks-table")).to_contain_text("hdd1")
     shoot(page, "04-chunkservers")
     page.goto(url + "info")
     expect(page.locator("#totals")).to_contain_text("Files")
