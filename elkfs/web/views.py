@@ -137,7 +137,8 @@ class Views:
                               "error": str(e) or type(e).__name__}
             t1 = time.time()
             return host, {"reachable": True, "view": view, "rtt_s": t1 - t0,
-                          "offset_s": view.get("wall_time", (t0 + t1) / 2) - (t0 + t1) / 2}
+                          "offset_s": view.get("wall_time", (t0 + t1) / 2) - (t0 + t1) / 2,
+                          "answered_at": time.monotonic()}
 
         results = dict(await asyncio.gather(*(one(h) for h in hosts)))
         self._peers, self._peers_at = results, time.monotonic()
@@ -151,8 +152,9 @@ class Views:
         peers = await self.peer_views()
         views: dict[str, dict | None] = {me: own}
         extra: dict[str, dict] = {me: {"reachable": True, "offset_s": 0.0, "rtt_s": 0.0}}
+        now = time.monotonic()
         for host, p in peers.items():
-            views[host] = p.get("view")
+            views[host] = _aged(p.get("view"), now - p.get("answered_at", now))
             extra[host] = p
         leader = next((h for h, v in views.items() if v and v.get("state") == "LEADER"), "")
         leader_view = views.get(leader) if leader else None
@@ -371,6 +373,25 @@ class Views:
         out["leading"] = self.master.leading
         out["address"] = self.own_address()
         return out
+
+
+def _aged(view: dict | None, age_s: float) -> dict | None:
+    """A master's answer as of now: its lease `age_s` shorter (answers are shared for up
+    to a second), its wall clock that much later."""
+    if view is None or age_s <= 0:
+        return view
+    view = dict(view)
+    lease = view.get("lease")
+    if lease:
+        lease = view["lease"] = dict(lease)
+        lease["expires_in"] = round(max(0.0, lease.get("expires_in", 0.0) - age_s), 3)
+        if lease.get("renewed_ago_s") is not None:
+            lease["renewed_ago_s"] = round(lease["renewed_ago_s"] + age_s, 3)
+        if lease.get("acked_ago_s"):
+            lease["acked_ago_s"] = {v: round(a + age_s, 3) for v, a in lease["acked_ago_s"].items()}
+    if view.get("wall_time") is not None:
+        view["wall_time"] += age_s
+    return view
 
 
 def _last_election(view: dict | None) -> dict | None:

@@ -127,6 +127,32 @@ def test_wrong_password_is_refused(ha_web, page, shoot):
     assert c.leader() is leader
 
 
+def test_post_without_the_page_token_is_refused(ha_web, page, browser):
+    """The page's own script without its token, and another site's page posting a form
+    (with the right password) to the leader: both refused, nothing changes."""
+    c = ha_web.cluster
+    leader = c.wait_leader(30)
+    page.goto(c.web_url(leader, "/masters"))
+    status = page.evaluate("""async (password) => (await fetch("/api/step-down", {
+        method: "POST", headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({password})})).status""", PASSWORD)
+    assert status == 403
+    evil = browser.new_context()
+    try:
+        attacker = evil.new_page()
+        target = c.web_url(leader, "/api/step-down")
+        attacker.route("http://evil.test/", lambda route: route.fulfill(
+            content_type="text/html",
+            body=f'<form method="post" action="{target}"><input name="password" '
+                 f'value="{PASSWORD}"></form><script>document.forms[0].submit()</script>'))
+        with attacker.expect_navigation(url=target):
+            attacker.goto("http://evil.test/")
+        assert "cross-site request refused" in attacker.content()
+    finally:
+        evil.close()
+    assert c.leader() is leader
+
+
 def test_step_down_hands_over_on_the_page(ha_web, page, shoot):
     """Step Down on the leader's page: confirm with the password, watch the hand-over, see
     another master lead (in the dialog, then in the masters table)."""
@@ -170,9 +196,14 @@ def test_killed_master_shows_unreachable(ha_web, page, shoot):
     c = ha_web.cluster
     leader = c.wait_leader(30)
     victim = next(d for d in c.masters if d is not leader)
+    own = page.context.new_page()  # the victim's own page, open when it dies
+    own.goto(c.web_url(victim, "/masters"))
     page.goto(c.web_url(leader, "/masters"))
     expect(row_of(page, victim.host).locator(".state")).to_have_text(re.compile("FOLLOWER"))
     c.kill(victim)
+    expect(own.locator("#offline")).to_contain_text("has not answered", timeout=TIMEOUT_MS)
+    expect(own.locator("#masters-table")).to_be_visible()  # its last answer stays
+    shoot(own, "14-page-of-the-killed-master")
     expect(row_of(page, victim.host).locator(".state")).to_have_text("UNREACHABLE",
                                                                       timeout=TIMEOUT_MS)
     expect(row_of(page, victim.host)).to_have_class(re.compile("unreachable"))
