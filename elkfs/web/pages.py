@@ -17,6 +17,7 @@ from . import charts
 VIEWS = [("masters", "Masters"), ("leases", "Lease history"), ("chunkservers", "Chunkservers"),
          ("info", "Info"), ("mounts", "Mounts"), ("operations", "Operations")]
 REFRESH_S = 3
+NONE_YET = '<tr><td colspan="4" class="muted">none yet</td></tr>'
 CLOCK_WARN_S = 0.5
 
 
@@ -308,8 +309,9 @@ def leases_view(d: dict, everything: bool) -> str:
     sources = ", ".join(f"{e(h)}: {e(s)}" for h, s in d["sources"].items())
     fails = []
     for f in reversed(d["failovers"][-20:]):
-        fails.append(f'<tr><td>{e(when(f["time"]))}</td><td>{e(f["from"])} → {e(f["to"])}</td>'
-                     f'<td>{e(f["term"])}</td><td>{e(f["kind"])}</td><td>{e(f["reason"])}</td></tr>')
+        fails.append(f'<tr><td>{e(when(f["time"]))}</td><td>{e(f["from"])} → {e(f["to"])}'
+                     f'</td><td>{e(f["term"])}</td><td>{e(f["kind"])}</td>'
+                     f'<td>{e(f["reason"])}</td></tr>')
     fail_table = ('<table class="grid" id="failovers"><thead><tr><th>When</th><th>From → to'
                   '</th><th>New term</th><th>How the old tenure ended</th><th>Why the election'
                   '</th></tr></thead><tbody>' + "".join(fails) + "</tbody></table>"
@@ -338,7 +340,7 @@ master's clock with the measured offsets ({sources}).</p>
 <h2>Last events of this master's <code>lease.log</code></h2>
 <p class="note">Newest first · {toggle}</p>
 <table class="grid" id="lease-events"><thead><tr><th>Time</th><th>Term</th><th>Event</th>
-<th>Detail</th></tr></thead><tbody>{"".join(events) or '<tr><td colspan="4" class="muted">none yet</td></tr>'}</tbody></table>"""
+<th>Detail</th></tr></thead><tbody>{"".join(events) or NONE_YET}</tbody></table>"""
 
 
 # ---------------------------------------------------------------- chunkservers
@@ -362,17 +364,19 @@ def chunkservers_view(d: dict) -> str:
             votes = '<span class="bad">no lease acknowledged</span>'
         else:
             votes = '<span class="muted">-</span>'
-        removal = s.get("removal") or ""
+        removal = e(s.get("removal") or "")
+        if s.get("marked_chunks"):
+            removal += f' ({e(s["marked_chunks"])} marked)'
         errors = s.get("errors", 0)
         rows.append(
             f'<tr data-address="{e(s["address"])}"><td>{i}</td><td>{e(s["address"])}</td>'
             f'<td><code title="{e(s["id"])}">{e(s["id"][:8])}</code></td>'
-            f'<td>{e(s.get("version") or "-")}</td><td>{state}</td><td class="num">{e(s["chunks"])}'
-            f'</td><td class="num">{human_bytes(used)}</td><td class="num">{human_bytes(total)}</td>'
+            f'<td>{e(s.get("version") or "-")}</td><td>{state}</td>'
+            f'<td class="num">{e(s["chunks"])}</td><td class="num">{human_bytes(used)}</td>'
+            f'<td class="num">{human_bytes(total)}</td>'
             f'<td><meter min="0" max="100" value="{pct:.1f}" high="90">{pct:.1f}%</meter> '
             f'{pct:.1f}%</td><td class="num{" bad" if errors else ""}">{e(errors)}</td>'
-            f'<td>{e(removal)}{" (" + e(s["marked_chunks"]) + " marked)" if s.get("marked_chunks") else ""}'
-            f'</td><td>{votes}</td></tr>')
+            f'<td>{removal}</td><td>{votes}</td></tr>')
     connected = sum(1 for s in servers if s["connected"])
     voting = sum(1 for s in servers if s.get("votes_for"))
     summary = f"{connected} of {len(servers)} chunkservers connected to this master"
