@@ -177,8 +177,7 @@ class WebInterface:
         if request.query.get("fragment") == "1":
             return web.Response(text=live, content_type="text/html")
         title = dict(pages.VIEWS)[view]
-        html = pages.page(view, title, live, self.issue_token(), self.asset_version, masters,
-                          self.admin_enabled())
+        html = pages.page(view, title, live, self.issue_token(), self.asset_version, masters)
         return web.Response(text=html, content_type="text/html")
 
     async def static_file(self, request: web.Request) -> web.Response:

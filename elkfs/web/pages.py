@@ -82,7 +82,7 @@ def yes_no(v) -> str:
 
 
 def page(view: str, title: str, live: str, token: str, asset_version: str,
-         masters: dict, admin_enabled: bool) -> str:
+         masters: dict) -> str:
     current = ' aria-current="page"'
     nav = "".join(f'<a href="/{name}"{current if name == view else ""}>{e(label)}</a>'
                   for name, label in VIEWS)
@@ -109,7 +109,7 @@ def page(view: str, title: str, live: str, token: str, asset_version: str,
 </div>
 <footer><span id="refreshed">as of {clock(time.time())}</span> · refreshes every
 {REFRESH_S} s · <button type="button" id="pause" class="link">pause</button></footer>
-{stepdown_dialog(masters) if masters.get("ha") and admin_enabled else ""}
+{stepdown_dialog(masters) if masters.get("ha") else ""}
 </body>
 </html>
 """
@@ -167,9 +167,9 @@ def _leader_summary(d: dict, admin_enabled: bool) -> str:
             f'<p class="lead">This master is the <b>LEADER</b> (term {e(me.get("term"))}). '
             f'Its lease expires in <span class="countdown" data-address="{e(d["self"])}" '
             f'data-expires-in="{e(left)}">'
-            f'{seconds(left)}</span> unless renewed; the last renewal acknowledged was sent '
-            f'{seconds(lease.get("renewed_ago_s"))} ago and acknowledged by {e(acks)} of '
-            f'{e(voters)} voters.</p>')
+            f'{seconds(left)}</span> unless renewed (every half lease); it rests on the '
+            f'renewal sent {seconds(lease.get("renewed_ago_s"))} ago, acknowledged by '
+            f'{e(acks)} of {e(voters)} voters.</p>')
         parts.append(_stepdown_controls(d, admin_enabled))
     elif d["leader"]:
         parts.append(

@@ -30,6 +30,8 @@ def test_api_masters_on_every_master(ha_web):
         leaders = [r for r in rows if r["state"] == "LEADER"]
         assert [r["address"] for r in leaders] == [leader.host]
         assert 0 < leaders[0]["lease_expires_in"] <= 2.0
+        assert leaders[0]["lease_voters"] == 3 and 2 <= leaders[0]["lease_acks"] <= 3
+        assert leaders[0]["lease_renewed_ago_s"] < 2.0
         for r in rows:
             if r["state"] != "LEADER":
                 assert r["lease_expires_in"] is None
