@@ -285,6 +285,7 @@ release its lease and hand the leadership over. Clients pause briefly and carry 
 the new leader.</p>
 <label>Hand over to <select id="stepdown-target">
 <option value="">the most up-to-date in-sync follower</option></select></label>
+<input type="text" name="username" value="admin" autocomplete="username" hidden>
 <label>Admin password <input type="password" id="stepdown-password"
 autocomplete="current-password" required></label>
 <p id="stepdown-error" class="error" role="alert"></p>
