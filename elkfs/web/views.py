@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import Counter, deque
 
@@ -95,8 +96,10 @@ class Views:
     def own_address(self) -> str:
         if self.ha is not None:
             return self.ha.addr
-        host = self.master.cfg.MATOCL_LISTEN_HOST
-        return host if host not in ("*", "0.0.0.0", "") else "127.0.0.1"
+        for host in (self.master.cfg.HTTP_LISTEN_HOST, self.master.cfg.MATOCL_LISTEN_HOST):
+            if host not in ("*", "0.0.0.0", ""):
+                return host
+        return socket.gethostname()  # listening everywhere: the name others know it by
 
     def master_addresses(self) -> list[str]:
         if self.ha is None:
