@@ -16,7 +16,6 @@ a big table (files and directories) is cached.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import time
 from collections import Counter, deque
@@ -28,8 +27,6 @@ from ..master.nodes import DirNode, FileNode
 from ..proto import rpc
 from ..proto.errors import FsError
 from .leaselog import LeaseEvent, LeaseLogTail, election_reason, leadership
-
-log = logging.getLogger("mfsmaster.web")
 
 PEER_TIMEOUT_S = 0.8
 PEER_CACHE_S = 1.0
