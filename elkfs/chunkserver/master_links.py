@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from elkfs import __version__ as ELKFS_VERSION
 from elkfs.discovery import MasterDirectory
 from elkfs.proto import messages as m
 from elkfs.proto import rpc
@@ -117,7 +118,8 @@ class MasterLinks:
             reply, _ = await conn.call(
                 m.CsRegister, cs_id=cs.cs_id, host=host, port=cs.listen_port,
                 chunks=cs.store.chunks(), total_bytes=total, used_bytes=used,
-                voter=voter.uuid, cluster=voter.cluster, timeout=self.timeout)
+                voter=voter.uuid, cluster=voter.cluster, version=ELKFS_VERSION,
+                timeout=self.timeout)
         except FsError as e:
             log.warning("master %s refused registration: %s", addr, e)
             return False
@@ -140,7 +142,8 @@ class MasterLinks:
     async def _session(self, conn: rpc.Connection) -> None:
         while conn.is_open:
             total, used = self.cs.store.space()
-            conn.send(m.CsSpace(total, used, len(self.cs.store)))
+            disks = [m.CsDisk(*d) for d in self.cs.store.disk_report()]
+            conn.send(m.CsSpace(total, used, len(self.cs.store), disks))
             try:
                 await asyncio.wait_for(asyncio.shield(conn.closed), SPACE_INTERVAL)
             except asyncio.TimeoutError:

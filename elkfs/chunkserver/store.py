@@ -407,6 +407,11 @@ class ChunkStore:
             out.append((d.path, t, free, d.chunk_count))
         return out
 
+    def disk_report(self) -> list[tuple[str, int, int, int, int, bool, bool]]:
+        """Per disk: (path, total, used, chunks, I/O errors, marked for removal, failed)."""
+        return [(path, t, t - free, chunks, d.errors, d.marked_for_removal, d.failed)
+                for d, (path, t, free, chunks) in zip(self.disks, self.disk_space())]
+
     def _choose_disk(self) -> Disk:
         best, best_free = None, -1
         for d in self.disks:

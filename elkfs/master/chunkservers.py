@@ -11,7 +11,7 @@ copies should go.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..proto.layout import CHUNK_SIZE
 from ..proto.messages import Addr
@@ -29,6 +29,9 @@ class ChunkServer:
     link: object = None  # the master shell's connection to it
     lost: bool = False  # disconnected for longer than the delay: its copies were forgotten
     marked_copies: int = 0  # copies on disks marked for removal
+    version: str = ""  # its ElkFS version, as it registered
+    errors: int = 0  # damaged or lost copies it reported since this master started
+    disks: list = field(default_factory=list)  # its CsDisk reports (the web page)
 
     @property
     def free_bytes(self) -> int:
@@ -57,9 +60,11 @@ class ChunkRegistry:
     # ------------------------------------------------------------ servers
 
     def register(self, cs_id: bytes, addr: Addr, chunks: list[tuple[int, int]],
-                 total: int, used: int, link: object) -> ChunkServer:
+                 total: int, used: int, link: object, version: str = "") -> ChunkServer:
         self.drop_server_copies(cs_id)
-        server = ChunkServer(cs_id, addr, total, used, len(chunks), True, 0.0, link)
+        old = self.servers.get(cs_id)
+        server = ChunkServer(cs_id, addr, total, used, len(chunks), True, 0.0, link,
+                             version=version, errors=old.errors if old else 0)
         self.servers[cs_id] = server
         for chunk_id, version in chunks:
             self.copies.setdefault(chunk_id, {})[cs_id] = Copy(version)
@@ -138,6 +143,9 @@ class ChunkRegistry:
         if copy is not None:
             copy.valid = False
             self.damaged_reports += 1
+        server = self.servers.get(cs_id)
+        if server is not None:
+            server.errors += 1
 
     def holders(self, chunk_id: int) -> dict[bytes, Copy]:
         return self.copies.get(chunk_id, {})

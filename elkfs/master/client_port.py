@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 
 from ..proto import messages as m
 from ..proto import rpc
@@ -31,6 +32,7 @@ class ClientPort(MasterPart):
         self.session_links: dict[bytes, rpc.Connection] = {}
         self.session_gone_at: dict[bytes, float] = {}
         self.leases = ListingLeases()
+        self.op_counts: Counter[str] = Counter()  # metadata operations by type (the web page)
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
         if type(msg) is m.Ping:
@@ -74,9 +76,12 @@ class ClientPort(MasterPart):
 
     def master_status(self) -> dict:
         if self.master.ha is not None:
-            return self.master.ha.view()
-        me = self._masters_without_ha()[0]
-        return {**me, "masters": [{**me, "self": True}], "wall_time": time.time()}
+            view = self.master.ha.view()
+        else:
+            me = self._masters_without_ha()[0]
+            view = {**me, "masters": [{**me, "self": True}], "wall_time": time.time()}
+        view["http_port"] = self.cfg.HTTP_LISTEN_PORT  # where its web page is
+        return view
 
     def admin(self, conn: rpc.Connection, msg: m.MasterAdmin) -> None:
         try:
@@ -123,6 +128,7 @@ class ClientPort(MasterPart):
 
     def handle_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         op = msg.op
+        self.op_counts[type(op).__name__] += 1
         try:
             if msg.session not in self.ns.sessions:
                 raise FsError(BAD_SESSION, "unknown session: register first")
@@ -239,6 +245,7 @@ class ClientPort(MasterPart):
             "stale_copies": st.stale_copies,
             "damaged_copies": st.damaged_copies,
             "chunks_by_copies": {str(k): v for k, v in sorted(st.by_copies.items())},
+            "chunks_by_goal_copies": [[g, c, n] for (g, c), n in sorted(st.by_goal.items())],
             "replications_in_flight": replicating,
             "replications_done": planner.replicated,
             "replications_failed": planner.replication_failures,
@@ -253,7 +260,11 @@ class ClientPort(MasterPart):
                  "lost": s.lost,
                  "disconnected_s": 0 if s.connected else round(now - s.disconnected_at, 1),
                  "total_bytes": s.total_bytes, "used_bytes": s.used_bytes,
-                 "chunks": s.chunk_count,
+                 "chunks": s.chunk_count, "version": s.version, "errors": s.errors,
+                 "disks": [{"path": d.path, "total_bytes": d.total_bytes,
+                            "used_bytes": d.used_bytes, "chunks": d.chunks, "errors": d.errors,
+                            "marked_for_removal": d.marked_for_removal, "failed": d.failed}
+                           for d in s.disks],
                  "marked_chunks": s.marked_copies,
                  "marked_chunks_needed": st.marked_needed.get(s.cs_id, 0),
                  "removal": planner.removal_state(s, self.registry)}

@@ -47,6 +47,9 @@ class ChunkserverPort(MasterPart):
             ha.from_voter(msg)
         elif isinstance(msg, m.CsSpace):
             self.registry.space(cs_id, msg.total_bytes, msg.used_bytes, msg.chunk_count)
+            server = self.registry.servers.get(cs_id)
+            if server is not None:
+                server.disks = msg.disks
         elif isinstance(msg, m.CsChunkMade):
             if msg.chunk_id in self.ns.chunks or not self.master.leading:
                 known = self.registry.holders(msg.chunk_id).get(cs_id)
@@ -73,6 +76,8 @@ class ChunkserverPort(MasterPart):
             server = self.registry.servers.get(cs_id)
             log.warning("chunkserver %s lost %d copies (disk taken out)",
                         server.name if server else cs_id.hex(), len(msg.chunks))
+            if server is not None:
+                server.errors += len(msg.chunks)
             for chunk_id, version in msg.chunks:
                 copy = self.registry.holders(chunk_id).get(cs_id)
                 if copy is not None and copy.version == version:
@@ -101,7 +106,7 @@ class ChunkserverPort(MasterPart):
             old.link.context = None
             old.link.close()
         server = self.registry.register(msg.cs_id, (msg.host, msg.port), msg.chunks,
-                                        msg.total_bytes, msg.used_bytes, conn)
+                                        msg.total_bytes, msg.used_bytes, conn, msg.version)
         conn.context = msg.cs_id
         if ha is not None:
             conn.send(m.CsRegistered(msg.req, ha.cluster, ha.ident, self.cfg.LEADER_LEASE_DURATION))

@@ -542,8 +542,16 @@ class HANode:
             masters.append(entry)
         lease = None
         if core.role == LEADER:
+            acked = core.lease.acked  # voter -> send time of the newest round it acknowledged
+            # the lease rests on the newest renewal round a majority acknowledged
+            base = core.lease_until - core.lease.lease_s
+            known = base > float("-inf")
             lease = {"expires_in": round(max(0.0, core.lease_until - now), 3),
-                     "acked_by": sorted(core.lease.acked)}
+                     "acked_by": sorted(acked),
+                     "acked_ago_s": {v: round(now - t, 3) for v, t in acked.items()},
+                     "renewed_ago_s": round(now - base, 3) if known else None,
+                     "renewal_acks": sum(1 for t in acked.values() if known and t >= base),
+                     "voter_count": len(rec.voters) if rec else 0}
         return {
             "cluster": self.cluster, "ident": self.ident, "address": self.addr,
             "state": self.status(), "term": core.term, "accepted_term": core.accepted_term,

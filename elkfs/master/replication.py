@@ -130,6 +130,7 @@ class Stats:
     damaged_copies: int = 0
     marked_needed: Counter = field(default_factory=Counter)  # cs_id -> marked copies needed
     by_copies: Counter = field(default_factory=Counter)  # readable copies -> chunks
+    by_goal: Counter = field(default_factory=Counter)  # (goal, readable copies) -> chunks
     mark_reports: int = 0  # the registry's count of removal marks these stats include
 
 
@@ -215,6 +216,7 @@ class Planner:
             readable = len(good) + len(marked)
             stats.chunks += 1
             stats.by_copies[readable] += 1
+            stats.by_goal[(goal, readable)] += 1
             if readable == 0:
                 stats.missing += 1
             elif readable == 1 and goal >= 2:

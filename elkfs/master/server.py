@@ -71,11 +71,16 @@ OPTIONS = {
     "DNS_REFRESH_TIME": Option(5.0, "float", "seconds between resolutions of MASTER_HOST"),
     "HA_LOG_RETAIN": Option(100000, "int", "journal records kept in memory for lagging "
                                            "followers (older ones get the checkpoint)"),
+    # The web interface (elkfs/web, docs/operations.md)
+    "HTTP_LISTEN_HOST": Option("*", "str", "address of the web interface"),
+    "HTTP_LISTEN_PORT": Option(9425, "port", "port of the web interface"),
+    "ADMIN_PASSWORD": Option("", "str", "password of the web interface's Step Down; "
+                                        "empty: Step Down is disabled there"),
 }
 
 RESTART_KEYS = ("DATA_PATH", "MATOCL_LISTEN_HOST", "MATOCL_LISTEN_PORT", "MATOCS_LISTEN_HOST",
                 "MATOCS_LISTEN_PORT", "HA_ENABLED", "MASTER_PORT", "MASTER_HOST", "DNS_SERVER",
-                "LEADER_LEASE_DURATION")
+                "LEADER_LEASE_DURATION", "HTTP_LISTEN_HOST", "HTTP_LISTEN_PORT")
 
 
 def _host(value: str) -> str | None:
@@ -96,6 +101,7 @@ class MasterServer:
         self.chunkservers = ChunkserverPort(self)
         self.chunks = ChunkOps(self)
         self.ha = HANode(self) if cfg.HA_ENABLED else None
+        self.web = None  # the web interface (elkfs.web.app.WebInterface) once started
 
     @staticmethod
     def _limits(cfg) -> rep.Limits:
@@ -133,6 +139,7 @@ class MasterServer:
                  " and masters" if self.ha else "", cfg.MATOCS_LISTEN_HOST, cs_port)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self._start_web()
         background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop(),
                       self.replication_loop(), self.trash_loop()]
         workers = [asyncio.create_task(c) for c in background]
@@ -144,10 +151,28 @@ class MasterServer:
                 w.cancel()
             for server in self.servers:
                 server.close()
+            if self.web is not None:
+                await self.web.stop()
             log.info("writing final checkpoint")
             self.store.close(checkpoint=True)
             if self.ha is not None:
                 self.ha.stop()
+
+    async def _start_web(self) -> None:
+        """The web interface shares this event loop and reads the tables directly. A port
+        it cannot bind costs the web page, never the metadata service."""
+        from ..web.app import WebInterface
+
+        web = WebInterface(self)
+        try:
+            await web.start(_host(self.cfg.HTTP_LISTEN_HOST), self.cfg.HTTP_LISTEN_PORT)
+        except OSError as e:
+            log.error("web interface not started: cannot listen on %s:%d: %s",
+                      self.cfg.HTTP_LISTEN_HOST, self.cfg.HTTP_LISTEN_PORT, e)
+            return
+        self.web = web
+        log.info("web interface on http://%s:%d/", self.cfg.HTTP_LISTEN_HOST,
+                 self.cfg.HTTP_LISTEN_PORT)
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; apply what can change while running."""

@@ -539,6 +539,7 @@ class CsRegister(Msg):
     used_bytes: int
     voter: str = ""
     cluster: str = ""
+    version: str = ""  # the chunkserver's ElkFS version (shown on the web page)
 
 
 @message(45)
@@ -552,11 +553,24 @@ class CsRegistered(Msg):
     lease_s: float = 0.0  # the masters' LEADER_LEASE_DURATION: the voter promises as long
 
 
+class CsDisk(msgspec.Struct, array_like=True, frozen=True):
+    """One chunk directory of a chunkserver, as the web page's disks view shows it."""
+
+    path: str
+    total_bytes: int
+    used_bytes: int
+    chunks: int
+    errors: int  # I/O errors counted against it
+    marked_for_removal: bool
+    failed: bool  # taken out of use after too many I/O errors
+
+
 @message(41)
 class CsSpace(Msg):
     total_bytes: int
     used_bytes: int
     chunk_count: int
+    disks: list[CsDisk] = []
 
 
 @message(42)

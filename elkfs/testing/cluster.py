@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 BIN = os.path.dirname(sys.executable)
 MASTER_CLIENT_PORT = 9421
 MASTER_CS_PORT = 9420
+MASTER_HTTP_PORT = 9425
 CS_PORT = 9422
 
 
@@ -126,6 +127,10 @@ class Cluster:
     def master_addr(self) -> tuple[str, int]:
         return self.master_host, MASTER_CLIENT_PORT
 
+    def web_url(self, d: Daemon, path: str = "/") -> str:
+        """The address of master `d`'s web interface."""
+        return f"http://{d.host}:{MASTER_HTTP_PORT}{path}"
+
     @property
     def dns_server(self) -> str | None:
         return self.dns.server if self.dns is not None else None
@@ -155,6 +160,7 @@ class Cluster:
                 "DATA_PATH": d.data_dir,
                 "MATOCL_LISTEN_HOST": d.host, "MATOCL_LISTEN_PORT": MASTER_CLIENT_PORT,
                 "MATOCS_LISTEN_HOST": d.host, "MATOCS_LISTEN_PORT": MASTER_CS_PORT,
+                "HTTP_LISTEN_HOST": d.host, "HTTP_LISTEN_PORT": MASTER_HTTP_PORT,
                 **self._ha_options(),
                 **self.master_options,
             }

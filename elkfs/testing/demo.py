@@ -16,6 +16,7 @@ from .cluster import BIN, CS_PORT, MASTER_CLIENT_PORT, MASTER_CS_PORT, Cluster
 
 DEMO_DIR = os.path.join(os.getcwd(), "demo")
 MOUNT_DIR = os.path.join(DEMO_DIR, "mnt")
+DEMO_ADMIN_PASSWORD = "demo"  # the web page's Step Down (a local demo only)
 
 
 def is_mounted(path: str) -> bool:
@@ -63,7 +64,7 @@ def unmount() -> None:
 
 def cluster() -> Cluster:
     return Cluster(DEMO_DIR, net="127.0.1", masters=3, chunkservers=3, foreground=False,
-                   ha=True)
+                   ha=True, master_options={"ADMIN_PASSWORD": DEMO_ADMIN_PASSWORD})
 
 
 def start() -> int:
@@ -107,6 +108,8 @@ def start() -> int:
           f" && .venv/bin/mfsfileinfo {os.path.relpath(MOUNT_DIR)}/elkfs/__init__.py")
     print(f"  .venv/bin/mfscli -S IM {os.path.relpath(MOUNT_DIR)}     # the masters and who leads")
     print(f"  .venv/bin/mfscli -C SD {os.path.relpath(MOUNT_DIR)}     # the leader steps down")
+    print(f"  open {c.web_url(leader)}   # the web interface (any master's works; "
+          f"Step Down password: {DEMO_ADMIN_PASSWORD})")
     print(f"  kill -9 $(cat {rel(leader.data_dir)}/.mfsmaster.lock)   # fail over to another master")
     print("Or from Python:")
     print(f"  .venv/bin/python -c \"import asyncio; from elkfs.client import Client; "
