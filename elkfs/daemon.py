@@ -82,25 +82,28 @@ def setup_logging(log_path: str, foreground: bool, name: str) -> None:
         root.addHandler(sh)
 
 
-def parse_args(prog: str, default_cfg: str, argv: list[str] | None):
+def parse_args(prog: str, default_cfg: str, argv: list[str] | None, extra=()):
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("-c", dest="cfg", default=default_cfg, help=f"config file (default {default_cfg})")
     p.add_argument("-f", dest="foreground", action="store_true", help="run in the foreground")
     p.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config option")
     p.add_argument("action", nargs="?", default="start",
-                   choices=["start", "stop", "restart", "reload", "status"])
+                   choices=["start", "stop", "restart", "reload", "status", *extra])
     return p.parse_args(argv)
 
 
 def run_daemon(prog: str, default_cfg: str, options: dict[str, cfgmod.Option],
                body: Callable[[cfgmod.Config, Callable[[], None]], Awaitable[None]],
                argv: list[str] | None = None,
-               describe: Callable[[cfgmod.Config], str | None] | None = None) -> int:
+               describe: Callable[[cfgmod.Config], str | None] | None = None,
+               actions: dict[str, Callable[[cfgmod.Config], int]] | None = None) -> int:
     """Entry point of a daemon. `body(cfg, ready)` runs the service; it calls `ready()`
     once it serves and returns when the daemon should exit (SIGTERM cancels it).
-    `describe(cfg)` adds what the running daemon says of itself to `status`."""
-    args = parse_args(prog, default_cfg, argv)
+    `describe(cfg)` adds what the running daemon says of itself to `status`; `actions`
+    are the daemon's own commands besides start/stop/... (run while it is stopped)."""
+    actions = actions or {}
+    args = parse_args(prog, default_cfg, argv, tuple(actions))
     try:
         overrides = dict(o.split("=", 1) for o in args.overrides)
     except ValueError:
@@ -115,6 +118,11 @@ def run_daemon(prog: str, default_cfg: str, options: dict[str, cfgmod.Option],
     data_path = cfg.DATA_PATH
     lock = LockFile(os.path.join(data_path, f".{prog}.lock"))
 
+    if args.action in actions:
+        if lock.holder():
+            print(f"{prog} {args.action}: stop the running daemon first", file=sys.stderr)
+            return 1
+        return actions[args.action](cfg)
     if args.action == "status":
         pid = lock.holder()
         print(f"{prog} is running (pid {pid})" if pid else f"{prog} is not running")

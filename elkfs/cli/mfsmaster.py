@@ -29,8 +29,31 @@ def describe(cfg) -> str | None:
     return line
 
 
+def init(cfg) -> int:
+    """`mfsmaster init`: found a new HA cluster on this master, deliberately (a first
+    start founds one by itself on the master with the lowest address; this is for when
+    that master cannot be the one). Refused where a cluster or metadata already is."""
+    import os
+
+    from ..master.ha import found_cluster
+
+    if not cfg.HA_ENABLED:
+        print("mfsmaster init: HA_ENABLED is 0: a single master needs no init", file=sys.stderr)
+        return 1
+    try:
+        os.makedirs(cfg.DATA_PATH, exist_ok=True)
+        cluster = found_cluster(cfg.DATA_PATH)
+    except (ValueError, OSError) as e:
+        print(f"mfsmaster init: {e}", file=sys.stderr)
+        return 1
+    print(f"cluster {cluster} founded on this master; start it and the others "
+          "(the others join it)")
+    return 0
+
+
 def main(argv=None) -> int:
-    return run_daemon("mfsmaster", "/etc/mfs/mfsmaster.cfg", OPTIONS, serve, argv, describe)
+    return run_daemon("mfsmaster", "/etc/mfs/mfsmaster.cfg", OPTIONS, serve, argv, describe,
+                      {"init": init})
 
 
 if __name__ == "__main__":

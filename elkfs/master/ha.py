@@ -450,15 +450,18 @@ class HANode:
             self.feed(cm.PeersChanged(*view))
 
     def _bootstrap_voters(self, masters, voters) -> tuple[str, ...]:
-        """The voters this master may found the cluster with: only the master with the
-        lowest address founds one, only when every master in DNS answered and nobody
-        (master or voter) belongs to a cluster yet, with the voters it sees then; the
-        cluster id is made at that moment. Whoever belongs to a cluster already makes
-        everyone else join it instead (`adopt_cluster`)."""
-        if not voters or self.addr != masters[0]:
+        """The voters this master may found the cluster with. The founder is the master
+        `mfsmaster init` was run on, or else, at the first start of all, the one with the
+        lowest address: only when every master in DNS answered and nobody (master or
+        voter) belongs to a cluster yet; the cluster id is made at that moment. Whoever
+        belongs to a cluster already makes everyone else join it instead
+        (`adopt_cluster`). The voters only count while no voter holds a record."""
+        if not voters:
             return ()
-        if self.cluster:
-            return voters if self.persisted.get("founded") else ()
+        if self.persisted.get("founded"):
+            return voters
+        if self.cluster or self.addr != masters[0]:
+            return ()
         if any(self.voter_clusters.get(v) for v in voters):
             return ()
         if not self.peers.all_fresh([h for h in masters if h != self.addr]):
@@ -514,14 +517,28 @@ class HANode:
             raise FsError(11, "no in-sync master to hand over to")
         return {"stepping_down": True, "target": core.stepdown[0] if core.stepdown else None}
 
+    async def hand_over(self) -> None:
+        """Before a clean stop: a leader hands the leadership to an in-sync follower (as
+        `mfscli -C SD`) and waits, at most a lease, until it is no longer leading."""
+        if not self._serving:
+            return
+        log.info("stopping: handing the leadership over")
+        try:
+            self.step_down()
+        except FsError as e:
+            log.info("no hand-over (%s): the others take over when the lease runs out", e)
+            return
+        deadline = clock() + self.cfg.LEADER_LEASE_DURATION
+        while self._serving and clock() < deadline:
+            await asyncio.sleep(0.01)
+
     def view(self) -> dict:
         """This master's view of the cluster (`MasterStatus`, `mfscli -S IM`, the web)."""
         core, now = self.core, clock()
         rec = core.record or core.known_record
         members = set(rec.members) if rec else set()
         masters = []
-        for host in self.directory.addresses if self.addr in self.directory.addresses \
-                else sorted(set(self.directory.addresses) | {self.addr}, key=_ip_key):
+        for host in sorted(set(self.directory.addresses) | {self.addr}, key=_ip_key):
             if host == self.addr:
                 masters.append({"address": host, "ident": self.ident, "self": True,
                                 "state": self.status(), "reachable": True,
@@ -563,6 +580,24 @@ class HANode:
             "wall_time": time.time(), "uptime_s": round(time.time() - self.started_at),
             "elections": [{"time": t, "event": e} for t, e in self.elections[-10:]],
         }
+
+
+def found_cluster(data_path: str) -> str:
+    """`mfsmaster init`: make this data directory the founder of a new cluster. Refused
+    when it already belongs to one or holds metadata."""
+    path = os.path.join(data_path, "ha.state")
+    st = statefile.load(path) or {}
+    if st.get("cluster"):
+        raise ValueError(f"{data_path} already belongs to cluster {st['cluster']}")
+    if any(n.startswith(("metadata.", "journal.")) for n in os.listdir(data_path)):
+        raise ValueError(f"{data_path} holds metadata: a cluster is founded on an empty one")
+    st.setdefault("uuid", uuid.uuid4().hex[:16])
+    st.setdefault("incarnation", 1)
+    st.setdefault("term", 0)
+    st.setdefault("accepted_term", 0)
+    st.update(cluster=secrets.token_hex(8), founded=True, running=False)
+    statefile.save(path, st)
+    return st["cluster"]
 
 
 def _ip_key(host: str):

@@ -147,6 +147,8 @@ class MasterServer:
         try:
             await asyncio.Future()
         finally:
+            if self.ha is not None:
+                await self.ha.hand_over()  # a planned stop costs clients no failover
             for w in workers:
                 w.cancel()
             for server in self.servers:

@@ -67,3 +67,28 @@ def test_no_leader_for_longer_than_mfsioretries_is_eio(ha_cluster):
     with open(os.path.join(ha_cluster.mnt, "d", "after"), "w") as f:
         f.write("back")
     assert sorted(os.listdir(os.path.join(ha_cluster.mnt, "d"))) == ["after"]
+
+
+def test_init_founds_the_cluster_on_the_chosen_master(tmp_path):
+    """`mfsmaster init` founds the cluster on the master it runs on (here the one with the
+    highest address, which would otherwise never found it): its id is everybody's, and a
+    second init is refused."""
+    from elkfs.testing.cluster import Cluster
+
+    c = Cluster(str(tmp_path / "c"), net="127.0.86", masters=3, chunkservers=3, ha=True)
+    c.write_configs()
+    chosen = c.masters[-1]
+    out = subprocess.run([os.path.join(BIN, "mfsmaster"), "-c", chosen.cfg_path, "init"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    cluster_id = out.stdout.split()[1]
+    again = subprocess.run([os.path.join(BIN, "mfsmaster"), "-c", chosen.cfg_path, "init"],
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "already belongs" in again.stderr
+    try:
+        c.start()
+        assert c.wait_leader(30) is chosen  # nobody else may bootstrap
+        wait_until(lambda: converged(c), 30, "all masters in sync")
+        assert {c.status(d)["cluster"] for d in c.masters} == {cluster_id}
+    finally:
+        c.stop()

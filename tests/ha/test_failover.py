@@ -148,3 +148,21 @@ def test_one_way_partition(ha_cluster):
     assert c.status(old)["state"] != "LEADER"
     Firewall.heal_all()
     wait_until(lambda: converged(c), 30, "one leader and all masters in sync after healing")
+
+
+def test_clean_stop_of_the_leader_hands_over(ha_cluster):
+    """`mfsmaster stop` (SIGTERM) of the leader hands the leadership over first, as a
+    step-down does, instead of leaving the others to wait for its lease."""
+    c = ha_cluster.cluster
+    old = c.leader()
+
+    def fault():
+        c.stop_daemon(old)
+        c.wait_leader(10, other_than=old)
+
+    run_workload(ha_cluster, fault)
+    events = lease_events(old)
+    assert any(" step-down " in line for line in events)
+    assert any(" lease-released " in line for line in events)
+    c.start_daemon(old)
+    wait_until(lambda: converged(c), 30, "all masters in sync")
