@@ -231,9 +231,14 @@ class HANode:
                 self._carry_out(out)
                 if not self._inputs and self._unsynced_write:
                     self._sync_journal()
-        finally:
             self._stepping = False
-        self._settle()
+            self._settle()
+        except Exception:
+            # A broken invariant (or a disk that failed under the journal): never limp on
+            # with a master that may promise what it does not hold.
+            log.critical("HA state machine failed; stopping this master", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
 
     def _carry_out(self, out) -> None:
         for p in out.persist:
