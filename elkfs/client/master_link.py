@@ -305,9 +305,20 @@ class MasterLink:
             except (rpc.ConnectionClosed, OSError, FsError):
                 return
 
-    async def close(self) -> None:
+    async def close(self, end_session: bool = True) -> None:
+        """Close the link; with `end_session` the master closes the session now (best
+        effort: a master that does not answer in a second keeps it for its sustain
+        time)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        conn = self.conn
+        if end_session and conn is not None and conn.is_open and self.session:
+            self.send_posted()
+            try:
+                await conn.call(m.MetaRequest, session=self.session, seq=next(self._seq),
+                                op=m.EndSession(), timeout=1.0)
+            except (FsError, rpc.ConnectionClosed, OSError, asyncio.TimeoutError):
+                pass
         if self.conn is not None:
             self.conn.close()
             self.conn = None

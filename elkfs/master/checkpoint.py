@@ -123,7 +123,7 @@ def write(ns: Namespace, path: str, final: bool = True) -> None:
             section(K_CHUNKS, batch)
         sessions = [
             [s.session_id, s.info, s.opened_ts, list(s.open_files.items()),
-             [(seq, _result_enc.encode(r)) for seq, r in s.results.items()]]
+             [(seq, _result_enc.encode(r)) for seq, r in s.results.items()], s.gone_ns]
             for s in ns.sessions.values()
         ]
         section(K_SESSIONS, sessions)
@@ -182,9 +182,10 @@ def read(path: str) -> Namespace:
                 chunk.refs = refs
                 ns.chunks[chunk_id] = chunk
         elif kind == K_SESSIONS:
-            for sid, info, opened, open_files, results in obj:
+            for sid, info, opened, open_files, results, *rest in obj:
                 sess = Session(bytes(sid), info, opened, dict(open_files))
                 sess.results = {seq: _result_dec.decode(r) for seq, r in results}
+                sess.gone_ns = rest[0] if rest else 0  # written before gone_ns
                 ns.sessions[sess.session_id] = sess
         elif kind == K_TRASH:
             for inode, expire, tpath in obj:

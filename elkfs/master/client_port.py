@@ -21,7 +21,7 @@ from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import replication as rep
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
-from .records import OpenSession
+from .records import CloseSession, OpenSession, SessionGone
 
 log = logging.getLogger("mfsmaster")
 
@@ -30,7 +30,10 @@ class ClientPort(MasterPart):
     def __init__(self, master):
         super().__init__(master)
         self.session_links: dict[bytes, rpc.Connection] = {}
-        self.session_gone_at: dict[bytes, float] = {}
+        # When this master began leading (wall clock, ns): the sustain time of a session
+        # whose going away no record tells (its client was connected to a master that
+        # died) counts from here.
+        self.leading_since_ns = time.time_ns()
         self.leases = ListingLeases()
         self.op_counts: Counter[str] = Counter()  # metadata operations by type (the web page)
 
@@ -104,7 +107,8 @@ class ClientPort(MasterPart):
         if session_id is not None and self.session_links.get(session_id) is conn:
             self.leases.forget_session(session_id)  # it drops its listings when it reconnects
             del self.session_links[session_id]
-            self.session_gone_at[session_id] = time.monotonic()
+            if self.master.leading and session_id in self.ns.sessions:
+                self.store.change(SessionGone(session_id, True), time.time_ns())
 
     def register_session(self, conn: rpc.Connection, msg: m.RegisterSession) -> None:
         session_id = msg.session
@@ -114,6 +118,8 @@ class ClientPort(MasterPart):
         elif session_id not in self.ns.sessions:
             conn.send(m.SessionReply(msg.req, BAD_SESSION, b""))
             return
+        elif self.ns.sessions[session_id].gone_ns:
+            _, version = self.store.change(SessionGone(session_id, False), time.time_ns())
         else:
             version = self.ns.version
         old = self.session_links.get(session_id)
@@ -122,7 +128,6 @@ class ClientPort(MasterPart):
         conn.context = session_id
         self.session_links[session_id] = conn
         self.leases.set_ttl(session_id, msg.listing_ttl_ms)
-        self.session_gone_at.pop(session_id, None)
         reply = m.SessionReply(msg.req, 0, session_id)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
@@ -137,6 +142,9 @@ class ClientPort(MasterPart):
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
                     self.leases.grant(op.inode, msg.session, time.monotonic())
                 self.reply_read(conn, m.MetaReply(msg.req, 0, result))
+                return
+            if type(op) is m.EndSession:
+                self.end_session(conn, msg)
                 return
             if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
                 if not self.master.chunks.chunk_op_now(conn, msg):
@@ -162,6 +170,17 @@ class ClientPort(MasterPart):
                 self.store.when_durable(version, lambda: conn.send_if_open(reply))
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
+
+    def end_session(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
+        """The client's last word: its session closes now (a tool, an unmount)."""
+        _, version = self.store.change(CloseSession(msg.session), time.time_ns())
+        self.master.chunks.run_effects()  # files unlinked while open are freed now
+        if self.session_links.get(msg.session) is conn:
+            del self.session_links[msg.session]
+            self.leases.forget_session(msg.session)
+        conn.context = None
+        reply = m.MetaReply(msg.req, 0, None)
+        self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
     async def _recall_then_reply(self, conn: rpc.Connection, reply: m.MetaReply, version: int,
                                  holders: dict[bytes, tuple[list[int], float]]) -> None:

@@ -43,7 +43,7 @@ from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
 from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
-from .records import CloseSession, OpenSession, Record
+from .records import CloseSession, OpenSession, Record, SessionGone
 
 ROOT = 1
 MAX_NAME = 255
@@ -63,6 +63,7 @@ class Session:
     opened_ts: int
     open_files: dict[int, int] = field(default_factory=dict)  # inode -> open count
     results: dict[int, m.Result | None] = field(default_factory=dict)  # seq -> result
+    gone_ns: int = 0  # when its client went away (leader's wall clock); 0: connected
 
 
 @dataclass(frozen=True)
@@ -764,6 +765,13 @@ class Namespace:
         self.sessions[op.session] = Session(op.session, op.info, ts)
         return None
 
+    def _sessiongone(self, op: SessionGone, ts, sess):
+        gone = self.sessions.get(op.session)
+        if gone is None:
+            raise FsError(BAD_SESSION)
+        gone.gone_ns = ts if op.gone else 0
+        return None
+
     def _closesession(self, op: CloseSession, ts, sess):
         closing = self.sessions.get(op.session)
         if closing is None:
@@ -782,7 +790,7 @@ class Namespace:
         m.SetGoal: _setgoal, m.Acquire: _acquire, m.Release: _release,
         m.ReleaseMany: _release_many,
         m.WriteChunk: _writechunk, m.WriteChunkEnd: _writechunkend,
-        OpenSession: _opensession, CloseSession: _closesession,
+        OpenSession: _opensession, CloseSession: _closesession, SessionGone: _sessiongone,
         m.SetTrashTime: _settrashtime, m.Snapshot: _snapshot, m.Undelete: _undelete,
         m.PurgeTrash: _purgetrash,
     }

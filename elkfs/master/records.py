@@ -25,10 +25,18 @@ class CloseSession(m.Op, tag="closesession"):
     session: bytes
 
 
+class SessionGone(m.Op, tag="sessiongone"):
+    """The session's client went away (`gone`) or came back: the record's time (the
+    leader's clock) is when its sustain time started, for every later leader too."""
+
+    session: bytes
+    gone: bool
+
+
 JournalOp = Union[
     m.Mknod, m.Mkdir, m.Symlink, m.Link, m.Unlink, m.Rmdir, m.Rename, m.SetAttr, m.Truncate,
     m.SetXattr, m.RemoveXattr, m.SetGoal, m.Acquire, m.Release, m.ReleaseMany, m.WriteChunk,
-    m.WriteChunkEnd, OpenSession, CloseSession, m.SetTrashTime, m.Snapshot, m.Undelete,
+    m.WriteChunkEnd, OpenSession, CloseSession, SessionGone, m.SetTrashTime, m.Snapshot, m.Undelete,
     m.PurgeTrash,
 ]
 

@@ -220,17 +220,13 @@ class MasterServer:
         """This master now serves: sessions not connected to it start their sustain time.
         (With HA, chunkservers registered with it all along: the replication planner's
         initial delay counts from the master's start, not from its election.)"""
-        now = time.monotonic()
-        for session_id in self.ns.sessions:
-            if session_id not in self.clients.session_links:
-                self.clients.session_gone_at[session_id] = now
+        self.clients.leading_since_ns = time.time_ns()
         if self.ns.effects:  # changes committed at the election: carry out their chunk side
             self.chunks.run_effects()
 
     def lost_leadership(self) -> None:
         """Another master leads: its clients must go there (they reconnect and resend)."""
         self.clients.drop_all()
-        self.clients.session_gone_at.clear()
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -260,11 +256,18 @@ class MasterServer:
             self.clients.leases.sweep(now)
             if not self.leading:
                 continue
-            for session_id, gone_at in list(self.clients.session_gone_at.items()):
-                if now - gone_at >= self.cfg.SESSION_SUSTAIN_TIME and session_id in self.ns.sessions:
+            # Sustain times count by the leaders' clocks as journaled (`SessionGone`), so a
+            # failover or a restart does not start them again.
+            now_ns = time.time_ns()
+            sustain_ns = self.cfg.SESSION_SUSTAIN_TIME * 1_000_000_000
+            links = self.clients.session_links
+            for session_id, sess in list(self.ns.sessions.items()):
+                if session_id in links:
+                    continue
+                gone_ns = sess.gone_ns or self.clients.leading_since_ns
+                if now_ns - gone_ns >= sustain_ns:
                     log.info("session %s expired", session_id.hex())
-                    del self.clients.session_gone_at[session_id]
-                    self.store.change(CloseSession(session_id), time.time_ns())
+                    self.store.change(CloseSession(session_id), now_ns)
                     self.chunks.run_effects()
 
     async def trash_loop(self) -> None:

@@ -366,12 +366,17 @@ class WriteChunkEnd(Op, tag="writechunkend"):
     ok: bool = True
 
 
+class EndSession(Op, tag="endsession"):
+    """The client is done: close its session now (its open files are released) instead
+    of keeping it for SESSION_SUSTAIN_TIME."""
+
+
 AnyOp = Union[
     Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, StatFs, ReadChunk, FileChunks,
     DirStats, ClusterInfo, ListTrash,
     Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, SetAttr, Truncate, SetXattr,
     RemoveXattr, SetGoal, Acquire, Release, ReleaseMany, WriteChunk, WriteChunkEnd,
-    SetTrashTime, Snapshot, Undelete, PurgeTrash,
+    SetTrashTime, Snapshot, Undelete, PurgeTrash, EndSession,
 ]
 
 

@@ -346,17 +346,20 @@ class Views:
 
     def mounts(self) -> dict:
         clients = self.master.clients
-        now = time.monotonic()
+        now = time.time()
         sustain = self.master.cfg.SESSION_SUSTAIN_TIME
         rows = []
         for sid, sess in self.master.ns.sessions.items():
             conn = clients.session_links.get(sid)
-            gone_at = clients.session_gone_at.get(sid)
+            connected = conn is not None and conn.is_open
+            # when it went away, by the journal (or since this master leads)
+            gone_at = None if connected else \
+                (sess.gone_ns or clients.leading_since_ns) / 1e9
             rows.append({
                 "session": sid.hex(), "info": sess.info,
                 "opened": sess.opened_ts / 1e9,
                 "open_files": len(sess.open_files),
-                "connected": conn is not None and conn.is_open,
+                "connected": connected,
                 "peer": f"{conn.peer[0]}:{conn.peer[1]}" if conn is not None and conn.peer else "",
                 "disconnected_s": round(now - gone_at, 1) if gone_at is not None else None,
                 "expires_in_s": round(max(0.0, sustain - (now - gone_at)), 1)

@@ -78,3 +78,26 @@ def test_mfscli(mc, d):
     host, port = mc.cluster.master_addr
     doc = json.loads(tool("mfscli", "-H", host, "-P", str(port), "--json", "-SIG"))
     assert doc["info"]["total_bytes"] > 0 and "chunkservers" not in doc
+
+
+def test_tools_leave_no_session_behind(mc, d):
+    """Each tool run ends its own session when it exits (MooseFS tools leave none)."""
+    import asyncio
+    import json as _json
+
+    from elkfs.client.client import Client
+    from elkfs.proto import messages as msgs
+
+    async def sessions() -> int:
+        async with await Client.connect(**mc.cluster.client_args()) as c:
+            return _json.loads((await c.op(msgs.ClusterInfo())).text)["sessions"]
+
+    f = os.path.join(d, "f")
+    with open(f, "w") as fh:
+        fh.write("x")
+    before = asyncio.run(sessions())
+    for _ in range(3):
+        tool("mfsgetgoal", f)
+        tool("mfsfileinfo", f)
+        tool("mfscli", d)
+    assert asyncio.run(sessions()) == before

@@ -123,3 +123,32 @@ def test_chunkserver_restart_during_election_keeps_its_vote(ha_cluster):
     assert granted, "no votes were logged"
     double = {k: v for k, v in granted.items() if len(v) > 1}
     assert not double, f"voters granted two masters in one term: {double}"
+
+
+def test_a_session_gone_before_a_failover_keeps_its_time(ha_cluster):
+    """A client that went away is remembered with the leader's time in the journal, so
+    the next leader counts its sustain time from then, not from the failover."""
+    import asyncio
+    import json
+    import urllib.request
+
+    from elkfs.client.client import Client
+
+    c = ha_cluster.cluster
+
+    async def open_and_vanish() -> str:
+        client = await Client.connect(**c.client_args(), info="vanishing client")
+        sid = client.link.session.hex()
+        client.link.conn.close()  # gone without ending its session
+        await asyncio.sleep(0.2)
+        return sid
+
+    sid = asyncio.run(open_and_vanish())
+    time.sleep(3.0)
+    old = c.leader()
+    c.kill(old)
+    new = c.wait_leader(30, other_than=old)
+    with urllib.request.urlopen(c.web_url(new, "/api/mounts"), timeout=10) as r:
+        rows = json.load(r)["sessions"]
+    row = next(x for x in rows if x["session"] == sid)
+    assert not row["connected"] and row["disconnected_s"] >= 3.0, row
