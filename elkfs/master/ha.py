@@ -124,6 +124,9 @@ class HANode:
         self._unsynced_write = 0
         self._peer_view: tuple = ()
         self._voter_change_due = False
+        self._shape: tuple = ()  # what the state was last logged as
+        self._voters_seen: tuple = ()  # (record, voters connected) last looked at
+        self._armed_at: float | None = None  # the wake-up the timer is set for
         self.started_at = time.time()
         self.elections: list[tuple[float, str]] = []  # (wall time, what happened)
 
@@ -288,6 +291,7 @@ class HANode:
 
     def _tick(self) -> None:
         self._timer = None
+        self._armed_at = None
         self.feed(cm.Tick())
 
     def _settle(self) -> None:
@@ -300,17 +304,25 @@ class HANode:
         elif serving and not self._serving:
             self._serving = True
             self.master.became_leader()
-        status = self.status()
-        if status != self._status:
-            log.info("state %s -> %s (term %d, leader %s)", self._status or "START", status,
-                     core.accepted_term, core.leader_addr or "unknown")
-            self._status = status
+        shape = (core.role, core.eligible, serving, core.accepted_term, core.leader_addr)
+        if shape != self._shape:  # a state change: log it (cheap check on every input)
+            self._shape = shape
+            status = self.status()
+            if status != self._status:
+                log.info("state %s -> %s (term %d, leader %s)", self._status or "START",
+                         status, core.accepted_term, core.leader_addr or "unknown")
+                self._status = status
         if serving:
-            self._release_waiters()
-            self._maybe_change_voters()
-        if self._wake_at is not None:
+            if self._waiters:
+                self._release_waiters()
+            voters_now = (core.record, len(self.voters))
+            if voters_now != self._voters_seen:
+                self._voters_seen = voters_now
+                self._maybe_change_voters()
+        if self._wake_at is not None and self._wake_at != self._armed_at:
             if self._timer is not None:
                 self._timer.cancel()
+            self._armed_at = self._wake_at
             delay = max(0.0, self._wake_at - clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
 
@@ -341,6 +353,7 @@ class HANode:
 
     def _change_voters(self, change) -> None:
         self._voter_change_due = False
+        self._voters_seen = ()  # look again once this one is done
         self.feed(change)
 
     def _lost_leadership(self) -> None:
