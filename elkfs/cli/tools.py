@@ -297,11 +297,13 @@ def _print_general(info: dict) -> None:
 def _print_chunkservers(info: dict) -> None:
     servers = info["chunkservers"]
     print("chunk servers:")
-    print(f" {'#':>2} {'address':<22} {'state':<12} {'chunks':>8} {'used':>12} {'total':>12} {'used%':>6}")
+    print(f" {'#':>2} {'address':<22} {'state':<24} {'chunks':>8} {'used':>12} {'total':>12} {'used%':>6}")
     for i, s in enumerate(sorted(servers, key=lambda s: s["address"]), 1):
         pct = 100.0 * s["used_bytes"] / s["total_bytes"] if s["total_bytes"] else 0.0
         state = "connected" if s["connected"] else "disconnected"
-        print(f" {i:>2} {s['address']:<22} {state:<12} {s['chunks']:>8} "
+        if s.get("maintenance_s"):
+            state += f", maintenance {s['maintenance_s']:.0f}s"
+        print(f" {i:>2} {s['address']:<22} {state:<24} {s['chunks']:>8} "
               f"{_human(s['used_bytes']):>12} {_human(s['total_bytes']):>12} {pct:>5.1f}%")
 
 
@@ -351,6 +353,26 @@ def _step_down(host: str, port: int, dns_server: str | None, target: str) -> int
     return 1
 
 
+def _chunkserver_command(host: str, port: int, dns_server: str | None, command: str,
+                         target: str) -> int:
+    from ..client.masters import master_admin
+
+    try:
+        result = asyncio.run(master_admin(host, command, target, port, dns_server))
+    except (FsError, OSError) as e:
+        print(f"mfscli: {command} {target}: {e}", file=sys.stderr)
+        return 1
+    if command == "remove-chunkserver":
+        print(f"chunkserver {target} removed")
+    elif result["maintenance"]:
+        left = result["until"] - time.time()
+        print(f"chunkserver {target} in maintenance for {left:.0f} s (its copies are not "
+              "rebuilt while it is away; M0 ends it)")
+    else:
+        print(f"chunkserver {target}: maintenance off")
+    return 0
+
+
 def mfscli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mfscli", description="ElkFS cluster information.")
     p.add_argument("-H", dest="host", help="master host (default: from the mount, else mfsmaster)")
@@ -360,7 +382,9 @@ def mfscli(argv: list[str] | None = None) -> int:
     p.add_argument("-D", dest="dns_server", default=None,
                    help="DNS server (IP[:PORT]) to resolve the master name with")
     p.add_argument("-C", dest="command", default=None,
-                   help="command: SD (the leader steps down) or SD/ADDRESS (hands over to it)")
+                   help="command: SD (the leader steps down), SD/ADDRESS (hands over to that "
+                        "master), M1/HOST:PORT and M0/HOST:PORT (a chunkserver's maintenance "
+                        "mode on/off), RC/HOST:PORT (remove a chunkserver gone for good)")
     p.add_argument("--json", action="store_true")
     p.add_argument("path", nargs="?", help="a path inside a mount (default: current directory)")
     a = p.parse_args(argv)
@@ -383,11 +407,15 @@ def mfscli(argv: list[str] | None = None) -> int:
     port = port or 9421
     if a.command is not None:
         cmd, _, target = a.command.partition("/")
-        if cmd.upper() != "SD":
-            print(f"mfscli: unknown command {a.command} (known: SD, SD/ADDRESS)",
-                  file=sys.stderr)
+        cmd = cmd.upper()
+        if cmd == "SD":
+            return _step_down(host, port, dns_server, target)
+        names = {"M1": "maintenance-on", "M0": "maintenance-off", "RC": "remove-chunkserver"}
+        if cmd not in names or not target:
+            print(f"mfscli: unknown command {a.command} (known: SD, SD/ADDRESS, "
+                  "M1/HOST:PORT, M0/HOST:PORT, RC/HOST:PORT)", file=sys.stderr)
             return 2
-        return _step_down(host, port, dns_server, target)
+        return _chunkserver_command(host, port, dns_server, names[cmd], target)
 
     async def fetch() -> tuple[dict, list[dict]]:
         from ..client.masters import cluster_status

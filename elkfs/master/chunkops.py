@@ -40,7 +40,8 @@ class ChunkOps(MasterPart):
 
     def replication_pass(self) -> None:
         actions = self.planner.plan(time.monotonic(), self.ns.chunks, self.chunk_goals(),
-                                    self.registry, self.busy(), self.master.registry_complete())
+                                    self.registry, self.busy(), self.master.registry_complete(),
+                                    self.master.in_maintenance())
         for action in actions:
             if isinstance(action, rep.Forget):
                 server = self.registry.servers.get(action.cs_id)
@@ -248,7 +249,8 @@ class ChunkOps(MasterPart):
             if fresh and not all(done):
                 # Full or failing servers: try others for the copies they refused.
                 tried = {s.cs_id for s in targets}
-                more = self.registry.choose_servers(done.count(False), exclude=tried)
+                more = self.registry.choose_servers(
+                    done.count(False), exclude=tried | self.master.in_maintenance())
                 if more:
                     targets = targets + more
                     done = done + await self.command_all(more, cmd, refusals)
@@ -282,7 +284,7 @@ class ChunkOps(MasterPart):
 
     def _targets(self, goal: int) -> list:
         """Chunkservers for a new chunk's copies, or why there are none."""
-        targets = self.registry.choose_servers(goal)
+        targets = self.registry.choose_servers(goal, exclude=self.master.in_maintenance())
         if not targets:
             servers = [s for s in self.registry.servers.values() if not s.lost]
             if servers and all(s.connected for s in servers):

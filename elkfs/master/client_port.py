@@ -21,7 +21,7 @@ from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import replication as rep
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
-from .records import CloseSession, OpenSession, SessionGone
+from .records import CloseSession, ForgetChunkserver, OpenSession, SessionGone, SetMaintenance
 
 log = logging.getLogger("mfsmaster")
 
@@ -87,15 +87,52 @@ class ClientPort(MasterPart):
         return view
 
     def admin(self, conn: rpc.Connection, msg: m.MasterAdmin) -> None:
+        """Operators' commands (`mfscli -C`): step-down (HA), maintenance-on,
+        maintenance-off, remove-chunkserver (target: the chunkserver's "host:port")."""
         try:
-            if self.master.ha is None:
-                raise FsError(errno.EINVAL, "HA is not enabled on this master")
-            if msg.command != "step-down":
+            if msg.command == "step-down":
+                if self.master.ha is None:
+                    raise FsError(errno.EINVAL, "HA is not enabled on this master")
+                result = self.master.ha.step_down(msg.target)
+                conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(result))))
+                return
+            if msg.command not in ("maintenance-on", "maintenance-off", "remove-chunkserver"):
                 raise FsError(errno.EINVAL, f"unknown command {msg.command!r}")
-            result = self.master.ha.step_down(msg.target)
-            conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(result))))
+            cs_id = self._chunkserver_named(msg.target)
+            now_ns = time.time_ns()
+            if msg.command == "remove-chunkserver":
+                server = self.registry.servers.get(cs_id)
+                if server is not None and server.connected:
+                    raise FsError(errno.EBUSY, f"chunkserver {msg.target} is connected: "
+                                               "stop it first")
+                op = ForgetChunkserver(cs_id)
+                result = {"removed": msg.target}
+            else:
+                on = msg.command == "maintenance-on"
+                until = now_ns + int(self.cfg.MAINTENANCE_MODE_TIMEOUT * 1e9) if on else 0
+                op = SetMaintenance(cs_id, until)
+                result = {"chunkserver": msg.target, "maintenance": on,
+                          "until": until / 1e9 if on else None}
+            _, version = self.store.change(op, now_ns)
+            if isinstance(op, ForgetChunkserver):
+                self.registry.forget(cs_id)
+                self.registry.servers.pop(cs_id, None)
+            log.info("%s %s", msg.command, msg.target)
+            reply = m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(result)))
+            self.store.when_durable(version, lambda: conn.send_if_open(reply))
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
+
+    def _chunkserver_named(self, target: str) -> bytes:
+        """The id of the chunkserver at "host:port" (or "host/port", or just "host" when
+        only one is there)."""
+        target = target.replace("/", ":")
+        matches = [cs_id for cs_id, k in self.ns.chunkservers.items()
+                   if k.addr == target or k.addr.rpartition(":")[0] == target]
+        if len(matches) != 1:
+            raise FsError(errno.ENOENT if not matches else errno.EINVAL,
+                          f"no single chunkserver at {target!r}")
+        return matches[0]
 
     def on_client_close(self, conn: rpc.Connection) -> None:
         for key in [k for k in self.master.chunks.creating if self.locks.held_by(k) is conn]:
@@ -270,7 +307,8 @@ class ClientPort(MasterPart):
             "replications_failed": planner.replication_failures,
             "deletions_done": planner.deleted,
             "replication_passes": planner.passes,
-            "replication_active": now - planner.started_at >= planner.limits.delay_init,
+            "replication_active": self.master.registry_complete()
+            or now - planner.started_at >= planner.limits.delay_init,
             "trash_files": len(ns.trash),
             "trash_bytes": trash_bytes,
             "last_checkpoint_version": self.store.last_checkpoint_version,
@@ -286,11 +324,26 @@ class ClientPort(MasterPart):
                            for d in s.disks],
                  "marked_chunks": s.marked_copies,
                  "marked_chunks_needed": st.marked_needed.get(s.cs_id, 0),
-                 "removal": planner.removal_state(s, self.registry)}
+                 "removal": planner.removal_state(s, self.registry),
+                 "maintenance_s": self._maintenance_left(s.cs_id)}
                 for s in self.registry.servers.values()
+            ] + [
+                # known to the cluster but not registered here (since a restart)
+                {"id": cs_id.hex(), "address": k.addr, "connected": False, "lost": False,
+                 "disconnected_s": None, "total_bytes": 0, "used_bytes": 0, "chunks": 0,
+                 "version": "", "errors": 0, "disks": [], "marked_chunks": 0,
+                 "marked_chunks_needed": 0, "removal": "-",
+                 "maintenance_s": self._maintenance_left(cs_id)}
+                for cs_id, k in ns.chunkservers.items() if cs_id not in self.registry.servers
             ],
             "masters": self.master_status()["masters"],
         }
+
+    def _maintenance_left(self, cs_id: bytes) -> float:
+        known = self.ns.chunkservers.get(cs_id)
+        if known is None:
+            return 0.0
+        return round(max(0.0, (known.maintenance_until_ns - time.time_ns()) / 1e9), 1)
 
     def _masters_without_ha(self) -> list[dict]:
         return [{"address": f"{self.cfg.MATOCL_LISTEN_HOST}:{self.cfg.MATOCL_LISTEN_PORT}",

@@ -126,6 +126,8 @@ class ChunkserverPort(MasterPart):
                  server.name, msg.cs_id.hex(), len(msg.chunks), stale, len(orphans))
         if orphans and self.master.leading:
             self.spawn(self._delete_orphans(server, orphans))
+        if self.master.leading:
+            self.master.know_chunkservers()
         self._voter_of[conn] = msg.voter
 
     async def _delete_orphans(self, server, orphans: list[tuple[int, int]]) -> None:

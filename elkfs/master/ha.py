@@ -490,11 +490,6 @@ class HANode:
         log.info("founding cluster %s with voters %s", self.cluster, ", ".join(voters))
         return voters
 
-    def all_voters_connected(self) -> bool:
-        rec = self.core.record or self.core.known_record
-        return rec is not None and all(
-            v in self.voters and self.voters[v].is_open for v in rec.voters)
-
     def voter_connected(self, voter: str, cluster: str, conn) -> None:
         self.voters[voter] = conn
         self.voter_clusters[voter] = cluster

@@ -43,7 +43,8 @@ from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
 from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
-from .records import CloseSession, OpenSession, Record, SessionGone
+from .records import (CloseSession, ForgetChunkserver, KnowChunkserver, OpenSession, Record,
+                      SessionGone, SetMaintenance)
 
 ROOT = 1
 MAX_NAME = 255
@@ -64,6 +65,12 @@ class Session:
     open_files: dict[int, int] = field(default_factory=dict)  # inode -> open count
     results: dict[int, m.Result | None] = field(default_factory=dict)  # seq -> result
     gone_ns: int = 0  # when its client went away (leader's wall clock); 0: connected
+
+
+@dataclass
+class KnownChunkserver:
+    addr: str  # "host:port" of its data port
+    maintenance_until_ns: int = 0  # in maintenance until then (leader's wall clock)
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class Namespace:
         self.chunks: dict[int, Chunk] = {}
         self.sessions: dict[bytes, Session] = {}
         self.trash: dict[int, tuple[int, bytes]] = {}  # inode -> (expire_ns, path)
+        self.chunkservers: dict[bytes, KnownChunkserver] = {}  # every chunkserver, by id
         self.version = 0  # metadata version of the last applied record
         self.last_term = 0  # term of the last applied record (HA; 0 without)
         self.term = 0  # term of the record being applied: new chunk versions are of it
@@ -765,6 +773,26 @@ class Namespace:
         self.sessions[op.session] = Session(op.session, op.info, ts)
         return None
 
+    def _knowcs(self, op: KnowChunkserver, ts, sess):
+        known = self.chunkservers.get(op.cs_id)
+        if known is None:
+            self.chunkservers[op.cs_id] = KnownChunkserver(op.addr)
+        else:
+            known.addr = op.addr
+        return None
+
+    def _forgetcs(self, op: ForgetChunkserver, ts, sess):
+        if self.chunkservers.pop(op.cs_id, None) is None:
+            raise FsError(errno.ENOENT, "no such chunkserver")
+        return None
+
+    def _maintenance(self, op: SetMaintenance, ts, sess):
+        known = self.chunkservers.get(op.cs_id)
+        if known is None:
+            raise FsError(errno.ENOENT, "no such chunkserver")
+        known.maintenance_until_ns = op.until_ns
+        return None
+
     def _sessiongone(self, op: SessionGone, ts, sess):
         gone = self.sessions.get(op.session)
         if gone is None:
@@ -791,6 +819,7 @@ class Namespace:
         m.ReleaseMany: _release_many,
         m.WriteChunk: _writechunk, m.WriteChunkEnd: _writechunkend,
         OpenSession: _opensession, CloseSession: _closesession, SessionGone: _sessiongone,
+        KnowChunkserver: _knowcs, ForgetChunkserver: _forgetcs, SetMaintenance: _maintenance,
         m.SetTrashTime: _settrashtime, m.Snapshot: _snapshot, m.Undelete: _undelete,
         m.PurgeTrash: _purgetrash,
     }

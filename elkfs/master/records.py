@@ -25,6 +25,29 @@ class CloseSession(m.Op, tag="closesession"):
     session: bytes
 
 
+class KnowChunkserver(m.Op, tag="knowcs"):
+    """A chunkserver registered for the first time (or at a new address): the cluster's
+    set of chunkservers is metadata, so after a restart or a failover the master knows
+    whom to wait for before it judges copies."""
+
+    cs_id: bytes
+    addr: str
+
+
+class ForgetChunkserver(m.Op, tag="forgetcs"):
+    """An operator removed a chunkserver that is gone for good."""
+
+    cs_id: bytes
+
+
+class SetMaintenance(m.Op, tag="maintenance"):
+    """A chunkserver in maintenance until `until_ns` (leader's wall clock; 0: off): its
+    copies are not rebuilt elsewhere while it is away, and it gets no new copies."""
+
+    cs_id: bytes
+    until_ns: int
+
+
 class SessionGone(m.Op, tag="sessiongone"):
     """The session's client went away (`gone`) or came back: the record's time (the
     leader's clock) is when its sustain time started, for every later leader too."""
@@ -36,7 +59,8 @@ class SessionGone(m.Op, tag="sessiongone"):
 JournalOp = Union[
     m.Mknod, m.Mkdir, m.Symlink, m.Link, m.Unlink, m.Rmdir, m.Rename, m.SetAttr, m.Truncate,
     m.SetXattr, m.RemoveXattr, m.SetGoal, m.Acquire, m.Release, m.ReleaseMany, m.WriteChunk,
-    m.WriteChunkEnd, OpenSession, CloseSession, SessionGone, m.SetTrashTime, m.Snapshot, m.Undelete,
+    m.WriteChunkEnd, OpenSession, CloseSession, SessionGone, KnowChunkserver,
+    ForgetChunkserver, SetMaintenance, m.SetTrashTime, m.Snapshot, m.Undelete,
     m.PurgeTrash,
 ]
 

@@ -30,8 +30,11 @@ written (`busy`) are left alone: their versions are changing.
 
 Limits (MooseFS-like): at most `write_rep` replications into one server and `read_rep`
 out of one server at a time, at most `delete` deletions per server at a time, nothing
-before `delay_init` seconds after the master started (chunkservers are still
-registering). Replications are handed out most urgent first: chunks with one readable
+after a master start until every known chunkserver registered (`complete`) or
+`delay_init` seconds passed. A server that disconnects is given up on (its copies count as
+lost and are rebuilt, most endangered first) after `delay_disconnect` seconds (default 0,
+as in MooseFS 2+), unless it is in maintenance: a planned absence, whose copies are
+waited for. Replications are handed out most urgent first: chunks with one readable
 copy left, then by the share of the goal that is missing.
 
 A chunk with no copy at its version but copies at an older one had a version raise
@@ -139,6 +142,7 @@ class Planner:
         self.limits = limits
         self.started_at = started_at
         self.inflight: dict[int, list] = {}  # chunk id -> actions in flight
+        self.maintenance: frozenset = frozenset()  # as of the last pass
         self.reading: Counter = Counter()  # cs_id -> replications it is a source of
         self.writing: Counter = Counter()  # cs_id -> replications into it
         self.deleting: Counter = Counter()  # cs_id -> deletions in flight
@@ -180,16 +184,20 @@ class Planner:
 
     def plan(self, now: float, chunks: Mapping, goals: Mapping[int, int],
              registry: ChunkRegistry, busy: set[int] = frozenset(),
-             complete: bool = False) -> list:
+             complete: bool = False, maintenance: frozenset = frozenset()) -> list:
+        """`complete`: every chunkserver of the cluster is registered (the master knows
+        every copy), so it may act without waiting `delay_init`; `maintenance`: servers
+        whose absence is planned (their copies are waited for, they get no new ones)."""
         self.passes += 1
         limits = self.limits
         actions: list = []
         for server in list(registry.servers.values()):
-            if (not server.connected and not server.lost
+            if (not server.connected and not server.lost and server.cs_id not in maintenance
                     and now - server.disconnected_at >= limits.delay_disconnect):
                 actions.append(Forget(server.cs_id, registry.forget(server.cs_id)))
         servers = registry.servers
-        acting = now - self.started_at >= limits.delay_init
+        acting = complete or now - self.started_at >= limits.delay_init
+        self.maintenance = maintenance
         stats = Stats(mark_reports=registry.mark_reports)
         urgent = []  # (priority, chunk_id, version, need, readable, holders)
         for chunk_id, chunk in chunks.items():
@@ -292,8 +300,8 @@ class Planner:
         if not urgent:
             return []
         limits = self.limits
-        targets = [s for s in registry.servers.values()
-                   if s.connected and s.free_bytes >= MIN_FREE]
+        targets = [s for s in registry.servers.values() if s.connected
+                   and s.free_bytes >= MIN_FREE and s.cs_id not in self.maintenance]
         if not targets:
             return []
         out = []

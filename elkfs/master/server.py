@@ -29,7 +29,7 @@ from .client_port import ClientPort
 from .cs_port import ChunkserverPort
 from .ha import HANode
 from .locks import ChunkLocks
-from .records import CloseSession
+from .records import CloseSession, KnowChunkserver
 from .store import MetadataStore
 
 log = logging.getLogger("mfsmaster")
@@ -49,9 +49,15 @@ OPTIONS = {
     "CHUNK_LOCK_WAIT": Option(30.0, "float", "seconds a writer waits for a locked chunk"),
     "CS_COMMAND_TIMEOUT": Option(30.0, "float", "seconds to wait for a chunkserver command"),
     "REPLICATIONS_DELAY_INIT": Option(60.0, "nonneg_float",
-                                      "seconds after start before chunks are replicated or deleted"),
-    "REPLICATIONS_DELAY_DISCONNECT": Option(3600.0, "nonneg_float",
-                                            "seconds a disconnected chunkserver is waited for"),
+                                      "seconds after start before chunks are replicated or "
+                                      "deleted, unless every known chunkserver is back sooner"),
+    "REPLICATIONS_DELAY_DISCONNECT": Option(0.0, "nonneg_float",
+                                            "seconds a disconnected chunkserver is waited for "
+                                            "before its chunks are rebuilt (0: at once; use "
+                                            "maintenance mode for planned restarts)"),
+    "MAINTENANCE_MODE_TIMEOUT": Option(3600.0, "float",
+                                       "seconds a chunkserver stays in maintenance mode "
+                                       "unless switched off sooner"),
     "CHUNKS_WRITE_REP_LIMIT": Option(2, ranged_int(1, 1000),
                                      "replications into one chunkserver at a time"),
     "CHUNKS_READ_REP_LIMIT": Option(10, ranged_int(1, 1000),
@@ -209,18 +215,32 @@ class MasterServer:
         return 0 if self.ha is None else self.ha.command_term()
 
     def registry_complete(self) -> bool:
-        """Whether every chunkserver of the cluster has registered here, so the chunk
-        registry knows every copy: with HA, every voter of the in-sync record (every
-        chunkserver votes) is connected; without, the initial delay has passed."""
-        if self.ha is not None:
-            return self.ha.all_voters_connected()
-        return time.monotonic() - self.planner.started_at >= self.planner.limits.delay_init
+        """Whether every chunkserver of the cluster (the journaled set) is registered
+        here, so the chunk registry knows every copy."""
+        servers = self.registry.servers
+        return all(cs_id in servers and servers[cs_id].connected
+                   for cs_id in self.ns.chunkservers)
+
+    def in_maintenance(self) -> frozenset:
+        """Chunkservers whose maintenance mode runs now (leader's wall clock)."""
+        now_ns = time.time_ns()
+        return frozenset(cs_id for cs_id, k in self.ns.chunkservers.items()
+                         if k.maintenance_until_ns > now_ns)
+
+    def know_chunkservers(self) -> None:
+        """Journal every registered chunkserver the metadata does not know yet (or knows
+        at another address): the leader only, as registrations come in."""
+        for server in list(self.registry.servers.values()):
+            known = self.ns.chunkservers.get(server.cs_id)
+            if server.connected and (known is None or known.addr != server.name):
+                self.store.change(KnowChunkserver(server.cs_id, server.name), time.time_ns())
 
     def became_leader(self) -> None:
         """This master now serves: sessions not connected to it start their sustain time.
         (With HA, chunkservers registered with it all along: the replication planner's
         initial delay counts from the master's start, not from its election.)"""
         self.clients.leading_since_ns = time.time_ns()
+        self.know_chunkservers()
         if self.ns.effects:  # changes committed at the election: carry out their chunk side
             self.chunks.run_effects()
 

@@ -34,14 +34,14 @@ from . import checkpoint as ckpt
 from .journal import (JournalCorrupt, JournalWriter, fsync_dir, frame, list_segments,
                       read_records, remove_segments, truncate_after)
 from .namespace import Namespace
-from .records import (RECORD_DECODER, RECORD_ENCODER, CloseSession, OpenSession, Record,
-                      SessionGone)
+from .records import (RECORD_DECODER, RECORD_ENCODER, CloseSession, KnowChunkserver,
+                      OpenSession, Record, SessionGone, SetMaintenance)
 
 log = logging.getLogger("elkfs.store")
 
 # Changes no read shows (who has which file open, sessions): a read need not wait for them.
 UNSEEN_BY_READS = frozenset((m.Acquire, m.Release, m.ReleaseMany, OpenSession, CloseSession,
-                             SessionGone))
+                             SessionGone, KnowChunkserver, SetMaintenance))
 
 SAVE_MODE_BACKGROUND = 0  # handed to the OS before the reply, fsync within a second
 SAVE_MODE_FSYNC = 1  # fsynced before the reply

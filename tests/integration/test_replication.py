@@ -1,8 +1,8 @@
 """Data safety on real processes: goals kept through a chunkserver loss, goal changes,
 damaged copies replaced (scrub or read), disks drained, snapshots and trash.
 
-Every test gets its own small cluster (loopback net 127.0.6x) with short delays, and
-waits for conditions with generous deadlines (no timing assertions: the machine may be
+Every test gets its own small cluster (loopback net 127.0.6x) with the shipped defaults,
+and waits for conditions with generous deadlines (no timing assertions: the machine may be
 busy).
 """
 
@@ -10,6 +10,8 @@ import asyncio
 import glob
 import os
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,16 +24,13 @@ from elkfs.testing.cluster import Cluster
 from .small_disk import small_disk
 
 CHUNK = 64 << 20
-FAST = {"REPLICATIONS_DELAY_INIT": 0, "REPLICATIONS_DELAY_DISCONNECT": 2,
-        "CHUNKS_LOOP_PERIOD": 0.2, "TRASH_PURGE_PERIOD": 0.2,
-        "CHUNKS_WRITE_REP_LIMIT": 4}
 DEADLINE = 180.0
 
 
 def make_cluster(tmp_path, net, cs_options=None, chunkservers=3, master_options=None):
     c = Cluster(str(tmp_path / "cluster"), net=net, chunkservers=chunkservers,
-                master_options={**FAST, **(master_options or {})},
-                cs_options={"HDD_TEST_SPEED": 0, **(cs_options or {})})
+                master_options=master_options or {},
+                cs_options=cs_options or {})
     c.start()
     return c
 
@@ -174,6 +173,70 @@ async def test_short_disconnect_causes_no_rebuild(cluster_factory):
         await wait_for("all copies counted again", lambda: all_at(client, files, 2))
         info = await wait_for("no chunk under goal", lambda: _undergoal_zero(client))
         assert info["replications_done"] == 0
+    finally:
+        await client.close()
+
+
+async def test_maintenance_mode_waits_for_a_planned_restart(cluster_factory):
+    """A chunkserver put in maintenance (`mfscli -C M1/...`) is waited for: no copy is
+    rebuilt while it is away, its copies count again when it is back, and nothing gets
+    a new copy on it meanwhile; M0 ends it. Without maintenance (the default) the same
+    restart rebuilds at once."""
+    cluster = cluster_factory("127.0.66")
+    client = await Client.connect(*cluster.master_addr, info="replication test")
+    mfscli = os.path.join(os.path.dirname(sys.executable), "mfscli")
+    try:
+        files = await write_files(client, "", [1 << 20] * 4)
+        victim = cluster.chunkservers[1]
+        target = f"{victim.host}:9422"
+        on = subprocess.run([mfscli, "-H", cluster.master_host, "-C", f"M1/{target}"],
+                            capture_output=True, text=True, timeout=60)
+        assert on.returncode == 0 and "in maintenance" in on.stdout, on.stderr
+        cluster.kill(victim)
+        passes = (await client.cluster_info())["replication_passes"]
+        await wait_for("a few planner passes", lambda: _passes_after(client, passes + 4))
+        info = await client.cluster_info()
+        assert info["replications_done"] == 0 and info["undergoal_chunks"] > 0
+        state = next(s for s in info["chunkservers"] if s["address"] == target)
+        assert not state["connected"] and state["maintenance_s"] > 0
+        cluster.start_daemon(victim)
+        await wait_for("all copies counted again", lambda: all_at(client, files, 2))
+        assert (await client.cluster_info())["replications_done"] == 0
+        off = subprocess.run([mfscli, "-H", cluster.master_host, "-C", f"M0/{target}"],
+                             capture_output=True, text=True, timeout=60)
+        assert off.returncode == 0 and "maintenance off" in off.stdout, off.stderr
+        cluster.kill(victim)  # not in maintenance now: rebuilt at once
+
+        async def rebuilt():
+            info = await client.cluster_info()
+            return info if info["replications_done"] > 0 and info["undergoal_chunks"] == 0 \
+                else None
+
+        await wait_for("the copies rebuilt elsewhere", rebuilt)
+    finally:
+        await client.close()
+
+
+async def test_maintenance_mode_ends_by_itself(cluster_factory):
+    """Maintenance ends after MAINTENANCE_MODE_TIMEOUT (the setting under test: 3 s):
+    a server that is still away then has its copies rebuilt."""
+    cluster = cluster_factory("127.0.67", master_options={"MAINTENANCE_MODE_TIMEOUT": 3})
+    client = await Client.connect(*cluster.master_addr, info="replication test")
+    from elkfs.client.masters import master_admin
+    try:
+        await write_files(client, "", [1 << 20] * 2)
+        victim = cluster.chunkservers[0]
+        await master_admin(cluster.master_host, "maintenance-on", f"{victim.host}:9422")
+        cluster.kill(victim)
+        started = time.monotonic()
+
+        async def rebuilt():
+            info = await client.cluster_info()
+            return info if info["replications_done"] > 0 and info["undergoal_chunks"] == 0 \
+                else None
+
+        await wait_for("a rebuild once maintenance ran out", rebuilt)
+        assert time.monotonic() - started >= 3.0
     finally:
         await client.close()
 
@@ -413,7 +476,7 @@ async def test_full_chunkserver_gets_no_more_chunks(tmp_path):
     """One chunkserver's disk is a 100 MiB tmpfs: once it fills, new chunks (and their
     second copies) go to the others, and every file is written and kept at goal 2."""
     cluster = Cluster(str(tmp_path / "cluster"), net="127.0.68", chunkservers=3,
-                      master_options=FAST, cs_options={"HDD_TEST_SPEED": 0})
+                      cs_options={})
     with small_disk(cluster) as small:
         try:
             cluster.start()

@@ -192,3 +192,32 @@ def test_a_raise_never_carried_out_is_carried_out_when_every_copy_is_known():
     assert raisable(7, reg.holders(1), reg.servers) is None  # a copy at 6 is away
     reg.set_copy(1, cs(4), 7)
     assert raisable(7, reg.holders(1), reg.servers) is None  # one copy is current
+
+
+def test_a_disconnected_server_is_rebuilt_at_once_unless_in_maintenance():
+    """Default delay 0: a server that went away has its copies counted as lost at the
+    next pass and rebuilt; one in maintenance is waited for and gets no new copies."""
+    reg = registry()
+    for i in (1, 2):
+        reg.set_copy(1, cs(i), 3)
+    reg.disconnect(cs(2), 5.0)
+    p = Planner(Limits(delay_init=0, delay_disconnect=0), 0.0)
+    actions = p.plan(5.0, chunks((1, 3)), {1: 2}, reg, maintenance=frozenset({cs(2)}))
+    assert actions == []  # waited for: no rebuild (its copy still counts toward the goal)
+    actions = p.plan(6.0, chunks((1, 3)), {1: 2}, reg)
+    assert isinstance(actions[0], Forget)
+    [rep] = [a for a in actions if isinstance(a, Replicate)]
+    assert rep.target in (cs(3), cs(4))
+    reg2 = registry()
+    reg2.set_copy(1, cs(1), 3)
+    p2 = Planner(Limits(delay_init=0, delay_disconnect=0), 0.0)
+    [rep2] = p2.plan(1.0, chunks((1, 3)), {1: 2}, reg2, maintenance=frozenset({cs(3), cs(4)}))
+    assert rep2.target == cs(2)  # never onto a server in maintenance
+
+
+def test_nothing_is_judged_before_every_known_server_is_back_or_the_delay_passed():
+    reg = registry()
+    reg.set_copy(1, cs(1), 3)
+    p = Planner(Limits(delay_init=60, delay_disconnect=0), 0.0)
+    assert p.plan(1.0, chunks((1, 3)), {1: 2}, reg, complete=False) == []
+    assert p.plan(2.0, chunks((1, 3)), {1: 2}, reg, complete=True) != []
