@@ -32,7 +32,7 @@ SECTION = struct.Struct(">IIB")  # length, crc32, kind
 CHECKPOINT_RE = re.compile(r"^metadata\.([0-9a-f]{16})\.elk$")
 BATCH = 4096
 
-K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH = range(6)
+K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH, K_LOCKS = range(7)
 N_FILE, N_DIR, N_SYMLINK, N_SPECIAL = range(4)
 
 _enc = msgspec.msgpack.Encoder()
@@ -130,6 +130,9 @@ def write(ns: Namespace, path: str, final: bool = True) -> None:
         trash = [(inode, expire, path) for inode, (expire, path) in ns.trash.items()]
         for i in range(0, len(trash), BATCH * 4):
             section(K_TRASH, trash[i:i + BATCH * 4])
+        locks = ns.locks.rows()
+        for i in range(0, len(locks), BATCH * 4):
+            section(K_LOCKS, locks[i:i + BATCH * 4])
         section(K_END, [len(ns.nodes), len(ns.chunks)])
         f.flush()
         os.fsync(f.fileno())
@@ -190,6 +193,8 @@ def read(path: str) -> Namespace:
         elif kind == K_TRASH:
             for inode, expire, tpath in obj:
                 ns.trash[inode] = (expire, bytes(tpath))
+        elif kind == K_LOCKS:  # absent from checkpoints written before file locks
+            ns.locks.load(obj)
         elif kind == K_END:
             if obj != [len(ns.nodes), len(ns.chunks)]:
                 raise CheckpointError(f"{path}: counts do not match")

@@ -19,6 +19,7 @@ from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import replication as rep
+from .filelocks import LockWaiters
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
 from .records import CloseSession, OpenSession, SessionGone
@@ -35,6 +36,7 @@ class ClientPort(MasterPart):
         # died) counts from here.
         self.leading_since_ns = time.time_ns()
         self.leases = ListingLeases()
+        self.lock_waiters = LockWaiters()  # volatile: clients re-send waits after a failover
         self.op_counts: Counter[str] = Counter()  # metadata operations by type (the web page)
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
@@ -106,6 +108,7 @@ class ClientPort(MasterPart):
         session_id = conn.context
         if session_id is not None and self.session_links.get(session_id) is conn:
             self.leases.forget_session(session_id)  # it drops its listings when it reconnects
+            self.lock_waiters.forget_session(session_id)  # it asks again when it reconnects
             del self.session_links[session_id]
             if self.master.leading and session_id in self.ns.sessions:
                 self.store.change(SessionGone(session_id, True), time.time_ns())
@@ -137,6 +140,9 @@ class ClientPort(MasterPart):
         try:
             if msg.session not in self.ns.sessions:
                 raise FsError(BAD_SESSION, "unknown session: register first")
+            if type(op) is m.GetLock:
+                self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
+                return
             if op.READ_ONLY:
                 result = self.query(op)
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
@@ -155,7 +161,16 @@ class ClientPort(MasterPart):
             if done:
                 version = self.ns.version
             else:
-                result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+                try:
+                    result, version = self.store.change(op, time.time_ns(), msg.session,
+                                                        msg.seq)
+                except FsError as e:
+                    if e.status == errno.EAGAIN and type(op) is m.SetLock and op.wait:
+                        self.queue_lock_wait(conn, msg)
+                        return
+                    raise
+                if type(op) in (m.SetLock, m.ReleaseLocks):
+                    self.wake_lock_waiters([op.inode], version)
                 if self.ns.effects:
                     self.master.chunks.run_effects()
                 now = time.monotonic()
@@ -171,9 +186,47 @@ class ClientPort(MasterPart):
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
 
+    def queue_lock_wait(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
+        """A blocking lock request that conflicts: answered at once ("queued"), and the
+        client is woken (`LockWake`) when a lock on the file goes, so no request waits
+        here for as long as a lock is held (nor across a failover: the client asks
+        again after reconnecting)."""
+        op = msg.op
+        self.lock_waiters.add(op.inode, msg.session, op.wait)
+        conn.send(m.MetaReply(msg.req, 0, m.LockOut(op.type, op.start, op.end, queued=True)))
+
+    def wake_lock_waiters(self, inodes, version: int) -> None:
+        """Wake whoever waits for a lock on `inodes`, once the change that freed them is
+        durable (a woken client asks again and must find the lock free)."""
+        woken: dict[bytes, list[int]] = {}
+        for inode in inodes:
+            for session, waits in self.lock_waiters.take(inode).items():
+                woken.setdefault(session, []).extend(waits)
+        if not woken:
+            return
+
+        def wake() -> None:
+            for session, waits in woken.items():
+                link = self.session_links.get(session)
+                if link is not None:
+                    link.send_if_open(m.LockWake(waits))
+
+        self.store.when_durable(version, wake)
+
+    def drop_session_locks(self, session: bytes, record) -> None:
+        """Journal `record` (a session's end, or its locks' expiry) and wake whoever
+        waited for a lock the session held."""
+        inodes = self.ns.locks.inodes_of(session)
+        _, version = self.store.change(record, time.time_ns())
+        if inodes:
+            self.wake_lock_waiters(inodes, version)
+
     def end_session(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         """The client's last word: its session closes now (a tool, an unmount)."""
+        inodes = self.ns.locks.inodes_of(msg.session)
         _, version = self.store.change(CloseSession(msg.session), time.time_ns())
+        if inodes:
+            self.wake_lock_waiters(inodes, version)
         self.master.chunks.run_effects()  # files unlinked while open are freed now
         if self.session_links.get(msg.session) is conn:
             del self.session_links[msg.session]

@@ -42,8 +42,9 @@ from ..consensus.fencing import first_version, next_version
 from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
+from .filelocks import F_UNLCK, LockTable, check_request
 from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
-from .records import CloseSession, OpenSession, Record, SessionGone
+from .records import CloseSession, DropSessionLocks, OpenSession, Record, SessionGone
 
 ROOT = 1
 MAX_NAME = 255
@@ -113,6 +114,7 @@ class Namespace:
         self.next_inode = ROOT + 1
         self.next_chunk_id = 1
         self.effects: list = []
+        self.locks = LockTable()  # file locks (flock, POSIX, OFD) of every session
         root = DirNode(ROOT, stat.S_IFDIR | 0o755, 0, 0, 0, DEFAULT_ROOT_GOAL,
                        DEFAULT_TRASHTIME, parent=ROOT)
         self.nodes[ROOT] = root
@@ -777,11 +779,62 @@ class Namespace:
         if closing is None:
             raise FsError(BAD_SESSION)
         del self.sessions[op.session]
+        self.locks.release_session(op.session)
         for inode in closing.open_files:
             node = self.nodes.get(inode)
             if node is not None:
                 self._maybe_free(node)
         return None
+
+    # ------------------------------------------------------------ file locks
+
+    def get_lock(self, session: bytes, op: m.GetLock) -> m.LockOut:
+        """F_GETLK as `session` asks it (a query: journals nothing)."""
+        self.node(op.inode)
+        try:
+            check_request(op.kind, op.type, op.start, op.end)
+        except ValueError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        lk = self.locks.conflict(op.inode, op.kind, session, op.owner, op.type, op.start,
+                                 op.end)
+        if lk is None:
+            return m.LockOut(F_UNLCK)
+        return m.LockOut(lk.type, lk.start, lk.end, lk.pid)
+
+    def _setlock(self, op: m.SetLock, ts, sess):
+        if sess is None:
+            raise FsError(BAD_SESSION, "locks need a session")
+        self.node(op.inode)
+        try:
+            check_request(op.kind, op.type, op.start, op.end)
+        except ValueError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        holder = self.locks.conflict(op.inode, op.kind, sess.session_id, op.owner, op.type,
+                                     op.start, op.end)
+        if holder is not None:
+            raise FsError(errno.EAGAIN, f"held by pid {holder.pid}")
+        self.locks.set(op.inode, op.kind, sess.session_id, op.owner, op.pid, op.type,
+                       op.start, op.end)
+        return m.LockOut(op.type, op.start, op.end, op.pid)
+
+    def _releaselocks(self, op: m.ReleaseLocks, ts, sess):
+        if sess is None:
+            raise FsError(BAD_SESSION, "locks need a session")
+        self.locks.release_owner(op.inode, sess.session_id, op.owner)
+        return None
+
+    def _dropsessionlocks(self, op: DropSessionLocks, ts, sess):
+        self.locks.release_session(op.session)
+        return None
+
+    def _appendreserve(self, op: m.AppendReserve, ts, sess):
+        node = self.file(op.inode)
+        if op.length < 0 or node.length + op.length > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG if op.length > 0 else errno.EINVAL)
+        offset = node.length
+        node.length += op.length
+        node.mtime = node.ctime = ts
+        return m.AppendOut(offset, self.attr(node))
 
     _HANDLERS = {
         m.Mknod: _mknod, m.Mkdir: _mkdir, m.Symlink: _symlink, m.Link: _link,
@@ -792,5 +845,6 @@ class Namespace:
         m.WriteChunk: _writechunk, m.WriteChunkEnd: _writechunkend,
         OpenSession: _opensession, CloseSession: _closesession, SessionGone: _sessiongone,
         m.SetTrashTime: _settrashtime, m.Snapshot: _snapshot, m.Undelete: _undelete,
-        m.PurgeTrash: _purgetrash,
+        m.PurgeTrash: _purgetrash, m.SetLock: _setlock, m.ReleaseLocks: _releaselocks,
+        DropSessionLocks: _dropsessionlocks, m.AppendReserve: _appendreserve,
     }

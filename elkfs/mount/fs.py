@@ -52,8 +52,10 @@ import msgspec
 import pyfuse3
 
 from ..client.client import Client, File
+from ..client.locking import set_lock
 from ..proto import messages as m
 from ..proto.errors import NO_SERVERS, FsError
+from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
 from .perms import (R, W, X, Caller, allowed, cacheable_children, check_hardlink,
@@ -138,6 +140,9 @@ class ElkOperations(pyfuse3.Operations):
         self.cached: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) of cached pages
         self.ra_blocks = max(0, opts.readahead_mib * (1 << 20) // RA_BLOCK)
         self.releases: dict[int, None] = {}  # inodes closed here, Release not sent yet
+        # Lock owners that took a lock here, by inode: a close by one of them (FLUSH with
+        # its owner, the last release of an open file) releases its locks at the master.
+        self.lockers: dict[int, set[int]] = {}
         self.release_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port,
@@ -845,6 +850,10 @@ class ElkOperations(pyfuse3.Operations):
         h = self.handles.pop(fh, None)
         if h is None:
             return
+        if h.owners:
+            # flock and OFD locks belong to the open file, which is gone now (POSIX
+            # locks taken through it went with the FLUSH of their process's close).
+            await self._release_locks(h.inode, h.owners)
         h.reader.drop_blocks()
         st = self.states.get(h.inode)
         if st is None:
@@ -866,6 +875,73 @@ class ElkOperations(pyfuse3.Operations):
     async def forget(self, inode_list):
         return
 
+    # ------------------------------------------------------------ locks (lowlevel.py)
+
+    async def flush_owner(self, fh, owner: int) -> None:
+        """FLUSH, with the lock owner pyfuse3 does not pass on: a process closed the file,
+        so its POSIX locks on it go (on every client, before close returns)."""
+        await self.flush(fh)
+        h = self.handles.get(fh)
+        if h is not None:
+            await self._release_locks(h.inode, (owner,))
+
+    async def _release_locks(self, inode: int, owners) -> None:
+        held = self.lockers.get(inode)
+        if not held:
+            return
+        for owner in list(owners):
+            if owner in held:
+                held.discard(owner)
+                await self._op(m.ReleaseLocks(inode, owner))
+        if not held:
+            self.lockers.pop(inode, None)
+
+    async def getlk(self, inode, fh, owner, type, start, end):
+        """F_GETLK: (type, start, end, pid) of a conflicting lock; type F_UNLCK: none."""
+        out = await self._op(m.GetLock(self._m(inode), owner, LOCK_POSIX, type, start, end))
+        if out.type == F_UNLCK:
+            return F_UNLCK, start, end, 0
+        return out.type, out.start, out.end, out.pid
+
+    async def setlk(self, inode, fh, owner, is_flock, type, start, end, pid, sleep):
+        ino = self._m(inode)
+        h = self.handles.get(fh)
+        op = m.SetLock(ino, owner, LOCK_FLOCK if is_flock else LOCK_POSIX, type, start, end,
+                       pid)
+        if type != F_UNLCK:
+            # Known before the request leaves: a close racing with the answer releases it.
+            self.lockers.setdefault(ino, set()).add(owner)
+            if h is not None:
+                h.owners.add(owner)
+        try:
+            await set_lock(self.client.link, op, sleep)
+        except FsError as e:
+            raise pyfuse3.FUSEError(_errno(e)) from None
+
+    async def fallocate(self, inode, fh, mode, offset, length):
+        """Mode 0 only: the file is at least offset+length long afterwards. The space is
+        not reserved (chunks are made when written; ENOSPC comes at the write), and
+        KEEP_SIZE, PUNCH_HOLE and the others are EOPNOTSUPP."""
+        if mode != 0:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        ino = self._m(inode)
+        st = self.states.get(ino)
+        if st is not None and st.writer is not None:
+            await self._flush_writer(st)
+        attr = (await self._op(m.GetAttr(ino))).attr
+        if not stat.S_ISREG(attr.mode):
+            raise pyfuse3.FUSEError(errno.ENODEV)
+        end = offset + length
+        if end > attr.size and (st is None or end > st.size):
+            out = await self._op(m.Truncate(ino, end))
+            if st is not None:
+                st.size = -1
+                st.gen += 1
+            self._fresh(out.attr)
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+
     # ------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
@@ -881,6 +957,7 @@ class ElkOperations(pyfuse3.Operations):
 _HANDLERS = ("lookup", "getattr", "setattr", "readlink", "access", "statfs", "mknod", "mkdir",
              "symlink", "link", "unlink", "rmdir", "rename", "getxattr", "listxattr",
              "setxattr", "removexattr", "opendir", "readdir", "releasedir", "fsyncdir", "open",
-             "create", "read", "write", "flush", "fsync", "release")
+             "create", "read", "write", "flush", "fsync", "release", "flush_owner", "getlk",
+             "setlk", "fallocate")
 for _name in _HANDLERS:
     setattr(ElkOperations, _name, _always_reply(getattr(ElkOperations, _name)))

@@ -25,12 +25,13 @@ class InodeState:
 
 
 class Handle:
-    __slots__ = ("inode", "flags", "reader")
+    __slots__ = ("inode", "flags", "reader", "owners")
 
     def __init__(self, inode: int, flags: int, reader: "Reader"):
         self.inode = inode
         self.flags = flags
         self.reader = reader
+        self.owners: set[int] = set()  # lock owners that locked through this open file
 
 
 class Reader:
