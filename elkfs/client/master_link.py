@@ -87,8 +87,9 @@ class MasterLink:
         self._unanswered: set[asyncio.Future] = set()  # posted changes not answered yet
         self._posts: list[tuple[m.Op, int]] = []  # posted changes not sent yet
         self.on_invalidate: Callable[[list[int] | None], None] | None = None
-        # Files changed elsewhere while open here (None: anything, after a reconnect).
-        self.on_invalidate_inodes: Callable[[list[int] | None], None] | None = None
+        # Files changed elsewhere while open here (None: anything, after a reconnect); it
+        # may return a future: the master is answered once that is done.
+        self.on_invalidate_inodes: Callable[[list[int] | None], object] | None = None
         # Lock waits (`SetLock.wait` id -> event): set by the master's `LockWake`, and all
         # of them at every (re)connection, since a new master knows no waiter.
         self.lock_waits: dict[int, asyncio.Event] = {}
@@ -206,9 +207,13 @@ class MasterLink:
                 self.on_invalidate(msg.dirs)
             conn.send(m.Ok(msg.req))
         elif isinstance(msg, m.InvalidateInodes):
+            done = None
             if self.on_invalidate_inodes is not None:
-                self.on_invalidate_inodes(msg.inodes)
-            conn.send(m.Ok(msg.req))
+                done = self.on_invalidate_inodes(msg.inodes)
+            if done is None:
+                conn.send(m.Ok(msg.req))
+            else:  # answered once the caches are dropped (the kernel's, for a mount)
+                done.add_done_callback(lambda _f: conn.send_if_open(m.Ok(msg.req)))
         elif isinstance(msg, m.LockWake):
             for wait in msg.waits:
                 event = self.lock_waits.get(wait)

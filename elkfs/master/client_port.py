@@ -26,6 +26,12 @@ from .records import CloseSession, OpenSession, SessionGone
 
 log = logging.getLogger("mfsmaster")
 
+# Changes to a file that other sessions holding it open must not miss: their cached
+# attributes and pages are recalled (`InvalidateInodes`) before the change is answered.
+CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEnd,
+                m.AppendReserve)
+RECALL_TIMEOUT_S = 2.0  # a holder that does not answer delays a change at most this long
+
 
 class ClientPort(MasterPart):
     def __init__(self, master):
@@ -179,8 +185,10 @@ class ClientPort(MasterPart):
                 if isinstance(op, m.Mkdir):
                     self.leases.grant(result.attr.inode, msg.session, now)  # it is empty
             reply = m.MetaReply(msg.req, 0, result)
-            if holders:
-                self.spawn(self._recall_then_reply(conn, reply, version, holders))
+            openers = self.open_elsewhere(op, msg.session)
+            if holders or openers:
+                self.spawn(self._recall_then_reply(conn, reply, version, holders or {},
+                                                   openers, getattr(op, "inode", 0)))
             else:
                 self.store.when_durable(version, lambda: conn.send_if_open(reply))
         except FsError as e:
@@ -235,10 +243,40 @@ class ClientPort(MasterPart):
         reply = m.MetaReply(msg.req, 0, None)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
+    def open_elsewhere(self, op: m.Op, changer: bytes) -> list[rpc.Connection]:
+        """The links of the other sessions that hold the file `op` changes open."""
+        if not isinstance(op, CHANGES_FILE):
+            return []
+        inode = op.inode
+        links = []
+        for session, sess in self.ns.sessions.items():
+            if session != changer and inode in sess.open_files:
+                link = self.session_links.get(session)
+                if link is not None and link.is_open:
+                    links.append(link)
+        return links
+
+    async def recall_inode(self, op: m.Op, changer: bytes) -> None:
+        """Have every other session holding the changed file open drop what it caches
+        of it (attributes, pages) before the change is answered: close-to-open and
+        better, a reader that keeps the file open sees a write as soon as it returned."""
+        links = self.open_elsewhere(op, changer)
+        if links:
+            await self._recall_inodes(links, [op.inode])
+
+    async def _recall_inodes(self, links, inodes: list[int]) -> None:
+        calls = [link.call(m.InvalidateInodes, inodes=inodes, timeout=RECALL_TIMEOUT_S)
+                 for link in links]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("inode recall not answered (%r)", outcome)
+
     async def _recall_then_reply(self, conn: rpc.Connection, reply: m.MetaReply, version: int,
-                                 holders: dict[bytes, tuple[list[int], float]]) -> None:
+                                 holders: dict[bytes, tuple[list[int], float]],
+                                 openers=(), inode: int = 0) -> None:
         """Acknowledge a change only once every other holder of a listing it changed has
-        dropped that listing (or the listing expired)."""
+        dropped that listing (or the listing expired), and every other session holding
+        the changed file open dropped its cached attributes and pages."""
         now = time.monotonic()
         calls = []
         for session, (dirs, expires) in holders.items():
@@ -246,6 +284,8 @@ class ClientPort(MasterPart):
             if link is not None and link.is_open:
                 calls.append(link.call(m.InvalidateListings, dirs=dirs,
                                        timeout=max(0.0, expires - now)))
+        if openers:
+            calls.append(self._recall_inodes(openers, [inode]))
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.info("listing recall not answered (%r): waited for it to expire", outcome)

@@ -85,6 +85,15 @@ MISSED_LISTING_MAX = 1000
 UNLISTABLE_S = 60.0  # a directory too big to keep a listing of is not fetched again for this long
 
 
+def _invalidate_kernel_inode(inode: int, attr_only: bool) -> None:
+    """From a thread: the kernel may wait for pages that requests being answered by the
+    event loop hold."""
+    try:
+        pyfuse3.invalidate_inode(inode, attr_only)
+    except OSError:
+        pass  # the kernel does not know the inode (any more)
+
+
 def _errno(e: FsError) -> int:
     if e.status == NO_SERVERS:
         return errno.ENOSPC
@@ -130,6 +139,7 @@ class ElkOperations(pyfuse3.Operations):
         self.next_fh = 1
         self.cache = MetaCache(opts.attr_timeout, opts.direntry_timeout)
         client.link.on_invalidate = self.cache.invalidate
+        client.link.on_invalidate_inodes = self._recalled
         self.refreshing: dict[int, asyncio.Future] = {}  # directory -> listing in flight
         self.misses: dict[int, int] = {}  # directory without a listing -> absent names asked
         self.unlistable: dict[int, float] = {}  # directory -> until when not worth listing
@@ -744,19 +754,89 @@ class ElkOperations(pyfuse3.Operations):
             return fi
         ino = self._m(inode)
         who = self._who(ctx)
-        if who is not None:
-            need(await self._attr(ino), who, open_wants(flags))
-        if flags & os.O_TRUNC:
-            # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do.
-            st = self.states.get(ino)
-            if st is not None and st.writer is not None:
-                await self._flush_writer(st)
-            self._fresh((await self._op(m.Truncate(ino, 0))).attr)
-            if st is not None:
-                st.size = -1
-                st.gen += 1
-        fh, keep = self._new_handle(ino, flags)
-        return self._file_info(fh, keep and not flags & os.O_TRUNC)
+        st = self.states.get(ino)
+        fresh = st is None or st.opens == 0
+        try:
+            if fresh:
+                # Close-to-open: the first open here asks the master for the file's
+                # current attributes (after the Acquire, which `_fresh_open` sends first:
+                # from then on the master recalls what we cache of the file when others
+                # change it).
+                attr = await self._fresh_open(ino, inode)
+            else:
+                attr = await self._attr(ino) if who is not None else None
+            if who is not None:
+                need(attr, who, open_wants(flags))
+            if flags & os.O_TRUNC:
+                # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do.
+                st = self.states.get(ino)
+                if st is not None and st.writer is not None:
+                    await self._flush_writer(st)
+                self._fresh((await self._op(m.Truncate(ino, 0))).attr)
+                if st is not None:
+                    st.size = -1
+                    st.gen += 1
+            fh, keep = self._new_handle(ino, flags)
+        finally:
+            if fresh:
+                self._release_if_unused(ino)
+        fi = self._file_info(fh, keep and not flags & os.O_TRUNC)
+        if flags & os.O_APPEND:
+            fi.direct_io = True  # the kernel's idea of the end is not where appends go
+        return fi
+
+    async def _fresh_open(self, ino: int, kernel_ino: int) -> m.Attr:
+        """The master's attributes of a file about to be opened here (no open of it
+        here yet). The master learns of the open first (`Acquire`, held open by an
+        extra count until the open completes or fails); when the size or mtime are not
+        what the kernel was last told, its cached attributes go, so its next read or
+        stat asks again (and the open drops the cached pages: `keep_cache`)."""
+        st = self._state(ino)
+        st.opens += 1
+        if st.opens == 1:
+            self._opened(ino, True)
+        st.pending += 1
+        before = self.known.get(ino)
+        attr = (await self._op(m.GetAttr(ino))).attr
+        self.cache.put(attr, time.monotonic())
+        bounded_put(self.known, ino, (attr.mtime_ns, attr.size), KNOWN_MAX)
+        if before != (attr.mtime_ns, attr.size):
+            await asyncio.get_running_loop().run_in_executor(
+                None, _invalidate_kernel_inode, kernel_ino, True)
+        return attr
+
+    def _release_if_unused(self, ino: int) -> None:
+        """Drop the extra count `_fresh_open` took (the open succeeded or failed)."""
+        st = self.states.get(ino)
+        if st is None or not st.pending:
+            return
+        st.pending -= 1
+        st.opens -= 1
+        if st.opens == 0:
+            del self.states[ino]
+            self._opened(ino, False)
+
+    def _recalled(self, inodes: list[int] | None):
+        """The master says another session changed these files, which are open here
+        (None: we reconnected and may have missed anything): drop our cached
+        attributes and read-ahead, and the kernel's attributes and pages. Returns what
+        the master's answer waits for."""
+        if inodes is None:
+            inodes = list(self.states)
+        for ino in inodes:
+            self.cache.drop(ino)
+            self.cached.pop(ino, None)
+            self.known.pop(ino, None)
+        wanted = set(inodes)
+        for h in self.handles.values():
+            if h.inode in wanted:
+                h.reader.invalidate()
+        if not inodes:
+            return None
+        kernel = [self._k(ino) for ino in inodes]
+        loop = asyncio.get_running_loop()
+        return asyncio.gather(*(loop.run_in_executor(None, _invalidate_kernel_inode, k, False)
+                                for k in kernel))
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         mode = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
@@ -771,7 +851,10 @@ class ElkOperations(pyfuse3.Operations):
             # cached listing): open(O_CREAT) without O_EXCL opens that file.
             return await self._open_existing(parent, name, flags, ctx)
         fh, _ = self._new_handle(entry.st_ino, flags, acquired=True)
-        return self._file_info(fh, True), entry
+        fi = self._file_info(fh, True)
+        if flags & os.O_APPEND:
+            fi.direct_io = True
+        return fi, entry
 
     async def _open_existing(self, parent: int, name: bytes, flags: int, ctx):
         attr = (await self._op(m.Lookup(parent, name))).attr
@@ -802,6 +885,8 @@ class ElkOperations(pyfuse3.Operations):
         st = self.states[h.inode]
         if st.writer is None:
             st.writer = File(self.client, h.inode)
+        if h.flags & os.O_APPEND and buf:
+            return await self._append(h, st, buf)
         try:
             await st.writer.write(off, buf)
         except FsError as e:
@@ -814,6 +899,25 @@ class ElkOperations(pyfuse3.Operations):
                 st.size = end
         st.gen += 1
         st.writes += 1
+        return len(buf)
+
+    async def _append(self, h: Handle, st: InodeState, buf) -> int:
+        """O_APPEND, atomic across clients: the master gives this write a range of its
+        own at the end (`AppendReserve`), the data goes there and is committed before
+        the write returns (so the chunk is not kept locked against the other
+        appenders). The kernel's offset (its own idea of the end) is ignored."""
+        if st.writer.dirty:
+            await self._flush_writer(st)
+        out = await self._op(m.AppendReserve(h.inode, len(buf)))
+        try:
+            await st.writer.write(out.offset, buf)
+        except FsError as e:
+            raise pyfuse3.FUSEError(_errno(e)) from None
+        st.gen += 1
+        st.writes += 1
+        await self._flush_writer(st)
+        await asyncio.get_running_loop().run_in_executor(
+            None, _invalidate_kernel_inode, self._k(h.inode), True)
         return len(buf)
 
     async def _flush_writer(self, st: InodeState, sync: bool = False) -> None:
@@ -908,7 +1012,11 @@ class ElkOperations(pyfuse3.Operations):
         h = self.handles.get(fh)
         op = m.SetLock(ino, owner, LOCK_FLOCK if is_flock else LOCK_POSIX, type, start, end,
                        pid)
-        if type != F_UNLCK:
+        if type == F_UNLCK:
+            st = self.states.get(ino)
+            if st is not None and st.writer is not None and st.writer.dirty:
+                await self._flush_writer(st)  # what was written under the lock first
+        else:
             # Known before the request leaves: a close racing with the answer releases it.
             self.lockers.setdefault(ino, set()).add(owner)
             if h is not None:
