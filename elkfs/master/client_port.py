@@ -30,7 +30,14 @@ log = logging.getLogger("mfsmaster")
 # attributes and pages are recalled (`InvalidateInodes`) before the change is answered.
 CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEnd,
                 m.AppendReserve)
-RECALL_TIMEOUT_S = 2.0  # a holder that does not answer delays a change at most this long
+RECALL_TIMEOUT_S = 2.0
+ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+
+
+def changes_permissions(op: m.Op) -> bool:
+    if isinstance(op, m.SetAttr):
+        return bool(op.valid & (m.SET_MODE | m.SET_UID | m.SET_GID))
+    return isinstance(op, (m.SetXattr, m.RemoveXattr)) and op.name in ACL_NAMES  # a holder that does not answer delays a change at most this long
 
 
 class ClientPort(MasterPart):
@@ -244,10 +251,15 @@ class ClientPort(MasterPart):
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
     def open_elsewhere(self, op: m.Op, changer: bytes) -> list[rpc.Connection]:
-        """The links of the other sessions that hold the file `op` changes open."""
+        """The links of the other sessions that hold the file `op` changes open; for a
+        change of permissions (mode, owner, ACL), of every other session: permission
+        checks use cached attributes, and such changes are rare."""
         if not isinstance(op, CHANGES_FILE):
             return []
         inode = op.inode
+        if changes_permissions(op):
+            return [link for session, link in self.session_links.items()
+                    if session != changer and link.is_open]
         links = []
         for session, sess in self.ns.sessions.items():
             if session != changer and inode in sess.open_files:

@@ -38,6 +38,7 @@ import itertools
 import stat
 from dataclasses import dataclass, field
 
+from .. import access
 from ..consensus.fencing import first_version, next_version
 from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
@@ -143,9 +144,19 @@ class Namespace:
 
     @staticmethod
     def attr(node: Node) -> m.Attr:
+        xattrs = node.xattrs
+        acl = xattrs.get(access.ACCESS, b"") if xattrs else b""
+        size = node.size()
+        blocks = -1
+        if isinstance(node, FileNode) and node.chunks and size > CHUNK_SIZE:
+            # Holes take no space: count the chunks that exist (at most their size).
+            present = len(node.chunks) - node.chunks.count(0)
+            blocks = min(size, present * CHUNK_SIZE) // 512
+        elif isinstance(node, FileNode) and not node.chunks:
+            blocks = 0
         return m.Attr(node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime,
-                      node.ctime, node.nlink, node.size(), node.rdev(), node.goal,
-                      node.trashtime, bool(node.xattrs))
+                      node.ctime, node.nlink, size, node.rdev(), node.goal,
+                      node.trashtime, bool(xattrs), acl, blocks)
 
     def lookup(self, parent: int, name: bytes) -> Node:
         directory = self.dir(parent)
@@ -304,12 +315,30 @@ class Namespace:
             raise FsError(errno.EEXIST)
         return parent
 
+    @staticmethod
+    def _create_mode(parent: DirNode, mode: int, umask: int):
+        """The new node's mode, and the access ACL it inherits (None: none): the
+        directory's default ACL replaces the umask (posix_acl_create)."""
+        default = parent.xattrs.get(access.DEFAULT) if parent.xattrs else None
+        if not default:
+            return mode & ~umask, None
+        acl, mode = access.inherit(access.parse(default), mode)
+        return mode, acl
+
+    @staticmethod
+    def _give_acl(node: Node, parent: DirNode, acl) -> None:
+        if acl is not None:
+            node.xattrs = {access.ACCESS: access.encode(acl)}
+        if isinstance(node, DirNode) and parent.xattrs and access.DEFAULT in parent.xattrs:
+            node.xattrs = {**(node.xattrs or {}), access.DEFAULT: parent.xattrs[access.DEFAULT]}
+
     def _mknod(self, op: m.Mknod, ts, sess):
         fmt = stat.S_IFMT(op.mode) or stat.S_IFREG
         if fmt not in (stat.S_IFREG, *_SPECIAL_TYPES):
             raise FsError(errno.EINVAL, "mknod of this type")
         parent = self._prepare_create(op.parent, op.name)
-        mode = fmt | (op.mode & 0o7777)
+        perm, acl = self._create_mode(parent, op.mode & 0o7777, op.umask)
+        mode = fmt | perm
         if op.acquire and sess is None:
             raise FsError(BAD_SESSION, "acquire needs a session")
         if fmt == stat.S_IFREG:
@@ -317,14 +346,17 @@ class Namespace:
         else:
             node = self._new_node(SpecialNode, parent, op.name, mode, op.uid, op.gid, ts,
                                   dev=op.rdev)
+        self._give_acl(node, parent, acl)
         if op.acquire:
             sess.open_files[node.inode] = sess.open_files.get(node.inode, 0) + 1
         return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _mkdir(self, op: m.Mkdir, ts, sess):
         parent = self._prepare_create(op.parent, op.name)
-        mode = stat.S_IFDIR | (op.mode & 0o7777)
-        node = self._new_node(DirNode, parent, op.name, mode, op.uid, op.gid, ts)
+        perm, acl = self._create_mode(parent, op.mode & 0o7777, op.umask)
+        node = self._new_node(DirNode, parent, op.name, stat.S_IFDIR | perm, op.uid, op.gid,
+                              ts)
+        self._give_acl(node, parent, acl)
         return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _symlink(self, op: m.Symlink, ts, sess):
@@ -499,6 +531,9 @@ class Namespace:
         valid = op.valid
         if valid & m.SET_MODE:
             node.mode = stat.S_IFMT(node.mode) | (op.mode & 0o7777)
+            if node.xattrs and access.ACCESS in node.xattrs:  # chmod moves the mask
+                node.xattrs[access.ACCESS] = access.encode(
+                    access.chmod(access.parse(node.xattrs[access.ACCESS]), node.mode))
         if valid & (m.SET_UID | m.SET_GID):
             changed = ((valid & m.SET_UID and op.uid != node.uid)
                        or (valid & m.SET_GID and op.gid != node.gid))
@@ -569,11 +604,39 @@ class Namespace:
             raise FsError(errno.EEXIST)
         if op.flags & m.XATTR_REPLACE and not present:
             raise FsError(errno.ENODATA)
+        if op.name in (access.ACCESS, access.DEFAULT):
+            self._set_acl(node, op.name, op.value)
+            node.ctime = ts
+            return None
         if node.xattrs is None:
             node.xattrs = {}
         node.xattrs[op.name] = op.value
         node.ctime = ts
         return None
+
+    def _set_acl(self, node: Node, name: bytes, value: bytes) -> None:
+        """setfacl: an access ACL sets the mode's permission bits (and is not kept when
+        the mode says it all); a default ACL only on directories (empty: none)."""
+        try:
+            entries = access.parse(value)
+        except access.AclError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        if name == access.DEFAULT and not isinstance(node, DirNode):
+            raise FsError(errno.EACCES, "default ACL on a non-directory")
+        if name == access.ACCESS and not entries:
+            raise FsError(errno.EINVAL, "empty access ACL")
+        keep = bool(entries)
+        if name == access.ACCESS:
+            node.mode = access.mode_of(entries, node.mode)
+            keep = not access.is_minimal(entries)
+        if keep:
+            if node.xattrs is None:
+                node.xattrs = {}
+            node.xattrs[name] = access.encode(entries)
+        elif node.xattrs and name in node.xattrs:
+            del node.xattrs[name]
+            if not node.xattrs:
+                node.xattrs = None
 
     def _removexattr(self, op: m.RemoveXattr, ts, sess):
         node = self.node(op.inode)

@@ -51,6 +51,8 @@ import time
 import msgspec
 import pyfuse3
 
+from ..access import ACCESS as ACL_ACCESS
+from ..access import DEFAULT as ACL_DEFAULT
 from ..client.client import Client, File
 from ..client.locking import set_lock
 from ..proto import messages as m
@@ -69,6 +71,7 @@ MASTERINFO_NAME = b".masterinfo"
 MASTERINFO_INODE = 0x7FFFFFFFFFFFFFF0
 CAPABILITY = b"security.capability"
 BLKSIZE = 1 << 16
+NAME_MAX = 255
 KNOWN_MAX = 200_000
 _SETATTR_BITS = (("update_mode", m.SET_MODE), ("update_uid", m.SET_UID),
                  ("update_gid", m.SET_GID), ("update_atime", m.SET_ATIME),
@@ -92,6 +95,13 @@ def _invalidate_kernel_inode(inode: int, attr_only: bool) -> None:
         pyfuse3.invalidate_inode(inode, attr_only)
     except OSError:
         pass  # the kernel does not know the inode (any more)
+
+
+def _invalidate_kernel_entry(directory: int, name: bytes) -> None:
+    try:
+        pyfuse3.invalidate_entry(directory, name)
+    except OSError:
+        pass
 
 
 def _errno(e: FsError) -> int:
@@ -153,6 +163,7 @@ class ElkOperations(pyfuse3.Operations):
         # Lock owners that took a lock here, by inode: a close by one of them (FLUSH with
         # its owner, the last release of an open file) releases its locks at the master.
         self.lockers: dict[int, set[int]] = {}
+        self.kernel_names: dict[int, dict[bytes, float]] = {}  # dir -> {name: until}
         self.release_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port,
@@ -220,7 +231,8 @@ class ElkOperations(pyfuse3.Operations):
         e.st_rdev = attr.rdev
         e.st_size = size
         e.st_blksize = BLKSIZE
-        e.st_blocks = (size + 511) // 512
+        e.st_blocks = (size + 511) // 512 if attr.blocks < 0 or size != attr.size \
+            else attr.blocks
         e.st_atime_ns = attr.atime_ns
         e.st_mtime_ns = attr.mtime_ns
         e.st_ctime_ns = attr.ctime_ns
@@ -311,6 +323,8 @@ class ElkOperations(pyfuse3.Operations):
         return neg
 
     async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:  # before any cached "absent" answers ENOENT
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         parent = self._m(parent_inode)
         if parent == self.root and name == MASTERINFO_NAME:
             return self._masterinfo_entry()
@@ -333,6 +347,7 @@ class ElkOperations(pyfuse3.Operations):
                 attr, attr_left = cached
                 if stat.S_ISDIR(attr.mode):
                     self._note_parent(inode, parent)
+                self._kernel_named(parent, name, min(timeout, left))
                 return self._entry(attr, min(timeout, left), attr_left)
         try:
             out = await self.client.op(m.Lookup(parent, name))
@@ -347,6 +362,8 @@ class ElkOperations(pyfuse3.Operations):
         if stat.S_ISDIR(out.attr.mode) and not dots:
             self._note_parent(out.attr.inode, parent)
         self.cache.put(out.attr, time.monotonic())
+        if not dots:
+            self._kernel_named(parent, name, timeout)
         return self._entry(out.attr, timeout)
 
     async def _listed(self, parent: int, name: bytes):
@@ -427,9 +444,19 @@ class ElkOperations(pyfuse3.Operations):
         for field, bit in _SETATTR_BITS:
             if getattr(fields, field):
                 valid |= bit
+        if valid & (m.SET_MTIME | m.SET_ATIME):
+            st = self.states.get(ino)
+            if st is not None and st.writer is not None and st.writer.dirty:
+                # Data written before the times are set (cp -p, tar): its commit would
+                # set the mtime after them.
+                await self._flush_writer(st)
         if valid or out is None:
             out = await self._op(m.SetAttr(ino, valid, mode, attr.st_uid, attr.st_gid,
                                            attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns))
+        if valid & (m.SET_MODE | m.SET_UID | m.SET_GID) and stat.S_ISDIR(out.attr.mode):
+            # Names the kernel keeps inside it must be looked up (and checked) again; not
+            # awaited: the kernel holds the directory locked until this answer.
+            self._recalled([ino])
         return self._fresh(out.attr)
 
     def _times_only(self, ino: int, attr, fields) -> pyfuse3.EntryAttributes | None:
@@ -510,19 +537,21 @@ class ElkOperations(pyfuse3.Operations):
         timeout = None
         if self.checks:
             timeout = await self._child_timeout(parent, out.parent or pattr)
+        self._kernel_named(parent, name, timeout)
         return self._entry(out.attr, timeout)
 
+    # The umask goes to the master with the mode: a directory's default ACL replaces it.
+
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        mode = (mode & ~ctx.umask & 0o7777) | stat.S_IFMT(mode)
         parent = self._m(parent_inode)
-        return await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid, rdev),
-                               ctx)
+        return await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid, rdev,
+                                                     umask=ctx.umask & 0o777), ctx)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._m(parent_inode)
         epoch = self.cache.epoch
-        entry = await self._add(parent, name, m.Mkdir(parent, name, mode & ~ctx.umask & 0o7777,
-                                                      ctx.uid, ctx.gid), ctx)
+        entry = await self._add(parent, name, m.Mkdir(parent, name, mode & 0o7777, ctx.uid,
+                                                      ctx.gid, umask=ctx.umask & 0o777), ctx)
         self.cache.created_dir(entry.st_ino, epoch, time.monotonic())
         self._note_parent(entry.st_ino, parent)
         return entry
@@ -630,6 +659,9 @@ class ElkOperations(pyfuse3.Operations):
         who = self._who(ctx)
         if who is not None and xattr_wants(name, True):
             need(await self._attr(ino), who, W)
+        if who is not None and name in (ACL_ACCESS, ACL_DEFAULT):
+            if who.uid != (await self._attr(ino)).uid:  # setfacl: the owner's (or root's)
+                raise pyfuse3.FUSEError(errno.EPERM)
 
     async def listxattr(self, inode, ctx):
         if inode == MASTERINFO_INODE:
@@ -706,7 +738,9 @@ class ElkOperations(pyfuse3.Operations):
             if i < 2:
                 e = self._entry(ent.attr, 0.0, 0.0)
             else:
-                e = self._entry(ent.attr, await self._child_timeout(inode, entries[0].attr))
+                timeout = await self._child_timeout(inode, entries[0].attr)
+                e = self._entry(ent.attr, timeout)
+                self._kernel_named(inode, ent.name, timeout)
                 if stat.S_ISDIR(ent.attr.mode):
                     self._note_parent(ent.attr.inode, inode)
             if not pyfuse3.readdir_reply(token, ent.name, e, i + 1):
@@ -721,7 +755,8 @@ class ElkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ files
 
-    def _new_handle(self, inode: int, flags: int, acquired: bool = False) -> tuple[int, bool]:
+    def _new_handle(self, inode: int, flags: int, acquired: bool = False,
+                    uid: int = 0) -> tuple[int, bool]:
         """A handle for an open of `inode`; `acquired`: the master knows of this open."""
         st = self._state(inode)
         st.opens += 1
@@ -729,7 +764,7 @@ class ElkOperations(pyfuse3.Operations):
             self._opened(inode, True)
         fh = self.next_fh
         self.next_fh += 1
-        self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks))
+        self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks), uid)
         if self.opts.cache_mode == "YES":
             keep = True
         elif self.opts.cache_mode == "AUTO":
@@ -776,7 +811,7 @@ class ElkOperations(pyfuse3.Operations):
                 if st is not None:
                     st.size = -1
                     st.gen += 1
-            fh, keep = self._new_handle(ino, flags)
+            fh, keep = self._new_handle(ino, flags, uid=ctx.uid if ctx else 0)
         finally:
             if fresh:
                 self._release_if_unused(ino)
@@ -823,10 +858,15 @@ class ElkOperations(pyfuse3.Operations):
         the master's answer waits for."""
         if inodes is None:
             inodes = list(self.states)
+        now = time.monotonic()
+        names = []  # names the kernel may still pass through without asking (perms.py)
         for ino in inodes:
             self.cache.drop(ino)
             self.cached.pop(ino, None)
             self.known.pop(ino, None)
+            for name, until in self.kernel_names.pop(ino, {}).items():
+                if until > now:
+                    names.append((self._k(ino), name))
         wanted = set(inodes)
         for h in self.handles.values():
             if h.inode in wanted:
@@ -836,21 +876,40 @@ class ElkOperations(pyfuse3.Operations):
         kernel = [self._k(ino) for ino in inodes]
         loop = asyncio.get_running_loop()
         return asyncio.gather(*(loop.run_in_executor(None, _invalidate_kernel_inode, k, False)
-                                for k in kernel))
+                                for k in kernel),
+                              *(loop.run_in_executor(None, _invalidate_kernel_entry, d, name)
+                                for d, name in names))
+
+    def _kernel_named(self, directory: int, name: bytes, timeout: float | None) -> None:
+        """The kernel may keep `name` in `directory` for `timeout` seconds: remembered,
+        so a recall of the directory (its permissions changed) can take it back."""
+        timeout = self.opts.entry_timeout if timeout is None else timeout
+        if timeout <= 0:
+            return
+        names = self.kernel_names.get(directory)
+        now = time.monotonic()
+        if names is None:
+            names = {}
+            bounded_put(self.kernel_names, directory, names, KNOWN_MAX)
+        elif len(names) > 1000:
+            for old in [n for n, until in names.items() if until <= now]:
+                del names[old]
+        names[name] = now + timeout
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        mode = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
+        mode = stat.S_IFREG | (mode & 0o7777)
         parent = self._m(parent_inode)
         try:
             entry = await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid,
-                                                          acquire=True), ctx)
+                                                          acquire=True,
+                                                          umask=ctx.umask & 0o777), ctx)
         except pyfuse3.FUSEError as e:
             if e.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
             # Another client created the name after our LOOKUP said it was absent (a
             # cached listing): open(O_CREAT) without O_EXCL opens that file.
             return await self._open_existing(parent, name, flags, ctx)
-        fh, _ = self._new_handle(entry.st_ino, flags, acquired=True)
+        fh, _ = self._new_handle(entry.st_ino, flags, acquired=True, uid=ctx.uid)
         fi = self._file_info(fh, True)
         if flags & os.O_APPEND:
             fi.direct_io = True
@@ -908,6 +967,8 @@ class ElkOperations(pyfuse3.Operations):
         appenders). The kernel's offset (its own idea of the end) is ignored."""
         if st.writer.dirty:
             await self._flush_writer(st)
+        if h.uid != 0:
+            await self._kill_priv(h.inode)
         out = await self._op(m.AppendReserve(h.inode, len(buf)))
         try:
             await st.writer.write(out.offset, buf)
@@ -919,6 +980,18 @@ class ElkOperations(pyfuse3.Operations):
         await asyncio.get_running_loop().run_in_executor(
             None, _invalidate_kernel_inode, self._k(h.inode), True)
         return len(buf)
+
+    async def _kill_priv(self, ino: int) -> None:
+        """A write by someone without CAP_FSETID clears set-user-ID and set-group-ID (with
+        group execute), as file_remove_privs does; the kernel leaves it to us for
+        direct I/O (the O_APPEND handles)."""
+        attr = await self._attr(ino)
+        kill = attr.mode & stat.S_ISUID
+        if attr.mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+            kill |= stat.S_ISGID
+        if kill:
+            out = await self._op(m.SetAttr(ino, m.SET_MODE, stat.S_IMODE(attr.mode) & ~kill))
+            self._fresh(out.attr)
 
     async def _flush_writer(self, st: InodeState, sync: bool = False) -> None:
         w = st.writer

@@ -44,7 +44,9 @@ import pyfuse3
 log = logging.getLogger("elkfs.mount")
 
 OPS_POINTERS = 44
-SLOT_FLUSH, SLOT_GETLK, SLOT_SETLK, SLOT_FLOCK, SLOT_FALLOCATE = 17, 31, 32, 39, 40
+SLOT_INIT, SLOT_FLUSH, SLOT_GETLK, SLOT_SETLK, SLOT_FLOCK, SLOT_FALLOCATE = 0, 17, 31, 32, 39, 40
+CONN_CAPABLE, CONN_WANT = 20, 24  # offsets in struct fuse_conn_info
+FUSE_CAP_DONT_MASK = 1 << 6
 SESSION_SEARCH = 512  # the table sits near the start of `struct fuse_session`
 
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
@@ -75,6 +77,9 @@ FLOCK = ctypes.CFUNCTYPE(None, _req, ctypes.c_uint64, _fi, ctypes.c_int)
 FALLOCATE = ctypes.CFUNCTYPE(None, _req, ctypes.c_uint64, ctypes.c_int, ctypes.c_int64,
                              ctypes.c_int64, _fi)
 INTERRUPT = ctypes.CFUNCTYPE(None, _req, ctypes.c_void_p)
+INIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+# pyfuse3's own init, called with the GIL held (it is Cython code that needs it).
+PYFUSE3_INIT = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 _lib = None
 
@@ -177,7 +182,21 @@ class LowLevel:
                             self._callbacks):
             ctypes.c_void_p.from_address(table + slot * 8).value = \
                 ctypes.cast(cb, ctypes.c_void_p).value
+        init = ctypes.c_void_p.from_address(table + SLOT_INIT * 8)
+        self._pyfuse3_init = PYFUSE3_INIT(init.value)
+        self._init = INIT(self._init_conn)
+        init.value = ctypes.cast(self._init, ctypes.c_void_p).value
         return True
+
+    def _init_conn(self, userdata, conn) -> None:
+        """INIT: ask the kernel not to apply the umask itself (FUSE_CAP_DONT_MASK): a
+        file created in a directory with a default ACL must not get it (the namespace
+        applies the umask otherwise). Then pyfuse3's own init."""
+        capable = ctypes.c_uint.from_address(conn + CONN_CAPABLE)
+        want = ctypes.c_uint.from_address(conn + CONN_WANT)
+        if capable.value & FUSE_CAP_DONT_MASK:
+            want.value |= FUSE_CAP_DONT_MASK
+        self._pyfuse3_init(userdata, conn)
 
     # Each callback runs inside `fuse_session_process_buf`, on the event loop's thread
     # with the loop running: it may only start a task. It must never raise (ctypes

@@ -26,10 +26,11 @@ class InodeState:
 
 
 class Handle:
-    __slots__ = ("inode", "flags", "reader", "owners")
+    __slots__ = ("inode", "flags", "reader", "owners", "uid")
 
-    def __init__(self, inode: int, flags: int, reader: "Reader"):
+    def __init__(self, inode: int, flags: int, reader: "Reader", uid: int = 0):
         self.inode = inode
+        self.uid = uid  # who opened it (writes by others than root clear set-ID bits)
         self.flags = flags
         self.reader = reader
         self.owners: set[int] = set()  # lock owners that locked through this open file

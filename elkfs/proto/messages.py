@@ -78,6 +78,8 @@ class Attr(msgspec.Struct, array_like=True, frozen=True):
     goal: int
     trashtime: int = 0  # seconds an unlinked file stays in the trash
     has_xattrs: bool = False  # lets a mount answer "no such attribute" without asking
+    acl: bytes = b""  # the access ACL (system.posix_acl_access), checked with the mode
+    blocks: int = -1  # 512-byte blocks the data may take (-1: from the size)
 
 
 class DirEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -201,6 +203,9 @@ class Mknod(Op, tag="mknod"):
     gid: int
     rdev: int = 0
     acquire: bool = False
+    # Applied by the master unless the directory has a default ACL (which replaces it);
+    # 0 from clients that applied it themselves.
+    umask: int = 0
 
 
 class Mkdir(Op, tag="mkdir"):
@@ -209,6 +214,7 @@ class Mkdir(Op, tag="mkdir"):
     mode: int
     uid: int
     gid: int
+    umask: int = 0
 
 
 class Symlink(Op, tag="symlink"):
