@@ -19,7 +19,7 @@ from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import replication as rep
-from .filelocks import LockWaiters
+from .filelocks import F_WRLCK, LockWaiters
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
 from .records import CloseSession, OpenSession, SessionGone
@@ -182,7 +182,9 @@ class ClientPort(MasterPart):
                         self.queue_lock_wait(conn, msg)
                         return
                     raise
-                if type(op) in (m.SetLock, m.ReleaseLocks):
+                if type(op) is m.ReleaseLocks or (type(op) is m.SetLock
+                                                   and op.type != F_WRLCK):
+                    # Something may have been given up (an unlock, a downgrade).
                     self.wake_lock_waiters([op.inode], version)
                 if self.ns.effects:
                     self.master.chunks.run_effects()
