@@ -204,3 +204,19 @@ def test_a_blocking_lock_is_woken_when_the_holders_mount_goes_away(mc, mounts, d
         assert waiter.wait_locked()
     finally:
         stop_mount(mnt_d, proc_d)
+
+
+def test_a_lock_is_kept_across_a_master_restart(mc, mounts, d, lockers):
+    a, b, _ = paths(mc, mounts, d, "f")
+    make(a)
+    holder = lockers(a, "flock")
+    assert holder.wait_locked()
+    mc.cluster.restart(mc.cluster.masters[0])  # a checkpoint and the journal carry it
+    mc.cluster.wait_chunkservers_registered()
+    with open(b, "rb") as f:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    waiter = lockers(b, "flock")
+    assert not waiter.wait_locked(STILL_WAITING_S)
+    holder.release()
+    assert waiter.wait_locked()
