@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # chromium and a font: the web interface's browser tests (Playwright drives Debian's chromium;
 # never `playwright install`, which would download a browser of its own)
-APT_PACKAGES="fuse3 libfuse3-dev pkg-config dnsmasq-base gcc python3-dev python3-venv iptables chromium fonts-dejavu-core"
+APT_PACKAGES="fuse3 libfuse3-dev pkg-config dnsmasq-base gcc python3-dev python3-venv iptables chromium fonts-dejavu-core acl"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

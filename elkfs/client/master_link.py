@@ -87,6 +87,13 @@ class MasterLink:
         self._unanswered: set[asyncio.Future] = set()  # posted changes not answered yet
         self._posts: list[tuple[m.Op, int]] = []  # posted changes not sent yet
         self.on_invalidate: Callable[[list[int] | None], None] | None = None
+        # Files changed elsewhere while open here (None: anything, after a reconnect); it
+        # may return a future: the master is answered once that is done.
+        self.on_invalidate_inodes: Callable[[list[int] | None], object] | None = None
+        # Lock waits (`SetLock.wait` id -> event): set by the master's `LockWake`, and all
+        # of them at every (re)connection, since a new master knows no waiter.
+        self.lock_waits: dict[int, asyncio.Event] = {}
+        self._wait_ids = itertools.count(1)
 
     async def connect(self) -> None:
         await self._ensure_connected(time.monotonic() + self.retry_s)
@@ -124,6 +131,9 @@ class MasterLink:
         while True:
             if self.on_invalidate is not None:
                 self.on_invalidate(None)
+            if self.on_invalidate_inodes is not None:
+                self.on_invalidate_inodes(None)
+            self.wake_lock_waits()
             try:
                 candidates = await self._candidates()
             except DiscoveryError as e:
@@ -187,13 +197,41 @@ class MasterLink:
         # Nobody recalls our listings while we are away (a new master knows none of them).
         if self.on_invalidate is not None:
             self.on_invalidate(None)
+        if self.on_invalidate_inodes is not None:
+            self.on_invalidate_inodes(None)
+        self.wake_lock_waits()  # they ask again, of whoever leads next
 
     def _on_message(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
-        if not isinstance(msg, m.InvalidateListings):
+        if isinstance(msg, m.InvalidateListings):
+            if self.on_invalidate is not None:
+                self.on_invalidate(msg.dirs)
+            conn.send(m.Ok(msg.req))
+        elif isinstance(msg, m.InvalidateInodes):
+            done = None
+            if self.on_invalidate_inodes is not None:
+                done = self.on_invalidate_inodes(msg.inodes)
+            if done is None:
+                conn.send(m.Ok(msg.req))
+            else:  # answered once the caches are dropped (the kernel's, for a mount)
+                done.add_done_callback(lambda _f: conn.send_if_open(m.Ok(msg.req)))
+        elif isinstance(msg, m.LockWake):
+            for wait in msg.waits:
+                event = self.lock_waits.get(wait)
+                if event is not None:
+                    event.set()
+        else:
             raise rpc.FrameError(f"unexpected {type(msg).__name__} from the master")
-        if self.on_invalidate is not None:
-            self.on_invalidate(msg.dirs)
-        conn.send(m.Ok(msg.req))
+
+    def wake_lock_waits(self) -> None:
+        for event in self.lock_waits.values():
+            event.set()
+
+    def new_lock_wait(self) -> tuple[int, asyncio.Event]:
+        """A wait id for a blocking `SetLock`, registered before the request leaves (a
+        `LockWake` may overtake the "queued" answer)."""
+        wait = next(self._wait_ids)
+        event = self.lock_waits[wait] = asyncio.Event()
+        return wait, event
 
     def post(self, op: m.Op) -> None:
         """Send a change nobody waits for, in order with everything sent after it. It is

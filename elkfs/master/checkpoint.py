@@ -32,7 +32,7 @@ SECTION = struct.Struct(">IIB")  # length, crc32, kind
 CHECKPOINT_RE = re.compile(r"^metadata\.([0-9a-f]{16})\.elk$")
 BATCH = 4096
 
-K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH, K_CHUNKSERVERS = range(7)
+K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH, K_CHUNKSERVERS, K_LOCKS = range(8)
 N_FILE, N_DIR, N_SYMLINK, N_SPECIAL = range(4)
 
 _enc = msgspec.msgpack.Encoder()
@@ -132,6 +132,9 @@ def write(ns: Namespace, path: str, final: bool = True) -> None:
             section(K_TRASH, trash[i:i + BATCH * 4])
         section(K_CHUNKSERVERS, [(cs_id, k.addr, k.maintenance_until_ns)
                                  for cs_id, k in ns.chunkservers.items()])
+        locks = ns.locks.rows()
+        for i in range(0, len(locks), BATCH * 4):
+            section(K_LOCKS, locks[i:i + BATCH * 4])
         section(K_END, [len(ns.nodes), len(ns.chunks)])
         f.flush()
         os.fsync(f.fileno())
@@ -195,6 +198,8 @@ def read(path: str) -> Namespace:
         elif kind == K_CHUNKSERVERS:
             for cs_id, addr, until in obj:
                 ns.chunkservers[bytes(cs_id)] = KnownChunkserver(addr, until)
+        elif kind == K_LOCKS:  # absent from checkpoints written before file locks
+            ns.locks.load(obj)
         elif kind == K_END:
             if obj != [len(ns.nodes), len(ns.chunks)]:
                 raise CheckpointError(f"{path}: counts do not match")

@@ -174,11 +174,23 @@ class ChunkOps(MasterPart):
                 raise
         elif isinstance(op, m.WriteChunkEnd) and not self._unmaking(conn, op):
             result, version = self._end_chunk(conn, msg)
+            if self.master.clients.open_elsewhere(op, msg.session):
+                self.spawn(self._recall_then_reply(conn, msg, result, version))
+                return True
         else:
             return False
         reply = m.MetaReply(msg.req, 0, result)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
         return True
+
+    async def _recall_then_reply(self, conn, msg: m.MetaRequest, result, version: int) -> None:
+        """A file other sessions hold open changed: they drop their caches first."""
+        await self.master.clients.recall_inode(msg.op, msg.session)
+        try:
+            await self.store.wait_durable(version)
+        except FsError:
+            return  # no longer leading: the client resends to the new leader
+        conn.send_if_open(m.MetaReply(msg.req, 0, result))
 
     async def chunk_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         op = msg.op
@@ -189,6 +201,7 @@ class ChunkOps(MasterPart):
                 result = await self.write_chunk_end(conn, msg)
             else:
                 result = await self.truncate(conn, msg)
+            await self.master.clients.recall_inode(op, msg.session)
             conn.send_if_open(m.MetaReply(msg.req, 0, result))
         except FsError as e:
             conn.send_if_open(m.Error(msg.req, e.status, e.detail))

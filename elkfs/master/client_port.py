@@ -19,11 +19,25 @@ from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import replication as rep
+from .filelocks import F_WRLCK, LockWaiters
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
 from .records import CloseSession, ForgetChunkserver, OpenSession, SessionGone, SetMaintenance
 
 log = logging.getLogger("mfsmaster")
+
+# Changes to a file that other sessions holding it open must not miss: their cached
+# attributes and pages are recalled (`InvalidateInodes`) before the change is answered.
+CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEnd,
+                m.AppendReserve)
+RECALL_TIMEOUT_S = 2.0
+ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+
+
+def changes_permissions(op: m.Op) -> bool:
+    if isinstance(op, m.SetAttr):
+        return bool(op.valid & (m.SET_MODE | m.SET_UID | m.SET_GID))
+    return isinstance(op, (m.SetXattr, m.RemoveXattr)) and op.name in ACL_NAMES  # a holder that does not answer delays a change at most this long
 
 
 class ClientPort(MasterPart):
@@ -35,6 +49,7 @@ class ClientPort(MasterPart):
         # died) counts from here.
         self.leading_since_ns = time.time_ns()
         self.leases = ListingLeases()
+        self.lock_waiters = LockWaiters()  # volatile: clients re-send waits after a failover
         self.op_counts: Counter[str] = Counter()  # metadata operations by type (the web page)
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
@@ -143,6 +158,7 @@ class ClientPort(MasterPart):
         session_id = conn.context
         if session_id is not None and self.session_links.get(session_id) is conn:
             self.leases.forget_session(session_id)  # it drops its listings when it reconnects
+            self.lock_waiters.forget_session(session_id)  # it asks again when it reconnects
             del self.session_links[session_id]
             if self.master.leading and session_id in self.ns.sessions:
                 self.store.change(SessionGone(session_id, True), time.time_ns())
@@ -174,6 +190,9 @@ class ClientPort(MasterPart):
         try:
             if msg.session not in self.ns.sessions:
                 raise FsError(BAD_SESSION, "unknown session: register first")
+            if type(op) is m.GetLock:
+                self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
+                return
             if op.READ_ONLY:
                 result = self.query(op)
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
@@ -192,7 +211,18 @@ class ClientPort(MasterPart):
             if done:
                 version = self.ns.version
             else:
-                result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
+                try:
+                    result, version = self.store.change(op, time.time_ns(), msg.session,
+                                                        msg.seq)
+                except FsError as e:
+                    if e.status == errno.EAGAIN and type(op) is m.SetLock and op.wait:
+                        self.queue_lock_wait(conn, msg)
+                        return
+                    raise
+                if type(op) is m.ReleaseLocks or (type(op) is m.SetLock
+                                                   and op.type != F_WRLCK):
+                    # Something may have been given up (an unlock, a downgrade).
+                    self.wake_lock_waiters([op.inode], version)
                 if self.ns.effects:
                     self.master.chunks.run_effects()
                 now = time.monotonic()
@@ -201,16 +231,56 @@ class ClientPort(MasterPart):
                 if isinstance(op, m.Mkdir):
                     self.leases.grant(result.attr.inode, msg.session, now)  # it is empty
             reply = m.MetaReply(msg.req, 0, result)
-            if holders:
-                self.spawn(self._recall_then_reply(conn, reply, version, holders))
+            openers = self.open_elsewhere(op, msg.session)
+            if holders or openers:
+                self.spawn(self._recall_then_reply(conn, reply, version, holders or {},
+                                                   openers, getattr(op, "inode", 0)))
             else:
                 self.store.when_durable(version, lambda: conn.send_if_open(reply))
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
 
+    def queue_lock_wait(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
+        """A blocking lock request that conflicts: answered at once ("queued"), and the
+        client is woken (`LockWake`) when a lock on the file goes, so no request waits
+        here for as long as a lock is held (nor across a failover: the client asks
+        again after reconnecting)."""
+        op = msg.op
+        self.lock_waiters.add(op.inode, msg.session, op.wait)
+        conn.send(m.MetaReply(msg.req, 0, m.LockOut(op.type, op.start, op.end, queued=True)))
+
+    def wake_lock_waiters(self, inodes, version: int) -> None:
+        """Wake whoever waits for a lock on `inodes`, once the change that freed them is
+        durable (a woken client asks again and must find the lock free)."""
+        woken: dict[bytes, list[int]] = {}
+        for inode in inodes:
+            for session, waits in self.lock_waiters.take(inode).items():
+                woken.setdefault(session, []).extend(waits)
+        if not woken:
+            return
+
+        def wake() -> None:
+            for session, waits in woken.items():
+                link = self.session_links.get(session)
+                if link is not None:
+                    link.send_if_open(m.LockWake(waits))
+
+        self.store.when_durable(version, wake)
+
+    def drop_session_locks(self, session: bytes, record) -> None:
+        """Journal `record` (a session's end, or its locks' expiry) and wake whoever
+        waited for a lock the session held."""
+        inodes = self.ns.locks.inodes_of(session)
+        _, version = self.store.change(record, time.time_ns())
+        if inodes:
+            self.wake_lock_waiters(inodes, version)
+
     def end_session(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         """The client's last word: its session closes now (a tool, an unmount)."""
+        inodes = self.ns.locks.inodes_of(msg.session)
         _, version = self.store.change(CloseSession(msg.session), time.time_ns())
+        if inodes:
+            self.wake_lock_waiters(inodes, version)
         self.master.chunks.run_effects()  # files unlinked while open are freed now
         if self.session_links.get(msg.session) is conn:
             del self.session_links[msg.session]
@@ -219,10 +289,45 @@ class ClientPort(MasterPart):
         reply = m.MetaReply(msg.req, 0, None)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
+    def open_elsewhere(self, op: m.Op, changer: bytes) -> list[rpc.Connection]:
+        """The links of the other sessions that hold the file `op` changes open; for a
+        change of permissions (mode, owner, ACL), of every other session: permission
+        checks use cached attributes, and such changes are rare."""
+        if not isinstance(op, CHANGES_FILE):
+            return []
+        inode = op.inode
+        if changes_permissions(op):
+            return [link for session, link in self.session_links.items()
+                    if session != changer and link.is_open]
+        links = []
+        for session, sess in self.ns.sessions.items():
+            if session != changer and inode in sess.open_files:
+                link = self.session_links.get(session)
+                if link is not None and link.is_open:
+                    links.append(link)
+        return links
+
+    async def recall_inode(self, op: m.Op, changer: bytes) -> None:
+        """Have every other session holding the changed file open drop what it caches
+        of it (attributes, pages) before the change is answered: close-to-open and
+        better, a reader that keeps the file open sees a write as soon as it returned."""
+        links = self.open_elsewhere(op, changer)
+        if links:
+            await self._recall_inodes(links, [op.inode])
+
+    async def _recall_inodes(self, links, inodes: list[int]) -> None:
+        calls = [link.call(m.InvalidateInodes, inodes=inodes, timeout=RECALL_TIMEOUT_S)
+                 for link in links]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("inode recall not answered (%r)", outcome)
+
     async def _recall_then_reply(self, conn: rpc.Connection, reply: m.MetaReply, version: int,
-                                 holders: dict[bytes, tuple[list[int], float]]) -> None:
+                                 holders: dict[bytes, tuple[list[int], float]],
+                                 openers=(), inode: int = 0) -> None:
         """Acknowledge a change only once every other holder of a listing it changed has
-        dropped that listing (or the listing expired)."""
+        dropped that listing (or the listing expired), and every other session holding
+        the changed file open dropped its cached attributes and pages."""
         now = time.monotonic()
         calls = []
         for session, (dirs, expires) in holders.items():
@@ -230,6 +335,8 @@ class ClientPort(MasterPart):
             if link is not None and link.is_open:
                 calls.append(link.call(m.InvalidateListings, dirs=dirs,
                                        timeout=max(0.0, expires - now)))
+        if openers:
+            calls.append(self._recall_inodes(openers, [inode]))
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.info("listing recall not answered (%r): waited for it to expire", outcome)

@@ -38,13 +38,15 @@ import itertools
 import stat
 from dataclasses import dataclass, field
 
+from .. import access
 from ..consensus.fencing import first_version, next_version
 from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
+from .filelocks import F_UNLCK, LockTable, check_request
 from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
-from .records import (CloseSession, ForgetChunkserver, KnowChunkserver, OpenSession, Record,
-                      SessionGone, SetMaintenance)
+from .records import (CloseSession, DropSessionLocks, ForgetChunkserver, KnowChunkserver,
+                      OpenSession, Record, SessionGone, SetMaintenance)
 
 ROOT = 1
 MAX_NAME = 255
@@ -121,6 +123,7 @@ class Namespace:
         self.next_inode = ROOT + 1
         self.next_chunk_id = 1
         self.effects: list = []
+        self.locks = LockTable()  # file locks (flock, POSIX, OFD) of every session
         root = DirNode(ROOT, stat.S_IFDIR | 0o755, 0, 0, 0, DEFAULT_ROOT_GOAL,
                        DEFAULT_TRASHTIME, parent=ROOT)
         self.nodes[ROOT] = root
@@ -149,9 +152,19 @@ class Namespace:
 
     @staticmethod
     def attr(node: Node) -> m.Attr:
+        xattrs = node.xattrs
+        acl = xattrs.get(access.ACCESS, b"") if xattrs else b""
+        size = node.size()
+        blocks = -1
+        if isinstance(node, FileNode) and node.chunks and size > CHUNK_SIZE:
+            # Holes take no space: count the chunks that exist (at most their size).
+            present = len(node.chunks) - node.chunks.count(0)
+            blocks = min(size, present * CHUNK_SIZE) // 512
+        elif isinstance(node, FileNode) and not node.chunks:
+            blocks = 0
         return m.Attr(node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime,
-                      node.ctime, node.nlink, node.size(), node.rdev(), node.goal,
-                      node.trashtime, bool(node.xattrs))
+                      node.ctime, node.nlink, size, node.rdev(), node.goal,
+                      node.trashtime, bool(xattrs), acl, blocks)
 
     def lookup(self, parent: int, name: bytes) -> Node:
         directory = self.dir(parent)
@@ -310,12 +323,30 @@ class Namespace:
             raise FsError(errno.EEXIST)
         return parent
 
+    @staticmethod
+    def _create_mode(parent: DirNode, mode: int, umask: int):
+        """The new node's mode, and the access ACL it inherits (None: none): the
+        directory's default ACL replaces the umask (posix_acl_create)."""
+        default = parent.xattrs.get(access.DEFAULT) if parent.xattrs else None
+        if not default:
+            return mode & ~umask, None
+        acl, mode = access.inherit(access.parse(default), mode)
+        return mode, acl
+
+    @staticmethod
+    def _give_acl(node: Node, parent: DirNode, acl) -> None:
+        if acl is not None:
+            node.xattrs = {access.ACCESS: access.encode(acl)}
+        if isinstance(node, DirNode) and parent.xattrs and access.DEFAULT in parent.xattrs:
+            node.xattrs = {**(node.xattrs or {}), access.DEFAULT: parent.xattrs[access.DEFAULT]}
+
     def _mknod(self, op: m.Mknod, ts, sess):
         fmt = stat.S_IFMT(op.mode) or stat.S_IFREG
         if fmt not in (stat.S_IFREG, *_SPECIAL_TYPES):
             raise FsError(errno.EINVAL, "mknod of this type")
         parent = self._prepare_create(op.parent, op.name)
-        mode = fmt | (op.mode & 0o7777)
+        perm, acl = self._create_mode(parent, op.mode & 0o7777, op.umask)
+        mode = fmt | perm
         if op.acquire and sess is None:
             raise FsError(BAD_SESSION, "acquire needs a session")
         if fmt == stat.S_IFREG:
@@ -323,14 +354,17 @@ class Namespace:
         else:
             node = self._new_node(SpecialNode, parent, op.name, mode, op.uid, op.gid, ts,
                                   dev=op.rdev)
+        self._give_acl(node, parent, acl)
         if op.acquire:
             sess.open_files[node.inode] = sess.open_files.get(node.inode, 0) + 1
         return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _mkdir(self, op: m.Mkdir, ts, sess):
         parent = self._prepare_create(op.parent, op.name)
-        mode = stat.S_IFDIR | (op.mode & 0o7777)
-        node = self._new_node(DirNode, parent, op.name, mode, op.uid, op.gid, ts)
+        perm, acl = self._create_mode(parent, op.mode & 0o7777, op.umask)
+        node = self._new_node(DirNode, parent, op.name, stat.S_IFDIR | perm, op.uid, op.gid,
+                              ts)
+        self._give_acl(node, parent, acl)
         return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _symlink(self, op: m.Symlink, ts, sess):
@@ -505,6 +539,9 @@ class Namespace:
         valid = op.valid
         if valid & m.SET_MODE:
             node.mode = stat.S_IFMT(node.mode) | (op.mode & 0o7777)
+            if node.xattrs and access.ACCESS in node.xattrs:  # chmod moves the mask
+                node.xattrs[access.ACCESS] = access.encode(
+                    access.chmod(access.parse(node.xattrs[access.ACCESS]), node.mode))
         if valid & (m.SET_UID | m.SET_GID):
             changed = ((valid & m.SET_UID and op.uid != node.uid)
                        or (valid & m.SET_GID and op.gid != node.gid))
@@ -575,11 +612,39 @@ class Namespace:
             raise FsError(errno.EEXIST)
         if op.flags & m.XATTR_REPLACE and not present:
             raise FsError(errno.ENODATA)
+        if op.name in (access.ACCESS, access.DEFAULT):
+            self._set_acl(node, op.name, op.value)
+            node.ctime = ts
+            return None
         if node.xattrs is None:
             node.xattrs = {}
         node.xattrs[op.name] = op.value
         node.ctime = ts
         return None
+
+    def _set_acl(self, node: Node, name: bytes, value: bytes) -> None:
+        """setfacl: an access ACL sets the mode's permission bits (and is not kept when
+        the mode says it all); a default ACL only on directories (empty: none)."""
+        try:
+            entries = access.parse(value)
+        except access.AclError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        if name == access.DEFAULT and not isinstance(node, DirNode):
+            raise FsError(errno.EACCES, "default ACL on a non-directory")
+        if name == access.ACCESS and not entries:
+            raise FsError(errno.EINVAL, "empty access ACL")
+        keep = bool(entries)
+        if name == access.ACCESS:
+            node.mode = access.mode_of(entries, node.mode)
+            keep = not access.is_minimal(entries)
+        if keep:
+            if node.xattrs is None:
+                node.xattrs = {}
+            node.xattrs[name] = access.encode(entries)
+        elif node.xattrs and name in node.xattrs:
+            del node.xattrs[name]
+            if not node.xattrs:
+                node.xattrs = None
 
     def _removexattr(self, op: m.RemoveXattr, ts, sess):
         node = self.node(op.inode)
@@ -805,11 +870,62 @@ class Namespace:
         if closing is None:
             raise FsError(BAD_SESSION)
         del self.sessions[op.session]
+        self.locks.release_session(op.session)
         for inode in closing.open_files:
             node = self.nodes.get(inode)
             if node is not None:
                 self._maybe_free(node)
         return None
+
+    # ------------------------------------------------------------ file locks
+
+    def get_lock(self, session: bytes, op: m.GetLock) -> m.LockOut:
+        """F_GETLK as `session` asks it (a query: journals nothing)."""
+        self.node(op.inode)
+        try:
+            check_request(op.kind, op.type, op.start, op.end)
+        except ValueError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        lk = self.locks.conflict(op.inode, op.kind, session, op.owner, op.type, op.start,
+                                 op.end)
+        if lk is None:
+            return m.LockOut(F_UNLCK)
+        return m.LockOut(lk.type, lk.start, lk.end, lk.pid)
+
+    def _setlock(self, op: m.SetLock, ts, sess):
+        if sess is None:
+            raise FsError(BAD_SESSION, "locks need a session")
+        self.node(op.inode)
+        try:
+            check_request(op.kind, op.type, op.start, op.end)
+        except ValueError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        holder = self.locks.conflict(op.inode, op.kind, sess.session_id, op.owner, op.type,
+                                     op.start, op.end)
+        if holder is not None:
+            raise FsError(errno.EAGAIN, f"held by pid {holder.pid}")
+        self.locks.set(op.inode, op.kind, sess.session_id, op.owner, op.pid, op.type,
+                       op.start, op.end)
+        return m.LockOut(op.type, op.start, op.end, op.pid)
+
+    def _releaselocks(self, op: m.ReleaseLocks, ts, sess):
+        if sess is None:
+            raise FsError(BAD_SESSION, "locks need a session")
+        self.locks.release_owner(op.inode, sess.session_id, op.owner)
+        return None
+
+    def _dropsessionlocks(self, op: DropSessionLocks, ts, sess):
+        self.locks.release_session(op.session)
+        return None
+
+    def _appendreserve(self, op: m.AppendReserve, ts, sess):
+        node = self.file(op.inode)
+        if op.length < 0 or node.length + op.length > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG if op.length > 0 else errno.EINVAL)
+        offset = node.length
+        node.length += op.length
+        node.mtime = node.ctime = ts
+        return m.AppendOut(offset, self.attr(node))
 
     _HANDLERS = {
         m.Mknod: _mknod, m.Mkdir: _mkdir, m.Symlink: _symlink, m.Link: _link,
@@ -821,5 +937,6 @@ class Namespace:
         OpenSession: _opensession, CloseSession: _closesession, SessionGone: _sessiongone,
         KnowChunkserver: _knowcs, ForgetChunkserver: _forgetcs, SetMaintenance: _maintenance,
         m.SetTrashTime: _settrashtime, m.Snapshot: _snapshot, m.Undelete: _undelete,
-        m.PurgeTrash: _purgetrash,
+        m.PurgeTrash: _purgetrash, m.SetLock: _setlock, m.ReleaseLocks: _releaselocks,
+        DropSessionLocks: _dropsessionlocks, m.AppendReserve: _appendreserve,
     }

@@ -56,12 +56,19 @@ class SessionGone(m.Op, tag="sessiongone"):
     gone: bool
 
 
+class DropSessionLocks(m.Op, tag="dropsessionlocks"):
+    """The session's client has been away longer than LOCKS_SUSTAIN_TIME: its file locks
+    go (the session itself is kept for its own, longer, sustain time)."""
+
+    session: bytes
+
+
 JournalOp = Union[
     m.Mknod, m.Mkdir, m.Symlink, m.Link, m.Unlink, m.Rmdir, m.Rename, m.SetAttr, m.Truncate,
     m.SetXattr, m.RemoveXattr, m.SetGoal, m.Acquire, m.Release, m.ReleaseMany, m.WriteChunk,
     m.WriteChunkEnd, OpenSession, CloseSession, SessionGone, KnowChunkserver,
     ForgetChunkserver, SetMaintenance, m.SetTrashTime, m.Snapshot, m.Undelete,
-    m.PurgeTrash,
+    m.PurgeTrash, m.SetLock, m.ReleaseLocks, m.AppendReserve, DropSessionLocks,
 ]
 
 

@@ -29,7 +29,7 @@ from .client_port import ClientPort
 from .cs_port import ChunkserverPort
 from .ha import HANode
 from .locks import ChunkLocks
-from .records import CloseSession, KnowChunkserver
+from .records import CloseSession, DropSessionLocks, KnowChunkserver
 from .store import MetadataStore
 
 log = logging.getLogger("mfsmaster")
@@ -46,6 +46,9 @@ OPTIONS = {
     "METADATA_SAVE_FREQ": Option(1.0, "float", "hours between checkpoints"),
     "BACK_LOGS": Option(50, "int", "old journal segments kept"),
     "SESSION_SUSTAIN_TIME": Option(86400, "int", "seconds a disconnected session is kept"),
+    "LOCKS_SUSTAIN_TIME": Option(30.0, "nonneg_float",
+                                 "seconds a disconnected client keeps its file locks "
+                                 "(its session is kept longer: SESSION_SUSTAIN_TIME)"),
     "CHUNK_LOCK_WAIT": Option(30.0, "float", "seconds a writer waits for a locked chunk"),
     "CS_COMMAND_TIMEOUT": Option(30.0, "float", "seconds to wait for a chunkserver command"),
     "REPLICATIONS_DELAY_INIT": Option(60.0, "nonneg_float",
@@ -271,7 +274,8 @@ class MasterServer:
 
     async def session_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(10.0, max(0.5, self.cfg.SESSION_SUSTAIN_TIME / 4)))
+            await asyncio.sleep(min(10.0, max(0.5, self.cfg.SESSION_SUSTAIN_TIME / 4,
+                                              self.cfg.LOCKS_SUSTAIN_TIME / 4)))
             now = time.monotonic()
             self.clients.leases.sweep(now)
             if not self.leading:
@@ -280,15 +284,21 @@ class MasterServer:
             # failover or a restart does not start them again.
             now_ns = time.time_ns()
             sustain_ns = self.cfg.SESSION_SUSTAIN_TIME * 1_000_000_000
+            locks_sustain_ns = int(self.cfg.LOCKS_SUSTAIN_TIME * 1_000_000_000)
             links = self.clients.session_links
+            lockers = {lk.session for locks in self.ns.locks.by_file.values() for lk in locks}
             for session_id, sess in list(self.ns.sessions.items()):
                 if session_id in links:
                     continue
                 gone_ns = sess.gone_ns or self.clients.leading_since_ns
                 if now_ns - gone_ns >= sustain_ns:
                     log.info("session %s expired", session_id.hex())
-                    self.store.change(CloseSession(session_id), now_ns)
+                    self.clients.drop_session_locks(session_id, CloseSession(session_id))
                     self.chunks.run_effects()
+                elif session_id in lockers and now_ns - gone_ns >= locks_sustain_ns:
+                    log.info("session %s away for %.0fs: its file locks are released",
+                             session_id.hex(), (now_ns - gone_ns) / 1e9)
+                    self.clients.drop_session_locks(session_id, DropSessionLocks(session_id))
 
     async def trash_loop(self) -> None:
         """Free trash files whose time is up: a journaled `PurgeTrash` naming them, so the

@@ -51,9 +51,13 @@ import time
 import msgspec
 import pyfuse3
 
+from ..access import ACCESS as ACL_ACCESS
+from ..access import DEFAULT as ACL_DEFAULT
 from ..client.client import Client, File
+from ..client.locking import set_lock
 from ..proto import messages as m
 from ..proto.errors import NO_SERVERS, FsError
+from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
 from .perms import (R, W, X, Caller, allowed, cacheable_children, check_hardlink,
@@ -67,6 +71,7 @@ MASTERINFO_NAME = b".masterinfo"
 MASTERINFO_INODE = 0x7FFFFFFFFFFFFFF0
 CAPABILITY = b"security.capability"
 BLKSIZE = 1 << 16
+NAME_MAX = 255
 KNOWN_MAX = 200_000
 _SETATTR_BITS = (("update_mode", m.SET_MODE), ("update_uid", m.SET_UID),
                  ("update_gid", m.SET_GID), ("update_atime", m.SET_ATIME),
@@ -81,6 +86,22 @@ RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
 MISSES_BEFORE_LISTING = 2
 MISSED_LISTING_MAX = 1000
 UNLISTABLE_S = 60.0  # a directory too big to keep a listing of is not fetched again for this long
+
+
+def _invalidate_kernel_inode(inode: int, attr_only: bool) -> None:
+    """From a thread: the kernel may wait for pages that requests being answered by the
+    event loop hold."""
+    try:
+        pyfuse3.invalidate_inode(inode, attr_only)
+    except OSError:
+        pass  # the kernel does not know the inode (any more)
+
+
+def _invalidate_kernel_entry(directory: int, name: bytes) -> None:
+    try:
+        pyfuse3.invalidate_entry(directory, name)
+    except OSError:
+        pass
 
 
 def _errno(e: FsError) -> int:
@@ -128,6 +149,7 @@ class ElkOperations(pyfuse3.Operations):
         self.next_fh = 1
         self.cache = MetaCache(opts.attr_timeout, opts.direntry_timeout)
         client.link.on_invalidate = self.cache.invalidate
+        client.link.on_invalidate_inodes = self._recalled
         self.refreshing: dict[int, asyncio.Future] = {}  # directory -> listing in flight
         self.misses: dict[int, int] = {}  # directory without a listing -> absent names asked
         self.unlistable: dict[int, float] = {}  # directory -> until when not worth listing
@@ -138,6 +160,10 @@ class ElkOperations(pyfuse3.Operations):
         self.cached: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) of cached pages
         self.ra_blocks = max(0, opts.readahead_mib * (1 << 20) // RA_BLOCK)
         self.releases: dict[int, None] = {}  # inodes closed here, Release not sent yet
+        # Lock owners that took a lock here, by inode: a close by one of them (FLUSH with
+        # its owner, the last release of an open file) releases its locks at the master.
+        self.lockers: dict[int, set[int]] = {}
+        self.kernel_names: dict[int, dict[bytes, float]] = {}  # dir -> {name: until}
         self.release_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port,
@@ -205,7 +231,8 @@ class ElkOperations(pyfuse3.Operations):
         e.st_rdev = attr.rdev
         e.st_size = size
         e.st_blksize = BLKSIZE
-        e.st_blocks = (size + 511) // 512
+        e.st_blocks = (size + 511) // 512 if attr.blocks < 0 or size != attr.size \
+            else attr.blocks
         e.st_atime_ns = attr.atime_ns
         e.st_mtime_ns = attr.mtime_ns
         e.st_ctime_ns = attr.ctime_ns
@@ -296,6 +323,8 @@ class ElkOperations(pyfuse3.Operations):
         return neg
 
     async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:  # before any cached "absent" answers ENOENT
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         parent = self._m(parent_inode)
         if parent == self.root and name == MASTERINFO_NAME:
             return self._masterinfo_entry()
@@ -318,6 +347,7 @@ class ElkOperations(pyfuse3.Operations):
                 attr, attr_left = cached
                 if stat.S_ISDIR(attr.mode):
                     self._note_parent(inode, parent)
+                self._kernel_named(parent, name, min(timeout, left))
                 return self._entry(attr, min(timeout, left), attr_left)
         try:
             out = await self.client.op(m.Lookup(parent, name))
@@ -332,6 +362,8 @@ class ElkOperations(pyfuse3.Operations):
         if stat.S_ISDIR(out.attr.mode) and not dots:
             self._note_parent(out.attr.inode, parent)
         self.cache.put(out.attr, time.monotonic())
+        if not dots:
+            self._kernel_named(parent, name, timeout)
         return self._entry(out.attr, timeout)
 
     async def _listed(self, parent: int, name: bytes):
@@ -412,9 +444,19 @@ class ElkOperations(pyfuse3.Operations):
         for field, bit in _SETATTR_BITS:
             if getattr(fields, field):
                 valid |= bit
+        if valid & (m.SET_MTIME | m.SET_ATIME):
+            st = self.states.get(ino)
+            if st is not None and st.writer is not None and st.writer.dirty:
+                # Data written before the times are set (cp -p, tar): its commit would
+                # set the mtime after them.
+                await self._flush_writer(st)
         if valid or out is None:
             out = await self._op(m.SetAttr(ino, valid, mode, attr.st_uid, attr.st_gid,
                                            attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns))
+        if valid & (m.SET_MODE | m.SET_UID | m.SET_GID) and stat.S_ISDIR(out.attr.mode):
+            # Names the kernel keeps inside it must be looked up (and checked) again; not
+            # awaited: the kernel holds the directory locked until this answer.
+            self._recalled([ino])
         return self._fresh(out.attr)
 
     def _times_only(self, ino: int, attr, fields) -> pyfuse3.EntryAttributes | None:
@@ -495,19 +537,21 @@ class ElkOperations(pyfuse3.Operations):
         timeout = None
         if self.checks:
             timeout = await self._child_timeout(parent, out.parent or pattr)
+        self._kernel_named(parent, name, timeout)
         return self._entry(out.attr, timeout)
 
+    # The umask goes to the master with the mode: a directory's default ACL replaces it.
+
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        mode = (mode & ~ctx.umask & 0o7777) | stat.S_IFMT(mode)
         parent = self._m(parent_inode)
-        return await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid, rdev),
-                               ctx)
+        return await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid, rdev,
+                                                     umask=ctx.umask & 0o777), ctx)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._m(parent_inode)
         epoch = self.cache.epoch
-        entry = await self._add(parent, name, m.Mkdir(parent, name, mode & ~ctx.umask & 0o7777,
-                                                      ctx.uid, ctx.gid), ctx)
+        entry = await self._add(parent, name, m.Mkdir(parent, name, mode & 0o7777, ctx.uid,
+                                                      ctx.gid, umask=ctx.umask & 0o777), ctx)
         self.cache.created_dir(entry.st_ino, epoch, time.monotonic())
         self._note_parent(entry.st_ino, parent)
         return entry
@@ -615,6 +659,9 @@ class ElkOperations(pyfuse3.Operations):
         who = self._who(ctx)
         if who is not None and xattr_wants(name, True):
             need(await self._attr(ino), who, W)
+        if who is not None and name in (ACL_ACCESS, ACL_DEFAULT):
+            if who.uid != (await self._attr(ino)).uid:  # setfacl: the owner's (or root's)
+                raise pyfuse3.FUSEError(errno.EPERM)
 
     async def listxattr(self, inode, ctx):
         if inode == MASTERINFO_INODE:
@@ -691,7 +738,9 @@ class ElkOperations(pyfuse3.Operations):
             if i < 2:
                 e = self._entry(ent.attr, 0.0, 0.0)
             else:
-                e = self._entry(ent.attr, await self._child_timeout(inode, entries[0].attr))
+                timeout = await self._child_timeout(inode, entries[0].attr)
+                e = self._entry(ent.attr, timeout)
+                self._kernel_named(inode, ent.name, timeout)
                 if stat.S_ISDIR(ent.attr.mode):
                     self._note_parent(ent.attr.inode, inode)
             if not pyfuse3.readdir_reply(token, ent.name, e, i + 1):
@@ -706,7 +755,8 @@ class ElkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ files
 
-    def _new_handle(self, inode: int, flags: int, acquired: bool = False) -> tuple[int, bool]:
+    def _new_handle(self, inode: int, flags: int, acquired: bool = False,
+                    uid: int = 0) -> tuple[int, bool]:
         """A handle for an open of `inode`; `acquired`: the master knows of this open."""
         st = self._state(inode)
         st.opens += 1
@@ -714,7 +764,7 @@ class ElkOperations(pyfuse3.Operations):
             self._opened(inode, True)
         fh = self.next_fh
         self.next_fh += 1
-        self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks))
+        self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks), uid)
         if self.opts.cache_mode == "YES":
             keep = True
         elif self.opts.cache_mode == "AUTO":
@@ -739,34 +789,131 @@ class ElkOperations(pyfuse3.Operations):
             return fi
         ino = self._m(inode)
         who = self._who(ctx)
-        if who is not None:
-            need(await self._attr(ino), who, open_wants(flags))
-        if flags & os.O_TRUNC:
-            # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do.
-            st = self.states.get(ino)
-            if st is not None and st.writer is not None:
-                await self._flush_writer(st)
-            self._fresh((await self._op(m.Truncate(ino, 0))).attr)
-            if st is not None:
-                st.size = -1
-                st.gen += 1
-        fh, keep = self._new_handle(ino, flags)
-        return self._file_info(fh, keep and not flags & os.O_TRUNC)
+        st = self.states.get(ino)
+        fresh = st is None or st.opens == 0
+        try:
+            if fresh:
+                # Close-to-open: the first open here asks the master for the file's
+                # current attributes (after the Acquire, which `_fresh_open` sends first:
+                # from then on the master recalls what we cache of the file when others
+                # change it).
+                attr = await self._fresh_open(ino, inode)
+            else:
+                attr = await self._attr(ino) if who is not None else None
+            if who is not None:
+                need(attr, who, open_wants(flags))
+            if flags & os.O_TRUNC:
+                # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do.
+                st = self.states.get(ino)
+                if st is not None and st.writer is not None:
+                    await self._flush_writer(st)
+                self._fresh((await self._op(m.Truncate(ino, 0))).attr)
+                if st is not None:
+                    st.size = -1
+                    st.gen += 1
+            fh, keep = self._new_handle(ino, flags, uid=ctx.uid if ctx else 0)
+        finally:
+            if fresh:
+                self._release_if_unused(ino)
+        fi = self._file_info(fh, keep and not flags & os.O_TRUNC)
+        if flags & os.O_APPEND:
+            fi.direct_io = True  # the kernel's idea of the end is not where appends go
+        return fi
+
+    async def _fresh_open(self, ino: int, kernel_ino: int) -> m.Attr:
+        """The master's attributes of a file about to be opened here (no open of it
+        here yet). The master learns of the open first (`Acquire`, held open by an
+        extra count until the open completes or fails); when the size or mtime are not
+        what the kernel was last told, its cached attributes go, so its next read or
+        stat asks again (and the open drops the cached pages: `keep_cache`)."""
+        st = self._state(ino)
+        st.opens += 1
+        if st.opens == 1:
+            self._opened(ino, True)
+        st.pending += 1
+        before = self.known.get(ino)
+        attr = (await self._op(m.GetAttr(ino))).attr
+        self.cache.put(attr, time.monotonic())
+        bounded_put(self.known, ino, (attr.mtime_ns, attr.size), KNOWN_MAX)
+        if before != (attr.mtime_ns, attr.size):
+            await asyncio.get_running_loop().run_in_executor(
+                None, _invalidate_kernel_inode, kernel_ino, True)
+        return attr
+
+    def _release_if_unused(self, ino: int) -> None:
+        """Drop the extra count `_fresh_open` took (the open succeeded or failed)."""
+        st = self.states.get(ino)
+        if st is None or not st.pending:
+            return
+        st.pending -= 1
+        st.opens -= 1
+        if st.opens == 0:
+            del self.states[ino]
+            self._opened(ino, False)
+
+    def _recalled(self, inodes: list[int] | None):
+        """The master says another session changed these files, which are open here
+        (None: we reconnected and may have missed anything): drop our cached
+        attributes and read-ahead, and the kernel's attributes and pages. Returns what
+        the master's answer waits for."""
+        if inodes is None:
+            inodes = list(self.states)
+        now = time.monotonic()
+        names = []  # names the kernel may still pass through without asking (perms.py)
+        for ino in inodes:
+            self.cache.drop(ino)
+            self.cached.pop(ino, None)
+            self.known.pop(ino, None)
+            for name, until in self.kernel_names.pop(ino, {}).items():
+                if until > now:
+                    names.append((self._k(ino), name))
+        wanted = set(inodes)
+        for h in self.handles.values():
+            if h.inode in wanted:
+                h.reader.invalidate()
+        if not inodes:
+            return None
+        kernel = [self._k(ino) for ino in inodes]
+        loop = asyncio.get_running_loop()
+        return asyncio.gather(*(loop.run_in_executor(None, _invalidate_kernel_inode, k, False)
+                                for k in kernel),
+                              *(loop.run_in_executor(None, _invalidate_kernel_entry, d, name)
+                                for d, name in names))
+
+    def _kernel_named(self, directory: int, name: bytes, timeout: float | None) -> None:
+        """The kernel may keep `name` in `directory` for `timeout` seconds: remembered,
+        so a recall of the directory (its permissions changed) can take it back."""
+        timeout = self.opts.entry_timeout if timeout is None else timeout
+        if timeout <= 0:
+            return
+        names = self.kernel_names.get(directory)
+        now = time.monotonic()
+        if names is None:
+            names = {}
+            bounded_put(self.kernel_names, directory, names, KNOWN_MAX)
+        elif len(names) > 1000:
+            for old in [n for n, until in names.items() if until <= now]:
+                del names[old]
+        names[name] = now + timeout
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        mode = stat.S_IFREG | (mode & ~ctx.umask & 0o7777)
+        mode = stat.S_IFREG | (mode & 0o7777)
         parent = self._m(parent_inode)
         try:
             entry = await self._add(parent, name, m.Mknod(parent, name, mode, ctx.uid, ctx.gid,
-                                                          acquire=True), ctx)
+                                                          acquire=True,
+                                                          umask=ctx.umask & 0o777), ctx)
         except pyfuse3.FUSEError as e:
             if e.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
             # Another client created the name after our LOOKUP said it was absent (a
             # cached listing): open(O_CREAT) without O_EXCL opens that file.
             return await self._open_existing(parent, name, flags, ctx)
-        fh, _ = self._new_handle(entry.st_ino, flags, acquired=True)
-        return self._file_info(fh, True), entry
+        fh, _ = self._new_handle(entry.st_ino, flags, acquired=True, uid=ctx.uid)
+        fi = self._file_info(fh, True)
+        if flags & os.O_APPEND:
+            fi.direct_io = True
+        return fi, entry
 
     async def _open_existing(self, parent: int, name: bytes, flags: int, ctx):
         attr = (await self._op(m.Lookup(parent, name))).attr
@@ -797,6 +944,8 @@ class ElkOperations(pyfuse3.Operations):
         st = self.states[h.inode]
         if st.writer is None:
             st.writer = File(self.client, h.inode)
+        if h.flags & os.O_APPEND and buf:
+            return await self._append(h, st, buf)
         try:
             await st.writer.write(off, buf)
         except FsError as e:
@@ -810,6 +959,39 @@ class ElkOperations(pyfuse3.Operations):
         st.gen += 1
         st.writes += 1
         return len(buf)
+
+    async def _append(self, h: Handle, st: InodeState, buf) -> int:
+        """O_APPEND, atomic across clients: the master gives this write a range of its
+        own at the end (`AppendReserve`), the data goes there and is committed before
+        the write returns (so the chunk is not kept locked against the other
+        appenders). The kernel's offset (its own idea of the end) is ignored."""
+        if st.writer.dirty:
+            await self._flush_writer(st)
+        if h.uid != 0:
+            await self._kill_priv(h.inode)
+        out = await self._op(m.AppendReserve(h.inode, len(buf)))
+        try:
+            await st.writer.write(out.offset, buf)
+        except FsError as e:
+            raise pyfuse3.FUSEError(_errno(e)) from None
+        st.gen += 1
+        st.writes += 1
+        await self._flush_writer(st)
+        await asyncio.get_running_loop().run_in_executor(
+            None, _invalidate_kernel_inode, self._k(h.inode), True)
+        return len(buf)
+
+    async def _kill_priv(self, ino: int) -> None:
+        """A write by someone without CAP_FSETID clears set-user-ID and set-group-ID (with
+        group execute), as file_remove_privs does; the kernel leaves it to us for
+        direct I/O (the O_APPEND handles)."""
+        attr = await self._attr(ino)
+        kill = attr.mode & stat.S_ISUID
+        if attr.mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+            kill |= stat.S_ISGID
+        if kill:
+            out = await self._op(m.SetAttr(ino, m.SET_MODE, stat.S_IMODE(attr.mode) & ~kill))
+            self._fresh(out.attr)
 
     async def _flush_writer(self, st: InodeState, sync: bool = False) -> None:
         w = st.writer
@@ -845,6 +1027,10 @@ class ElkOperations(pyfuse3.Operations):
         h = self.handles.pop(fh, None)
         if h is None:
             return
+        if h.owners:
+            # flock and OFD locks belong to the open file, which is gone now (POSIX
+            # locks taken through it went with the FLUSH of their process's close).
+            await self._release_locks(h.inode, h.owners)
         h.reader.drop_blocks()
         st = self.states.get(h.inode)
         if st is None:
@@ -866,6 +1052,77 @@ class ElkOperations(pyfuse3.Operations):
     async def forget(self, inode_list):
         return
 
+    # ------------------------------------------------------------ locks (lowlevel.py)
+
+    async def flush_owner(self, fh, owner: int) -> None:
+        """FLUSH, with the lock owner pyfuse3 does not pass on: a process closed the file,
+        so its POSIX locks on it go (on every client, before close returns)."""
+        await self.flush(fh)
+        h = self.handles.get(fh)
+        if h is not None:
+            await self._release_locks(h.inode, (owner,))
+
+    async def _release_locks(self, inode: int, owners) -> None:
+        held = self.lockers.get(inode)
+        if not held:
+            return
+        for owner in list(owners):
+            if owner in held:
+                held.discard(owner)
+                await self._op(m.ReleaseLocks(inode, owner))
+        if not held:
+            self.lockers.pop(inode, None)
+
+    async def getlk(self, inode, fh, owner, type, start, end):
+        """F_GETLK: (type, start, end, pid) of a conflicting lock; type F_UNLCK: none."""
+        out = await self._op(m.GetLock(self._m(inode), owner, LOCK_POSIX, type, start, end))
+        if out.type == F_UNLCK:
+            return F_UNLCK, start, end, 0
+        return out.type, out.start, out.end, out.pid
+
+    async def setlk(self, inode, fh, owner, is_flock, type, start, end, pid, sleep):
+        ino = self._m(inode)
+        h = self.handles.get(fh)
+        op = m.SetLock(ino, owner, LOCK_FLOCK if is_flock else LOCK_POSIX, type, start, end,
+                       pid)
+        if type == F_UNLCK:
+            st = self.states.get(ino)
+            if st is not None and st.writer is not None and st.writer.dirty:
+                await self._flush_writer(st)  # what was written under the lock first
+        else:
+            # Known before the request leaves: a close racing with the answer releases it.
+            self.lockers.setdefault(ino, set()).add(owner)
+            if h is not None:
+                h.owners.add(owner)
+        try:
+            await set_lock(self.client.link, op, sleep)
+        except FsError as e:
+            raise pyfuse3.FUSEError(_errno(e)) from None
+
+    async def fallocate(self, inode, fh, mode, offset, length):
+        """Mode 0 only: the file is at least offset+length long afterwards. The space is
+        not reserved (chunks are made when written; ENOSPC comes at the write), and
+        KEEP_SIZE, PUNCH_HOLE and the others are EOPNOTSUPP."""
+        if mode != 0:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        ino = self._m(inode)
+        st = self.states.get(ino)
+        if st is not None and st.writer is not None:
+            await self._flush_writer(st)
+        attr = (await self._op(m.GetAttr(ino))).attr
+        if not stat.S_ISREG(attr.mode):
+            raise pyfuse3.FUSEError(errno.ENODEV)
+        end = offset + length
+        if end > attr.size and (st is None or end > st.size):
+            out = await self._op(m.Truncate(ino, end))
+            if st is not None:
+                st.size = -1
+                st.gen += 1
+            self._fresh(out.attr)
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+
     # ------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
@@ -881,6 +1138,7 @@ class ElkOperations(pyfuse3.Operations):
 _HANDLERS = ("lookup", "getattr", "setattr", "readlink", "access", "statfs", "mknod", "mkdir",
              "symlink", "link", "unlink", "rmdir", "rename", "getxattr", "listxattr",
              "setxattr", "removexattr", "opendir", "readdir", "releasedir", "fsyncdir", "open",
-             "create", "read", "write", "flush", "fsync", "release")
+             "create", "read", "write", "flush", "fsync", "release", "flush_owner", "getlk",
+             "setlk", "fallocate")
 for _name in _HANDLERS:
     setattr(ElkOperations, _name, _always_reply(getattr(ElkOperations, _name)))

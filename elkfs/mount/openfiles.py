@@ -13,7 +13,7 @@ RA_BLOCK = 2 << 20  # read-ahead unit
 class InodeState:
     """What the mount knows about an open inode."""
 
-    __slots__ = ("inode", "opens", "writer", "size", "gen", "writes")
+    __slots__ = ("inode", "opens", "writer", "size", "gen", "writes", "pending")
 
     def __init__(self, inode: int):
         self.inode = inode
@@ -22,15 +22,18 @@ class InodeState:
         self.size = -1  # local size while writes are not committed; -1: ask the master
         self.gen = 0  # bumped on every local change of the data
         self.writes = 0
+        self.pending = 0  # opens in progress (counted in `opens` until they complete)
 
 
 class Handle:
-    __slots__ = ("inode", "flags", "reader")
+    __slots__ = ("inode", "flags", "reader", "owners", "uid")
 
-    def __init__(self, inode: int, flags: int, reader: "Reader"):
+    def __init__(self, inode: int, flags: int, reader: "Reader", uid: int = 0):
         self.inode = inode
+        self.uid = uid  # who opened it (writes by others than root clear set-ID bits)
         self.flags = flags
         self.reader = reader
+        self.owners: set[int] = set()  # lock owners that locked through this open file
 
 
 class Reader:

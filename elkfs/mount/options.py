@@ -45,7 +45,12 @@ class MountOptions:
     entry_timeout: float = 1.0
     neg_entry_timeout: float = 0.0
     direntry_timeout: float = 1.0
-    write_cache: bool = True
+    # Off by default: with the kernel's write-back cache on, the kernel trusts its own
+    # cached size of a regular file over any the mount returns (fuse_get_cache_mask),
+    # and no notification can make it shrink or re-read it, so another client's change
+    # of the size would stay unseen for as long as the inode stays cached
+    # (docs/consistency.md).
+    write_cache: bool = False
     cache_mode: str = "AUTO"
     readahead_mib: int = 16
     foreground: bool = False

@@ -21,6 +21,7 @@ import stat
 
 import pyfuse3
 
+from .. import access
 from ..proto import messages as m
 
 R, W, X = 4, 2, 1
@@ -66,10 +67,18 @@ def denied(e: int = errno.EACCES) -> pyfuse3.FUSEError:
 
 
 def allowed(attr: m.Attr, who: Caller, want: int) -> bool:
-    """generic_permission: the owner's, the group's or the others' bits; root may read and
-    write anything, search any directory, and execute a file that has any execute bit."""
+    """generic_permission: the owner's, the group's or the others' bits, or the access
+    ACL when the file has one (`elkfs/access.py`); root may read and write anything,
+    search any directory, and execute a file that has any execute bit."""
     if who.root:
         return not want & X or stat.S_ISDIR(attr.mode) or bool(attr.mode & 0o111)
+    if attr.acl:
+        try:
+            entries = access.parse(attr.acl)
+        except access.AclError:
+            entries = None
+        if entries:
+            return access.allows(entries, attr.uid, attr.gid, who.uid, who.in_group, want)
     if who.uid == attr.uid:
         bits = attr.mode >> 6
     elif who.in_group(attr.gid):

@@ -23,6 +23,7 @@ from ..proto import messages as m
 from ..proto.errors import FsError
 from . import fuseloop
 from .fs import ElkOperations
+from .lowlevel import LowLevel
 from .options import MountOptions
 from .unmount import UnmountOnSignal
 
@@ -116,6 +117,9 @@ async def serve(opts: MountOptions) -> int:
     except Exception as e:
         await client.close()
         return _failed(f"cannot mount {opts.mountpoint}: {e}")
+    lowlevel = LowLevel(ops)  # global file locks, fallocate (what pyfuse3 leaves out)
+    if not lowlevel.install():
+        log.warning("file locks are local to this mount")
     loop = asyncio.get_running_loop()
     signals = UnmountOnSignal((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     if opts.readahead_mib and os.getuid() == 0:

@@ -78,6 +78,8 @@ class Attr(msgspec.Struct, array_like=True, frozen=True):
     goal: int
     trashtime: int = 0  # seconds an unlinked file stays in the trash
     has_xattrs: bool = False  # lets a mount answer "no such attribute" without asking
+    acl: bytes = b""  # the access ACL (system.posix_acl_access), checked with the mode
+    blocks: int = -1  # 512-byte blocks the data may take (-1: from the size)
 
 
 class DirEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -201,6 +203,9 @@ class Mknod(Op, tag="mknod"):
     gid: int
     rdev: int = 0
     acquire: bool = False
+    # Applied by the master unless the directory has a default ACL (which replaces it);
+    # 0 from clients that applied it themselves.
+    umask: int = 0
 
 
 class Mkdir(Op, tag="mkdir"):
@@ -209,6 +214,7 @@ class Mkdir(Op, tag="mkdir"):
     mode: int
     uid: int
     gid: int
+    umask: int = 0
 
 
 class Symlink(Op, tag="symlink"):
@@ -366,6 +372,53 @@ class WriteChunkEnd(Op, tag="writechunkend"):
     ok: bool = True
 
 
+class SetLock(Op, tag="setlock"):
+    """Take or give up a lock (`elkfs/master/filelocks.py`): `owner` is the kernel's lock
+    owner within the session, `kind` LOCK_POSIX (byte range, also OFD) or LOCK_FLOCK,
+    `type` F_RDLCK/F_WRLCK/F_UNLCK, [start, end] inclusive. A conflict is EAGAIN, unless
+    `wait` (the client's id for this wait) is set: then the answer is `LockOut(queued)`
+    and the master sends `LockWake([wait])` when a lock on the file goes; the client then
+    asks again."""
+
+    inode: int
+    owner: int
+    kind: int
+    type: int
+    start: int
+    end: int
+    pid: int = 0
+    wait: int = 0
+
+
+class ReleaseLocks(Op, tag="releaselocks"):
+    """Drop every lock of (session, `owner`) on a file: a close (POSIX locks go with any
+    close of the file by their process; flock and OFD locks with their open file)."""
+
+    inode: int
+    owner: int
+
+
+class GetLock(Op, tag="getlock"):
+    """F_GETLK: the lock that keeps `owner` from taking `type` on [start, end], if any."""
+
+    READ_ONLY = True
+    inode: int
+    owner: int
+    kind: int
+    type: int
+    start: int
+    end: int
+
+
+class AppendReserve(Op, tag="appendreserve"):
+    """Atomic O_APPEND: the file grows by `length` bytes at once and the answer says
+    where they go (`AppendOut.offset`, the old end). Appends from every client get
+    ranges of their own; the writer then writes its data there."""
+
+    inode: int
+    length: int
+
+
 class EndSession(Op, tag="endsession"):
     """The client is done: close its session now (its open files are released) instead
     of keeping it for SESSION_SUSTAIN_TIME."""
@@ -376,7 +429,8 @@ AnyOp = Union[
     DirStats, ClusterInfo, ListTrash,
     Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, SetAttr, Truncate, SetXattr,
     RemoveXattr, SetGoal, Acquire, Release, ReleaseMany, WriteChunk, WriteChunkEnd,
-    SetTrashTime, Snapshot, Undelete, PurgeTrash, EndSession,
+    SetTrashTime, Snapshot, Undelete, PurgeTrash, EndSession, SetLock, ReleaseLocks, GetLock,
+    AppendReserve,
 ]
 
 
@@ -469,9 +523,26 @@ class TrashOut(Result, tag="trash"):
     next_offset: int  # -1 when the listing is complete
 
 
+class LockOut(Result, tag="lock"):
+    """A lock request's answer. SetLock: granted, or `queued` (a waiting request: wait
+    for `LockWake`). GetLock: the conflicting lock (`type` F_UNLCK: none) and its
+    holder's pid (on the holder's host)."""
+
+    type: int
+    start: int = 0
+    end: int = 0
+    pid: int = 0
+    queued: bool = False
+
+
+class AppendOut(Result, tag="append"):
+    offset: int
+    attr: Attr
+
+
 AnyResult = Union[
     EntryOut, ChangedOut, AttrOut, DirOut, BytesOut, NamesOut, StatFsOut, ChunkOut, FileChunksOut,
-    DirStatsOut, JsonOut, TrashOut,
+    DirStatsOut, JsonOut, TrashOut, LockOut, AppendOut,
 ]
 
 
@@ -524,6 +595,24 @@ class InvalidateListings(Msg):
 
     req: int
     dirs: list[int]
+
+
+@message(15)
+class LockWake(Msg):
+    """Master -> client: a lock on a file these waits are for was given up; ask again.
+    Not answered (a lost wake is covered by the client asking again now and then)."""
+
+    waits: list[int]
+
+
+@message(16)
+class InvalidateInodes(Msg):
+    """Master -> client: another session changed these files (size, data, attributes)
+    while this one has them open: drop cached attributes and pages. Answered with `Ok`
+    once dropped, so the change is acknowledged only after that."""
+
+    req: int
+    inodes: list[int]
 
 
 # ---------------------------------------------------------------- chunkserver <-> master

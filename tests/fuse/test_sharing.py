@@ -1,0 +1,121 @@
+"""Many clients, one file system: what another mount sees of a file written through this
+one. Mount A is the module's mount, mount B a second `mfsmount -f` of the cluster, both
+with the default options (write-back cache off: see docs/consistency.md).
+
+After a writer's close or fsync returns, B sees the new size and data: when it opens
+the file afterwards (close-to-open: the open asks the master), and also while it holds
+the file open (the master recalled B's cached attributes and pages before it answered
+the writer). Appends with O_APPEND from both mounts all land, whole, once each.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .lockers import start_mount, stop_mount
+
+NET = "127.0.62"
+CHUNKSERVERS = 1
+
+APPENDER = r'''
+import os, sys
+path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+for i in range(n):
+    os.write(fd, b"%s %06d ......................................\n" % (tag.encode(), i))
+os.close(fd)
+'''
+
+
+@pytest.fixture(scope="module")
+def mnt_b(mc):
+    mnt, proc = start_mount(mc, "mnt_b")
+    try:
+        yield mnt
+    finally:
+        stop_mount(mnt, proc)
+
+
+def on_b(mc, mnt_b, path: str) -> str:
+    return os.path.join(mnt_b, os.path.relpath(path, mc.mnt))
+
+
+def read_all(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_after_close_b_sees_size_and_data_on_open_and_while_open(mc, mnt_b, d):
+    a = os.path.join(d, "f")
+    b = on_b(mc, mnt_b, a)
+    with open(a, "wb") as f:
+        f.write(b"first")
+    assert read_all(b) == b"first"
+    with open(b, "rb") as held:
+        assert held.read() == b"first"
+        with open(a, "ab") as f:
+            f.write(b" and more")
+        # B kept the file open all along: the master recalled what B cached.
+        assert os.fstat(held.fileno()).st_size == len(b"first and more")
+        assert os.pread(held.fileno(), 100, 0) == b"first and more"
+        with open(a, "r+b") as f:
+            f.truncate(3)
+        assert os.fstat(held.fileno()).st_size == 3
+        assert os.pread(held.fileno(), 100, 0) == b"fir"
+    assert os.stat(b).st_size == 3
+    assert read_all(b) == b"fir"  # re-opened
+
+
+def test_after_fsync_b_sees_size_and_data_while_a_keeps_writing(mc, mnt_b, d):
+    a = os.path.join(d, "f")
+    b = on_b(mc, mnt_b, a)
+    with open(a, "wb") as f:
+        f.write(b"x" * 1000)
+    with open(b, "rb") as held:
+        assert len(held.read()) == 1000
+        with open(a, "r+b") as f:
+            f.seek(0, os.SEEK_END)
+            f.write(b"y" * 5000)
+            f.flush()
+            os.fsync(f.fileno())
+            # A has not closed; its fsync returned.
+            assert os.fstat(held.fileno()).st_size == 6000
+            assert os.pread(held.fileno(), 6000, 0) == b"x" * 1000 + b"y" * 5000
+            assert read_all(b) == b"x" * 1000 + b"y" * 5000
+            f.seek(10)
+            f.write(b"Z")
+            f.flush()
+            os.fsync(f.fileno())
+            assert os.pread(held.fileno(), 1, 10) == b"Z"
+
+
+def test_a_file_rewritten_in_place_is_seen_fresh_by_a_reader_that_opens_it(mc, mnt_b, d):
+    a = os.path.join(d, "f")
+    b = on_b(mc, mnt_b, a)
+    for i in range(20):  # same size every time: only the data (and mtime) changes
+        data = b"%08d" % i * 512
+        with open(a, "r+b" if i else "wb") as f:
+            f.write(data)
+        assert read_all(b) == data
+
+
+def test_o_append_from_two_clients_keeps_every_record_once(mc, mnt_b, d):
+    a = os.path.join(d, "log")
+    open(a, "wb").close()
+    b = on_b(mc, mnt_b, a)
+    n = 300
+    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, path, tag, str(n)])
+             for path, tag in ((a, "a1"), (a, "a2"), (b, "b1"), (b, "b2"))]
+    for p in procs:
+        assert p.wait(300) == 0
+    for path in (a, b):
+        lines = read_all(path).split(b"\n")
+        assert lines.pop() == b""
+        assert len(lines) == 4 * n
+        assert sorted(lines) == sorted(
+            b"%s %06d ......................................" % (tag, i)
+            for tag in (b"a1", b"a2", b"b1", b"b2") for i in range(n))
