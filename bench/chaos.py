@@ -101,6 +101,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--only", default=None, help="one kind of fault only (e.g. restart-cs)")
+    p.add_argument("--keep", action="store_true", help="keep the cluster's directory")
     a = p.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -128,7 +130,7 @@ def main() -> int:
         try:
             while time.monotonic() < end:
                 time.sleep(rng.uniform(0.5, 3))
-                kind = rng.choice(sorted(table))
+                kind = a.only or rng.choice(sorted(table))
                 n += 1
                 t0 = time.monotonic()
                 table[kind]()
@@ -147,7 +149,10 @@ def main() -> int:
     finally:
         Firewall.heal_all()
         mc.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if a.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     failed = history.failed()
     print(f"\n{'fault':<14} {'n':>3} {'p50':>8} {'p99':>8} {'max':>8}")
     for kind in sorted(stalls):
@@ -156,6 +161,8 @@ def main() -> int:
     print(f"operations: {len(history.ops)}, failed system calls: {len(failed)}, "
           f"lost or doubled operations: {len(problems)}" +
           (f" ({'; '.join(problems)})" if problems else "") + f"; seed {seed}")
+    for op in failed[:5]:
+        print(f"  failed: {op}")
     return 0 if not failed and not problems else 1
 
 

@@ -96,6 +96,7 @@ class Cluster:
         self.master_options = master_options or {}
         self.cs_options = cs_options or {}
         self.ha = ha
+        self._spawner = None
         self.masters = [self._master(i) for i in range(masters)]
         self.chunkservers = [self._chunkserver(i) for i in range(chunkservers)]
         self.dns = None
@@ -204,11 +205,12 @@ class Cluster:
 
     def start_daemon(self, d: Daemon, timeout: float = 30.0) -> None:
         if self.foreground:
-            err = open(os.path.join(d.data_dir, "stderr.log"), "ab")
-            d.proc = subprocess.Popen([d.binary, "-f", "-c", d.cfg_path, "start"],
-                                      stdout=subprocess.DEVNULL, stderr=err,
-                                      start_new_session=True)
-            err.close()
+            if self._spawner is None:  # made before any mount exists: see spawn.py
+                from .spawn import Spawner
+
+                self._spawner = Spawner()
+            d.proc = self._spawner.spawn([d.binary, "-f", "-c", d.cfg_path, "start"],
+                                         os.path.join(d.data_dir, "stderr.log"))
             wait_port(d.host, d.port, timeout, d.proc, d.name)
         else:
             out = subprocess.run([d.binary, "-c", d.cfg_path, "start"], capture_output=True,
