@@ -14,6 +14,7 @@ forks one to save its metadata) are in it. The resolution is the kernel's clock 
 from __future__ import annotations
 
 import os
+import time
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
@@ -65,3 +66,24 @@ class CpuMeter:
                 # fields[0] is the state (stat's field 3): utime and stime are 14 and 15
                 self.last_ticks[pid] = int(fields[11]) + int(fields[12])
         return sum(self.last_ticks.values()) * TICK_S
+
+
+class Watch:
+    """Wall-clock seconds and CPU seconds of a meter's processes, added up over every
+    `with watch:` block: a workload brackets just what it times (not its set-up or its
+    clean-up). Without a meter (a local directory) `cpu_s` stays None."""
+
+    def __init__(self, meter: CpuMeter | None):
+        self.meter = meter
+        self.seconds = 0.0
+        self.cpu_s: float | None = 0.0 if meter else None
+
+    def __enter__(self) -> "Watch":
+        self._t0 = time.monotonic()
+        self._cpu0 = self.meter.seconds() if self.meter else 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds += time.monotonic() - self._t0
+        if self.meter:
+            self.cpu_s += self.meter.seconds() - self._cpu0

@@ -50,7 +50,7 @@ from typing import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench import workloads  # noqa: E402
-from bench.cputime import CpuMeter  # noqa: E402
+from bench.cputime import CpuMeter, Watch  # noqa: E402
 from bench.fuse_throughput import write_then_cold_read  # noqa: E402
 from bench.metabench_compare import DEFAULT as METABENCH, wait_stock  # noqa: E402
 from bench.moosefs_cluster import Install, MooseFS, NetNamespace  # noqa: E402
@@ -139,15 +139,15 @@ def compare_metabench(a, sides: list[Side], mfs_name: str) -> None:
 
 # ------------------------------------------------------------------ timed workloads
 
-def run_timed(sides: list[Side], runs: int, label: str, fn: Callable[[Side], float]
+def run_timed(sides: list[Side], runs: int, label: str, fn: Callable[[Side, Watch], float]
               ) -> dict[str, list[tuple[float, float | None]]]:
-    """(seconds, CPU seconds of the side's processes) of `fn` per side, one a round."""
+    """(seconds, CPU seconds of the side's processes) of `fn(side, watch)` per side, one a
+    round; `fn` returns its seconds and brackets what it times with `watch`."""
     out: dict[str, list[tuple[float, float | None]]] = {s.name: [] for s in sides}
     for i, side in rounds(sides, runs):
-        meter = side.meter()
-        cpu0 = meter.seconds() if meter else 0.0
-        secs = fn(side)
-        cpu = meter.seconds() - cpu0 if meter else None
+        watch = Watch(side.meter())
+        secs = fn(side, watch)
+        cpu = watch.cpu_s
         out[side.name].append((secs, cpu))
         log(f"round {i + 1}/{runs} {side.name} {label}: {secs:.2f} s"
             + (f", CPU {cpu:.2f} s" if cpu is not None else ""))
@@ -174,8 +174,9 @@ def compare_small_files(a, sides: list[Side], mfs_name: str) -> None:
           f"(own directory each), seconds best-worst of {a.runs} alternating rounds; ratio = "
           f"{mfs_name} time / ElkFS time of the best rounds (above 1: ElkFS is faster)")
     for procs in a.procs:
-        times = run_timed(sides, a.runs, f"{procs} writers", lambda s: workloads.small_files(
-            s.root, procs, a.files, a.size_kib))
+        times = run_timed(sides, a.runs, f"{procs} writers",
+                          lambda s, w: workloads.small_files(s.root, procs, a.files,
+                                                             a.size_kib, w))
         print_times(f"{procs:>3} processes", times, mfs_name, procs * a.files, "file")
 
 
@@ -187,9 +188,11 @@ def compare_untar(a, sides: list[Side], mfs_name: str) -> None:
         print(f"{a.tree} ({entries} entries): `tar xf` of a tar of it made once, and `rsync -a` "
               f"of it, seconds best-worst of {a.runs} alternating rounds; ratio = {mfs_name} "
               "time / ElkFS time")
-        times = run_timed(sides, a.runs, "tar x", lambda s: workloads.untar(tarball, s.root))
+        times = run_timed(sides, a.runs, "tar x",
+                          lambda s, w: workloads.untar(tarball, s.root, w))
         print_times("tar x   ", times, mfs_name, entries, "entry")
-        times = run_timed(sides, a.runs, "rsync -a", lambda s: workloads.rsync(a.tree, s.root))
+        times = run_timed(sides, a.runs, "rsync -a",
+                          lambda s, w: workloads.rsync(a.tree, s.root, w))
         print_times("rsync -a", times, mfs_name, entries, "entry")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -207,9 +210,9 @@ def compare_random_io(a, sides: list[Side], mfs_name: str, elk_log: str) -> None
     wrong: dict[str, int] = {}
     retries: list[int] = []
 
-    def one(side: Side) -> float:
+    def one(side: Side, watch: Watch) -> float:
         before = count_retries(elk_log)
-        r = workloads.random_io(side.root, a.file_mib, a.ops, a.seed)
+        r = workloads.random_io(side.root, a.file_mib, a.ops, a.seed, watch)
         wrong[side.name] = wrong.get(side.name, 0) + r.wrong_bytes_reads
         if side.name == ELK:
             retries.append(count_retries(elk_log) - before)
@@ -220,7 +223,7 @@ def compare_random_io(a, sides: list[Side], mfs_name: str, elk_log: str) -> None
           f"seconds (with the final fsync) best-worst of {a.runs} alternating rounds")
     times = run_timed(sides, a.runs, "random I/O", one)
     print_times("random I/O", times, mfs_name, a.ops, "op")
-    print(f"reads that returned wrong bytes: " + ", ".join(f"{n} {v}" for n, v in wrong.items()))
+    print("reads that returned wrong bytes: " + ", ".join(f"{n} {v}" for n, v in wrong.items()))
     print(f"ElkFS mount log, \"wrong chunk version\" retries per round: {retries}")
 
 

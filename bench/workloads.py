@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from bench.cputime import CpuMeter
+from bench.cputime import CpuMeter, Watch
 
 ROW = re.compile(r"^\s*(\w+):\s+([0-9.]+) ops/s\s+\(([0-9.]+) s\)")
 
@@ -70,10 +70,11 @@ def _write_files(root: str, files: int, size: int, start: multiprocessing.Barrie
     done.put((t0, time.monotonic()))
 
 
-def small_files(root: str, procs: int, files: int, size_kib: int) -> float:
+def small_files(root: str, procs: int, files: int, size_kib: int, watch: Watch) -> float:
     """`procs` processes each create and write `files` files of `size_kib` KiB in a
     directory of their own, started together; seconds from the first start to the last
-    end. The files are removed afterwards, outside the time."""
+    end (`watch` brackets the writers' whole lives, for the CPU). The files are removed
+    afterwards, outside both."""
     top = os.path.join(root, f"smallfiles.{os.getpid()}")
     os.mkdir(top)
     ctx = multiprocessing.get_context("fork")
@@ -81,13 +82,14 @@ def small_files(root: str, procs: int, files: int, size_kib: int) -> float:
     workers = [ctx.Process(target=_write_files,
                            args=(os.path.join(top, f"p{i}"), files, size_kib * 1024, start, done))
                for i in range(procs)]
-    for w in workers:
-        w.start()
-    spans = [done.get(timeout=3600) for _ in workers]
-    for w in workers:
-        w.join()
-        if w.exitcode != 0:
-            raise RuntimeError(f"a small-file writer exited with {w.exitcode}")
+    with watch:
+        for w in workers:
+            w.start()
+        spans = [done.get(timeout=3600) for _ in workers]
+        for w in workers:
+            w.join()
+    if any(w.exitcode != 0 for w in workers):
+        raise RuntimeError("a small-file writer failed")
     shutil.rmtree(top)
     return max(e for _, e in spans) - min(s for s, _ in spans)
 
@@ -102,25 +104,23 @@ def make_tarball(src: str, path: str) -> int:
     return len(out.stdout.splitlines())
 
 
-def untar(tarball: str, root: str) -> float:
+def untar(tarball: str, root: str, watch: Watch) -> float:
     """Seconds to unpack `tarball` into a new directory of `root` (then removed)."""
     dest = os.path.join(root, f"untar.{os.getpid()}")
     os.mkdir(dest)
-    t0 = time.monotonic()
-    subprocess.run(["tar", "xf", tarball, "-C", dest], check=True)
-    secs = time.monotonic() - t0
+    with watch:
+        subprocess.run(["tar", "xf", tarball, "-C", dest], check=True)
     shutil.rmtree(dest)
-    return secs
+    return watch.seconds
 
 
-def rsync(src: str, root: str) -> float:
+def rsync(src: str, root: str, watch: Watch) -> float:
     """Seconds for `rsync -a src/ root/new/` (then removed)."""
     dest = os.path.join(root, f"rsync.{os.getpid()}")
-    t0 = time.monotonic()
-    subprocess.run(["rsync", "-a", src.rstrip("/") + "/", dest + "/"], check=True)
-    secs = time.monotonic() - t0
+    with watch:
+        subprocess.run(["rsync", "-a", src.rstrip("/") + "/", dest + "/"], check=True)
     shutil.rmtree(dest)
-    return secs
+    return watch.seconds
 
 
 # ------------------------------------------------------------------ random mixed I/O
@@ -132,7 +132,7 @@ class RandomIO:
     wrong_bytes_reads: int  # reads that did not return what was written: must be 0
 
 
-def random_io(root: str, size_mib: int, ops: int, seed: int) -> RandomIO:
+def random_io(root: str, size_mib: int, ops: int, seed: int, watch: Watch) -> RandomIO:
     """One process over one file of `size_mib` MiB (spanning chunks when that is over 64):
     a seeded mix of reads (40 %), writes (35 %), mmap accesses (20 %: map a window, read a
     range and write a few bytes through it) and truncates (5 %: down to between half and
@@ -142,53 +142,56 @@ def random_io(root: str, size_mib: int, ops: int, seed: int) -> RandomIO:
     size = size_mib << 20
     path = os.path.join(root, f"randomio.{os.getpid()}")
     model = bytearray(rng.randbytes(size))
-    bad = 0
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
     try:
         for off in range(0, size, 1 << 20):
             os.pwrite(fd, model[off:off + (1 << 20)], off)
         os.fsync(fd)
-        t0 = time.monotonic()
-        for _ in range(ops):
-            kind = rng.random()
-            length = len(model)
-            if kind < 0.40:  # read
-                off = rng.randrange(max(length, 1))
-                n = rng.randint(1, 128 * 1024)
-                if os.pread(fd, n, off) != bytes(model[off:off + n]):
-                    bad += 1
-            elif kind < 0.75:  # write, sometimes past the end
-                off = rng.randrange(size)
-                data = rng.randbytes(rng.randint(1, 128 * 1024))
-                os.pwrite(fd, data, off)
-                if off > length:
-                    model.extend(bytes(off - length))
-                model[off:off + len(data)] = data
-            elif kind < 0.95:  # mmap: a window of up to 1 MiB at a page-aligned offset
-                if length < mmap.PAGESIZE:
-                    continue
-                off = rng.randrange(length // mmap.PAGESIZE) * mmap.PAGESIZE
-                win = min(length - off, rng.randint(1, 256) * mmap.PAGESIZE)
-                with mmap.mmap(fd, win, offset=off) as m:
-                    a = rng.randrange(win)
-                    b = min(win, a + rng.randint(1, 64 * 1024))
-                    if m[a:b] != bytes(model[off + a:off + b]):
-                        bad += 1
-                    patch = rng.randbytes(min(16, win - a))
-                    m[a:a + len(patch)] = patch
-                    model[off + a:off + a + len(patch)] = patch
-            else:  # truncate
-                new = rng.randint(size // 2, size) if rng.random() < 0.7 else size
-                os.ftruncate(fd, new)
-                if new < length:
-                    del model[new:]
-                else:
-                    model.extend(bytes(new - length))
-        os.fsync(fd)
-        secs = time.monotonic() - t0
+        with watch:
+            bad = sum(not _random_op(fd, model, size, rng) for _ in range(ops))
+            os.fsync(fd)
         if os.pread(fd, len(model) + 1, 0) != bytes(model):
             bad += 1
     finally:
         os.close(fd)
         os.unlink(path)
-    return RandomIO(secs, ops, bad)
+    return RandomIO(watch.seconds, ops, bad)
+
+
+def _random_op(fd: int, model: bytearray, size: int, rng: random.Random) -> bool:
+    """One operation of `random_io` on `fd` and on `model`; False if a read did not
+    return the model's bytes."""
+    kind = rng.random()
+    length = len(model)
+    if kind < 0.40:  # read
+        off = rng.randrange(max(length, 1))
+        n = rng.randint(1, 128 * 1024)
+        return os.pread(fd, n, off) == model[off:off + n]
+    if kind < 0.75:  # write, sometimes past the end
+        off = rng.randrange(size)
+        data = rng.randbytes(rng.randint(1, 128 * 1024))
+        os.pwrite(fd, data, off)
+        if off > length:
+            model.extend(bytes(off - length))
+        model[off:off + len(data)] = data
+        return True
+    if kind < 0.95:  # mmap: a window of up to 1 MiB at a page-aligned offset
+        if length < mmap.PAGESIZE:
+            return True
+        off = rng.randrange(length // mmap.PAGESIZE) * mmap.PAGESIZE
+        win = min(length - off, rng.randint(1, 256) * mmap.PAGESIZE)
+        with mmap.mmap(fd, win, offset=off) as m:
+            a = rng.randrange(win)
+            b = min(win, a + rng.randint(1, 64 * 1024))
+            ok = m[a:b] == model[off + a:off + b]
+            patch = rng.randbytes(min(16, win - a))
+            m[a:a + len(patch)] = patch
+            model[off + a:off + a + len(patch)] = patch
+        return ok
+    new = rng.randint(size // 2, size) if rng.random() < 0.7 else size  # truncate
+    os.ftruncate(fd, new)
+    if new < length:
+        del model[new:]
+    else:
+        model.extend(bytes(new - length))
+    return True
