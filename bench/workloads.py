@@ -38,18 +38,23 @@ def metabench(script: str, root: str, n: int, meter: CpuMeter | None) -> dict[st
                             stdout=subprocess.PIPE, text=True)
     rows: dict[str, Row] = {}
     cpu_before = meter.seconds() if meter else 0.0
-    for line in proc.stdout:
-        m = ROW.match(line)
-        if not m:
-            continue
-        name, ops_per_s, secs = m.group(1), float(m.group(2)), float(m.group(3))
-        cpu_per_op = None
-        if meter:
-            cpu_now = meter.seconds()
-            ops = ops_per_s * secs
-            cpu_per_op = (cpu_now - cpu_before) / ops if ops else None
-            cpu_before = cpu_now
-        rows[name] = Row(ops_per_s, cpu_per_op)
+    try:
+        for line in proc.stdout:
+            m = ROW.match(line)
+            if not m:
+                continue
+            name, ops_per_s, secs = m.group(1), float(m.group(2)), float(m.group(3))
+            cpu_per_op = None
+            if meter:
+                cpu_now = meter.seconds()
+                ops = ops_per_s * secs
+                cpu_per_op = (cpu_now - cpu_before) / ops if ops else None
+                cpu_before = cpu_now
+            rows[name] = Row(ops_per_s, cpu_per_op)
+    except BaseException:
+        proc.kill()  # interrupted: not left writing into a mount being torn down
+        proc.wait()
+        raise
     if proc.wait() != 0:
         raise RuntimeError(f"metabench on {root} exited with {proc.returncode}")
     return rows
@@ -82,12 +87,18 @@ def small_files(root: str, procs: int, files: int, size_kib: int, watch: Watch) 
     workers = [ctx.Process(target=_write_files,
                            args=(os.path.join(top, f"p{i}"), files, size_kib * 1024, start, done))
                for i in range(procs)]
-    with watch:
+    try:
+        with watch:
+            for w in workers:
+                w.start()
+            spans = [done.get(timeout=3600) for _ in workers]
+            for w in workers:
+                w.join()
+    except BaseException:
         for w in workers:
-            w.start()
-        spans = [done.get(timeout=3600) for _ in workers]
-        for w in workers:
-            w.join()
+            if w.is_alive():
+                w.kill()  # interrupted: not left writing into a mount being torn down
+        raise
     if any(w.exitcode != 0 for w in workers):
         raise RuntimeError("a small-file writer failed")
     shutil.rmtree(top)
