@@ -85,6 +85,10 @@ def free_loopback_net() -> str:
     raise RuntimeError("no free 127.0.N net")
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def rounds(sides: list[Side], runs: int):
     """(round, side) in the order they run: the sides' order reversed every other round."""
     for i in range(runs):
@@ -306,8 +310,8 @@ def main() -> int:
     os.makedirs(local)
     elk_net = free_loopback_net()
     print(f"{os.cpu_count()} CPUs; {mfs_name} and ElkFS: 1 master, 3 chunkservers, goal 2; "
-          f"ElkFS on {elk_net}.x" + (f"; {a.stress} busy loops beside both" if a.stress else ""),
-          flush=True)
+          f"ElkFS on {elk_net}.x" + (f"; {a.stress} busy loops beside both" if a.stress else "")
+          + f"; load average before: {load_average()}", flush=True)
     try:
         # With --dd both sides fsync the chunk files when the writer fsyncs (conv=fsync):
         # MooseFS only does with HDD_FSYNC_BEFORE_CLOSE.
@@ -336,6 +340,7 @@ def main() -> int:
                     compare_metabench(a, with_local, mfs_name)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    print(f"load average after (the machine is shared): {load_average()}")
     return 0
 
 
