@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -87,6 +88,17 @@ def free_loopback_net() -> str:
 
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def idle_cpu(sides: list[Side], seconds: float = 3.0) -> str:
+    """What each side's processes use doing nothing (timers, heartbeats, disk scans), over
+    the same `seconds`: part of every CPU-per-op figure, most in the shortest phases."""
+    meters = [(s.name, s.meter()) for s in sides]
+    before = [m.seconds() for _, m in meters]
+    time.sleep(seconds)
+    return "idle CPU, before the rounds: " + ", ".join(
+        f"{name} {(m.seconds() - b) / seconds * 1e3:.0f} ms/s"
+        for (name, m), b in zip(meters, before))
 
 
 def rounds(sides: list[Side], runs: int):
@@ -326,6 +338,7 @@ def main() -> int:
             sides = [Side(mfs_name, mfs.mnt, mfs.pids, mfs.remount),
                      Side(ELK, elk.mnt, elk_pids, elk.remount)]
             with_local = sides + [Side(LOCAL, local, lambda: [])]
+            print(idle_cpu(sides), flush=True)
             with BusyLoops(a.stress):
                 if a.dd:
                     compare_dd(a, sides, mfs_name)
