@@ -629,7 +629,14 @@ class Master:
     def _propose(self, now: float, rec: Record, out: Output, why: str) -> None:
         self.pending = rec
         self._event(out, "record-proposed", f"{why} {rec.describe()}")
+        self._count_lease_from_proposal(now)
         self._renew_round(now, out)
+
+    def _count_lease_from_proposal(self, now: float) -> None:
+        """A proposed voter set counts from the proposal (HA.md "Voter set"): voters of the
+        new set may store it and elect under it at once, so a lease counted over the old
+        set alone is no longer backed.  Recount over both sets; this may shorten it."""
+        self.lease_until = min(self.lease_until, self.lease.until(self._voter_sets()))
 
     def _leader_progress(self, now: float, out: Output) -> None:
         """After every input: re-stamp, commit, membership changes, hand-over."""
@@ -686,10 +693,22 @@ class Master:
             voters = tuple(v for v in rec.voters if v != ch.remove)
             if ch.add and ch.add not in voters:
                 voters += (ch.add,)
-            if voters != rec.voters and len(set(voters) ^ set(rec.voters)) == 1 and voters:
-                return self._propose(now, Record(self.accepted_term, rec.epoch + 1, rec.members,
-                                                 voters, self._commit_pos()), out,
-                                     f"voters +{ch.add} -{ch.remove}")
+            if voters == rec.voters:
+                self._event(out, "voters-unchanged", f"+{ch.add} -{ch.remove}")
+                continue
+            if not voters:
+                self._event(out, "voters-change-refused", f"-{ch.remove}: no voter would remain")
+                continue
+            # the new set counts from the proposal on: it must already back a lease alone,
+            # or the change would cost the lease (and a set that cannot elect is a trap)
+            if self.lease.until([voters]) <= now:
+                self._event(out, "voters-change-refused",
+                            f"+{ch.add} -{ch.remove}: no majority of the new set "
+                            f"{{{','.join(voters)}}} acknowledges this leader")
+                continue
+            return self._propose(now, Record(self.accepted_term, rec.epoch + 1, rec.members,
+                                             voters, self._commit_pos()), out,
+                                 f"voters +{ch.add} -{ch.remove}")
 
     def _commit_pos(self) -> LogPos:
         return (self.log.term_at(self.commit) or 0, self.commit)
@@ -884,8 +903,18 @@ class Master:
         self._start_vote(now, out, f"handover from {m.leader}")
 
     def _on_change_voters(self, now: float, m: AdminChangeVoters, out: Output) -> None:
-        if self.serving(now):
+        """One voter at a time (HA.md): a replacement (add and remove in one request) is
+        queued as two changes, the addition first, so that a live new voter joins before
+        the lost one leaves; each waits for the previous one to reach a majority."""
+        if not self.serving(now):
+            self._event(out, "voters-change-refused", f"+{m.add} -{m.remove}: not serving")
+            return
+        if m.add is not None and m.remove is not None:
+            self.voter_changes += [AdminChangeVoters(add=m.add),
+                                   AdminChangeVoters(remove=m.remove)]
+        else:
             self.voter_changes.append(m)
+        self._event(out, "voters-change-queued", f"+{m.add} -{m.remove}")
 
     # ---------------------------------------------------------------- daemon shell -----
     def _on_propose(self, now: float, m: Propose, out: Output) -> None:

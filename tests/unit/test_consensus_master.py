@@ -18,18 +18,18 @@ from tests.sim.app import ToyStore, op
 VOTERS = ("v1", "v2", "v3")
 
 
-def cfg(masters=("m1", "m2")):
-    return HAConfig(voter_addrs=VOTERS, master_addrs=masters,
+def cfg(masters=("m1", "m2"), spare_voters=()):
+    return HAConfig(voter_addrs=VOTERS + spare_voters, master_addrs=masters,
                     initial_voters=tuple(f"{v}.1" for v in VOTERS)).validate()
 
 
 class Net:
-    def __init__(self, masters=("m1", "m2"), now=0.0):
+    def __init__(self, masters=("m1", "m2"), now=0.0, spare_voters=()):
         self.now = now
-        c = cfg(masters)
+        c = cfg(masters, spare_voters)
         self.nodes = {m: Master(f"{m}.1", m, c, ToyStore(), random.Random(7), now)
                       for m in masters}
-        self.nodes.update({v: Voter(f"{v}.1", c, now - 10) for v in VOTERS})
+        self.nodes.update({v: Voter(f"{v}.1", c, now - 10) for v in VOTERS + spare_voters})
         self.queue, self.replies, self.unsynced, self.events = [], [], {}, []
         self.cut: set[str] = set()
 
