@@ -20,13 +20,16 @@ mechanism, empty outside the simulator).
 from __future__ import annotations
 
 from elkfs.consensus.fencing import ChunkCommand, ChunkCommandReply, ChunkVersionFence
+from elkfs.consensus.master import Master
 
 POWER_LOSS_KEEPS_INCARNATION = "power_loss_keeps_incarnation"
 FOLLOWER_FORGETS_ACCEPTED_TERM = "follower_forgets_accepted_term"
 FENCE_IGNORES_TERM = "fence_ignores_term"
+VOTER_CHANGE_KEEPS_OLD_LEASE = "voter_change_keeps_old_lease"
 
 SIM_MUTATIONS = (
     POWER_LOSS_KEEPS_INCARNATION, FOLLOWER_FORGETS_ACCEPTED_TERM, FENCE_IGNORES_TERM,
+    VOTER_CHANGE_KEEPS_OLD_LEASE,
 )
 
 
@@ -45,3 +48,14 @@ class FenceIgnoringTerm(ChunkVersionFence):
 
 def fence_class(mutations) -> type[ChunkVersionFence]:
     return FenceIgnoringTerm if FENCE_IGNORES_TERM in mutations else ChunkVersionFence
+
+
+class MasterKeepingOldLease(Master):
+    """Proposes a voter set but keeps the lease it counted over the old one."""
+
+    def _count_lease_from_proposal(self, now: float) -> None:
+        pass
+
+
+def master_class(mutations) -> type[Master]:
+    return MasterKeepingOldLease if VOTER_CHANGE_KEEPS_OLD_LEASE in mutations else Master

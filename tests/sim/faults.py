@@ -8,7 +8,7 @@ same for its storage faults).
 from __future__ import annotations
 
 from elkfs.consensus.identity import SAVE_FSYNC
-from elkfs.consensus.messages import AdminStepDown
+from elkfs.consensus.messages import AdminChangeVoters, AdminStepDown
 
 # The fault mix.  Each seed keeps a random subset with random weights (swarm testing:
 # a seed that does many step-downs or many power losses reaches paths a uniform mix
@@ -17,6 +17,7 @@ BASE_WEIGHTS = {
     "crash-m": 10, "crash-v": 8, "pause": 6, "suspend": 3, "partition": 14, "stall": 5,
     "rate": 3, "wipe-v": 1, "wipe-m": 1, "step-down": 4, "net": 2, "strand": 4,
     "slow-links": 4, "bounce": 4, "slow-election": 4, "power": 6, "replay": 5,
+    "voters": 3,
 }
 
 
@@ -222,14 +223,68 @@ class Faults:
         self.log("net", f"loss={self.loss}")
 
     def fault_wipe_v(self, r) -> None:
-        if self.wiped_voter or len(self.voters) < 3:
+        """A chunkserver's voter state file is lost: it comes back as a new voter uuid,
+        which the operator later puts in place of the old one (``ev_readd``)."""
+        if self.wiped_voters >= 2 or len(self.voters) < 2:
             return
         n = self._pick(r, self.voters)
-        self.wiped_voter = True
+        if not self.voters_survivable_without(n.name):
+            return
+        self.wiped_voters += 1
         self.crash(n, "wipe")
+        old = f"{n.name}.{n.incarnation}"
         n.voter_disk = None
         n.incarnation += 1     # a lost state file means a new uuid
         self.at(self.t + r.uniform(0.0, 2.0), "start", n.name)
+        self.at(self.t + r.uniform(0.5, 3.0), "readd", n.name, old)
+
+    def voter_uuid(self, name: str) -> str:
+        return f"{name}.{self.nodes[name].incarnation}"
+
+    def voters_survivable_without(self, name: str) -> bool:
+        """The voter budget: every record in play keeps a majority of voters whose state
+        survives (and a brand-new cluster keeps a majority of its bootstrap voters)."""
+        live = {self.voter_uuid(v) for v in self.voters if v != name}
+        sets = [rec.voters for rec in self.records_in_play()] or [self.cfg.initial_voters]
+        return all(len(set(vs) & live) >= len(vs) // 2 + 1 for vs in sets)
+
+    def ev_readd(self, name: str, old: str) -> None:
+        """The operator replaces a lost voter uuid by the new one, at the leader, until the
+        leader's record shows it (HA.md: a wiped voter votes again only once re-added)."""
+        new = self.voter_uuid(name)
+        ldr = self.current_leader()
+        if ldr is not None and ldr.machine.record is not None:
+            voters = ldr.machine.record.voters
+            if old not in voters and (new in voters or self.healed):
+                return
+            if not ldr.paused:
+                self.log("admin", "replace-voter", ldr.name, f"+{new} -{old}")
+                self.deliver_local(ldr, AdminChangeVoters(add=new, remove=old))
+        if self.t < self.end_at - 1.0:
+            self.at(self.t + 1.5, "readd", name, old)
+
+    def fault_voters(self, r) -> None:
+        """The operator adds, removes or replaces one voter at the leader."""
+        ldr = self.current_leader()
+        if ldr is None or ldr.paused or ldr.machine.record is None:
+            return
+        voters = ldr.machine.record.voters
+        current = [self.voter_uuid(v) for v in self.voters]
+        outside = [u for u in current if u not in voters]
+        add = r.choice(outside) if outside and r.random() < 0.6 else None
+        remove = r.choice(voters) if len(voters) > 1 and (add is None or r.random() < 0.4) \
+            else None
+        if remove is not None and not self.set_survives(voters, add, remove):
+            return
+        self.log("admin", "change-voters", ldr.name, f"+{add} -{remove}")
+        self.deliver_local(ldr, AdminChangeVoters(add=add, remove=remove))
+
+    def set_survives(self, voters, add, remove) -> bool:
+        """Keep the operator within the voter budget: the new set must keep a majority of
+        live uuids (the core refuses sets without an acknowledging majority anyway)."""
+        new = [v for v in voters if v != remove] + ([add] if add else [])
+        live = {self.voter_uuid(v) for v in self.voters}
+        return len(set(new) & live) >= len(new) // 2 + 1
 
     def records_in_play(self) -> list:
         """Every record an election could still adopt: each voter's, and each leader's

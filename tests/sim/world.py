@@ -26,7 +26,7 @@ from elkfs.consensus.config import ALL_MUTATIONS, STALE_NOW, HAConfig
 from elkfs.consensus.fencing import ChunkCommand
 from elkfs.consensus.identity import SAVE_DEFAULT, SAVE_FSYNC, incarnation_at_start
 from elkfs.consensus.journal import InvariantBroken
-from elkfs.consensus.master import Master, MasterDisk
+from elkfs.consensus.master import MasterDisk
 from elkfs.consensus.messages import (AdminStepDown, Append, AppendReply, InstallSnapshot,
                                       ClientRead, ClientRegister, ClientReply,
                                       ClientWrite, JournalSynced, JournalWrite,
@@ -35,7 +35,7 @@ from elkfs.consensus.voter import Voter
 
 from .app import ToyStore, op
 from .broken import (FOLLOWER_FORGETS_ACCEPTED_TERM, POWER_LOSS_KEEPS_INCARNATION,
-                     fence_class)
+                     fence_class, master_class)
 from .disk import MasterDir
 from .faults import Faults, swarm_weights
 from .oracle import Oracle, Violation, _decode_body
@@ -187,7 +187,8 @@ class World(Faults):
         self.heal_at = p.faulty_s
         self.end_at = p.faulty_s + p.healed_s
         self.loss, self.dup = p.loss, p.dup
-        self.wiped_master = self.wiped_voter = False
+        self.wiped_master = False
+        self.wiped_voters = 0
         self.stats = {"events": 0, "elections": 0, "acks": 0, "reads": 0, "faults": 0}
         self.gaps: list[tuple[str, float]] = []
         self.recent: deque = deque(maxlen=400)
@@ -264,7 +265,8 @@ class World(Faults):
             self.incarnation_rule(n)
             d = n.dir.cached
             disk = MasterDisk(d.term, d.accepted, d.snapshot, list(d.journal))
-            n.machine = Master(n.ident, name, self.cfg, ToyStore(), self.r_elect, now, disk)
+            n.machine = master_class(self.p.mutations)(n.ident, name, self.cfg, ToyStore(),
+                                                       self.r_elect, now, disk)
         self.log("start", name, n.machine.__class__.__name__, getattr(n.machine, "ident",
                                                                       n.incarnation))
         if not self.healed and n.kind == "master" and self.r_fault.random() < 0.3:
@@ -423,8 +425,11 @@ class World(Faults):
                     self.stats["reads" if is_read else "acks"] += 1
                 self.send_from(n, client, rep)
             self.oracle.master_state(n.name, m, n.clock, self.t)
-            if m.role == "LEADER" and m.lease_until > self.lease_seen.get(n.name, -1e18):
-                self.lease_seen[n.name] = m.lease_until
+            seen = self.lease_seen.get(n.name)
+            if m.role == "LEADER" and (seen is None or m.lease_until > seen[0]
+                                       or m._voter_sets() != seen[1]):
+                # the lease grew, or the voter sets it must be backed by changed
+                self.lease_seen[n.name] = (m.lease_until, m._voter_sets())
                 self.check_lease_backed(n, m)
             elif m.role != "LEADER":
                 self.lease_seen.pop(n.name, None)
