@@ -27,6 +27,7 @@ from elkfs.consensus.fencing import ChunkCommand
 from elkfs.consensus.identity import SAVE_DEFAULT, SAVE_FSYNC, incarnation_at_start
 from elkfs.consensus.journal import InvariantBroken
 from elkfs.consensus.master import MasterDisk
+from elkfs.consensus.records import highest
 from elkfs.consensus.messages import (AdminStepDown, Append, AppendReply, InstallSnapshot,
                                       ClientRead, ClientRegister, ClientReply,
                                       ClientWrite, JournalSynced, JournalWrite,
@@ -39,6 +40,12 @@ from .broken import (FOLLOWER_FORGETS_ACCEPTED_TERM, POWER_LOSS_KEEPS_INCARNATIO
 from .disk import MasterDir
 from .faults import Faults, swarm_weights
 from .oracle import Oracle, Violation, _decode_body
+
+
+# Events that change what the faults leave standing: they restart the quiet window of the
+# liveness-under-faults check.
+DISTURBING = {"fault", "start", "resume", "unpartition", "unslow", "bounce_voters",
+              "crash_at", "readd", "replay_to"}
 
 
 # ====================================================================== parameters =======
@@ -76,7 +83,7 @@ class SimParams:
                              frozenset(mutations), SAVE_DEFAULT)
         # drawn from a second source so that the shape drawn above stays what it was
         x = random.Random(seed * 1_000_003 + 17)
-        return SimParams(
+        p = SimParams(
             seed=seed, n_masters=n_m, n_voters=n_v,
             lease_s=r.choice([2.0, 2.0, 2.0, 1.0]),
             rho=r.choice([0.0, 0.01, 0.05, 0.1]),
@@ -93,6 +100,10 @@ class SimParams:
             mutations=frozenset(mutations),
             save_mode=x.choice([SAVE_DEFAULT, SAVE_FSYNC]),
             weights=swarm_weights(x))
+        if x.random() < 0.3:
+            # a calm network and sparser faults: room for the liveness-under-faults check
+            p.loss, p.long_delay_p, p.fault_rate = 0.0, 0.0, x.uniform(0.2, 0.6)
+        return p
 
 
 # ====================================================================== clock ============
@@ -192,6 +203,9 @@ class World(Faults):
         self.stats = {"events": 0, "elections": 0, "acks": 0, "reads": 0, "faults": 0}
         self.gaps: list[tuple[str, float]] = []
         self.recent: deque = deque(maxlen=400)
+        self.gaps_faulty: list[tuple[str, float]] = []
+        self.quiet_since: float | None = None
+        self.quiet_lost = 0
         self.by_term: dict[int, list] = {}
         masters = tuple(f"m{i + 1}" for i in range(p.n_masters))
         voters = tuple(f"v{i + 1}" for i in range(p.n_voters))
@@ -223,7 +237,8 @@ class World(Faults):
     @staticmethod
     def fmt(item) -> str:
         t, what, args = item
-        return f"{t:10.4f} {what:<10} " + " ".join(str(a) for a in args)
+        return f"{t:10.4f} {what:<10} " + " ".join(
+            a if isinstance(a, str) else _short(a) for a in args)
 
     # ------------------------------------------------------------------ run -------------
     def run(self) -> None:
@@ -233,6 +248,7 @@ class World(Faults):
             self.at(self.r_work.uniform(0.1, 1.0), "client", c.name)
         if self.p.fault_rate > 0:
             self.at(self.r_fault.expovariate(self.p.fault_rate), "fault")
+        self.at(0.05, "watch")
         self.at(self.heal_at, "heal")
         self.at(self.end_at, "end")
         while self.q:
@@ -242,6 +258,8 @@ class World(Faults):
             if kind == "end":
                 self.final_checks()
                 return
+            if kind in DISTURBING:
+                self.quiet_since = None
             try:
                 getattr(self, "ev_" + kind)(*args)
             except InvariantBroken as e:
@@ -370,8 +388,7 @@ class World(Faults):
             out = None
         else:
             out = n.machine.step(now, msg)
-        if self.verbose or len(self.trace) < 10**9:
-            self.trace.append((self.t, "recv", (name, _short(msg))))
+        self.trace.append((self.t, "recv", (name, msg)))     # formatted when printed
         if out is not None:
             self.apply_output(n, out, now, arrived, msg)
         n.busy = False
@@ -400,6 +417,8 @@ class World(Faults):
                 self.stats["elections"] += 1
             if self.healed and ev.event == "election-lost":
                 self.gaps.append((ev.detail, self.t))
+            elif ev.event == "election-lost":
+                self.gaps_faulty.append((ev.detail, self.t))
         for dest, msg_out in out.send:
             self.send_from(n, dest, msg_out)
         if n.kind == "master":
@@ -439,6 +458,7 @@ class World(Faults):
             if self.r_fault.random() < 0.5:
                 self.ev_flush(n.name, n.epoch)
             self.crash(n, "crash-after-vote")
+            self.quiet_since = None
             self.at(self.t + self.r_fault.uniform(0.0, 0.05), "start", n.name)
         if out.wake_at is not None:
             n.tick_token += 1
@@ -571,9 +591,56 @@ class World(Faults):
         self.live_from = max(self.t, self.faulty_arrivals_end)
         self.at(self.live_from + self.liveness_bound(), "check_live")
 
-    def liveness_bound(self) -> float:
+    # ------------------------------------------------------------------ liveness under faults
+    def quiet_majority(self) -> bool:
+        """True when faults, though still running, leave a connected majority: the network
+        loses nothing, and among the masters and voters that are up, awake and not
+        stalling, no link is cut or slowed, a majority of the voters of the highest record
+        they hold is present, and so is a member of that record."""
+        if self.loss > 0 or self.p.long_delay_p > 0 or self.slow:
+            return False
+        t = self.t
+        here = [n for n in self.nodes.values()
+                if n.up and not n.paused and t >= n.stall_until + n.stall_max]
+        names = {n.name for n in here}
+        for a, b in self.blocked:
+            if a in names and b in names:
+                return False
+        voters = [n for n in here if n.kind == "voter"]
+        rstar = highest(n.voter_disk.record for n in voters if n.voter_disk)
+        if rstar is None:
+            return False
+        uuids = {self.voter_uuid(n.name) for n in voters}
+        if len(uuids & set(rstar.voters)) < len(rstar.voters) // 2 + 1:
+            return False
+        return any(n.kind == "master" and n.ident in rstar.members for n in here)
+
+    def ev_watch(self) -> None:
+        """Invariant 6 while faults go on: a connected majority elects within the bound
+        (extended by each election lost to a split vote, as in the healed phase)."""
+        if self.healed:
+            return
+        if not self.quiet_majority():
+            self.quiet_since = None
+        elif self.quiet_since is None:
+            self.quiet_since, self.quiet_lost = self.t, len(self.gaps_faulty)
+        else:
+            lost = len(self.gaps_faulty) - self.quiet_lost
+            bound = self.liveness_bound(faulty=True) * (1 + lost)
+            if self.t - self.quiet_since <= bound:
+                pass
+            elif any(self.oracle.serving_at(m, self.t) for m in self.masters):
+                self.stats["quiet-checked"] = self.stats.get("quiet-checked", 0) + 1
+            else:
+                raise Violation("liveness-under-faults",
+                                f"a connected majority has had no leader for "
+                                f"{self.t - self.quiet_since:.3f}s (bound {bound:.3f}s)")
+        self.at(self.t + 0.05, "watch")
+
+    def liveness_bound(self, faulty: bool = False) -> float:
         c = self.cfg
-        rtt = 2 * (self.p.delay_base_s + 8 * min(self.p.delay_tail_s, 0.003)) + 2 * 0.0005
+        tail = self.p.delay_tail_s if faulty else min(self.p.delay_tail_s, 0.003)
+        rtt = 2 * (self.p.delay_base_s + 8 * tail) + 2 * 0.0005
         return (c.lease_duration_s * (1 + c.rho) + c.election_jitter_s + c.align_timeout_s
                 + 8 * rtt + 4 * self.p.fsync_max_s + 0.1)
 
@@ -661,7 +728,7 @@ class World(Faults):
 
     def client_send(self, c: Client, msg) -> None:
         dest = self.masters[c.target % len(self.masters)]
-        self.trace.append((self.t, "client", (c.name, dest, _short(msg))))
+        self.trace.append((self.t, "client", (c.name, dest, msg)))
         self.transmit(c.name, dest, msg)
 
     def client_reply(self, c: Client, src: str, rep: ClientReply) -> None:
