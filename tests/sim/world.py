@@ -335,6 +335,7 @@ class World(Faults):
         if not n.up:
             return
         self.log(why, n.name)
+        self.quiet_since = None
         n.up = False
         n.machine = None
         n.epoch += 1
@@ -458,7 +459,6 @@ class World(Faults):
             if self.r_fault.random() < 0.5:
                 self.ev_flush(n.name, n.epoch)
             self.crash(n, "crash-after-vote")
-            self.quiet_since = None
             self.at(self.t + self.r_fault.uniform(0.0, 0.05), "start", n.name)
         if out.wake_at is not None:
             n.tick_token += 1
