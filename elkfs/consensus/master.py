@@ -47,7 +47,7 @@ from .effects import Output
 from .journal import InvariantBroken, Journal
 from .lease import NEVER, LeaseTracker
 from .leaselog import LeaseEvent
-from .messages import (AdminChangeVoters, AdminStepDown, Append, AppendReply, ClientRead,
+from .messages import (AdminChangeVoters, AdminForceVoters, AdminStepDown, Append, AppendReply, ClientRead,
                        ClientRegister, ClientReply, ClientWrite, Entry, InstallSnapshot,
                        JournalSynced, JournalWrite, PeersChanged, PersistMasterTerm, PreVote,
                        PreVoteReply, Propose, Release, Renew, RenewReply, SaveSnapshot,
@@ -91,6 +91,14 @@ class _Campaign:
     grants: dict[str, tuple[Record | None, float]] = field(default_factory=dict)
     retry_at: dict[str, float] = field(default_factory=dict)
     latest_round: int = -1
+    forced: tuple[str, ...] | None = None     # AdminForceVoters: the voter set to count
+
+
+@dataclass
+class _Force:
+    voters: tuple[str, ...]
+    armed_at: float
+    fire_at: float
 
 
 class Master:
@@ -127,6 +135,8 @@ class Master:
         self.election_at = now + config.lease_duration_s + self._jitter()
         self.campaign: _Campaign | None = None
         self._pending_ack: tuple[int, int, str] | None = None   # (term, version, addr)
+        self.leader_heard_at = NEVER
+        self.force: _Force | None = None
         self._reset_leader_state()
 
     # ================================================================= helpers ===========
@@ -211,10 +221,14 @@ class Master:
 
     def _next_wake(self, now: float) -> float | None:
         if self.role == FOLLOWER:
+            if self.force is not None:
+                return min(self.election_at, self.force.fire_at)
             return self.election_at
         if self.role == CANDIDATE:
             c = self.campaign
             times = [c.deadline] + list(c.retry_at.values())
+            if self.force is not None and self._only_asking():
+                times.append(self.force.fire_at)
             return min(times)
         times = [self.next_renew_at, self.lease_until, self.next_heartbeat_at]
         if not self.ready and self.align_deadline > now:
@@ -225,7 +239,12 @@ class Master:
 
     # ================================================================= timers ============
     def _on_tick(self, now: float, msg: Tick, out: Output) -> None:
-        if self.role == FOLLOWER and now >= self.election_at:
+        if self.force is not None and now >= self.force.fire_at and self._only_asking():
+            if self.role == CANDIDATE:
+                self.campaign = None          # a plain pre-vote gives way to the force
+                self._set_role(FOLLOWER)
+            self._start_prevote(now, out, forced=self.force.voters)
+        elif self.role == FOLLOWER and now >= self.election_at:
             self._start_prevote(now, out)
         elif self.role == CANDIDATE:
             self._campaign_tick(now, out)
@@ -282,6 +301,9 @@ class Master:
             self._become_follower(now, out, leader, leader_addr)
         self.leader_ident, self.leader_addr = leader, leader_addr
         self.election_at = now + self.cfg.lease_duration_s + self._jitter()
+        self.leader_heard_at = now
+        if self.force is not None:
+            self._force_refused(out, f"leader {leader} of term {term} is alive")
         return True
 
     def _reject(self, out: Output, to: str) -> None:
@@ -410,21 +432,25 @@ class Master:
             self.log.compact(max(self.log.base[1], self.applied - self.cfg.log_retain))
 
     # ================================================================= candidate =========
-    def _start_prevote(self, now: float, out: Output) -> None:
+    def _start_prevote(self, now: float, out: Output,
+                       forced: tuple[str, ...] | None = None) -> None:
         self._set_role(CANDIDATE)
         term = max(self.term, self.accepted_term) + 1
-        c = self.campaign = _Campaign(term, "pre", now, now + self.cfg.max_round_trip_s)
+        c = self.campaign = _Campaign(term, "pre", now, now + self.cfg.max_round_trip_s,
+                                      forced=forced)
         r = self._round()
         c.rounds[r], c.latest_round = now, r
         for v in self.voter_addrs:
             out.send_to(v, PreVote(term, self.ident, r, self.last()))
 
-    def _start_vote(self, now: float, out: Output, reason: str) -> None:
+    def _start_vote(self, now: float, out: Output, reason: str,
+                    forced: tuple[str, ...] | None = None) -> None:
         if self.role != CANDIDATE:
             self._set_role(CANDIDATE)
         self.term = max(self.term, self.accepted_term) + 1
         self._persist_term(out)          # durable before the requests leave
-        self.campaign = _Campaign(self.term, "vote", now, now + self.cfg.max_round_trip_s)
+        self.campaign = _Campaign(self.term, "vote", now, now + self.cfg.max_round_trip_s,
+                                  forced=forced)
         self._event(out, "election-start", f"reason={reason} last={self.last()}")
         self._send_votes(now, out, self.voter_addrs)
 
@@ -484,6 +510,8 @@ class Master:
             return
         c.replies[m.voter] = m
         self.term = max(self.term, m.term)
+        if c.forced is not None:
+            return self._forced_prevote_reply(now, m, out)
         rstar = highest((r.record for r in c.replies.values()), self._epoch_only())
         self._learn_record(rstar)
         voters = rstar.voters if rstar else self.initial_voters
@@ -530,10 +558,17 @@ class Master:
         elif not m.granted:
             self.term = max(self.term, m.term)
             c.replies[m.voter] = m
+            if c.forced is not None and m.reason == "lease-held":
+                self._force_refused(out, f"voter {m.voter} holds a lease for "
+                                         f"{m.wait_s:.3f}s more")
+                return self._abandon(now, out, "forced set refused")
             if m.reason in RETRYABLE:
                 c.retry_at[m.voter] = now + m.wait_s + 0.002
                 c.deadline = max(c.deadline, c.retry_at[m.voter] + self.cfg.max_round_trip_s)
-        rstar = highest((g[0] for g in c.grants.values()), self._epoch_only())
+        if c.forced is not None:
+            rstar = self._forced_record(c, [g[0] for g in c.grants.values()])
+        else:
+            rstar = highest((g[0] for g in c.grants.values()), self._epoch_only())
         voters = rstar.voters if rstar else self.initial_voters
         counted = {v: g for v, g in c.grants.items() if v in voters}
         if len(counted) >= majority(len(voters)):
@@ -552,6 +587,10 @@ class Master:
     def _become_leader(self, now: float, rstar: Record | None, counted, out: Output) -> None:
         c = self.campaign
         self.campaign = None
+        if c.forced is not None:
+            self._event(out, "force-done", f"voters={{{','.join(c.forced)}}} "
+                                           f"record={rstar.describe()}", term=c.term)
+        self.force = None
         self._set_role(LEADER)
         self.accepted_term = c.term
         self._persist_term(out)
@@ -916,6 +955,79 @@ class Master:
             self.voter_changes.append(m)
         self._event(out, "voters-change-queued", f"+{m.add} -{m.remove}")
 
+    # ---------------------------------------------------------------- forced voter set -
+    def _force_wait_s(self) -> float:
+        """Longer, in real time, than any promise a voter may still keep: ``D`` on the
+        voter's clock, measured on this one."""
+        rho = self.cfg.rho
+        return self.cfg.lease_duration_s * (1 + rho) / (1 - rho)
+
+    def _only_asking(self) -> bool:
+        """A follower, or a candidate still in a plain pre-vote (which changed nothing)."""
+        return self.role == FOLLOWER or (self.role == CANDIDATE and self.campaign.phase == "pre"
+                                         and self.campaign.forced is None)
+
+    def _force_refusal(self, now: float) -> str | None:
+        if not self._only_asking():
+            return f"this master is {self.role}"
+        if now - self.leader_heard_at < self._force_wait_s():
+            return f"heard leader {self.leader_ident} {now - self.leader_heard_at:.3f}s ago"
+        return None
+
+    def _on_force_voters(self, now: float, m: AdminForceVoters, out: Output) -> None:
+        """Arm, wait, check, then campaign with ``m.voters`` as the voter set.
+
+        A lease may rest on promises of the very voters that are gone: they last at most
+        ``D`` (their clocks) after the last one was made, so the force waits that long
+        after the command, and gives up if a leader shows up meanwhile.  When it fires it
+        asks every voter (pre-vote); a voter that holds a lease for anyone refuses the
+        force.  A master behind a commit point a voter reports refuses too (pick the
+        master with the highest (term, version) pair).  The forced record, ``(new term,
+        highest epoch + 1, {this master}, voters)``, outranks every stored record."""
+        if self.force is not None and self.force.voters == tuple(m.voters):
+            self._event(out, "force-pending", f"fires in {self.force.fire_at - now:.3f}s")
+            return                             # a repeated command keeps the first timer
+        why = self._force_refusal(now) if m.voters else "empty voter set"
+        if why is not None:
+            self._event(out, "force-refused", f"voters={{{','.join(m.voters)}}}: {why}")
+            return
+        wait = self._force_wait_s()
+        self.force = _Force(tuple(m.voters), now, now + wait)
+        self._event(out, "force-armed", f"voters={{{','.join(m.voters)}}} fires in "
+                                        f"{wait:.3f}s unless a leader or a lease shows up")
+
+    def _force_refused(self, out: Output, why: str) -> None:
+        self._event(out, "force-refused", f"voters={{{','.join(self.force.voters)}}}: {why}")
+        self.force = None
+
+    def _force_lease_live(self, replies) -> str | None:
+        for r in replies:
+            if not r.would_grant and r.reason == "lease-held":
+                return f"voter {r.voter} holds a lease for {r.wait_s:.3f}s more"
+        return None
+
+    def _forced_record(self, c: _Campaign, records) -> Record:
+        top = highest(list(records) + [self.known_record])
+        epoch = top.epoch if top else 0
+        return Record(c.term, epoch + 1, (self.ident,), c.forced, self.last())
+
+    def _forced_prevote_reply(self, now: float, m: PreVoteReply, out: Output) -> None:
+        c = self.campaign
+        records = [r.record for r in c.replies.values()]
+        why = self._force_lease_live(c.replies.values())
+        if why is None:
+            why = self._eligibility(self._forced_record(c, records), records)
+        if why is not None:
+            self._force_refused(out, why)
+            self.campaign = None
+            self._set_role(FOLLOWER)
+            self.election_at = now + self.cfg.lease_duration_s + self._jitter()
+            return
+        yes = [v for v, r in c.replies.items() if r.would_grant and v in c.forced]
+        if len(yes) >= majority(len(c.forced)) and set(c.forced) <= set(c.replies):
+            self._event(out, "force-fired", f"voters={{{','.join(c.forced)}}}")
+            self._start_vote(now, out, "forced voter set", forced=c.forced)
+
     # ---------------------------------------------------------------- daemon shell -----
     def _on_propose(self, now: float, m: Propose, out: Output) -> None:
         """Entries the leader's shell already applied to its metadata; answered by the
@@ -972,6 +1084,7 @@ _HANDLERS = {
     ClientRead: Master._on_read,
     AdminStepDown: Master._on_stepdown,
     AdminChangeVoters: Master._on_change_voters,
+    AdminForceVoters: Master._on_force_voters,
     Propose: Master._on_propose,
     PeersChanged: Master._on_peers,
     SnapshotTaken: Master._on_snapshot_taken,

@@ -192,6 +192,13 @@ class AdminChangeVoters(_Msg):
     remove: str | None = None
 
 
+class AdminForceVoters(_Msg):
+    """The operator's way out when a majority of the voters is gone for good: this master
+    (a follower, ideally the one with the highest ``(term, version)``) leads with
+    ``voters`` as the voter set.  Refused while any lease may be live; see docs/ha.md."""
+    voters: tuple[str, ...]
+
+
 # ---------------------------------------------------------------- persistence ------------
 class PersistVoterState(_Msg):
     term: int
