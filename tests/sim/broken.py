@@ -26,10 +26,11 @@ POWER_LOSS_KEEPS_INCARNATION = "power_loss_keeps_incarnation"
 FOLLOWER_FORGETS_ACCEPTED_TERM = "follower_forgets_accepted_term"
 FENCE_IGNORES_TERM = "fence_ignores_term"
 VOTER_CHANGE_KEEPS_OLD_LEASE = "voter_change_keeps_old_lease"
+FORCE_IGNORES_LEASES = "force_ignores_leases"
 
 SIM_MUTATIONS = (
     POWER_LOSS_KEEPS_INCARNATION, FOLLOWER_FORGETS_ACCEPTED_TERM, FENCE_IGNORES_TERM,
-    VOTER_CHANGE_KEEPS_OLD_LEASE,
+    VOTER_CHANGE_KEEPS_OLD_LEASE, FORCE_IGNORES_LEASES,
 )
 
 
@@ -57,5 +58,23 @@ class MasterKeepingOldLease(Master):
         pass
 
 
+class MasterForcingAtOnce(Master):
+    """Takes the operator's forced voter set at once: no wait for old promises, no check
+    for a leader heard lately or a lease a voter still holds."""
+
+    def _force_wait_s(self) -> float:
+        return 0.0
+
+    def _force_refusal(self, now: float) -> str | None:
+        return None if self._only_asking() else self.role
+
+    def _force_lease_live(self, replies) -> str | None:
+        return None
+
+
 def master_class(mutations) -> type[Master]:
-    return MasterKeepingOldLease if VOTER_CHANGE_KEEPS_OLD_LEASE in mutations else Master
+    if VOTER_CHANGE_KEEPS_OLD_LEASE in mutations:
+        return MasterKeepingOldLease
+    if FORCE_IGNORES_LEASES in mutations:
+        return MasterForcingAtOnce
+    return Master

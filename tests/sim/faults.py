@@ -8,7 +8,8 @@ same for its storage faults).
 from __future__ import annotations
 
 from elkfs.consensus.identity import SAVE_FSYNC
-from elkfs.consensus.messages import AdminChangeVoters, AdminStepDown
+from elkfs.consensus.messages import AdminChangeVoters, AdminForceVoters, AdminStepDown
+from elkfs.consensus.records import highest
 
 # The fault mix.  Each seed keeps a random subset with random weights (swarm testing:
 # a seed that does many step-downs or many power losses reaches paths a uniform mix
@@ -17,8 +18,12 @@ BASE_WEIGHTS = {
     "crash-m": 10, "crash-v": 8, "pause": 6, "suspend": 3, "partition": 14, "stall": 5,
     "rate": 3, "wipe-v": 1, "wipe-m": 1, "step-down": 4, "net": 2, "strand": 4,
     "slow-links": 4, "bounce": 4, "slow-election": 4, "power": 6, "replay": 5,
-    "voters": 3,
+    "voters": 3, "disaster": 3,
 }
+
+
+UNFAIR_WEIGHTS = {"clock": {"clock-beyond-rho": 4}, "freeze": {"freeze": 4},
+                  "stale-voter": {"stale-voter": 4}}
 
 
 def swarm_weights(r) -> dict:
@@ -84,6 +89,10 @@ class Faults:
             return
         n.paused = False
         self.log("resume", name)
+        if n.frozen_at is not None:
+            # the clock stood still while the host was frozen: it resumes where it stopped
+            n.clock.base_local, n.clock.base_real = n.clock.local(n.frozen_at), self.t
+            n.frozen_at = None
         if n.held:
             self.at(self.t, "flush", name, n.epoch)
         if n.deferred is not None:
@@ -217,6 +226,44 @@ class Faults:
         n = self._pick(r, list(self.nodes))
         n.clock.set_rate(self.t, 1.0 + r.uniform(-self.p.rho, self.p.rho))
         self.log("clock", n.name, f"rate={n.clock.rate:.4f}")
+
+    # ------------------------------------------------------------------ unfair faults ---
+    # Faults outside what any lease protocol can survive (docs/ha.md "Faults no protocol
+    # survives").  Only ``--unfair`` runs draw them; the oracle then keeps every invariant
+    # that needs no clock (2-5), and drops the real-time checks of invariant 1.
+
+    def fault_clock_beyond_rho(self, r) -> None:
+        n = self._pick(r, list(self.nodes))
+        err = r.uniform(2 * self.p.rho + 0.02, 0.5)
+        n.clock.set_rate(self.t, 1.0 + (err if r.random() < 0.5 else -err))
+        self.log("clock!", n.name, f"rate={n.clock.rate:.4f} beyond rho={self.p.rho}")
+
+    def fault_freeze(self, r) -> None:
+        """A suspend (or a hypervisor freeze) during which the clock the shell reads
+        stands still, as CLOCK_MONOTONIC does through a suspend."""
+        n = self._pick(r, self.masters if r.random() < 0.7 else self.voters)
+        if r.random() < 0.5 and n.kind == "master":
+            n = self.current_leader() or n
+        if not n.up or n.paused:
+            return
+        self.fault_pause_node(n, r, "freeze")
+        n.frozen_at = self.t
+
+    def fault_stale_voter(self, r) -> None:
+        """A voter restarts from a state file older than its promises: restored from a
+        backup, or written to a disk that acknowledged an fsync it did not do."""
+        n = self._pick(r, self.voters)
+        if len(n.voter_history) < 2:
+            return
+        self.crash(n, "stale-voter")
+        n.voter_disk = r.choice(n.voter_history[:-1])
+        self.log("restore", n.name, f"state {n.voter_disk}")
+        self.at(self.t + r.uniform(0.0, 1.0), "start", n.name)
+
+    def fault_pause_node(self, n, r, why: str) -> None:
+        n.paused = True
+        self.log(why, n.name)
+        self.at(self.t + r.uniform(0.2, 3.5) * self.p.lease_s, "resume", n.name, n.epoch)
 
     def fault_net(self, r) -> None:
         self.loss = r.choice([0.0, 0.05, 0.3])
@@ -365,6 +412,81 @@ class Faults:
             r = self.r_fault
             for src, dest, msg in r.sample(pool, min(len(pool), 4)):
                 self.transmit(src, dest, msg)
+
+    def fault_disaster(self, r) -> None:
+        """A majority of the voters is destroyed for good (their machines are replaced:
+        new voter uuids).  Half the time the survivors were cut off from the leader for
+        more than ``D`` first, so that its lease rests on the doomed voters' promises
+        alone.  The operator then forces a new voter set (``ev_force``)."""
+        if self.force_state is not None or self.t > self.heal_at - 5.0:
+            return
+        ldr = self.current_leader()
+        rec = ldr.machine.record if ldr else highest(self.records_in_play())
+        if rec is None:
+            return
+        names = [v for v in self.voters if self.voter_uuid(v) in rec.voters]
+        k = len(rec.voters) // 2 + 1
+        if len(names) < k:
+            return
+        doomed = r.sample(names, k)
+        delay = 0.0
+        survivors = [v for v in self.voters if v not in doomed]
+        if ldr is not None and survivors and r.random() < 0.5:
+            cut = {(a, b) for v in survivors for a, b in ((ldr.name, v), (v, ldr.name))}
+            self.blocked |= cut
+            delay = self.p.lease_s * r.uniform(1.05, 1.5)
+            self.at(self.t + delay + r.uniform(0.5, 3.0), "unpartition", frozenset(cut))
+        if ldr is not None and not ldr.paused and r.random() < 0.5:
+            # the leader's host hangs too, holding its lease: the operator cannot reach it
+            self.at(self.t + delay, "hang", ldr.name, ldr.epoch)
+        self.force_state = "pending"
+        self.log("disaster", f"voters {doomed} in {delay:.2f}s")
+        self.at(self.t + delay, "destroy", tuple(doomed))
+
+    def ev_hang(self, name: str, epoch: int) -> None:
+        n = self.nodes[name]
+        if n.epoch == epoch and n.up and not n.paused:
+            self.fault_pause_node(n, self.r_fault, "hang")
+
+    def ev_destroy(self, doomed) -> None:
+        r = self.r_fault
+        # the operator names the survivors alone, or the survivors and the replacements
+        survivors = tuple(v for v in self.voters if v not in doomed)
+        self.force_names = survivors if survivors and r.random() < 0.5 else self.voters
+        for name in doomed:
+            n = self.nodes[name]
+            self.crash(n, "destroyed")
+            n.voter_disk = None
+            n.incarnation += 1
+            self.at(self.t + r.uniform(0.3, 2.0), "start", name)
+        self.at(self.t + r.uniform(0.05, 1.0), "force")
+
+    def ev_force(self) -> None:
+        """The operator runs the forced voter set at the master with the highest
+        (term, version) pair, naming every voter alive now, and repeats the command until
+        a leader's record shows that set (the master refuses while a lease may live)."""
+        new_set = tuple(self.voter_uuid(v) for v in self.force_names)
+        ldr = self.current_leader()
+        if ldr is not None and ldr.machine.record is not None \
+                and set(ldr.machine.record.voters) == set(new_set):
+            self.force_state = "done"
+            return
+        up = [self.nodes[m] for m in self.masters if self.nodes[m].up]
+        # the highest pair; among equals, a follower (the operator may not see the leader)
+        best = max(up, key=lambda n: (n.machine.last(), n.machine.role != "LEADER"),
+                   default=None)
+        down_best = max((self.journal_last(self.nodes[m]) for m in self.masters
+                         if not self.nodes[m].up), default=(0, 0))
+        if best is not None and not best.paused and best.machine.last() >= down_best:
+            self.log("admin", "force-voters", best.name, new_set)
+            self.deliver_local(best, AdminForceVoters(new_set))
+        self.at(self.t + 1.5, "force")
+
+    def journal_last(self, n):
+        d = n.dir.cached
+        if d.journal:
+            return (d.journal[-1].term, d.journal[-1].version)
+        return d.snapshot.last if d.snapshot else (0, 0)
 
     def fault_step_down(self, r) -> None:
         ldr = self.current_leader()

@@ -38,14 +38,14 @@ from .app import ToyStore, op
 from .broken import (FOLLOWER_FORGETS_ACCEPTED_TERM, POWER_LOSS_KEEPS_INCARNATION,
                      fence_class, master_class)
 from .disk import MasterDir
-from .faults import Faults, swarm_weights
+from .faults import UNFAIR_WEIGHTS, Faults, swarm_weights
 from .oracle import Oracle, Violation, _decode_body
 
 
 # Events that change what the faults leave standing: they restart the quiet window of the
 # liveness-under-faults check.
 DISTURBING = {"fault", "start", "resume", "unpartition", "unslow", "bounce_voters",
-              "crash_at", "readd", "replay_to"}
+              "crash_at", "readd", "replay_to", "destroy", "force", "hang"}
 
 
 # ====================================================================== parameters =======
@@ -69,11 +69,13 @@ class SimParams:
     op_rate: float
     mutations: frozenset = frozenset()
     save_mode: int = SAVE_FSYNC
+    unfair: frozenset = frozenset()   # classes of faults no protocol survives (faults.py)
     weights: dict = field(default_factory=dict)   # fault kind -> weight (swarm testing)
 
     @staticmethod
     def from_seed(seed: int, mutations=frozenset(), faulty_s: float = 10.0,
-                  healed_s: float = 8.0, realistic: bool = False) -> "SimParams":
+                  healed_s: float = 8.0, realistic: bool = False,
+                  unfair=frozenset()) -> "SimParams":
         r = random.Random(seed)
         n_m = r.choice([2, 3, 3, 3, 4, 5])
         n_v = r.choice([1, 2, 3, 3, 3, 4, 5, 5, 7])
@@ -103,6 +105,9 @@ class SimParams:
         if x.random() < 0.3:
             # a calm network and sparser faults: room for the liveness-under-faults check
             p.loss, p.long_delay_p, p.fault_rate = 0.0, 0.0, x.uniform(0.2, 0.6)
+        p.unfair = frozenset(unfair)
+        for kind in sorted(p.unfair):
+            p.weights.update(UNFAIR_WEIGHTS[kind])
         return p
 
 
@@ -149,6 +154,8 @@ class Node:
         self.lease_log: deque = deque(maxlen=40)
         # voter / chunkserver
         self.voter_disk: PersistVoterState | None = None
+        self.voter_history: list = []  # earlier versions of the state file (stale-voter)
+        self.frozen_at: float | None = None
         self.fence_term = 0
         self.fence: ChunkVersionFence | None = None
         # master
@@ -189,7 +196,7 @@ class World(Faults):
         self.q: list = []
         self.seq = 0
         self.trace: deque = deque(maxlen=None if verbose else 400)
-        self.oracle = Oracle()
+        self.oracle = Oracle(clocks_bounded=not (p.unfair & {"clock", "freeze"}))
         self.blocked: set[tuple[str, str]] = set()
         self.slow: dict[tuple[str, str], float] = {}
         self.lease_seen: dict[str, float] = {}
@@ -206,6 +213,7 @@ class World(Faults):
         self.gaps_faulty: list[tuple[str, float]] = []
         self.quiet_since: float | None = None
         self.quiet_lost = 0
+        self.force_state: str | None = None      # None, "pending", "done"
         self.by_term: dict[int, list] = {}
         masters = tuple(f"m{i + 1}" for i in range(p.n_masters))
         voters = tuple(f"v{i + 1}" for i in range(p.n_voters))
@@ -400,6 +408,7 @@ class World(Faults):
         for a in out.persist:
             if isinstance(a, PersistVoterState):
                 n.voter_disk = a
+                n.voter_history = (n.voter_history + [a])[-12:]
             elif isinstance(a, PersistMasterTerm):
                 self.persist_term(n, a)
             elif isinstance(a, SaveSnapshot):
@@ -469,6 +478,8 @@ class World(Faults):
         """The lease lemma behind invariant 1: whatever lease a leader believes it holds is
         covered, in real time, by the promises of a majority of its voters (a voter that is
         down or in its restart silence promises by construction)."""
+        if not self.oracle.clocks_bounded:
+            return
         until_real = n.clock.to_real(m.lease_until)
         if until_real <= self.t:
             return
@@ -583,6 +594,8 @@ class World(Faults):
         self.loss, self.dup = 0.0, 0.0
         for n in self.nodes.values():
             n.stall_until = -1.0
+            if abs(n.clock.rate - 1.0) > self.p.rho:
+                n.clock.set_rate(self.t, 1.0)
             if not n.up:
                 self.at(self.t, "start", n.name)
             elif n.paused:
@@ -597,7 +610,7 @@ class World(Faults):
         loses nothing, and among the masters and voters that are up, awake and not
         stalling, no link is cut or slowed, a majority of the voters of the highest record
         they hold is present, and so is a member of that record."""
-        if self.loss > 0 or self.p.long_delay_p > 0 or self.slow:
+        if self.loss > 0 or self.p.long_delay_p > 0 or self.slow or self.p.unfair:
             return False
         t = self.t
         here = [n for n in self.nodes.values()
@@ -646,6 +659,13 @@ class World(Faults):
 
     def ev_check_live(self) -> None:
         if not any(self.oracle.serving_at(m, self.t) for m in self.masters):
+            if self.force_state == "pending":
+                # no leader is possible until the operator's forced voter set takes
+                # effect: it waits out old promises first (D and more)
+                if self.t > self.end_at - 2.0:
+                    raise Violation("liveness", "the forced voter set never took effect")
+                self.at(self.t + 0.1, "check_live")
+                return
             extra = len(self.gaps)
             if extra and self.t < self.live_from + self.liveness_bound() * (1 + extra):
                 self.at(self.live_from + self.liveness_bound() * (1 + extra), "check_live")
