@@ -530,11 +530,19 @@ class Master:
                 return
             self.eligible = True
             return self._start_vote(now, out, "prevote")
-        # not yet: if voters that only wait (a lease or a restart silence) would make a
-        # majority, ask again the moment enough of them are free
+        need = majority(len(voters)) - len(yes)
+        # not yet: voters that refused only because they are at our term already (they
+        # voted in it, e.g. for a candidate that has since lost its disk) would say yes to
+        # a higher one; a pre-vote changes nothing, so ask again at once with term+1
+        higher = [v for v, r in c.replies.items() if v in voters and not r.would_grant
+                  and r.reason in ("voted-other", "stale-term") and r.term >= c.term]
+        if need <= len(higher) and "*" not in c.retry_at:
+            c.retry_at = {"*": now}
+            return
+        # if voters that only wait (a lease or a restart silence) would make a majority,
+        # ask again the moment enough of them are free
         waits = sorted(r.wait_s for v, r in c.replies.items()
                        if v in voters and not r.would_grant and r.reason in RETRYABLE)
-        need = majority(len(voters)) - len(yes)
         if need <= len(waits):
             at = now + waits[need - 1] + 0.005 + self._jitter() * 0.2
             if c.retry_at.get("*", float("inf")) > at:
