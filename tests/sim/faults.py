@@ -169,6 +169,17 @@ class Faults:
         if n.epoch == epoch and not self.healed:
             self.crash(n)
             self.at(self.t + down_s, "start", name)
+            if self.r_fault.random() < 0.5:
+                # the stranded leader returns with its minority proposal just as the leader
+                # that replaced it dies: the second half of HA-traces.md 1a-1c
+                self.at(self.t + down_s + self.r_fault.uniform(0.0, 0.6), "crash_leader",
+                        name)
+
+    def ev_crash_leader(self, spare: str) -> None:
+        ldr = self.current_leader()
+        if ldr is not None and ldr.name != spare and not self.healed:
+            self.crash(ldr)
+            self.at(self.t + self.r_fault.uniform(1.0, 3.0), "start", ldr.name)
 
     def fault_slow_links(self, r) -> None:
         """Voter replies to a master arrive late on some links (acks of old rounds)."""

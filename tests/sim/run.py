@@ -95,8 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--faulty", type=float, default=10.0)
     ap.add_argument("--healed", type=float, default=8.0)
     ap.add_argument("--unfair", action="append", default=[],
-                    choices=["clock", "freeze", "stale-voter"],
-                    help="add faults no protocol survives; the oracle keeps invariants 2-5")
+                    choices=["clock", "freeze", "stale-voter", "time-checks"],
+                    help="add faults no protocol survives; the oracle keeps invariants 2-5 "
+                         "(and the real-time checks of invariant 1 with time-checks)")
     ap.add_argument("--summary", action="store_true",
                     help="print one line per failure and a count by invariant")
     a = ap.parse_args(argv)

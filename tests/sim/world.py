@@ -45,7 +45,8 @@ from .oracle import Oracle, Violation, _decode_body
 # Events that change what the faults leave standing: they restart the quiet window of the
 # liveness-under-faults check.
 DISTURBING = {"fault", "start", "resume", "unpartition", "unslow", "bounce_voters",
-              "crash_at", "readd", "replay_to", "destroy", "force", "hang"}
+              "crash_at", "readd", "replay_to", "destroy", "force", "hang",
+              "crash_leader"}
 
 
 # ====================================================================== parameters =======
@@ -107,7 +108,7 @@ class SimParams:
             p.loss, p.long_delay_p, p.fault_rate = 0.0, 0.0, x.uniform(0.2, 0.6)
         p.unfair = frozenset(unfair)
         for kind in sorted(p.unfair):
-            p.weights.update(UNFAIR_WEIGHTS[kind])
+            p.weights.update(UNFAIR_WEIGHTS.get(kind, {}))
         return p
 
 
@@ -196,7 +197,8 @@ class World(Faults):
         self.q: list = []
         self.seq = 0
         self.trace: deque = deque(maxlen=None if verbose else 400)
-        self.oracle = Oracle(clocks_bounded=not (p.unfair & {"clock", "freeze"}))
+        self.oracle = Oracle(clocks_bounded=not (p.unfair & {"clock", "freeze"})
+                             or "time-checks" in p.unfair)
         self.blocked: set[tuple[str, str]] = set()
         self.slow: dict[tuple[str, str], float] = {}
         self.lease_seen: dict[str, float] = {}
