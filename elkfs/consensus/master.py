@@ -99,6 +99,7 @@ class _Force:
     voters: tuple[str, ...]
     armed_at: float
     fire_at: float
+    min_term: int = 0
 
 
 class Master:
@@ -243,6 +244,7 @@ class Master:
             if self.role == CANDIDATE:
                 self.campaign = None          # a plain pre-vote gives way to the force
                 self._set_role(FOLLOWER)
+            self.term = max(self.term, self.force.min_term)   # never reuse a lost term
             self._start_prevote(now, out, forced=self.force.voters)
         elif self.role == FOLLOWER and now >= self.election_at:
             self._start_prevote(now, out)
@@ -1000,7 +1002,7 @@ class Master:
             self._event(out, "force-refused", f"voters={{{','.join(m.voters)}}}: {why}")
             return
         wait = self._force_wait_s()
-        self.force = _Force(tuple(m.voters), now, now + wait)
+        self.force = _Force(tuple(m.voters), now, now + wait, m.min_term)
         self._event(out, "force-armed", f"voters={{{','.join(m.voters)}}} fires in "
                                         f"{wait:.3f}s unless a leader or a lease shows up")
 

@@ -489,8 +489,11 @@ class Faults:
         down_best = max((self.journal_last(self.nodes[m]) for m in self.masters
                          if not self.nodes[m].up), default=(0, 0))
         if best is not None and not best.paused and best.machine.last() >= down_best:
-            self.log("admin", "force-voters", best.name, new_set)
-            self.deliver_local(best, AdminForceVoters(new_set))
+            # the command reads every master's term file first (docs/ha.md)
+            top = max(max(self.nodes[m].dir.cached.term, self.nodes[m].dir.cached.accepted)
+                      for m in self.masters)
+            self.log("admin", "force-voters", best.name, new_set, f"min_term={top}")
+            self.deliver_local(best, AdminForceVoters(new_set, top))
         self.at(self.t + 1.5, "force")
 
     def journal_last(self, n):

@@ -64,3 +64,15 @@ def test_refused_when_a_voter_still_holds_a_lease():
     run(net, net.now + m2._force_wait_s() + 0.5)
     assert m2.role != LEADER and m2.force is None
     assert any(e.startswith("m2.1") and e.endswith("force-refused") for e in net.events)
+
+
+def test_the_forced_term_is_above_every_masters_term():
+    """Sim seed 100240: the only voters that saw term 1 were destroyed and this master never
+    heard its leader; without the operator's floor it would lead in term 1 a second time."""
+    net = Net(spare_voters=("v4", "v5"))
+    m1, t = lose_v1_v2(net)
+    m2 = net.nodes["m2"]
+    net.now = t + 2 * m2.cfg.lease_duration_s
+    net.step("m2", AdminForceVoters(NEW_SET, min_term=7))
+    run(net, net.now + m2._force_wait_s() + 1.0)
+    assert m2.role == LEADER and m2.accepted_term == 8
