@@ -47,7 +47,7 @@ from .effects import Output
 from .journal import InvariantBroken, Journal
 from .lease import NEVER, LeaseTracker
 from .leaselog import LeaseEvent
-from .messages import (AdminChangeVoters, AdminStepDown, Append, AppendReply, ClientRead,
+from .messages import (AdminChangeVoters, AdminForceVoters, AdminStepDown, Append, AppendReply, ClientRead,
                        ClientRegister, ClientReply, ClientWrite, Entry, InstallSnapshot,
                        JournalSynced, JournalWrite, PeersChanged, PersistMasterTerm, PreVote,
                        PreVoteReply, Propose, Release, Renew, RenewReply, SaveSnapshot,
@@ -91,6 +91,15 @@ class _Campaign:
     grants: dict[str, tuple[Record | None, float]] = field(default_factory=dict)
     retry_at: dict[str, float] = field(default_factory=dict)
     latest_round: int = -1
+    forced: tuple[str, ...] | None = None     # AdminForceVoters: the voter set to count
+
+
+@dataclass
+class _Force:
+    voters: tuple[str, ...]
+    armed_at: float
+    fire_at: float
+    min_term: int = 0
 
 
 class Master:
@@ -127,6 +136,8 @@ class Master:
         self.election_at = now + config.lease_duration_s + self._jitter()
         self.campaign: _Campaign | None = None
         self._pending_ack: tuple[int, int, str] | None = None   # (term, version, addr)
+        self.leader_heard_at = NEVER
+        self.force: _Force | None = None
         self._reset_leader_state()
 
     # ================================================================= helpers ===========
@@ -211,10 +222,14 @@ class Master:
 
     def _next_wake(self, now: float) -> float | None:
         if self.role == FOLLOWER:
+            if self.force is not None:
+                return min(self.election_at, self.force.fire_at)
             return self.election_at
         if self.role == CANDIDATE:
             c = self.campaign
             times = [c.deadline] + list(c.retry_at.values())
+            if self.force is not None and self._only_asking():
+                times.append(self.force.fire_at)
             return min(times)
         times = [self.next_renew_at, self.lease_until, self.next_heartbeat_at]
         if not self.ready and self.align_deadline > now:
@@ -225,7 +240,13 @@ class Master:
 
     # ================================================================= timers ============
     def _on_tick(self, now: float, msg: Tick, out: Output) -> None:
-        if self.role == FOLLOWER and now >= self.election_at:
+        if self.force is not None and now >= self.force.fire_at and self._only_asking():
+            if self.role == CANDIDATE:
+                self.campaign = None          # a plain pre-vote gives way to the force
+                self._set_role(FOLLOWER)
+            self.term = max(self.term, self.force.min_term)   # never reuse a lost term
+            self._start_prevote(now, out, forced=self.force.voters)
+        elif self.role == FOLLOWER and now >= self.election_at:
             self._start_prevote(now, out)
         elif self.role == CANDIDATE:
             self._campaign_tick(now, out)
@@ -282,6 +303,9 @@ class Master:
             self._become_follower(now, out, leader, leader_addr)
         self.leader_ident, self.leader_addr = leader, leader_addr
         self.election_at = now + self.cfg.lease_duration_s + self._jitter()
+        self.leader_heard_at = now
+        if self.force is not None:
+            self._force_refused(out, f"leader {leader} of term {term} is alive")
         return True
 
     def _reject(self, out: Output, to: str) -> None:
@@ -410,21 +434,25 @@ class Master:
             self.log.compact(max(self.log.base[1], self.applied - self.cfg.log_retain))
 
     # ================================================================= candidate =========
-    def _start_prevote(self, now: float, out: Output) -> None:
+    def _start_prevote(self, now: float, out: Output,
+                       forced: tuple[str, ...] | None = None) -> None:
         self._set_role(CANDIDATE)
         term = max(self.term, self.accepted_term) + 1
-        c = self.campaign = _Campaign(term, "pre", now, now + self.cfg.max_round_trip_s)
+        c = self.campaign = _Campaign(term, "pre", now, now + self.cfg.max_round_trip_s,
+                                      forced=forced)
         r = self._round()
         c.rounds[r], c.latest_round = now, r
         for v in self.voter_addrs:
             out.send_to(v, PreVote(term, self.ident, r, self.last()))
 
-    def _start_vote(self, now: float, out: Output, reason: str) -> None:
+    def _start_vote(self, now: float, out: Output, reason: str,
+                    forced: tuple[str, ...] | None = None) -> None:
         if self.role != CANDIDATE:
             self._set_role(CANDIDATE)
         self.term = max(self.term, self.accepted_term) + 1
         self._persist_term(out)          # durable before the requests leave
-        self.campaign = _Campaign(self.term, "vote", now, now + self.cfg.max_round_trip_s)
+        self.campaign = _Campaign(self.term, "vote", now, now + self.cfg.max_round_trip_s,
+                                  forced=forced)
         self._event(out, "election-start", f"reason={reason} last={self.last()}")
         self._send_votes(now, out, self.voter_addrs)
 
@@ -484,6 +512,8 @@ class Master:
             return
         c.replies[m.voter] = m
         self.term = max(self.term, m.term)
+        if c.forced is not None:
+            return self._forced_prevote_reply(now, m, out)
         rstar = highest((r.record for r in c.replies.values()), self._epoch_only())
         self._learn_record(rstar)
         voters = rstar.voters if rstar else self.initial_voters
@@ -502,11 +532,19 @@ class Master:
                 return
             self.eligible = True
             return self._start_vote(now, out, "prevote")
-        # not yet: if voters that only wait (a lease or a restart silence) would make a
-        # majority, ask again the moment enough of them are free
+        need = majority(len(voters)) - len(yes)
+        # not yet: voters that refused only because they are at our term already (they
+        # voted in it, e.g. for a candidate that has since lost its disk) would say yes to
+        # a higher one; a pre-vote changes nothing, so ask again at once with term+1
+        higher = [v for v, r in c.replies.items() if v in voters and not r.would_grant
+                  and r.reason in ("voted-other", "stale-term") and r.term >= c.term]
+        if need <= len(higher) and "*" not in c.retry_at:
+            c.retry_at = {"*": now}
+            return
+        # if voters that only wait (a lease or a restart silence) would make a majority,
+        # ask again the moment enough of them are free
         waits = sorted(r.wait_s for v, r in c.replies.items()
                        if v in voters and not r.would_grant and r.reason in RETRYABLE)
-        need = majority(len(voters)) - len(yes)
         if need <= len(waits):
             at = now + waits[need - 1] + 0.005 + self._jitter() * 0.2
             if c.retry_at.get("*", float("inf")) > at:
@@ -530,10 +568,17 @@ class Master:
         elif not m.granted:
             self.term = max(self.term, m.term)
             c.replies[m.voter] = m
+            if c.forced is not None and m.reason == "lease-held":
+                self._force_refused(out, f"voter {m.voter} holds a lease for "
+                                         f"{m.wait_s:.3f}s more")
+                return self._abandon(now, out, "forced set refused")
             if m.reason in RETRYABLE:
                 c.retry_at[m.voter] = now + m.wait_s + 0.002
                 c.deadline = max(c.deadline, c.retry_at[m.voter] + self.cfg.max_round_trip_s)
-        rstar = highest((g[0] for g in c.grants.values()), self._epoch_only())
+        if c.forced is not None:
+            rstar = self._forced_record(c, [g[0] for g in c.grants.values()])
+        else:
+            rstar = highest((g[0] for g in c.grants.values()), self._epoch_only())
         voters = rstar.voters if rstar else self.initial_voters
         counted = {v: g for v, g in c.grants.items() if v in voters}
         if len(counted) >= majority(len(voters)):
@@ -552,6 +597,10 @@ class Master:
     def _become_leader(self, now: float, rstar: Record | None, counted, out: Output) -> None:
         c = self.campaign
         self.campaign = None
+        if c.forced is not None:
+            self._event(out, "force-done", f"voters={{{','.join(c.forced)}}} "
+                                           f"record={rstar.describe()}", term=c.term)
+        self.force = None
         self._set_role(LEADER)
         self.accepted_term = c.term
         self._persist_term(out)
@@ -629,7 +678,14 @@ class Master:
     def _propose(self, now: float, rec: Record, out: Output, why: str) -> None:
         self.pending = rec
         self._event(out, "record-proposed", f"{why} {rec.describe()}")
+        self._count_lease_from_proposal(now)
         self._renew_round(now, out)
+
+    def _count_lease_from_proposal(self, now: float) -> None:
+        """A proposed voter set counts from the proposal (HA.md "Voter set"): voters of the
+        new set may store it and elect under it at once, so a lease counted over the old
+        set alone is no longer backed.  Recount over both sets; this may shorten it."""
+        self.lease_until = min(self.lease_until, self.lease.until(self._voter_sets()))
 
     def _leader_progress(self, now: float, out: Output) -> None:
         """After every input: re-stamp, commit, membership changes, hand-over."""
@@ -691,10 +747,22 @@ class Master:
             voters = tuple(v for v in rec.voters if v != ch.remove)
             if ch.add and ch.add not in voters:
                 voters += (ch.add,)
-            if voters != rec.voters and len(set(voters) ^ set(rec.voters)) == 1 and voters:
-                return self._propose(now, Record(self.accepted_term, rec.epoch + 1, rec.members,
-                                                 voters, self._commit_pos()), out,
-                                     f"voters +{ch.add} -{ch.remove}")
+            if voters == rec.voters:
+                self._event(out, "voters-unchanged", f"+{ch.add} -{ch.remove}")
+                continue
+            if not voters:
+                self._event(out, "voters-change-refused", f"-{ch.remove}: no voter would remain")
+                continue
+            # the new set counts from the proposal on: it must already back a lease alone,
+            # or the change would cost the lease (and a set that cannot elect is a trap)
+            if self.lease.until([voters]) <= now:
+                self._event(out, "voters-change-refused",
+                            f"+{ch.add} -{ch.remove}: no majority of the new set "
+                            f"{{{','.join(voters)}}} acknowledges this leader")
+                continue
+            return self._propose(now, Record(self.accepted_term, rec.epoch + 1, rec.members,
+                                             voters, self._commit_pos()), out,
+                                 f"voters +{ch.add} -{ch.remove}")
 
     def _commit_pos(self) -> LogPos:
         return (self.log.term_at(self.commit) or 0, self.commit)
@@ -889,8 +957,91 @@ class Master:
         self._start_vote(now, out, f"handover from {m.leader}")
 
     def _on_change_voters(self, now: float, m: AdminChangeVoters, out: Output) -> None:
-        if self.serving(now):
+        """One voter at a time (HA.md): a replacement (add and remove in one request) is
+        queued as two changes, the addition first, so that a live new voter joins before
+        the lost one leaves; each waits for the previous one to reach a majority."""
+        if not self.serving(now):
+            self._event(out, "voters-change-refused", f"+{m.add} -{m.remove}: not serving")
+            return
+        if m.add is not None and m.remove is not None:
+            self.voter_changes += [AdminChangeVoters(add=m.add),
+                                   AdminChangeVoters(remove=m.remove)]
+        else:
             self.voter_changes.append(m)
+        self._event(out, "voters-change-queued", f"+{m.add} -{m.remove}")
+
+    # ---------------------------------------------------------------- forced voter set -
+    def _force_wait_s(self) -> float:
+        """Longer, in real time, than any promise a voter may still keep: ``D`` on the
+        voter's clock, measured on this one."""
+        rho = self.cfg.rho
+        return self.cfg.lease_duration_s * (1 + rho) / (1 - rho)
+
+    def _only_asking(self) -> bool:
+        """A follower, or a candidate still in a plain pre-vote (which changed nothing)."""
+        return self.role == FOLLOWER or (self.role == CANDIDATE and self.campaign.phase == "pre"
+                                         and self.campaign.forced is None)
+
+    def _force_refusal(self, now: float) -> str | None:
+        if not self._only_asking():
+            return f"this master is {self.role}"
+        if now - self.leader_heard_at < self._force_wait_s():
+            return f"heard leader {self.leader_ident} {now - self.leader_heard_at:.3f}s ago"
+        return None
+
+    def _on_force_voters(self, now: float, m: AdminForceVoters, out: Output) -> None:
+        """Arm, wait, check, then campaign with ``m.voters`` as the voter set.
+
+        A lease may rest on promises of the very voters that are gone: they last at most
+        ``D`` (their clocks) after the last one was made, so the force waits that long
+        after the command, and gives up if a leader shows up meanwhile.  When it fires it
+        asks every voter (pre-vote); a voter that holds a lease for anyone refuses the
+        force.  A master behind a commit point a voter reports refuses too (pick the
+        master with the highest (term, version) pair).  The forced record, ``(new term,
+        highest epoch + 1, {this master}, voters)``, outranks every stored record."""
+        if self.force is not None and self.force.voters == tuple(m.voters):
+            self._event(out, "force-pending", f"fires in {self.force.fire_at - now:.3f}s")
+            return                             # a repeated command keeps the first timer
+        why = self._force_refusal(now) if m.voters else "empty voter set"
+        if why is not None:
+            self._event(out, "force-refused", f"voters={{{','.join(m.voters)}}}: {why}")
+            return
+        wait = self._force_wait_s()
+        self.force = _Force(tuple(m.voters), now, now + wait, m.min_term)
+        self._event(out, "force-armed", f"voters={{{','.join(m.voters)}}} fires in "
+                                        f"{wait:.3f}s unless a leader or a lease shows up")
+
+    def _force_refused(self, out: Output, why: str) -> None:
+        self._event(out, "force-refused", f"voters={{{','.join(self.force.voters)}}}: {why}")
+        self.force = None
+
+    def _force_lease_live(self, replies) -> str | None:
+        for r in replies:
+            if not r.would_grant and r.reason == "lease-held":
+                return f"voter {r.voter} holds a lease for {r.wait_s:.3f}s more"
+        return None
+
+    def _forced_record(self, c: _Campaign, records) -> Record:
+        top = highest(list(records) + [self.known_record])
+        epoch = top.epoch if top else 0
+        return Record(c.term, epoch + 1, (self.ident,), c.forced, self.last())
+
+    def _forced_prevote_reply(self, now: float, m: PreVoteReply, out: Output) -> None:
+        c = self.campaign
+        records = [r.record for r in c.replies.values()]
+        why = self._force_lease_live(c.replies.values())
+        if why is None:
+            why = self._eligibility(self._forced_record(c, records), records)
+        if why is not None:
+            self._force_refused(out, why)
+            self.campaign = None
+            self._set_role(FOLLOWER)
+            self.election_at = now + self.cfg.lease_duration_s + self._jitter()
+            return
+        yes = [v for v, r in c.replies.items() if r.would_grant and v in c.forced]
+        if len(yes) >= majority(len(c.forced)) and set(c.forced) <= set(c.replies):
+            self._event(out, "force-fired", f"voters={{{','.join(c.forced)}}}")
+            self._start_vote(now, out, "forced voter set", forced=c.forced)
 
     # ---------------------------------------------------------------- daemon shell -----
     def _on_propose(self, now: float, m: Propose, out: Output) -> None:
@@ -948,6 +1099,7 @@ _HANDLERS = {
     ClientRead: Master._on_read,
     AdminStepDown: Master._on_stepdown,
     AdminChangeVoters: Master._on_change_voters,
+    AdminForceVoters: Master._on_force_voters,
     Propose: Master._on_propose,
     PeersChanged: Master._on_peers,
     SnapshotTaken: Master._on_snapshot_taken,

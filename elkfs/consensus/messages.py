@@ -192,6 +192,19 @@ class AdminChangeVoters(_Msg):
     remove: str | None = None
 
 
+class AdminForceVoters(_Msg):
+    """The operator's way out when a majority of the voters is gone for good: this master
+    (a follower, ideally the one with the highest ``(term, version)``) leads with
+    ``voters`` as the voter set.  Refused while any lease may be live; see docs/ha.md.
+
+    ``min_term``: the highest term any master holds (the operator's command reads every
+    master's term file first).  The terms the lost voters saw may be known nowhere else,
+    but a master persists a term before it asks for votes in it, so campaigning above
+    every master's term never reuses one."""
+    voters: tuple[str, ...]
+    min_term: int = 0
+
+
 # ---------------------------------------------------------------- persistence ------------
 class PersistVoterState(_Msg):
     term: int

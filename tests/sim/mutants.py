@@ -2,8 +2,9 @@
 
     python -m tests.sim.mutants [--seeds N] [--jobs J] [--only NAME]
 
-Each mutation is a flag read by the real classes (``HAConfig.mutations``), never a copy of
-the code.  A mutant's run stops at its first failing seed; the exit status is 0 only if
+Each mutation is either a flag read by the real classes (``HAConfig.mutations``) or a
+broken shell / chunkserver of the test tree (``tests/sim/broken.py``), never a copy of the
+core.  A mutant's run stops at its first failing seed; the exit status is 0 only if
 every mutant was caught, and the report names the invariant that caught it.
 """
 from __future__ import annotations
@@ -14,7 +15,10 @@ import time
 
 from elkfs.consensus.config import ALL_MUTATIONS
 
+from .broken import SIM_MUTATIONS
 from .run import replay_command, run_many, run_seed
+
+EVERY_MUTATION = ALL_MUTATIONS + SIM_MUTATIONS
 
 DEFAULT_SEEDS = 3000
 
@@ -35,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", default=[])
     a = ap.parse_args(argv)
     missed = []
-    for m in a.only or ALL_MUTATIONS:
+    for m in a.only or EVERY_MUTATION:
         t0 = time.monotonic()
         r = hunt(m, a.seeds, a.jobs)
         took = time.monotonic() - t0
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     if missed:
         print(f"{len(missed)} mutant(s) survived: {' '.join(missed)}")
         return 1
-    print(f"all {len(a.only or ALL_MUTATIONS)} mutants caught")
+    print(f"all {len(a.only or EVERY_MUTATION)} mutants caught")
     return 0
 
 

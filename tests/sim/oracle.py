@@ -17,6 +17,9 @@ named after the invariant it guards; the first violation stops the run.
   carries the same result.
 * ``fencing``: a chunkserver accepts only versions produced by committed bumps, and a
   version is never produced twice.
+* ``term-fencing`` (invariant 4): a master identity that accepted term ``T`` never again
+  acts on (acknowledges or journals) an append or snapshot of a lower term, and a
+  chunkserver that accepted a command of term ``T`` never accepts one of a lower term.
 * ``liveness`` / ``convergence``: checked by the world at the end of the healed phase.
 """
 from __future__ import annotations
@@ -57,6 +60,11 @@ class Oracle:
     bumps: dict[tuple[int, int], int] = field(default_factory=dict)  # chunk version -> entry
     leaders_by_term: dict[int, str] = field(default_factory=dict)
     serving_log: list[tuple[float, str, int]] = field(default_factory=list)
+    accepted_by_ident: dict[str, int] = field(default_factory=dict)
+    # False when clocks may break their bound (--unfair clock/freeze): the real-time
+    # checks of invariant 1 are then off, every other invariant stays
+    clocks_bounded: bool = True
+    chunk_terms: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------ invariant 1 ------------
     def master_state(self, name: str, m, clock, t: float) -> None:
@@ -85,7 +93,7 @@ class Oracle:
             self.serving_log.append((t, m.ident, m.accepted_term))
         else:
             cur.end = max(cur.end, end)
-        for iv in self.intervals:
+        for iv in self.intervals if self.clocks_bounded else ():
             if iv.master != name and iv.start < cur.end and cur.start < iv.end:
                 raise Violation("one-leader",
                                 f"{cur.ident} (term {cur.term}) serves [{cur.start:.4f}, "
@@ -149,11 +157,15 @@ class Oracle:
     def reply(self, name: str, t: float, reply, arrived: float | None, is_read: bool) -> None:
         if reply.status != "ok":
             return
-        if not self.serving_at(name, t):
+        if not self.clocks_bounded:
+            pass
+        elif not self.serving_at(name, t):
             raise Violation("reply-while-not-serving",
                             f"{name} sent ok reply {reply.session[:6]}/{reply.seq} at {t:.4f} "
                             f"outside its serving interval")
         if is_read:
+            if not self.clocks_bounded:
+                return
             i = bisect.bisect_left(self.ack_times, arrived if arrived is not None else t)
             need = self.ack_maxver[i - 1] if i > 0 else 0
             if reply.version < need:
@@ -175,7 +187,26 @@ class Oracle:
         self.ack_times.append(t)
         self.ack_maxver.append(top)
 
-    def chunk_accepted(self, node: str, version: tuple[int, int]) -> None:
+    # ------------------------------------------------------------ invariant 4 ------------
+    def master_term(self, ident: str, accepted_term: int) -> None:
+        """After every step: the highest term this identity has accepted so far."""
+        if accepted_term > self.accepted_by_ident.get(ident, 0):
+            self.accepted_by_ident[ident] = accepted_term
+
+    def master_acted_on(self, ident: str, term: int, what: str) -> None:
+        """Called *before* recording the step's own term: ``ident`` acknowledged or
+        journaled a leader's message of ``term``."""
+        top = self.accepted_by_ident.get(ident, 0)
+        if term < top:
+            raise Violation("term-fencing", f"{ident} acted on {what} of term {term} after "
+                                            f"accepting term {top}")
+
+    def chunk_accepted(self, node: str, version: tuple[int, int], term: int = 0) -> None:
+        top = self.chunk_terms.get(node, 0)
+        if term < top:
+            raise Violation("term-fencing", f"chunkserver {node} accepted a command of term "
+                                            f"{term} after one of term {top}")
+        self.chunk_terms[node] = max(top, term)
         if tuple(version) not in self.bumps:
             raise Violation("fencing", f"{node} accepted chunk version {version} that no "
                                        f"committed change produced")

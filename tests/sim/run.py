@@ -30,8 +30,9 @@ class Result:
 
 
 def run_seed(seed: int, mutations=frozenset(), verbose: bool = False,
-             faulty_s: float = 10.0, healed_s: float = 8.0) -> Result:
-    p = SimParams.from_seed(seed, mutations, faulty_s=faulty_s, healed_s=healed_s)
+             faulty_s: float = 10.0, healed_s: float = 8.0, unfair=frozenset()) -> Result:
+    p = SimParams.from_seed(seed, mutations, faulty_s=faulty_s, healed_s=healed_s,
+                            unfair=unfair)
     w = World(p, verbose=verbose)
     try:
         w.run()
@@ -47,14 +48,15 @@ def run_seed(seed: int, mutations=frozenset(), verbose: bool = False,
 
 
 def _job(args) -> Result:
-    seed, mutations, faulty_s, healed_s = args
-    return run_seed(seed, frozenset(mutations), False, faulty_s, healed_s)
+    seed, mutations, faulty_s, healed_s, unfair = args
+    return run_seed(seed, frozenset(mutations), False, faulty_s, healed_s, frozenset(unfair))
 
 
 def run_many(seeds, mutations=frozenset(), jobs: int = 2, stop_at_first: bool = False,
-             faulty_s: float = 10.0, healed_s: float = 8.0):
+             faulty_s: float = 10.0, healed_s: float = 8.0, unfair=frozenset()):
     """Yield results; with ``stop_at_first`` stop after the first failure."""
-    args = [(s, tuple(sorted(mutations)), faulty_s, healed_s) for s in seeds]
+    args = [(s, tuple(sorted(mutations)), faulty_s, healed_s, tuple(sorted(unfair)))
+            for s in seeds]
     if jobs <= 1:
         for a in args:
             r = _job(a)
@@ -70,15 +72,16 @@ def run_many(seeds, mutations=frozenset(), jobs: int = 2, stop_at_first: bool = 
                 return
 
 
-def replay_command(seed: int, mutations=()) -> str:
+def replay_command(seed: int, mutations=(), unfair=()) -> str:
     mut = "".join(f" --mutation {m}" for m in sorted(mutations))
+    mut += "".join(f" --unfair {u}" for u in sorted(unfair))
     return f".venv/bin/python -m tests.sim.run --seed {seed}{mut} --verbose"
 
 
-def describe_failure(r: Result, mutations=()) -> str:
+def describe_failure(r: Result, mutations=(), unfair=()) -> str:
     return (f"seed {r.seed} FAILED invariant {r.invariant}: {r.detail}\n"
             f"--- last events ---\n{r.trace}\n--- replay alone with:\n"
-            f"  {replay_command(r.seed, mutations)}")
+            f"  {replay_command(r.seed, mutations, unfair)}")
 
 
 def main(argv=None) -> int:
@@ -91,25 +94,38 @@ def main(argv=None) -> int:
     ap.add_argument("--mutation", action="append", default=[])
     ap.add_argument("--faulty", type=float, default=10.0)
     ap.add_argument("--healed", type=float, default=8.0)
+    ap.add_argument("--unfair", action="append", default=[],
+                    choices=["clock", "freeze", "stale-voter", "time-checks"],
+                    help="add faults no protocol survives; the oracle keeps invariants 2-5 "
+                         "(and the real-time checks of invariant 1 with time-checks)")
+    ap.add_argument("--summary", action="store_true",
+                    help="print one line per failure and a count by invariant")
     a = ap.parse_args(argv)
-    muts = frozenset(a.mutation)
+    muts, unfair = frozenset(a.mutation), frozenset(a.unfair)
     if a.seed is not None:
-        r = run_seed(a.seed, muts, a.verbose, a.faulty, a.healed)
-        print(describe_failure(r, muts) if not r.ok else
+        r = run_seed(a.seed, muts, a.verbose, a.faulty, a.healed, unfair)
+        print(describe_failure(r, muts, unfair) if not r.ok else
               f"seed {a.seed}: ok ({r.events} events, {r.sim_s:.1f}s simulated)")
         return 0 if r.ok else 1
     t0 = time.monotonic()
     failed, sim_s = [], 0.0
     for r in run_many(range(a.first, a.first + a.seeds), muts, a.jobs, False, a.faulty,
-                      a.healed):
+                      a.healed, unfair):
         sim_s += r.sim_s
         if not r.ok:
             failed.append(r)
-            print(describe_failure(r, muts), flush=True)
+            if a.summary:
+                print(f"seed {r.seed}: {r.invariant}: {r.detail[:150]}", flush=True)
+            else:
+                print(describe_failure(r, muts, unfair), flush=True)
     print(f"{a.seeds} seeds, {sim_s / 3600:.2f} simulated hours, {len(failed)} failed, "
           f"{time.monotonic() - t0:.1f}s")
     if failed:
         print("failing seeds:", " ".join(str(r.seed) for r in failed))
+        by: dict[str, int] = {}
+        for r in failed:
+            by[r.invariant] = by.get(r.invariant, 0) + 1
+        print("by invariant:", ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
     return 1 if failed else 0
 
 

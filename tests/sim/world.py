@@ -22,17 +22,31 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from elkfs.consensus.config import STALE_NOW, HAConfig
-from elkfs.consensus.fencing import ChunkCommand, ChunkVersionFence
+from elkfs.consensus.config import ALL_MUTATIONS, STALE_NOW, HAConfig
+from elkfs.consensus.fencing import ChunkCommand
+from elkfs.consensus.identity import SAVE_DEFAULT, SAVE_FSYNC, incarnation_at_start
 from elkfs.consensus.journal import InvariantBroken
-from elkfs.consensus.master import Master, MasterDisk
-from elkfs.consensus.messages import (AdminStepDown, ClientRead, ClientRegister, ClientReply,
+from elkfs.consensus.master import MasterDisk
+from elkfs.consensus.records import highest
+from elkfs.consensus.messages import (AdminStepDown, Append, AppendReply, InstallSnapshot,
+                                      ClientRead, ClientRegister, ClientReply,
                                       ClientWrite, JournalSynced, JournalWrite,
                                       PersistMasterTerm, PersistVoterState, SaveSnapshot, Tick)
 from elkfs.consensus.voter import Voter
 
 from .app import ToyStore, op
+from .broken import (FOLLOWER_FORGETS_ACCEPTED_TERM, POWER_LOSS_KEEPS_INCARNATION,
+                     fence_class, master_class)
+from .disk import MasterDir
+from .faults import UNFAIR_WEIGHTS, Faults, swarm_weights
 from .oracle import Oracle, Violation, _decode_body
+
+
+# Events that change what the faults leave standing: they restart the quiet window of the
+# liveness-under-faults check.
+DISTURBING = {"fault", "start", "resume", "unpartition", "unslow", "bounce_voters",
+              "crash_at", "readd", "replay_to", "destroy", "force", "hang",
+              "crash_leader"}
 
 
 # ====================================================================== parameters =======
@@ -55,18 +69,24 @@ class SimParams:
     n_clients: int
     op_rate: float
     mutations: frozenset = frozenset()
+    save_mode: int = SAVE_FSYNC
+    unfair: frozenset = frozenset()   # classes of faults no protocol survives (faults.py)
+    weights: dict = field(default_factory=dict)   # fault kind -> weight (swarm testing)
 
     @staticmethod
     def from_seed(seed: int, mutations=frozenset(), faulty_s: float = 10.0,
-                  healed_s: float = 8.0, realistic: bool = False) -> "SimParams":
+                  healed_s: float = 8.0, realistic: bool = False,
+                  unfair=frozenset()) -> "SimParams":
         r = random.Random(seed)
         n_m = r.choice([2, 3, 3, 3, 4, 5])
         n_v = r.choice([1, 2, 3, 3, 3, 4, 5, 5, 7])
         if realistic:
             return SimParams(seed, n_m, n_v, 2.0, 0.01, faulty_s, healed_s, 0.0, 0.0,
                              0.0002, 0.0003, 0.0, r.uniform(0.2, 0.5), 0.004, 2, 20.0,
-                             frozenset(mutations))
-        return SimParams(
+                             frozenset(mutations), SAVE_DEFAULT)
+        # drawn from a second source so that the shape drawn above stays what it was
+        x = random.Random(seed * 1_000_003 + 17)
+        p = SimParams(
             seed=seed, n_masters=n_m, n_voters=n_v,
             lease_s=r.choice([2.0, 2.0, 2.0, 1.0]),
             rho=r.choice([0.0, 0.01, 0.05, 0.1]),
@@ -80,7 +100,16 @@ class SimParams:
             fsync_max_s=r.choice([0.002, 0.01, 0.1]),
             n_clients=r.choice([1, 2, 3]),
             op_rate=r.uniform(5, 30),
-            mutations=frozenset(mutations))
+            mutations=frozenset(mutations),
+            save_mode=x.choice([SAVE_DEFAULT, SAVE_FSYNC]),
+            weights=swarm_weights(x))
+        if x.random() < 0.3:
+            # a calm network and sparser faults: room for the liveness-under-faults check
+            p.loss, p.long_delay_p, p.fault_rate = 0.0, 0.0, x.uniform(0.2, 0.6)
+        p.unfair = frozenset(unfair)
+        for kind in sorted(p.unfair):
+            p.weights.update(UNFAIR_WEIGHTS.get(kind, {}))
+        return p
 
 
 # ====================================================================== clock ============
@@ -101,14 +130,6 @@ class Clock:
 
 
 # ====================================================================== nodes ============
-@dataclass
-class MasterDiskState:
-    term: int = 0
-    accepted: int = 0
-    snapshot: SaveSnapshot | None = None
-    journal: list = field(default_factory=list)
-
-
 class Node:
     def __init__(self, name: str, kind: str, clock: Clock) -> None:
         self.name, self.kind, self.clock = name, kind, clock
@@ -126,15 +147,20 @@ class Node:
         self.tick_queued = False
         self.pending_disk: list = []
         self.disk_free_at = 0.0
-        self.incarnation = 1
+        self.incarnation = 1           # stored in the data directory
+        self.boot_id = 1               # the host's kernel boot id: changes on power loss
+        self.power_epoch = 0
+        self.tail_lost = False         # lost power; its incarnation rises at the restart
         self.arrivals: dict = {}
         self.lease_log: deque = deque(maxlen=40)
         # voter / chunkserver
         self.voter_disk: PersistVoterState | None = None
+        self.voter_history: list = []  # earlier versions of the state file (stale-voter)
+        self.frozen_at: float | None = None
         self.fence_term = 0
         self.fence: ChunkVersionFence | None = None
         # master
-        self.mdisk = MasterDiskState()
+        self.dir = MasterDir()
 
     @property
     def ident(self) -> str:
@@ -156,7 +182,7 @@ class Client:
 
 
 # ====================================================================== world ============
-class World:
+class World(Faults):
     def __init__(self, p: SimParams, verbose: bool = False) -> None:
         self.p = p
         self.verbose = verbose
@@ -171,7 +197,8 @@ class World:
         self.q: list = []
         self.seq = 0
         self.trace: deque = deque(maxlen=None if verbose else 400)
-        self.oracle = Oracle()
+        self.oracle = Oracle(clocks_bounded=not (p.unfair & {"clock", "freeze"})
+                             or "time-checks" in p.unfair)
         self.blocked: set[tuple[str, str]] = set()
         self.slow: dict[tuple[str, str], float] = {}
         self.lease_seen: dict[str, float] = {}
@@ -180,9 +207,16 @@ class World:
         self.heal_at = p.faulty_s
         self.end_at = p.faulty_s + p.healed_s
         self.loss, self.dup = p.loss, p.dup
-        self.wiped_master = self.wiped_voter = False
+        self.wiped_master = False
+        self.wiped_voters = 0
         self.stats = {"events": 0, "elections": 0, "acks": 0, "reads": 0, "faults": 0}
         self.gaps: list[tuple[str, float]] = []
+        self.recent: deque = deque(maxlen=400)
+        self.gaps_faulty: list[tuple[str, float]] = []
+        self.quiet_since: float | None = None
+        self.quiet_lost = 0
+        self.force_state: str | None = None      # None, "pending", "done"
+        self.by_term: dict[int, list] = {}
         masters = tuple(f"m{i + 1}" for i in range(p.n_masters))
         voters = tuple(f"v{i + 1}" for i in range(p.n_voters))
         self.cfg = HAConfig(lease_duration_s=p.lease_s, rho=p.rho,
@@ -192,7 +226,7 @@ class World:
                             log_retain=30, snapshot_gap=40,
                             voter_addrs=voters, master_addrs=masters,
                             initial_voters=tuple(f"{v}.1" for v in voters),
-                            mutations=frozenset(p.mutations)).validate()
+                            mutations=frozenset(p.mutations) & set(ALL_MUTATIONS)).validate()
         self.nodes: dict[str, Node] = {}
         for name in masters + voters:
             rate = 1.0 + self.r_clock.uniform(-p.rho, p.rho)
@@ -213,7 +247,8 @@ class World:
     @staticmethod
     def fmt(item) -> str:
         t, what, args = item
-        return f"{t:10.4f} {what:<10} " + " ".join(str(a) for a in args)
+        return f"{t:10.4f} {what:<10} " + " ".join(
+            a if isinstance(a, str) else _short(a) for a in args)
 
     # ------------------------------------------------------------------ run -------------
     def run(self) -> None:
@@ -223,6 +258,7 @@ class World:
             self.at(self.r_work.uniform(0.1, 1.0), "client", c.name)
         if self.p.fault_rate > 0:
             self.at(self.r_fault.expovariate(self.p.fault_rate), "fault")
+        self.at(0.05, "watch")
         self.at(self.heal_at, "heal")
         self.at(self.end_at, "end")
         while self.q:
@@ -232,6 +268,8 @@ class World:
             if kind == "end":
                 self.final_checks()
                 return
+            if kind in DISTURBING:
+                self.quiet_since = None
             try:
                 getattr(self, "ev_" + kind)(*args)
             except InvariantBroken as e:
@@ -250,19 +288,64 @@ class World:
         now = n.clock.local(self.t)
         if n.kind == "voter":
             n.machine = Voter(f"{name}.{n.incarnation}", self.cfg, now, n.voter_disk)
-            n.fence = ChunkVersionFence(n.fence_term)
+            n.fence = fence_class(self.p.mutations)(n.fence_term)
         else:
-            d = n.mdisk
+            self.incarnation_rule(n)
+            d = n.dir.cached
             disk = MasterDisk(d.term, d.accepted, d.snapshot, list(d.journal))
-            n.machine = Master(n.ident, name, self.cfg, ToyStore(), self.r_elect, now, disk)
+            n.machine = master_class(self.p.mutations)(n.ident, name, self.cfg, ToyStore(),
+                                                       self.r_elect, now, disk)
         self.log("start", name, n.machine.__class__.__name__, getattr(n.machine, "ident",
                                                                       n.incarnation))
+        if not self.healed and n.kind == "master" and self.r_fault.random() < 0.3:
+            self.at(self.t + self.r_fault.uniform(0.0, 0.1), "replay_to", name)
         self.deliver_local(n, Tick())
+
+    def incarnation_rule(self, n: Node) -> None:
+        """The master shell's start-up rule (identity.py): under SAVE_DEFAULT, an unclean
+        stop across a machine restart raises the incarnation.  Every simulated stop is
+        unclean.  The result and the boot id are fsynced before the machine starts."""
+        d = n.dir.cached
+        inc, why = incarnation_at_start(n.incarnation, self.p.save_mode, False,
+                                        None if d.boot_id is None else str(d.boot_id),
+                                        str(n.boot_id))
+        if inc != n.incarnation and not self.mutant(POWER_LOSS_KEEPS_INCARNATION):
+            self.log("incarnate", n.name, f"{n.incarnation} -> {inc}", why)
+            n.incarnation = inc
+        n.dir.persist(lambda x: setattr(x, "boot_id", n.boot_id))
+        n.tail_lost = False
+
+    def persist_term(self, n: Node, a: PersistMasterTerm) -> None:
+        def store(d):
+            d.term = a.term
+            if not (self.mutant(FOLLOWER_FORGETS_ACCEPTED_TERM)
+                    and n.machine.role == "FOLLOWER"):
+                d.accepted = a.accepted_term
+        n.dir.persist(store)
+
+    def mutant(self, name: str) -> bool:
+        return name in self.p.mutations
+
+    def ev_os_flush(self, name: str, power_epoch: int, w) -> None:
+        n = self.nodes[name]
+        if n.power_epoch == power_epoch:
+            n.dir.flush_one(w)
+
+    def power_loss(self, n: Node) -> None:
+        """The host loses power: the process dies, unflushed writes are gone, and the
+        kernel's boot id changes.  Voter state and small files were fsynced."""
+        self.crash(n, "power-loss")
+        lost = n.dir.power_loss()
+        n.tail_lost = n.kind == "master" and self.p.save_mode != SAVE_FSYNC
+        n.power_epoch += 1
+        n.boot_id += 1
+        self.log("power", n.name, f"lost {lost} unflushed writes")
 
     def crash(self, n: Node, why: str = "crash") -> None:
         if not n.up:
             return
         self.log(why, n.name)
+        self.quiet_since = None
         n.up = False
         n.machine = None
         n.epoch += 1
@@ -312,12 +395,11 @@ class World:
             rep = n.fence.step(msg)
             n.fence_term = n.fence.highest_term
             if rep.accepted:
-                self.oracle.chunk_accepted(name, msg.version)
+                self.oracle.chunk_accepted(name, msg.version, msg.term)
             out = None
         else:
             out = n.machine.step(now, msg)
-        if self.verbose or len(self.trace) < 10**9:
-            self.trace.append((self.t, "recv", (name, _short(msg))))
+        self.trace.append((self.t, "recv", (name, msg)))     # formatted when printed
         if out is not None:
             self.apply_output(n, out, now, arrived, msg)
         n.busy = False
@@ -328,12 +410,15 @@ class World:
         for a in out.persist:
             if isinstance(a, PersistVoterState):
                 n.voter_disk = a
+                n.voter_history = (n.voter_history + [a])[-12:]
             elif isinstance(a, PersistMasterTerm):
-                n.mdisk.term, n.mdisk.accepted = a.term, a.accepted_term
+                self.persist_term(n, a)
             elif isinstance(a, SaveSnapshot):
-                n.mdisk.snapshot = a
+                n.dir.persist(lambda d, a=a: setattr(d, "snapshot", a))
         for w in out.journal:
-            done = max(n.disk_free_at, self.t) + self.r_disk.uniform(0, self.p.fsync_max_s)
+            # SAVE_FSYNC reports a write after its fsync; SAVE_DEFAULT once the OS has it
+            took = self.p.fsync_max_s if self.p.save_mode == SAVE_FSYNC else 0.0005
+            done = max(n.disk_free_at, self.t) + self.r_disk.uniform(0, took)
             n.disk_free_at = done
             n.pending_disk.append(w)
             self.at(done, "synced", n.name, n.epoch, w)
@@ -344,9 +429,15 @@ class World:
                 self.stats["elections"] += 1
             if self.healed and ev.event == "election-lost":
                 self.gaps.append((ev.detail, self.t))
+            elif ev.event == "election-lost":
+                self.gaps_faulty.append((ev.detail, self.t))
         for dest, msg_out in out.send:
             self.send_from(n, dest, msg_out)
         if n.kind == "master":
+            if isinstance(msg, (Append, InstallSnapshot)) and (out.journal or any(
+                    isinstance(x, AppendReply) and x.ok for _, x in out.send)):
+                self.oracle.master_acted_on(m.ident, msg.term, type(msg).__name__)
+            self.oracle.master_term(m.ident, m.accepted_term)
             for a in out.applied:
                 self.oracle.applied(n.name, a)
                 if m.role == "LEADER" and a.executed:
@@ -365,8 +456,11 @@ class World:
                     self.stats["reads" if is_read else "acks"] += 1
                 self.send_from(n, client, rep)
             self.oracle.master_state(n.name, m, n.clock, self.t)
-            if m.role == "LEADER" and m.lease_until > self.lease_seen.get(n.name, -1e18):
-                self.lease_seen[n.name] = m.lease_until
+            seen = self.lease_seen.get(n.name)
+            if m.role == "LEADER" and (seen is None or m.lease_until > seen[0]
+                                       or m._voter_sets() != seen[1]):
+                # the lease grew, or the voter sets it must be backed by changed
+                self.lease_seen[n.name] = (m.lease_until, m._voter_sets())
                 self.check_lease_backed(n, m)
             elif m.role != "LEADER":
                 self.lease_seen.pop(n.name, None)
@@ -386,6 +480,8 @@ class World:
         """The lease lemma behind invariant 1: whatever lease a leader believes it holds is
         covered, in real time, by the promises of a majority of its voters (a voter that is
         down or in its restart silence promises by construction)."""
+        if not self.oracle.clocks_bounded:
+            return
         until_real = n.clock.to_real(m.lease_until)
         if until_real <= self.t:
             return
@@ -410,6 +506,10 @@ class World:
                                 f"{m.ident} counts a lease until {until_real:.4f} but only "
                                 f"{backing} of {len(voters)} voters promise it that long")
 
+    def ev_replay_to(self, name: str) -> None:
+        if not self.healed:
+            self.replay_to(name)
+
     def ev_tick(self, name: str, epoch: int, token: int) -> None:
         n = self.nodes[name]
         if n.epoch != epoch or not n.up or token != n.tick_token or n.tick_queued:
@@ -422,17 +522,12 @@ class World:
         if n.epoch != epoch or not n.up or not n.pending_disk or n.pending_disk[0] is not w:
             return
         n.pending_disk.pop(0)
-        d = n.mdisk
-        if isinstance(w, JournalWrite):
-            if w.truncate_after is not None:
-                d.journal = [e for e in d.journal if e.version <= w.truncate_after]
-            d.journal.extend(w.entries)
-        elif isinstance(w, SaveSnapshot):
-            d.snapshot = w
-            d.journal = []
-        base = d.snapshot.last[1] if d.snapshot else 0
-        if d.journal and d.journal[0].version <= base:
-            d.journal = [e for e in d.journal if e.version > base]
+        fsynced = self.p.save_mode == SAVE_FSYNC
+        n.dir.written(w, fsynced)
+        if not fsynced:
+            # the kernel flushes dirty pages in order, within about a second
+            n.dir.flush_at = max(n.dir.flush_at, self.t + self.r_disk.uniform(0.05, 1.0))
+            self.at(n.dir.flush_at, "os_flush", name, n.power_epoch, w)
         self.deliver_local(n, JournalSynced(w.write_id))
 
     # ------------------------------------------------------------------ network ---------
@@ -452,6 +547,15 @@ class World:
     def transmit(self, src: str, dest: str, msg) -> None:
         if (src, dest) in self.blocked:
             return
+        if not self.healed and src in self.masters and not dest.startswith("c"):
+            self.recent.append((src, dest, msg))     # material for the replay fault
+            term = getattr(msg, "term", None)
+            if term:
+                kept = self.by_term.setdefault(term, [])
+                if len(kept) < 24:
+                    kept.append((src, dest, msg))
+                else:
+                    kept[self.r_net.randrange(24)] = (src, dest, msg)
         copies = 1
         if self.r_net.random() < self.loss:
             copies = 0
@@ -483,232 +587,6 @@ class World:
         if n.up:
             self.deliver_local(n, msg)
 
-    # ------------------------------------------------------------------ faults ----------
-    def ev_fault(self) -> None:
-        if self.healed:
-            return
-        self.stats["faults"] += 1
-        r = self.r_fault
-        kind = r.choices(["crash-m", "crash-v", "pause", "suspend", "partition", "stall",
-                          "rate", "wipe-v", "wipe-m", "step-down", "net", "strand",
-                          "slow-links", "bounce", "slow-election"],
-                         [10, 8, 6, 3, 14, 5, 3, 1, 1, 4, 2, 4, 4, 4, 4])[0]
-        getattr(self, "fault_" + kind.replace("-", "_"))(r)
-        self.at(self.t + r.expovariate(self.p.fault_rate), "fault")
-
-    def _pick(self, r, names):
-        return self.nodes[r.choice(names)]
-
-    def fault_crash_m(self, r) -> None:
-        n = self._pick(r, self.masters)
-        if r.random() < 0.5:
-            n = self.current_leader() or n
-        self.crash(n)
-        self.at(self.t + r.uniform(0.05, 4.0), "start", n.name)
-
-    def fault_crash_v(self, r) -> None:
-        n = self._pick(r, self.voters)
-        self.crash(n)
-        self.at(self.t + r.uniform(0.0, 3.0), "start", n.name)
-
-    def fault_pause(self, r, why: str = "pause") -> None:
-        n = self._pick(r, self.masters if r.random() < 0.7 else self.voters)
-        if r.random() < 0.5 and n.kind == "master":
-            n = self.current_leader() or n
-        if not n.up or n.paused:
-            return
-        n.paused = True
-        self.log(why, n.name)
-        self.at(self.t + r.uniform(0.2, 3.5) * self.p.lease_s, "resume", n.name, n.epoch)
-
-    def fault_suspend(self, r) -> None:
-        # CLOCK_BOOTTIME keeps counting through a suspend, so a suspend is a long pause
-        self.fault_pause(r, "suspend")
-
-    def ev_resume(self, name: str, epoch: int) -> None:
-        n = self.nodes[name]
-        if n.epoch != epoch or not n.paused:
-            return
-        n.paused = False
-        self.log("resume", name)
-        if n.held:
-            self.at(self.t, "flush", name, n.epoch)
-        if n.deferred is not None:
-            msg, stale, arrived = n.deferred
-            n.deferred = None
-            self.at(self.t, "process", name, n.epoch, msg, stale, arrived)
-        else:
-            n.busy = False
-            self.kick(n)
-
-    def fault_partition(self, r) -> None:
-        names = list(self.nodes)
-        kind = r.choice(["isolate", "oneway-in", "oneway-out", "split", "masters", "pair"])
-        cut: set[tuple[str, str]] = set()
-        if kind in ("isolate", "oneway-in", "oneway-out"):
-            x = self._pick(r, names).name
-            if r.random() < 0.5 and self.current_leader():
-                x = self.current_leader().name
-            for y in names:
-                if y != x:
-                    if kind != "oneway-out":
-                        cut.add((y, x))
-                    if kind != "oneway-in":
-                        cut.add((x, y))
-        elif kind == "split":
-            # every master gets its own subset of voters
-            for v in self.voters:
-                allowed = {m for m in self.masters if r.random() < 0.5}
-                for m in self.masters:
-                    if m not in allowed:
-                        cut |= {(m, v), (v, m)}
-            if r.random() < 0.5:
-                for a in self.masters:
-                    for b in self.masters:
-                        if a != b:
-                            cut.add((a, b))
-        elif kind == "masters":
-            for a in self.masters:
-                for b in self.masters:
-                    if a != b and r.random() < 0.5:
-                        cut |= {(a, b), (b, a)}
-        else:
-            a, b = r.sample(names, 2)
-            cut |= {(a, b)} if r.random() < 0.5 else {(a, b), (b, a)}
-        self.blocked |= cut
-        self.log("partition", kind, sorted(cut)[:6], "..." if len(cut) > 6 else "")
-        self.at(self.t + r.uniform(0.3, 5.0), "unpartition", frozenset(cut))
-
-    def ev_unpartition(self, cut) -> None:
-        if not self.healed:
-            self.blocked -= cut
-            self.log("heal-cut", len(cut))
-
-    def fault_strand(self, r) -> None:
-        """Cut the leader off from the other masters and from all voters but one, so its
-        proposals reach a minority, then crash it (HA-traces.md 1a-1c)."""
-        ldr = self.current_leader()
-        if ldr is None:
-            return
-        keep = r.choice(self.voters)
-        cut = set()
-        for y in self.nodes:
-            if y != ldr.name and y != keep:
-                cut |= {(ldr.name, y), (y, ldr.name)}
-        self.blocked |= cut
-        self.log("strand", ldr.name, f"keeps {keep}")
-        self.at(self.t + r.uniform(0.5, 4.0), "unpartition", frozenset(cut))
-        if r.random() < 0.7:
-            self.at(self.t + r.uniform(0.2, 1.5), "crash_at", ldr.name, ldr.epoch,
-                    r.uniform(0.5, 4.0))
-
-    def ev_crash_at(self, name: str, epoch: int, down_s: float) -> None:
-        n = self.nodes[name]
-        if n.epoch == epoch and not self.healed:
-            self.crash(n)
-            self.at(self.t + down_s, "start", name)
-
-    def fault_slow_links(self, r) -> None:
-        """Voter replies to a master arrive late on some links (acks of old rounds)."""
-        m = self.current_leader() or self._pick(r, self.masters)
-        links = {(v, m.name) for v in self.voters if r.random() < 0.5}
-        extra = r.uniform(0.2, 1.5) * self.p.lease_s / 2
-        for link in links:
-            self.slow[link] = extra
-        self.log("slow", sorted(links), f"+{extra:.2f}s")
-        self.at(self.t + r.uniform(1.0, 4.0), "unslow", frozenset(links))
-
-    def fault_slow_election(self, r) -> None:
-        """The leader dies while voter replies crawl: candidacies overlap (trace 5a)."""
-        links = {(v, m) for v in self.voters for m in self.masters}
-        for link in links:
-            self.slow[link] = r.uniform(0.05, 0.4)
-        self.log("slow", "all voter->master links")
-        self.at(self.t + r.uniform(3.0, 5.0), "unslow", frozenset(links))
-        ldr = self.current_leader()
-        if ldr is not None:
-            self.crash(ldr)
-            self.at(self.t + r.uniform(0.5, 4.0), "start", ldr.name)
-
-    def ev_unslow(self, links) -> None:
-        for link in links:
-            self.slow.pop(link, None)
-
-    def fault_bounce(self, r) -> None:
-        """Masters lose sight of each other while some voters restart at once: the
-        restarted voters' lost promises are what the restart silence protects."""
-        cut = {(a, b) for a in self.masters for b in self.masters if a != b}
-        self.blocked |= cut
-        d = self.p.lease_s
-        self.log("bounce", "masters cut")
-        self.at(self.t + r.uniform(d + 0.5, 2.5 * d), "unpartition", frozenset(cut))
-        self.at(self.t + r.uniform(d + 0.2, 2 * d), "bounce_voters")
-
-    def ev_bounce_voters(self) -> None:
-        if self.healed:
-            return
-        r = self.r_fault
-        for v in r.sample(self.voters, len(self.voters) // 2 + 1):
-            n = self.nodes[v]
-            if n.up:
-                self.crash(n, "bounce")
-                self.at(self.t + r.uniform(0.0, 0.05), "start", v)
-
-    def fault_stall(self, r) -> None:
-        n = self._pick(r, list(self.nodes))
-        n.stall_max = r.choice([0.05, 0.3, 1.5]) * self.p.lease_s / 2
-        n.stall_until = self.t + r.uniform(0.5, 5.0)
-        self.log("stall", n.name, f"max={n.stall_max:.2f}s")
-
-    def fault_rate(self, r) -> None:
-        n = self._pick(r, list(self.nodes))
-        n.clock.set_rate(self.t, 1.0 + r.uniform(-self.p.rho, self.p.rho))
-        self.log("clock", n.name, f"rate={n.clock.rate:.4f}")
-
-    def fault_net(self, r) -> None:
-        self.loss = r.choice([0.0, 0.05, 0.3])
-        self.log("net", f"loss={self.loss}")
-
-    def fault_wipe_v(self, r) -> None:
-        if self.wiped_voter or len(self.voters) < 3:
-            return
-        n = self._pick(r, self.voters)
-        self.wiped_voter = True
-        self.crash(n, "wipe")
-        n.voter_disk = None
-        n.incarnation += 1     # a lost state file means a new uuid
-        self.at(self.t + r.uniform(0.0, 2.0), "start", n.name)
-
-    def fault_wipe_m(self, r) -> None:
-        if self.wiped_master or len(self.masters) < 2:
-            return
-        n = self._pick(r, self.masters)
-        records = [v.voter_disk.record for v in self.nodes.values()
-                   if v.kind == "voter" and v.voter_disk and v.voter_disk.record]
-        for x in self.nodes.values():
-            if x.kind == "master" and x.up and x.machine.role == "LEADER":
-                records += [rec for rec in (x.machine.pending, x.machine.record) if rec]
-        if not records or any(set(rec.members) <= {n.ident} for rec in records):
-            return   # keep an eligible master: the fault budget of invariant 2
-        self.wiped_master = True
-        self.crash(n, "wipe")
-        n.mdisk = MasterDiskState()
-        n.incarnation += 1
-        self.at(self.t + r.uniform(0.0, 2.0), "start", n.name)
-
-    def fault_step_down(self, r) -> None:
-        ldr = self.current_leader()
-        if ldr is not None and not ldr.paused:
-            self.log("admin", "step-down", ldr.name)
-            self.deliver_local(ldr, AdminStepDown())
-
-    def current_leader(self) -> Node | None:
-        for name in self.masters:
-            n = self.nodes[name]
-            if n.up and n.machine.role == "LEADER":
-                return n
-        return None
-
     # ------------------------------------------------------------------ heal / checks ---
     def ev_heal(self) -> None:
         self.healed = True
@@ -718,6 +596,8 @@ class World:
         self.loss, self.dup = 0.0, 0.0
         for n in self.nodes.values():
             n.stall_until = -1.0
+            if abs(n.clock.rate - 1.0) > self.p.rho:
+                n.clock.set_rate(self.t, 1.0)
             if not n.up:
                 self.at(self.t, "start", n.name)
             elif n.paused:
@@ -726,14 +606,68 @@ class World:
         self.live_from = max(self.t, self.faulty_arrivals_end)
         self.at(self.live_from + self.liveness_bound(), "check_live")
 
-    def liveness_bound(self) -> float:
+    # ------------------------------------------------------------------ liveness under faults
+    def quiet_majority(self) -> bool:
+        """True when faults, though still running, leave a connected majority: the network
+        loses nothing, and among the masters and voters that are up, awake and not
+        stalling, no link is cut or slowed, a majority of the voters of the highest record
+        they hold is present, and so is a member of that record."""
+        if self.loss > 0 or self.p.long_delay_p > 0 or self.slow or self.p.unfair:
+            return False
+        t = self.t
+        here = [n for n in self.nodes.values()
+                if n.up and not n.paused and t >= n.stall_until + n.stall_max]
+        names = {n.name for n in here}
+        for a, b in self.blocked:
+            if a in names and b in names:
+                return False
+        voters = [n for n in here if n.kind == "voter"]
+        rstar = highest(n.voter_disk.record for n in voters if n.voter_disk)
+        if rstar is None:
+            return False
+        uuids = {self.voter_uuid(n.name) for n in voters}
+        if len(uuids & set(rstar.voters)) < len(rstar.voters) // 2 + 1:
+            return False
+        return any(n.kind == "master" and n.ident in rstar.members for n in here)
+
+    def ev_watch(self) -> None:
+        """Invariant 6 while faults go on: a connected majority elects within the bound
+        (extended by each election lost to a split vote, as in the healed phase)."""
+        if self.healed:
+            return
+        if not self.quiet_majority():
+            self.quiet_since = None
+        elif self.quiet_since is None:
+            self.quiet_since, self.quiet_lost = self.t, len(self.gaps_faulty)
+        else:
+            lost = len(self.gaps_faulty) - self.quiet_lost
+            bound = self.liveness_bound(faulty=True) * (1 + lost)
+            if self.t - self.quiet_since <= bound:
+                pass
+            elif any(self.oracle.serving_at(m, self.t) for m in self.masters):
+                self.stats["quiet-checked"] = self.stats.get("quiet-checked", 0) + 1
+            else:
+                raise Violation("liveness-under-faults",
+                                f"a connected majority has had no leader for "
+                                f"{self.t - self.quiet_since:.3f}s (bound {bound:.3f}s)")
+        self.at(self.t + 0.05, "watch")
+
+    def liveness_bound(self, faulty: bool = False) -> float:
         c = self.cfg
-        rtt = 2 * (self.p.delay_base_s + 8 * min(self.p.delay_tail_s, 0.003)) + 2 * 0.0005
+        tail = self.p.delay_tail_s if faulty else min(self.p.delay_tail_s, 0.003)
+        rtt = 2 * (self.p.delay_base_s + 8 * tail) + 2 * 0.0005
         return (c.lease_duration_s * (1 + c.rho) + c.election_jitter_s + c.align_timeout_s
                 + 8 * rtt + 4 * self.p.fsync_max_s + 0.1)
 
     def ev_check_live(self) -> None:
         if not any(self.oracle.serving_at(m, self.t) for m in self.masters):
+            if self.force_state == "pending":
+                # no leader is possible until the operator's forced voter set takes
+                # effect: it waits out old promises first (D and more)
+                if self.t > self.end_at - 2.0:
+                    raise Violation("liveness", "the forced voter set never took effect")
+                self.at(self.t + 0.1, "check_live")
+                return
             extra = len(self.gaps)
             if extra and self.t < self.live_from + self.liveness_bound() * (1 + extra):
                 self.at(self.live_from + self.liveness_bound() * (1 + extra), "check_live")
@@ -816,7 +750,7 @@ class World:
 
     def client_send(self, c: Client, msg) -> None:
         dest = self.masters[c.target % len(self.masters)]
-        self.trace.append((self.t, "client", (c.name, dest, _short(msg))))
+        self.trace.append((self.t, "client", (c.name, dest, msg)))
         self.transmit(c.name, dest, msg)
 
     def client_reply(self, c: Client, src: str, rep: ClientReply) -> None:

@@ -18,18 +18,18 @@ from tests.sim.app import ToyStore, op
 VOTERS = ("v1", "v2", "v3")
 
 
-def cfg(masters=("m1", "m2")):
-    return HAConfig(voter_addrs=VOTERS, master_addrs=masters,
+def cfg(masters=("m1", "m2"), spare_voters=()):
+    return HAConfig(voter_addrs=VOTERS + spare_voters, master_addrs=masters,
                     initial_voters=tuple(f"{v}.1" for v in VOTERS)).validate()
 
 
 class Net:
-    def __init__(self, masters=("m1", "m2"), now=0.0):
+    def __init__(self, masters=("m1", "m2"), now=0.0, spare_voters=()):
         self.now = now
-        c = cfg(masters)
+        c = cfg(masters, spare_voters)
         self.nodes = {m: Master(f"{m}.1", m, c, ToyStore(), random.Random(7), now)
                       for m in masters}
-        self.nodes.update({v: Voter(f"{v}.1", c, now - 10) for v in VOTERS})
+        self.nodes.update({v: Voter(f"{v}.1", c, now - 10) for v in VOTERS + spare_voters})
         self.queue, self.replies, self.unsynced, self.events = [], [], {}, []
         self.cut: set[str] = set()
 
@@ -193,3 +193,17 @@ def test_refused_vote_does_not_raise_voter_terms():
     for v in VOTERS:
         net.step(v, VoteRequest(9, "m2.1", 1, (0, 0)))
     assert all(net.nodes[v].term == 1 for v in VOTERS)
+
+
+def test_prevote_refused_for_a_vote_in_its_term_asks_again_at_once_one_term_higher():
+    """Voters voted in term 1 for a master that has since lost its disk (seed 2660): a
+    pre-vote changes nothing, so the candidate asks again at once in term 2."""
+    net = Net()
+    for v in VOTERS:
+        net.nodes[v].term, net.nodes[v].voted_for = 1, "m9.1"
+    net.tick("m1", 3.0)
+    net.deliver()
+    net.tick("m1", 3.0)                      # the immediate retry (wake_at == now)
+    net.deliver()
+    m1 = net.nodes["m1"]
+    assert m1.role == LEADER and m1.accepted_term == 2 and net.now == 3.0
