@@ -38,6 +38,7 @@ from .. import statefile
 from ..consensus import messages as cm
 from ..consensus import wire
 from ..consensus.config import HAConfig
+from ..consensus.identity import SAVE_DEFAULT, SAVE_FSYNC, incarnation_at_start
 from ..consensus.journal import InvariantBroken
 from ..consensus.leaselog import format_line
 from ..consensus.master import LEADER, Master, MasterDisk
@@ -145,12 +146,17 @@ class HANode:
         if st is None:
             st = {"uuid": uuid.uuid4().hex[:16], "incarnation": 1, "cluster": "",
                   "term": 0, "accepted_term": 0}
-        elif (st.get("running") and st.get("boot_id") != boot
-              and self.cfg.CHANGELOG_SAVE_MODE != SAVE_MODE_FSYNC):
-            st["incarnation"] += 1
-            log.warning("unclean stop and a machine restart: the journal may have lost "
-                        "unsynced records, so this master rejoins as incarnation %d and "
-                        "must catch up before it can lead", st["incarnation"])
+        else:
+            # ElkFS's mode 1 fsyncs before replying; mode 0 only hands writes to the OS.
+            mode = SAVE_FSYNC if self.cfg.CHANGELOG_SAVE_MODE == SAVE_MODE_FSYNC \
+                else SAVE_DEFAULT
+            incarnation, why = incarnation_at_start(
+                st["incarnation"], mode, clean_stop=not st.get("running"),
+                stored_boot_id=st.get("boot_id"), boot_id=boot)
+            if incarnation != st["incarnation"]:
+                st["incarnation"] = incarnation
+                log.warning("%s, so this master rejoins as incarnation %d and must catch "
+                            "up before it can lead", why, incarnation)
         st["running"], st["boot_id"] = True, boot
         statefile.save(self.state_path, st)
         return st

@@ -64,6 +64,38 @@ def test_wiped_follower_catches_up_and_can_lead(ha_cluster):
     check_files(files)
 
 
+def test_crash_across_machine_restart_rejoins_as_new_incarnation(ha_cluster):
+    """A follower killed (no clean-stop mark) that comes back after a machine restart (its
+    ha.state names another boot) may have lost journal writes it acknowledged to the OS
+    under the default save mode: it rejoins as a new incarnation, catches up, and the
+    cluster loses nothing. A kill without a machine restart keeps the incarnation."""
+    from elkfs import statefile
+
+    c, mnt = ha_cluster.cluster, ha_cluster.mnt
+    files = write_files(mnt, "before", 20)
+    follower = next(d for d in c.masters if d is not c.leader())
+    uuid, incarnation = view_of(c, follower)["ident"].split(".")
+    state_path = os.path.join(follower.data_dir, "ha.state")
+
+    c.kill(follower)  # same boot: the page cache kept everything
+    c.start_daemon(follower)
+    wait_until(lambda: converged(c), 60, "the restarted master to be in sync")
+    assert view_of(c, follower)["ident"] == f"{uuid}.{incarnation}"
+
+    c.kill(follower)
+    state = statefile.load(state_path)
+    assert state["running"]  # killed: no clean-stop mark
+    state["boot_id"] = "a-boot-before-the-machine-restarted"
+    statefile.save(state_path, state)
+    files.update(write_files(mnt, "while-away", 20))
+    c.start_daemon(follower)
+    wait_until(lambda: converged(c), 60, "the new incarnation to catch up and be in sync")
+    assert view_of(c, follower)["ident"] == f"{uuid}.{int(incarnation) + 1}"
+    log = open(os.path.join(follower.data_dir, "stderr.log")).read()
+    assert "rejoins as incarnation" in log
+    check_files(files)
+
+
 def test_dns_records_add_and_remove_masters(ha_cluster):
     """An A record added while the cluster runs adds a master (it catches up and joins the
     in-sync set); the record of a dead master removed drops it from every view."""
