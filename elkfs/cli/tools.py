@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import stat
@@ -353,6 +354,79 @@ def _step_down(host: str, port: int, dns_server: str | None, target: str) -> int
     return 1
 
 
+def _force_voters(host: str, port: int, dns_server: str | None, target: str,
+                  yes: bool) -> int:
+    """The way out when a majority of the voters is gone for good (docs/ha.md): the voters
+    the chosen master (the most up-to-date one by default) sees now become the voter set.
+    Every master must answer, because the new term must be above every term any of them
+    holds; the command is repeated until a leader shows up."""
+    from ..client.masters import admin_one, cluster_status
+
+    views = asyncio.run(cluster_status(host, port, dns_server, timeout=2.0))
+    silent = [v["address"] for v in views if not v.get("reachable")]
+    if silent:
+        print(f"mfscli: force-voters: {', '.join(silent)} do not answer, so the highest term "
+              "cannot be known: bring them back, or remove their A records if they are gone "
+              "for good, and retry", file=sys.stderr)
+        return 1
+    leaders = [v["address"] for v in views if v.get("state") == "LEADER"]
+    if leaders:
+        print(f"mfscli: force-voters: {leaders[0]} leads: there is nothing to force",
+              file=sys.stderr)
+        return 1
+    if target:
+        chosen = next((v for v in views if v.get("address") == target), None)
+        if chosen is None:
+            print(f"mfscli: force-voters: {target} is not a master of {host}", file=sys.stderr)
+            return 1
+    else:
+        chosen = max(views, key=lambda v: (tuple(v.get("log") or (0, 0)), v["address"]))
+    voters = tuple(chosen.get("voters", []))
+    if not voters:
+        print(f"mfscli: force-voters: no voter is connected to {chosen['address']}",
+              file=sys.stderr)
+        return 1
+    min_term = max(max(v.get("term", 0), v.get("accepted_term", 0)) for v in views)
+    lost = sorted(set(chosen.get("record_voters", [])) - set(voters))
+    print(f"master {chosen['address']} (log at {chosen.get('log')}) will lead with the voters "
+          f"it sees now: {', '.join(voters)}, in a term above {min_term}.")
+    print(f"voters left out: {', '.join(lost) or 'none'}. They must never come back under "
+          "their old ids: delete voter.state on their chunkservers before restarting them, "
+          "or two leaders may be elected.")
+    if not yes:
+        if not sys.stdin.isatty():
+            print("mfscli: force-voters: confirm with -y", file=sys.stderr)
+            return 1
+        if input("type 'force' to go on: ").strip() != "force":
+            print("nothing done")
+            return 1
+    started = time.monotonic()
+    last_answer = None
+    while time.monotonic() - started < 60:
+        try:
+            answer = asyncio.run(admin_one(chosen["address"], port, "force-voters",
+                                           voters=voters, min_term=min_term))
+            if answer != last_answer:
+                print(f"  {time.monotonic() - started:5.1f}s {chosen['address']} is "
+                      f"{answer['state']}")
+                last_answer = answer
+        except (FsError, OSError, asyncio.TimeoutError) as e:
+            if getattr(e, "status", None) != errno.EBUSY:  # EBUSY: it leads already
+                print(f"  {time.monotonic() - started:5.1f}s {e}")
+        views = asyncio.run(cluster_status(host, port, dns_server, timeout=1.0))
+        leader = next((v for v in views if v.get("state") == "LEADER"), None)
+        if leader is not None:
+            print(f"leader {leader['address']} (term {leader['term']}) with voters "
+                  f"{', '.join(leader.get('record_voters', []))} after "
+                  f"{time.monotonic() - started:.1f}s; see lease.log on "
+                  f"{chosen['address']} for the force-* events")
+            return 0
+        time.sleep(1.0)
+    print("mfscli: force-voters: no leader within 60 s; see lease.log of "
+          f"{chosen['address']} (force-refused tells why)", file=sys.stderr)
+    return 1
+
+
 def _chunkserver_command(host: str, port: int, dns_server: str | None, command: str,
                          target: str) -> int:
     from ..client.masters import master_admin
@@ -384,7 +458,10 @@ def mfscli(argv: list[str] | None = None) -> int:
     p.add_argument("-C", dest="command", default=None,
                    help="command: SD (the leader steps down), SD/ADDRESS (hands over to that "
                         "master), M1/HOST:PORT and M0/HOST:PORT (a chunkserver's maintenance "
-                        "mode on/off), RC/HOST:PORT (remove a chunkserver gone for good)")
+                        "mode on/off), RC/HOST:PORT (remove a chunkserver gone for good), "
+                        "FV[/ADDRESS] (force the voter set to the voters that master sees, "
+                        "when a majority of the voters is lost for good; see docs/ha.md)")
+    p.add_argument("-y", dest="yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true")
     p.add_argument("path", nargs="?", help="a path inside a mount (default: current directory)")
     a = p.parse_args(argv)
@@ -410,9 +487,11 @@ def mfscli(argv: list[str] | None = None) -> int:
         cmd = cmd.upper()
         if cmd == "SD":
             return _step_down(host, port, dns_server, target)
+        if cmd == "FV":
+            return _force_voters(host, port, dns_server, target, a.yes)
         names = {"M1": "maintenance-on", "M0": "maintenance-off", "RC": "remove-chunkserver"}
         if cmd not in names or not target:
-            print(f"mfscli: unknown command {a.command} (known: SD, SD/ADDRESS, "
+            print(f"mfscli: unknown command {a.command} (known: SD, SD/ADDRESS, FV, FV/ADDRESS, "
                   "M1/HOST:PORT, M0/HOST:PORT, RC/HOST:PORT)", file=sys.stderr)
             return 2
         return _chunkserver_command(host, port, dns_server, names[cmd], target)

@@ -47,6 +47,17 @@ async def cluster_status(name: str, port: int = CLIENT_PORT, dns_server: str | N
     return list(await asyncio.gather(*(one(a) for a in addrs)))
 
 
+async def admin_one(host: str, port: int, command: str, timeout: float = 5.0,
+                    **fields) -> dict:
+    """Send `command` to the master at host:port itself (no redirect followed)."""
+    conn = await rpc.connect(host, port, name="admin", timeout=timeout)
+    try:
+        reply, _ = await conn.call(m.MasterAdmin, command=command, timeout=timeout, **fields)
+        return json.loads(reply.result.text)
+    finally:
+        conn.close()
+
+
 async def master_admin(name: str, command: str, target: str = "", port: int = CLIENT_PORT,
                        dns_server: str | None = None, timeout: float = 5.0) -> dict:
     """Send `command` to the leader among the masters of `name`."""
@@ -59,14 +70,7 @@ async def master_admin(name: str, command: str, target: str = "", port: int = CL
             continue
         tried.add(addr)
         try:
-            conn = await rpc.connect(*addr, name="admin", timeout=timeout)
-        except (OSError, asyncio.TimeoutError) as e:
-            last = e
-            continue
-        try:
-            reply, _ = await conn.call(m.MasterAdmin, command=command, target=target,
-                                       timeout=timeout)
-            return json.loads(reply.result.text)
+            return await admin_one(*addr, command, timeout, target=target)
         except FsError as e:
             if e.status != NOT_LEADER:
                 raise
@@ -76,6 +80,4 @@ async def master_admin(name: str, command: str, target: str = "", port: int = CL
                 queue.insert(0, (host, int(p)))
         except (asyncio.TimeoutError, rpc.ConnectionClosed, OSError) as e:
             last = e
-        finally:
-            conn.close()
     raise FsError(NOT_LEADER, f"no master of {name} leads now ({last})")

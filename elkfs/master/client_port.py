@@ -57,6 +57,8 @@ class ClientPort(MasterPart):
             conn.send(m.Ok(msg.req))
         elif isinstance(msg, m.MasterStatus):
             conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(self.master_status()))))
+        elif isinstance(msg, m.MasterAdmin) and msg.command == "force-voters":
+            self.admin(conn, msg)  # given to a follower: there is no leader to go to
         elif not self.master.leading:
             self.redirect(conn, msg)
         elif isinstance(msg, m.MetaRequest):
@@ -109,6 +111,12 @@ class ClientPort(MasterPart):
                 if self.master.ha is None:
                     raise FsError(errno.EINVAL, "HA is not enabled on this master")
                 result = self.master.ha.step_down(msg.target)
+                conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(result))))
+                return
+            if msg.command == "force-voters":
+                if self.master.ha is None:
+                    raise FsError(errno.EINVAL, "HA is not enabled on this master")
+                result = self.master.ha.force_voters(msg.voters, msg.min_term)
                 conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(result))))
                 return
             if msg.command not in ("maintenance-on", "maintenance-off", "remove-chunkserver"):

@@ -23,6 +23,7 @@ How the metadata store rides on the core:
 from __future__ import annotations
 
 import asyncio
+import errno
 import heapq
 import ipaddress
 import logging
@@ -536,6 +537,21 @@ class HANode:
             raise FsError(11, "no in-sync master to hand over to")
         return {"stepping_down": True, "target": core.stepdown[0] if core.stepdown else None}
 
+    def force_voters(self, voters: tuple[str, ...], min_term: int) -> dict:
+        """The operator's way out when a voter majority is gone for good (`mfscli -C FV`):
+        the core arms, refuses or fires the force and says so in lease.log; the command
+        is repeated until a leader shows up (a repeat keeps the first timer)."""
+        if self.core.role == LEADER:
+            raise FsError(errno.EBUSY, "this master leads: there is nothing to force")
+        unknown = sorted(set(voters) - set(self.voters))
+        if not voters or unknown:
+            raise FsError(errno.EINVAL, "the forced voters must be connected to this master"
+                          + (f" (not connected: {', '.join(unknown)})" if unknown else ""))
+        log.warning("operator forces the voter set {%s} above term %d",
+                    ",".join(sorted(voters)), min_term)
+        self.feed(cm.AdminForceVoters(tuple(sorted(voters)), min_term))
+        return {"voters": sorted(voters), "min_term": min_term, "state": self.status()}
+
     async def hand_over(self) -> None:
         """Before a clean stop: a leader hands the leadership to an in-sync follower (as
         `mfscli -C SD`) and waits, at most a lease, until it is no longer leading."""
@@ -595,6 +611,7 @@ class HANode:
             "metadata_version": self.store.ns.version, "commit": core.commit,
             "log": [core.log.last()[0], core.log.last_version],
             "record": rec.describe() if rec else None, "lease": lease,
+            "record_voters": list(rec.voters) if rec else [],
             "voters": sorted(self.voters), "masters": masters,
             "wall_time": time.time(), "uptime_s": round(time.time() - self.started_at),
             "elections": [{"time": t, "event": e} for t, e in self.elections[-10:]],

@@ -804,11 +804,15 @@ class Ping(Msg):
 @message(104)
 class MasterAdmin(Msg):
     """An operator's command to the leader (`mfscli`): "step-down" [target address];
-    answered with `MetaReply(JsonOut)` or `Error` (NOT_LEADER names the leader)."""
+    answered with `MetaReply(JsonOut)` or `Error` (NOT_LEADER names the leader).
+    "force-voters" goes to one chosen follower instead: `voters` (uuids) become the voter
+    set, campaigning above `min_term` (docs/ha.md, "Forced voter set")."""
 
     req: int
     command: str
     target: str = ""
+    voters: tuple[str, ...] = ()
+    min_term: int = 0
 
 
 @message(90)
