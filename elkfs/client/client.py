@@ -487,21 +487,35 @@ class File:
 
     async def _recover(self, oc: _OpenChunk, error: Exception) -> None:
         """The chain failed: reopen the chunk (new version, surviving copies) and send
-        everything written in this session again. A new chunk's session that found a
+        everything written in this session again, as often as the new chain fails too
+        within the I/O retry window; then EIO (never the socket's own error, which would
+        reach the application as a strange errno). A new chunk's session that found a
         chunkserver full comes here too: the master makes the chunk again where there is
         room, or answers ENOSPC when there is none."""
-        log.warning("write to chunk %016X failed (%s); replaying on a new chain",
-                    oc.chunk.chunk_id, error)
-        oc.writer.close()
-        await self._end_chunk(oc.index, oc.chunk.chunk_id, 0, ok=False)
-        try:
-            oc.chunk, oc.writer = await self._open_chunk(oc.index, connect=True)
-        except FsError as e:
-            if _out_of_space(e):
-                self._open = None  # nowhere to write it: the file keeps its length
-            raise
-        for offset, data in oc.sent:
-            await oc.writer.write(offset, data)
+        deadline = time.monotonic() + self.client.io_retry_s
+        while True:
+            log.warning("write to chunk %016X failed (%s); replaying on a new chain",
+                        oc.chunk.chunk_id, error)
+            oc.writer.close()
+            await self._end_chunk(oc.index, oc.chunk.chunk_id, 0, ok=False)
+            try:
+                oc.chunk, oc.writer = await self._open_chunk(oc.index, connect=True)
+            except FsError as e:
+                if _out_of_space(e):
+                    self._open = None  # nowhere to write it: the file keeps its length
+                raise
+            try:
+                for offset, data in oc.sent:
+                    await oc.writer.write(offset, data)
+                return
+            except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                if _out_of_space(e) or time.monotonic() > deadline:
+                    self._open = None
+                    oc.writer.close()
+                    await self._end_chunk(oc.index, oc.chunk.chunk_id, 0, ok=False)
+                    code = errno.ENOSPC if _out_of_space(e) else errno.EIO
+                    raise FsError(code, f"write failed: {e}") from None
+                error = e
 
     async def _close_chunk(self, sync: bool) -> None:
         oc = self._open
