@@ -26,12 +26,15 @@ from .part import MasterPart
 log = logging.getLogger("mfsmaster")
 
 LOW_SPACE = 16 << 20  # a server with less free space gets no writes while others can
+REPLICATION_WRITER_WAIT_S = 10.0  # how long a writer lets a replication of its chunk finish
 
 
 class ChunkOps(MasterPart):
     def __init__(self, master):
         super().__init__(master)
         self.busy_chunks: dict[int, int] = {}  # chunk id -> operations changing its copies
+        # chunk id -> set when its replication in flight ends (writers wait for it)
+        self.replicating: dict[int, asyncio.Event] = {}
         # New chunks being made by their writer's session: (inode, index) -> (chunk id,
         # version, chunkservers); their copies are registered at WriteChunkEnd.
         self.creating: dict[tuple[int, int], tuple[int, int, list]] = {}
@@ -95,6 +98,7 @@ class ChunkOps(MasterPart):
             if isinstance(action, rep.Raise):
                 ok = bool(await self.raise_copies(action))
             elif isinstance(action, rep.Replicate):
+                done = self.replicating.setdefault(action.chunk_id, asyncio.Event())
                 target = registry.servers.get(action.target)
                 sources = [registry.servers[c].addr for c in action.sources
                            if c in registry.servers]
@@ -115,6 +119,8 @@ class ChunkOps(MasterPart):
             log.exception("replication action %r failed", action)
         finally:
             self.planner.finished(action, ok)
+            if isinstance(action, rep.Replicate):
+                self.replicating.pop(action.chunk_id, asyncio.Event()).set()
 
     async def raise_copies(self, action: rep.Raise) -> list:
         """Carry out a `Raise`: the servers whose copies now have the chunk's version."""
@@ -211,6 +217,21 @@ class ChunkOps(MasterPart):
             log.exception("chunk operation %s failed", type(op).__name__)
             conn.send_if_open(m.Error(msg.req, errno.EIO, str(e)))
 
+    async def _after_replication(self, chunk_id: int) -> bool:
+        """A write raises the chunk's version, which makes a copy in flight fail: a chunk
+        written without a pause (an appending log) would never get its lost copy back.
+        So a writer waits (a while at most) for the chunk's replication to end, and the
+        new copy gets the raise with the others. True when it waited."""
+        done = self.replicating.get(chunk_id)
+        if done is None:
+            return False
+        try:
+            await asyncio.wait_for(done.wait(), REPLICATION_WRITER_WAIT_S)
+        except asyncio.TimeoutError:
+            log.info("chunk %016X: replication still running after %.0f s; writing anyway",
+                     chunk_id, REPLICATION_WRITER_WAIT_S)
+        return True
+
     async def write_chunk(self, conn: rpc.Connection, msg: m.MetaRequest) -> m.ChunkOut:
         op: m.WriteChunk = msg.op
         self.ns.file(op.inode)  # fail fast before waiting for the lock
@@ -223,6 +244,9 @@ class ChunkOps(MasterPart):
                 out, version = self._make_chunk(msg, node)
                 await self.store.wait_durable(version)
                 return out
+            if await self._after_replication(chunk.chunk_id):
+                node = self.ns.file(op.inode)
+                chunk = self.ns.chunk_of(op.inode, op.index)
             # A chunk whose creation every chunkserver refused has no copy and no data:
             # create it again, wherever there is room now.
             fresh = (chunk.refs == 1 and not self.registry.holders(chunk.chunk_id)

@@ -533,3 +533,49 @@ async def test_deleted_chunks_files_are_reused_for_new_chunks(cluster_factory):
         await read_all(client, new)
     finally:
         await client.close()
+
+
+async def test_chunk_written_without_pause_is_rebuilt_meanwhile(cluster_factory):
+    """A goal-2 chunk that lost a copy while a writer appends and fsyncs to it without a
+    pause still gets its second copy: the next write waits for a replication in flight
+    instead of raising the version under it (which would make every copy attempt fail
+    and leave the chunk endangered for as long as the writer goes on)."""
+    cluster = cluster_factory("127.0.69")
+    client = await Client.connect(*cluster.master_addr, info="replication test")
+    try:
+        await client.write_file("/log", b"first record\n")
+        holders = (await valid_copies(client, "/log"))[0]
+        assert len(holders) == 2
+        victim = next(d for d in cluster.chunkservers if (d.host, 9422) in holders)
+        f = await client.open("/log")
+        written = bytearray(b"first record\n")
+        stop = asyncio.Event()
+
+        async def appender():
+            i = 0
+            while not stop.is_set():
+                record = f"record {i:08d}\n".encode() * 64
+                await f.write(len(written), record)
+                await f.fsync()
+                written.extend(record)
+                i += 1
+
+        cluster.kill(victim)
+        writer = asyncio.create_task(appender())
+        try:
+            async def two_copies():
+                assert not writer.done(), writer.exception()
+                copies = (await valid_copies(client, "/log"))[0]
+                return len(copies) == 2 and (victim.host, 9422) not in copies
+
+            await wait_for("a second copy while the writer goes on", two_copies, timeout=120)
+            assert not writer.done()
+        finally:
+            stop.set()
+            await writer
+            await f.close()
+        assert await client.read_file("/log") == bytes(written)
+        await wait_for("two copies after the writer stopped",
+                       lambda: all_at(client, ["/log"], 2))
+    finally:
+        await client.close()

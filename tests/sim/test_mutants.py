@@ -11,22 +11,22 @@ from .mutants import EVERY_MUTATION, hunt
 from .run import run_seed
 
 KNOWN = {
-    "voter_ignores_promise": 29,
+    "voter_ignores_promise": 11,
     "voter_forgets_promise": 2,
     "grant_without_lease": 0,
-    "ack_before_isr": 24,
-    "ack_before_fsync": 72,
+    "ack_before_isr": 10,
+    "ack_before_fsync": 47,
     "epoch_only_order": 1298,
-    "no_restamp": 4,
-    "grow_without_union": 154,
-    "version_only_match": 12,
+    "no_restamp": 5,
+    "grow_without_union": 333,
+    "version_only_match": 5,
     "stale_now": 98,
-    "unmatched_acks": 5,
-    "voter_adopts_refused": 415,
+    "unmatched_acks": 7,
+    "voter_adopts_refused": 64,
     "power_loss_keeps_incarnation": 89,
-    "follower_forgets_accepted_term": 147,
-    "fence_ignores_term": 123,
-    "voter_change_keeps_old_lease": 208,
+    "follower_forgets_accepted_term": 251,
+    "fence_ignores_term": 44,
+    "voter_change_keeps_old_lease": 1140,
     "force_ignores_leases": 279,
 }
 HUNT_SEEDS = 400
