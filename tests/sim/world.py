@@ -266,6 +266,8 @@ class World(Faults):
             self.t = t
             self.stats["events"] += 1
             if kind == "end":
+                if t < self.end_at:
+                    continue  # the run was extended
                 self.final_checks()
                 return
             if kind in DISTURBING:
@@ -605,6 +607,13 @@ class World(Faults):
         # faulty-phase messages still in flight (long delays) are part of the faults
         self.live_from = max(self.t, self.faulty_arrivals_end)
         self.at(self.live_from + self.liveness_bound(), "check_live")
+        if self.force_state == "pending":
+            # a late message of the old leader (a long delay of the faulty phase) makes
+            # the force wait again: the run lasts until the force's bound has passed
+            end = self.live_from + self.force_bound() + 3.0
+            if end > self.end_at:
+                self.end_at = end
+                self.at(end, "end")
 
     # ------------------------------------------------------------------ liveness under faults
     def quiet_majority(self) -> bool:
@@ -659,13 +668,22 @@ class World(Faults):
         return (c.lease_duration_s * (1 + c.rho) + c.election_jitter_s + c.align_timeout_s
                 + 8 * rtt + 4 * self.p.fsync_max_s + 0.1)
 
+    def force_bound(self) -> float:
+        """From the last message of a leader to a leader under the forced voter set: the
+        operator's next try (every 1.5 s), the refusal window and the armed wait (each
+        D*(1+rho)/(1-rho)), then an election."""
+        c = self.cfg
+        wait = c.lease_duration_s * (1 + c.rho) / (1 - c.rho)
+        return 1.5 + 2 * wait + self.liveness_bound()
+
     def ev_check_live(self) -> None:
         if not any(self.oracle.serving_at(m, self.t) for m in self.masters):
             if self.force_state == "pending":
                 # no leader is possible until the operator's forced voter set takes
                 # effect: it waits out old promises first (D and more)
-                if self.t > self.end_at - 2.0:
-                    raise Violation("liveness", "the forced voter set never took effect")
+                if self.t > self.live_from + self.force_bound():
+                    raise Violation("liveness", "the forced voter set never took effect "
+                                                f"within {self.force_bound():.3f}s")
                 self.at(self.t + 0.1, "check_live")
                 return
             extra = len(self.gaps)
