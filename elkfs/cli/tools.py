@@ -57,8 +57,11 @@ def master_inode(path: str, info: dict) -> int:
 
 
 async def _client(info: dict) -> Client:
+    """A session of our own, on the mount's subfolder (the exports allow it as they allow
+    the mount, unless they ask for a password, which the tools do not have)."""
     return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
-                                dns_server=info.get("dns_server"))
+                                dns_server=info.get("dns_server"),
+                                subfolder=info.get("subfolder") or "/")
 
 
 async def _walk(client: Client, inode: int):

@@ -10,7 +10,8 @@ win over the file.
 ElkFS options (the `mfs*` names MooseFS uses): mfsmaster (an address, or a name whose A
 records are the masters: the mount follows the leader), mfsdnsserver (IP[:PORT] of the DNS
 server to resolve it with; default: the system resolver), mfsport, mfssubfolder,
-mfspassword (parsed; enforced by a later security feature), mfsioretries (seconds a system
+mfspassword / mfsmd5pass (an export's password, or its MD5 in hex: proven to the master
+by challenge and response, never sent), mfsioretries (seconds a system
 call keeps retrying while the master or chunkservers are unreachable, then EIO),
 mfsattrcacheto, mfsentrycacheto, mfsnegentrycacheto, mfsdirentrycacheto (kernel cache
 timeouts, seconds), mfswritecache (1/0: kernel write-back cache), mfscachemode
@@ -40,6 +41,7 @@ class MountOptions:
     dns_server: str | None = None  # where to resolve `master` (None: the system resolver)
     subfolder: str = "/"
     password: str | None = None
+    md5pass: str | None = None  # the password's MD5 (hex), as mfsexports.cfg's md5pass
     io_retries: float = 30.0
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
@@ -106,6 +108,14 @@ def apply_option(opts: MountOptions, item: str) -> None:
         opts.subfolder = value or "/"
     elif key == "mfspassword":
         opts.password = value
+    elif key == "mfsmd5pass":
+        try:
+            ok = len(bytes.fromhex(value)) == 16
+        except ValueError:
+            ok = False
+        if not ok:
+            raise OptionError("option mfsmd5pass: 32 hexadecimal digits (an MD5)")
+        opts.md5pass = value
     elif key == "mfsioretries":
         opts.io_retries = _float(key, value)
     elif key == "mfsattrcacheto":
