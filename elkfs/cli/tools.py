@@ -61,7 +61,8 @@ async def _client(info: dict) -> Client:
     the mount, unless they ask for a password, which the tools do not have)."""
     return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
                                 dns_server=info.get("dns_server"),
-                                subfolder=info.get("subfolder") or "/")
+                                subfolder=info.get("subfolder") or "/",
+                                bind=info.get("bind"))
 
 
 async def _walk(client: Client, inode: int):

@@ -66,14 +66,16 @@ class Client:
     async def connect(cls, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
                       retry_s: float = 30.0, dns_server: str | None = None,
                       subfolder: str = "/", password: str | None = None,
-                      md5pass: str | None = None, meta: bool = False) -> "Client":
+                      md5pass: str | None = None, meta: bool = False,
+                      bind: str | None = None) -> "Client":
         """Connect to the master at `host` (an address, or a name whose A records are the
         masters: the client finds the leader and follows it). `subfolder` becomes the
         root of every path; `password` (or its MD5 in hex, `md5pass`) for an export that
-        asks for one; `meta`: the meta file system (the trash) only."""
+        asks for one; `meta`: the meta file system (the trash) only; `bind`: the local
+        address to connect to the master from."""
         link = MasterLink(host, port, info or f"elkfs client pid {os.getpid()}", retry_s,
                           dns_server=dns_server, path=subfolder, meta=meta,
-                          password_digest=password_digest_of(password, md5pass))
+                          password_digest=password_digest_of(password, md5pass), bind=bind)
         await link.connect()
         return cls(link, retry_s)
 

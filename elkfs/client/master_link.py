@@ -68,8 +68,10 @@ class MasterLink:
     def __init__(self, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
                  retry_s: float = 30.0, request_timeout_s: float = 60.0,
                  listing_ttl_ms: int = 0, dns_server: str | None = None,
-                 path: str = "/", meta: bool = False, password_digest: bytes | None = None):
+                 path: str = "/", meta: bool = False, password_digest: bytes | None = None,
+                 bind: str | None = None):
         self.host = host
+        self.bind = bind  # local address to connect from (the exports see it)
         # What the session mounts (mfsexports.cfg): `path` becomes its root (`root`, the
         # inode the master resolved it to), or with `meta` the meta file system; an
         # export with a password gets the answer to the master's challenge.
@@ -175,7 +177,7 @@ class MasterLink:
         """Connect to `addr` and open (or resume) the session there; `_Redirect` when it
         does not lead."""
         conn = await rpc.connect(*addr, self._on_message, name="master", timeout=5.0,
-                                 on_close=self._on_close)
+                                 on_close=self._on_close, local_host=self.bind)
         try:
             while True:
                 proof = b""

@@ -83,7 +83,8 @@ async def serve(opts: MountOptions) -> int:
                       retry_s=retry, request_timeout_s=max(10.0, retry),
                       listing_ttl_ms=int(opts.direntry_timeout * 1000),
                       dns_server=opts.dns_server, path=opts.subfolder, meta=opts.meta,
-                      password_digest=password_digest_of(opts.password, opts.md5pass))
+                      password_digest=password_digest_of(opts.password, opts.md5pass),
+                      bind=opts.bind)
     try:
         await link.connect()
     except FsError as e:
