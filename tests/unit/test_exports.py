@@ -3,6 +3,7 @@ applies, identity mapping, password proofs; and the session checks built on them
 (`sessionaccess.admit`) against a real namespace: root, `..`, read-only, goal and trash
 ranges, meta sessions, reload."""
 
+import dataclasses
 import errno
 import ipaddress
 import pwd
@@ -409,3 +410,16 @@ def test_reload_revokes_or_keeps(tree):
     admit(r.ns, access, m.EndSession())  # it may still say goodbye
     access.recheck(ex.parse("* / rw\n"))
     admit(r.ns, access, m.GetAttr(1))
+
+
+def test_shipped_example_is_the_default():
+    path = __file__.rsplit("/tests/", 1)[0] + "/examples/mfsexports.cfg"
+    with open(path) as f:
+        text = f.read()
+    def lineless(rules):
+        return [dataclasses.replace(r, line=0) for r in rules]
+
+    assert lineless(ex.parse(text, path)) == lineless(ex.parse(ex.DEFAULT_TEXT))
+    # and every commented example line parses too
+    examples = [line[1:] for line in text.splitlines() if line[:2] in ("#*", "#1")]
+    assert len(ex.parse("\n".join(examples))) == len(examples) == 5
