@@ -398,11 +398,13 @@ def mfscli(argv: list[str] | None = None) -> int:
             print(f"mfscli: unknown section {s} (known: {', '.join(SECTIONS)})", file=sys.stderr)
             return 2
     host, port, dns_server = a.host, a.port, a.dns_server
+    subfolder, bind = "/", None  # a mount's: its export lets us in
     if host is None:
         try:
             info, _ = find_mount(a.path or os.getcwd())
             host, port = info["host"], port or info["port"]
             dns_server = dns_server or info.get("dns_server")
+            subfolder, bind = info.get("subfolder") or "/", info.get("bind")
         except ToolError:
             if a.path:
                 print(f"mfscli: {a.path}: not inside an ElkFS mount", file=sys.stderr)
@@ -425,7 +427,7 @@ def mfscli(argv: list[str] | None = None) -> int:
         from ..client.masters import cluster_status
 
         client = await Client.connect(host, port, info="mfscli", retry_s=10.0,
-                                      dns_server=dns_server)
+                                      dns_server=dns_server, subfolder=subfolder, bind=bind)
         try:
             info = json.loads((await client.op(m.ClusterInfo())).text)
         finally:

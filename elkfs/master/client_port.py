@@ -251,7 +251,12 @@ class ClientPort(MasterPart):
             access = self.access.get(msg.session) if conn.context == msg.session else None
             if access is None:
                 raise FsError(BAD_SESSION, "session not registered on this connection")
-            op = admit(self.ns, access, op)  # exports: rights, root, identity
+            try:
+                op = admit(self.ns, access, op)  # exports: rights, root, identity
+            except FsError:
+                if type(op) is m.WriteChunkEnd:
+                    self.abandon_write(conn, op)
+                raise
             if op is not msg.op:
                 msg = msgspec.structs.replace(msg, op=op)
             if type(op) is m.GetLock:
@@ -305,6 +310,19 @@ class ClientPort(MasterPart):
                 self.store.when_durable(version, lambda: conn.send_if_open(reply))
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
+
+    def abandon_write(self, conn: rpc.Connection, op: m.WriteChunkEnd) -> None:
+        """A write the session may no longer finish (the exports were reloaded under
+        it): its chunk is let go as if its client had gone."""
+        key = (op.inode, op.index)
+        if self.locks.held_by(key) is not conn:
+            return
+        creating = self.master.chunks.creating
+        if key in creating:
+            self.locks.hand_over(key, self)
+            self.spawn(self.master.chunks._unmake_then_release(key, creating.pop(key)))
+        else:
+            self.locks.release(key)
 
     def queue_lock_wait(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         """A blocking lock request that conflicts: answered at once ("queued"), and the

@@ -402,6 +402,8 @@ def test_reload(env):
 
     assert reload(RULES).returncode == 0  # given back: the same session works again
     _until(lambda: errno_of(write, os.path.join(lose, "l3")) == 0)
+    with open(os.path.join(env.base, "reload-keep.log")) as f:
+        assert "connection lost" not in f.read()  # the kept mount never reconnected
 
 
 def _until(check, timeout: float = 30.0) -> None:
