@@ -3,6 +3,10 @@
 Changes are applied through the store and answered once durable (committed, with HA);
 a change that touches a directory another session keeps a listing of is answered only
 after that listing was recalled.
+
+Who may do what comes from mfsexports.cfg: a session registers under the rule its address,
+directory and password choose (`exports`), and every request passes `sessionaccess.admit`
+(root, read-only, ranges, mapped owners) before anything else looks at it.
 """
 
 from __future__ import annotations

@@ -423,3 +423,17 @@ def test_shipped_example_is_the_default():
     # and every commented example line parses too
     examples = [line[1:] for line in text.splitlines() if line[:2] in ("#*", "#1")]
     assert len(ex.parse("\n".join(examples))) == len(examples) == 5
+
+
+def test_default_rule_passes_requests_untouched_until_revoked(tree):
+    r, i = tree
+    access, _ = access_for(r, ex.DEFAULT_TEXT)
+    assert access.unlimited
+    op = m.Mknod(1, b"x", stat.S_IFREG | 0o644, 0, 0)
+    assert admit(r.ns, access, op) is op
+    access.recheck(ex.parse("11.0.0.0/8 / rw,maproot=0\n"))
+    assert not access.unlimited
+    denied(r, access, m.GetAttr(1), errno.EACCES)
+    access.recheck(ex.parse("* / rw,maproot=0,maxgoal=5\n"))  # a range: checked again
+    assert not access.unlimited
+    denied(r, access, m.SetGoal(1, 6), errno.EPERM)
