@@ -42,11 +42,11 @@ import re
 from dataclasses import dataclass
 
 from ..proto.password import password_digest, password_proof
+from .namespace import MAX_GOAL
 
 META = "."
-MAX_GOAL = 9
 MAX_TRASHTIME = (1 << 32) - 1
-UNMAPPED_ROOT = (999, 999)  # MooseFS's default maproot
+DEFAULT_MAPROOT = (999, 999)  # MooseFS's default maproot
 # When there is no mfsexports.cfg: everyone may mount anything, with every right (what
 # MooseFS ships as its default file; MooseFS itself refuses everyone without one).
 DEFAULT_TEXT = """\
@@ -68,7 +68,7 @@ class Rule:
     readonly: bool = True
     alldirs: bool = False
     admin: bool = False
-    maproot: tuple[int, int] = UNMAPPED_ROOT
+    maproot: tuple[int, int] = DEFAULT_MAPROOT
     mapall: tuple[int, int] | None = None
     password: bytes | None = None  # MD5 of the password
     mingoal: int = 1

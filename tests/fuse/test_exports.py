@@ -33,7 +33,7 @@ from elkfs.testing.cluster import Cluster
 from .mounted import unmount
 from .util import as_user
 
-NET = "127.0.71"
+NET = "127.0.87"
 BIN = os.path.dirname(sys.executable)
 PASSWORD = "letmein"
 
