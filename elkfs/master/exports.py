@@ -276,7 +276,7 @@ def parse_options(text: str) -> dict:
         elif key == "password":
             if not value:
                 raise ValueError("empty password")
-            fields["password"] = password_digest(value.encode())
+            fields["password"] = password_digest(value.encode("utf-8", "surrogateescape"))
         elif key == "md5pass":
             try:
                 digest = bytes.fromhex(value)
