@@ -97,11 +97,14 @@ def run_daemon(prog: str, default_cfg: str, options: dict[str, cfgmod.Option],
                body: Callable[[cfgmod.Config, Callable[[], None]], Awaitable[None]],
                argv: list[str] | None = None,
                describe: Callable[[cfgmod.Config], str | None] | None = None,
-               actions: dict[str, Callable[[cfgmod.Config], int]] | None = None) -> int:
+               actions: dict[str, Callable[[cfgmod.Config], int]] | None = None,
+               check_reload: Callable[[cfgmod.Config], str | None] | None = None) -> int:
     """Entry point of a daemon. `body(cfg, ready)` runs the service; it calls `ready()`
     once it serves and returns when the daemon should exit (SIGTERM cancels it).
     `describe(cfg)` adds what the running daemon says of itself to `status`; `actions`
-    are the daemon's own commands besides start/stop/... (run while it is stopped)."""
+    are the daemon's own commands besides start/stop/... (run while it is stopped).
+    `check_reload(cfg)` says what is wrong with the files a reload would read (None: all
+    good): `reload` then prints it and signals nothing."""
     actions = actions or {}
     args = parse_args(prog, default_cfg, argv, tuple(actions))
     try:
@@ -135,6 +138,10 @@ def run_daemon(prog: str, default_cfg: str, options: dict[str, cfgmod.Option],
         pid = lock.holder()
         if not pid:
             print(f"{prog} is not running", file=sys.stderr)
+            return 1
+        problem = check_reload(cfg) if check_reload is not None else None
+        if problem:
+            print(f"{prog} reload: {problem}", file=sys.stderr)
             return 1
         os.kill(pid, signal.SIGHUP)
         return 0

@@ -51,9 +51,22 @@ def init(cfg) -> int:
     return 0
 
 
+def check_reload(cfg) -> str | None:
+    """`reload` first reads the exports file: a bad one is named here, and the running
+    master keeps its rules (it would refuse the file too)."""
+    from ..master.exports import ExportsError
+    from ..master.server import exports_path, load_exports
+
+    try:
+        load_exports(exports_path(cfg))
+    except ExportsError as e:
+        return f"{e} (not reloaded: the running master keeps its rules)"
+    return None
+
+
 def main(argv=None) -> int:
     return run_daemon("mfsmaster", "/etc/mfs/mfsmaster.cfg", OPTIONS, serve, argv, describe,
-                      {"init": init})
+                      {"init": init}, check_reload)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(opts.mountpoint):
         print(f"mfsmount: mount point {opts.mountpoint} is not a directory", file=sys.stderr)
         return 1
-    if opts.password is not None:
-        pass  # parsed; checked by the master once exports with passwords exist
     from ..mount import runner
 
     if opts.foreground:

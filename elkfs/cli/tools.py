@@ -58,8 +58,12 @@ def master_inode(path: str, info: dict) -> int:
 
 
 async def _client(info: dict) -> Client:
+    """A session of our own, on the mount's subfolder (the exports allow it as they allow
+    the mount, unless they ask for a password, which the tools do not have)."""
     return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
-                                dns_server=info.get("dns_server"))
+                                dns_server=info.get("dns_server"),
+                                subfolder=info.get("subfolder") or "/",
+                                bind=info.get("bind"))
 
 
 async def _walk(client: Client, inode: int):
@@ -471,11 +475,13 @@ def mfscli(argv: list[str] | None = None) -> int:
             print(f"mfscli: unknown section {s} (known: {', '.join(SECTIONS)})", file=sys.stderr)
             return 2
     host, port, dns_server = a.host, a.port, a.dns_server
+    subfolder, bind = "/", None  # a mount's: its export lets us in
     if host is None:
         try:
             info, _ = find_mount(a.path or os.getcwd())
             host, port = info["host"], port or info["port"]
             dns_server = dns_server or info.get("dns_server")
+            subfolder, bind = info.get("subfolder") or "/", info.get("bind")
         except ToolError:
             if a.path:
                 print(f"mfscli: {a.path}: not inside an ElkFS mount", file=sys.stderr)
@@ -500,7 +506,7 @@ def mfscli(argv: list[str] | None = None) -> int:
         from ..client.masters import cluster_status
 
         client = await Client.connect(host, port, info="mfscli", retry_s=10.0,
-                                      dns_server=dns_server)
+                                      dns_server=dns_server, subfolder=subfolder, bind=bind)
         try:
             info = json.loads((await client.op(m.ClusterInfo())).text)
         finally:

@@ -30,6 +30,7 @@ from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE, MAX_FILE_SIZE
+from ..proto.password import password_digest
 from .chunkio import WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
 from .master_link import DEFAULT_MASTER_PORT, MasterLink
 
@@ -38,6 +39,19 @@ log = logging.getLogger("elkfs.client")
 ROOT = 1
 COALESCE = 1 << 20
 SPLIT_READ_MIN = 2 << 20  # reads of at least twice this are spread over the copies
+
+
+def password_digest_of(password: str | None, md5pass: str | None) -> bytes | None:
+    """The MD5 of an export's password (from the password, or `md5pass` in hex)."""
+    if md5pass:
+        try:
+            digest = bytes.fromhex(md5pass)
+        except ValueError:
+            digest = b""
+        if len(digest) != 16:
+            raise FsError(errno.EINVAL, "md5pass must be 32 hexadecimal digits")
+        return digest
+    return password_digest(os.fsencode(password)) if password is not None else None
 
 
 class Client:
@@ -50,11 +64,18 @@ class Client:
 
     @classmethod
     async def connect(cls, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
-                      retry_s: float = 30.0, dns_server: str | None = None) -> "Client":
+                      retry_s: float = 30.0, dns_server: str | None = None,
+                      subfolder: str = "/", password: str | None = None,
+                      md5pass: str | None = None, meta: bool = False,
+                      bind: str | None = None) -> "Client":
         """Connect to the master at `host` (an address, or a name whose A records are the
-        masters: the client finds the leader and follows it)."""
+        masters: the client finds the leader and follows it). `subfolder` becomes the
+        root of every path; `password` (or its MD5 in hex, `md5pass`) for an export that
+        asks for one; `meta`: the meta file system (the trash) only; `bind`: the local
+        address to connect to the master from."""
         link = MasterLink(host, port, info or f"elkfs client pid {os.getpid()}", retry_s,
-                          dns_server=dns_server)
+                          dns_server=dns_server, path=subfolder, meta=meta,
+                          password_digest=password_digest_of(password, md5pass), bind=bind)
         await link.connect()
         return cls(link, retry_s)
 
@@ -98,7 +119,7 @@ class Client:
         return [os.fsencode(p) for p in path.split("/") if p and p != "."]
 
     async def resolve(self, path: str) -> m.Attr:
-        attr = await self.getattr_inode(ROOT)
+        attr = await self.getattr_inode(self.link.root)
         for part in self._split(path):
             attr = await self.lookup(attr.inode, part)
         return attr
@@ -107,7 +128,7 @@ class Client:
         parts = self._split(path)
         if not parts:
             raise FsError(errno.EINVAL, "the root has no parent")
-        inode = ROOT
+        inode = self.link.root
         for part in parts[:-1]:
             inode = (await self.lookup(inode, part)).inode
         return inode, parts[-1]
@@ -129,8 +150,8 @@ class Client:
         return (await self.op(m.Mkdir(parent, name, mode, self.uid, self.gid))).attr
 
     async def makedirs(self, path: str, mode: int = 0o755) -> m.Attr:
-        inode = ROOT
-        attr = await self.getattr_inode(ROOT)
+        inode = self.link.root
+        attr = await self.getattr_inode(self.link.root)
         for part in self._split(path):
             try:
                 attr = await self.lookup(inode, part)

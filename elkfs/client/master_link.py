@@ -36,6 +36,7 @@ from ..discovery import DiscoveryError, resolve
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
+from ..proto.password import password_proof
 
 log = logging.getLogger("elkfs.client")
 
@@ -66,8 +67,18 @@ class _Redirect(Exception):
 class MasterLink:
     def __init__(self, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
                  retry_s: float = 30.0, request_timeout_s: float = 60.0,
-                 listing_ttl_ms: int = 0, dns_server: str | None = None):
+                 listing_ttl_ms: int = 0, dns_server: str | None = None,
+                 path: str = "/", meta: bool = False, password_digest: bytes | None = None,
+                 bind: str | None = None):
         self.host = host
+        self.bind = bind  # local address to connect from (the exports see it)
+        # What the session mounts (mfsexports.cfg): `path` becomes its root (`root`, the
+        # inode the master resolved it to), or with `meta` the meta file system; an
+        # export with a password gets the answer to the master's challenge.
+        self.path = path
+        self.meta = meta
+        self.password_digest = password_digest
+        self.root = 1
         self.port = port
         self.dns_server = dns_server
         self.leader: tuple[str, int] | None = None  # where the leader was last seen
@@ -166,12 +177,18 @@ class MasterLink:
         """Connect to `addr` and open (or resume) the session there; `_Redirect` when it
         does not lead."""
         conn = await rpc.connect(*addr, self._on_message, name="master", timeout=5.0,
-                                 on_close=self._on_close)
+                                 on_close=self._on_close, local_host=self.bind)
         try:
             while True:
+                proof = b""
+                if self.password_digest is not None:
+                    challenge, _ = await conn.call(m.SessionChallenge,
+                                                   timeout=REGISTER_TIMEOUT_S)
+                    proof = password_proof(self.password_digest, challenge.nonce)
                 reply, _ = await conn.call(m.RegisterSession, session=self.session,
                                            info=self.info, timeout=REGISTER_TIMEOUT_S,
-                                           listing_ttl_ms=self.listing_ttl_ms)
+                                           listing_ttl_ms=self.listing_ttl_ms,
+                                           path=self.path, meta=self.meta, proof=proof)
                 if reply.status == NOT_LEADER:
                     raise _Redirect(parse_hint(reply.leader))
                 if reply.status == BAD_SESSION and self.session:
@@ -181,7 +198,7 @@ class MasterLink:
                     self.session = b""
                     continue
                 if reply.status != 0:
-                    raise FsError(reply.status, "session registration refused")
+                    raise FsError(reply.status, reply.detail or "session registration refused")
                 break
         except BaseException:
             conn.close()
@@ -191,6 +208,7 @@ class MasterLink:
         if self.address is not None and addr != self.address:
             log.info("the leader is now %s:%d", *addr)
         self.session = reply.session
+        self.root = reply.root
         return conn
 
     def _on_close(self, conn: rpc.Connection) -> None:

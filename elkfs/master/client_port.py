@@ -3,6 +3,10 @@
 Changes are applied through the store and answered once durable (committed, with HA);
 a change that touches a directory another session keeps a listing of is answered only
 after that listing was recalled.
+
+Who may do what comes from mfsexports.cfg: a session registers under the rule its address,
+directory and password choose (`exports`), and every request passes `sessionaccess.admit`
+(root, read-only, ranges, mapped owners) before anything else looks at it.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import secrets
 import time
 from collections import Counter
 
+import msgspec
+
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
+from . import exports
 from . import replication as rep
 from .filelocks import F_WRLCK, LockWaiters
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
 from .records import CloseSession, ForgetChunkserver, OpenSession, SessionGone, SetMaintenance
+from .sessionaccess import SessionAccess, admit, learn, resolve_root
 
 log = logging.getLogger("mfsmaster")
 
@@ -51,6 +59,11 @@ class ClientPort(MasterPart):
         self.leases = ListingLeases()
         self.lock_waiters = LockWaiters()  # volatile: clients re-send waits after a failover
         self.op_counts: Counter[str] = Counter()  # metadata operations by type (the web page)
+        # mfsexports.cfg: the rules in force, each connected session's standing under
+        # them, and the challenge each connection was given (used once).
+        self.rules: list[exports.Rule] = exports.parse(exports.DEFAULT_TEXT)
+        self.access: dict[bytes, SessionAccess] = {}
+        self.challenges: dict[rpc.Connection, bytes] = {}
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
         if type(msg) is m.Ping:
@@ -59,6 +72,9 @@ class ClientPort(MasterPart):
             conn.send(m.MetaReply(msg.req, 0, m.JsonOut(json.dumps(self.master_status()))))
         elif isinstance(msg, m.MasterAdmin) and msg.command == "force-voters":
             self.admin(conn, msg)  # given to a follower: there is no leader to go to
+        elif isinstance(msg, m.SessionChallenge):
+            nonce = self.challenges[conn] = secrets.token_bytes(32)
+            conn.send(m.Challenge(msg.req, nonce))
         elif not self.master.leading:
             self.redirect(conn, msg)
         elif isinstance(msg, m.MetaRequest):
@@ -105,8 +121,11 @@ class ClientPort(MasterPart):
 
     def admin(self, conn: rpc.Connection, msg: m.MasterAdmin) -> None:
         """Operators' commands (`mfscli -C`): step-down (HA), maintenance-on,
-        maintenance-off, remove-chunkserver (target: the chunkserver's "host:port")."""
+        maintenance-off, remove-chunkserver (target: the chunkserver's "host:port");
+        for clients whose export has `admin`."""
         try:
+            if not self.may_admin(conn):
+                raise FsError(errno.EACCES, "no export with admin for this address")
             if msg.command == "step-down":
                 if self.master.ha is None:
                     raise FsError(errno.EINVAL, "HA is not enabled on this master")
@@ -146,6 +165,23 @@ class ClientPort(MasterPart):
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
 
+    def may_admin(self, conn: rpc.Connection) -> bool:
+        access = self.access.get(conn.context) if conn.context is not None else None
+        if access is not None:
+            return access.rule.admin and not access.revoked
+        return exports.admin_allowed(self.rules, _peer_ip(conn))
+
+    def set_rules(self, rules: list[exports.Rule]) -> None:
+        """New exports (a reload): every session is checked again; one that lost its
+        right gets EACCES from its next request, the others go on as they were."""
+        self.rules = rules
+        for session_id, access in self.access.items():
+            was = access.revoked
+            access.recheck(rules)
+            if access.revoked and not was:
+                log.warning("session %s no longer allowed: %s", session_id.hex(),
+                            access.revoked)
+
     def _chunkserver_named(self, target: str) -> bytes:
         """The id of the chunkserver at "host:port" (or "host/port", or just "host" when
         only one is there)."""
@@ -158,6 +194,7 @@ class ClientPort(MasterPart):
         return matches[0]
 
     def on_client_close(self, conn: rpc.Connection) -> None:
+        self.challenges.pop(conn, None)
         for key in [k for k in self.master.chunks.creating if self.locks.held_by(k) is conn]:
             # The writer is gone mid-creation: the lock stays until its copies are gone.
             self.locks.hand_over(key, self)
@@ -168,10 +205,33 @@ class ClientPort(MasterPart):
             self.leases.forget_session(session_id)  # it drops its listings when it reconnects
             self.lock_waiters.forget_session(session_id)  # it asks again when it reconnects
             del self.session_links[session_id]
+            self.access.pop(session_id, None)
             if self.master.leading and session_id in self.ns.sessions:
                 self.store.change(SessionGone(session_id, True), time.time_ns())
 
+    def check_export(self, conn: rpc.Connection, msg: m.RegisterSession) -> SessionAccess:
+        """The session's standing under the exports, or FsError (refused)."""
+        ip = _peer_ip(conn)
+        nonce = self.challenges.pop(conn, b"")
+        try:
+            path = None if msg.meta else exports.split_path(msg.path or "/")
+        except ValueError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        proven = exports.proven_passwords(self.rules, nonce, msg.proof)
+        verdict = exports.choose(self.rules, ip, path, proven, tried_password=bool(msg.proof))
+        if verdict.rule is None:
+            log.info("session refused to %s (%s): %s", conn.peer, msg.info[:100],
+                     verdict.reason)
+            raise FsError(errno.EACCES, verdict.reason)
+        root = resolve_root(self.ns, path) if path else 1
+        return SessionAccess(verdict.rule, ip, path, proven, root)
+
     def register_session(self, conn: rpc.Connection, msg: m.RegisterSession) -> None:
+        try:
+            access = self.check_export(conn, msg)
+        except FsError as e:
+            conn.send(m.SessionReply(msg.req, e.status, b"", detail=e.detail or str(e)))
+            return
         session_id = msg.session
         if not session_id:
             session_id = secrets.token_bytes(16)
@@ -188,8 +248,10 @@ class ClientPort(MasterPart):
             old.context = None
         conn.context = session_id
         self.session_links[session_id] = conn
+        self.access[session_id] = access
         self.leases.set_ttl(session_id, msg.listing_ttl_ms)
-        reply = m.SessionReply(msg.req, 0, session_id)
+        reply = m.SessionReply(msg.req, 0, session_id, root=access.root,
+                               readonly=access.rule.readonly)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
     def handle_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
@@ -198,11 +260,23 @@ class ClientPort(MasterPart):
         try:
             if msg.session not in self.ns.sessions:
                 raise FsError(BAD_SESSION, "unknown session: register first")
+            access = self.access.get(msg.session) if conn.context == msg.session else None
+            if access is None:
+                raise FsError(BAD_SESSION, "session not registered on this connection")
+            try:
+                op = admit(self.ns, access, op)  # exports: rights, root, identity
+            except FsError:
+                if type(op) is m.WriteChunkEnd:
+                    self.abandon_write(conn, op)
+                raise
+            if op is not msg.op:
+                msg = msgspec.structs.replace(msg, op=op)
             if type(op) is m.GetLock:
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return
             if op.READ_ONLY:
                 result = self.query(op)
+                learn(access, result)
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
                     self.leases.grant(op.inode, msg.session, time.monotonic())
                 self.reply_read(conn, m.MetaReply(msg.req, 0, result))
@@ -238,6 +312,7 @@ class ClientPort(MasterPart):
                     holders = self.leases.recall(touched_dirs(op), msg.session, now)
                 if isinstance(op, m.Mkdir):
                     self.leases.grant(result.attr.inode, msg.session, now)  # it is empty
+            learn(access, result)
             reply = m.MetaReply(msg.req, 0, result)
             openers = self.open_elsewhere(op, msg.session)
             if holders or openers:
@@ -247,6 +322,19 @@ class ClientPort(MasterPart):
                 self.store.when_durable(version, lambda: conn.send_if_open(reply))
         except FsError as e:
             conn.send(m.Error(msg.req, e.status, e.detail))
+
+    def abandon_write(self, conn: rpc.Connection, op: m.WriteChunkEnd) -> None:
+        """A write the session may no longer finish (the exports were reloaded under
+        it): its chunk is let go as if its client had gone."""
+        key = (op.inode, op.index)
+        if self.locks.held_by(key) is not conn:
+            return
+        creating = self.master.chunks.creating
+        if key in creating:
+            self.locks.hand_over(key, self)
+            self.spawn(self.master.chunks._unmake_then_release(key, creating.pop(key)))
+        else:
+            self.locks.release(key)
 
     def queue_lock_wait(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         """A blocking lock request that conflicts: answered at once ("queued"), and the
@@ -292,6 +380,7 @@ class ClientPort(MasterPart):
         self.master.chunks.run_effects()  # files unlinked while open are freed now
         if self.session_links.get(msg.session) is conn:
             del self.session_links[msg.session]
+            self.access.pop(msg.session, None)
             self.leases.forget_session(msg.session)
         conn.context = None
         reply = m.MetaReply(msg.req, 0, None)
@@ -464,3 +553,7 @@ class ClientPort(MasterPart):
         return [{"address": f"{self.cfg.MATOCL_LISTEN_HOST}:{self.cfg.MATOCL_LISTEN_PORT}",
                  "state": "LEADER", "metadata_version": self.ns.version, "term": 0,
                  "uptime_s": round(time.time() - self.master.started_at)}]
+
+
+def _peer_ip(conn: rpc.Connection) -> int | None:
+    return exports.ip_value(conn.peer[0] if conn.peer else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
@@ -22,6 +23,7 @@ from .. import config as cfgmod
 from ..config import Option, ranged_int
 from ..proto import messages as m
 from ..proto import rpc
+from . import exports
 from . import replication as rep
 from .chunkops import ChunkOps
 from .chunkservers import ChunkRegistry
@@ -85,6 +87,9 @@ OPTIONS = {
     "HTTP_LISTEN_PORT": Option(9425, "port", "port of the web interface"),
     "ADMIN_PASSWORD": Option("", "str", "password of the web interface's Step Down; "
                                         "empty: Step Down is disabled there"),
+    # Who may mount what (elkfs/master/exports.py, docs/security.md)
+    "EXPORTS_FILENAME": Option("", "str", "the exports file; empty: mfsexports.cfg in the "
+                                          "directory of this config file"),
 }
 
 RESTART_KEYS = ("DATA_PATH", "MATOCL_LISTEN_HOST", "MATOCL_LISTEN_PORT", "MATOCS_LISTEN_HOST",
@@ -111,6 +116,7 @@ class MasterServer:
         self.chunks = ChunkOps(self)
         self.ha = HANode(self) if cfg.HA_ENABLED else None
         self.web = None  # the web interface (elkfs.web.app.WebInterface) once started
+        self.clients.set_rules(load_exports(exports_path(cfg)))
 
     @staticmethod
     def _limits(cfg) -> rep.Limits:
@@ -192,9 +198,15 @@ class MasterServer:
         except cfgmod.ConfigError as e:
             log.error("reload: %s (keeping the running config)", e)
             return
+        try:
+            rules = load_exports(exports_path(fresh))
+        except exports.ExportsError as e:
+            log.error("reload: %s (keeping the running config and exports)", e)
+            return
         for key in RESTART_KEYS:
             if getattr(fresh, key) != getattr(self.cfg, key):
                 log.warning("reload: %s changed; it takes effect after a restart", key)
+        self.clients.set_rules(rules)
         self.cfg = fresh
         self.store.save_mode = fresh.CHANGELOG_SAVE_MODE
         self.store.back_logs = fresh.BACK_LOGS
@@ -326,6 +338,30 @@ class MasterServer:
                 self.chunks.replication_pass()
             except Exception:
                 log.exception("replication pass failed")
+
+
+def exports_path(cfg) -> str:
+    """Where the exports file is: EXPORTS_FILENAME, or next to the config file."""
+    if cfg.EXPORTS_FILENAME:
+        return cfg.EXPORTS_FILENAME
+    return os.path.join(os.path.dirname(os.path.abspath(cfg.path or "/etc/mfs/mfsmaster.cfg")),
+                        "mfsexports.cfg")
+
+
+def load_exports(path: str) -> list[exports.Rule]:
+    """The rules of the exports file at `path`; without one, MooseFS's shipped default
+    (everyone may mount everything). `ExportsError` names the bad line."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        log.warning("%s not found: every client may mount everything, read-write", path)
+        return exports.parse(exports.DEFAULT_TEXT, "default exports")
+    except OSError as e:
+        raise exports.ExportsError(f"{path}: cannot read: {e.strerror}") from None
+    rules = exports.parse(text, path)
+    log.info("%s: %d export rules", path, len(rules))
+    return rules
 
 
 async def serve(cfg, ready) -> None:

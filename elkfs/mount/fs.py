@@ -168,6 +168,7 @@ class ElkOperations(pyfuse3.Operations):
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port,
             "dns_server": client.link.dns_server, "subfolder": opts.subfolder,
+            "bind": opts.bind,
             "root_inode": root_inode, "mountpoint": os.path.abspath(opts.mountpoint),
             "pid": os.getpid(),
         }).encode() + b"\n"

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> int:
         try:
-            client = await Client.connect(args.host, args.port,
+            client = await Client.connect(args.host, args.port, meta=True,
                                           info=f"mfsmount meta {os.path.abspath(args.mountpoint)}")
         except FsError as e:
             print(f"mfsmount: cannot connect to master {args.host}:{args.port}: {e}",

@@ -10,12 +10,14 @@ win over the file.
 ElkFS options (the `mfs*` names MooseFS uses): mfsmaster (an address, or a name whose A
 records are the masters: the mount follows the leader), mfsdnsserver (IP[:PORT] of the DNS
 server to resolve it with; default: the system resolver), mfsport, mfssubfolder,
-mfspassword (parsed; enforced by a later security feature), mfsioretries (seconds a system
+mfspassword / mfsmd5pass (an export's password, or its MD5 in hex: proven to the master
+by challenge and response, never sent), mfsioretries (seconds a system
 call keeps retrying while the master or chunkservers are unreachable, then EIO),
 mfsattrcacheto, mfsentrycacheto, mfsnegentrycacheto, mfsdirentrycacheto (kernel cache
 timeouts, seconds), mfswritecache (1/0: kernel write-back cache), mfscachemode
 (AUTO|YES|NO: keep the page cache across opens), mfsreadahead (read-ahead window, MiB),
-mfslogfile, mfsmeta (same as `-m`: mount the meta file system, the trash, instead of the
+mfslogfile, mfsbind (same as `-B`: the local address to connect to the
+master from, which is what mfsexports.cfg sees), mfsmeta (same as `-m`: mount the meta file system, the trash, instead of the
 normal one). Every other `-o` option is handed to FUSE (allow_other, ro, ...).
 """
 
@@ -40,6 +42,8 @@ class MountOptions:
     dns_server: str | None = None  # where to resolve `master` (None: the system resolver)
     subfolder: str = "/"
     password: str | None = None
+    md5pass: str | None = None  # the password's MD5 (hex), as mfsexports.cfg's md5pass
+    bind: str | None = None  # local address to reach the master from (-B, mfsbind)
     io_retries: float = 30.0
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
@@ -106,6 +110,16 @@ def apply_option(opts: MountOptions, item: str) -> None:
         opts.subfolder = value or "/"
     elif key == "mfspassword":
         opts.password = value
+    elif key == "mfsmd5pass":
+        try:
+            ok = len(bytes.fromhex(value)) == 16
+        except ValueError:
+            ok = False
+        if not ok:
+            raise OptionError("option mfsmd5pass: 32 hexadecimal digits (an MD5)")
+        opts.md5pass = value
+    elif key == "mfsbind":
+        opts.bind = value or None
     elif key == "mfsioretries":
         opts.io_retries = _float(key, value)
     elif key == "mfsattrcacheto":
@@ -161,6 +175,7 @@ def parse(argv: list[str]) -> MountOptions:
     p.add_argument("-H", dest="host", help="master host name (default mfsmaster)")
     p.add_argument("-P", dest="port", help="master client port (default 9421)")
     p.add_argument("-S", dest="subfolder", help="subfolder of ElkFS to mount")
+    p.add_argument("-B", dest="bind", help="local address to connect to the master from")
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="comma-separated mount options")
     p.add_argument("-c", dest="cfg", help=f"config file (default {DEFAULT_CFG})")
@@ -196,6 +211,8 @@ def parse(argv: list[str]) -> MountOptions:
         opts.port = _int("-P", a.port, 1, 65535)
     if a.subfolder:
         opts.subfolder = a.subfolder
+    if a.bind:
+        opts.bind = a.bind
     opts.meta = opts.meta or a.meta
     opts.foreground = a.foreground or a.debug
     opts.debug = opts.debug or a.debug

@@ -17,9 +17,8 @@ import sys
 
 import pyfuse3
 
-from ..client.client import Client
+from ..client.client import Client, password_digest_of
 from ..client.master_link import MasterLink
-from ..proto import messages as m
 from ..proto.errors import FsError
 from . import fuseloop
 from .fs import ElkOperations
@@ -59,14 +58,6 @@ def _raise_readahead(mountpoint: str, kib: int) -> None:
         log.debug("cannot raise read-ahead of %s: %s", dev, e)
 
 
-async def _resolve_subfolder(client: Client, subfolder: str) -> int:
-    inode = 1
-    for part in [p for p in subfolder.split("/") if p and p != "."]:
-        attr = (await client.op(m.Lookup(inode, os.fsencode(part)))).attr
-        inode = attr.inode
-    return inode
-
-
 def _signal_ready(text: str) -> None:
     fd = os.environ.pop(READY_ENV, None)
     if fd is None:
@@ -91,19 +82,20 @@ async def serve(opts: MountOptions) -> int:
     link = MasterLink(opts.master, opts.port, f"mfsmount {os.path.abspath(opts.mountpoint)}",
                       retry_s=retry, request_timeout_s=max(10.0, retry),
                       listing_ttl_ms=int(opts.direntry_timeout * 1000),
-                      dns_server=opts.dns_server)
+                      dns_server=opts.dns_server, path=opts.subfolder, meta=opts.meta,
+                      password_digest=password_digest_of(opts.password, opts.md5pass),
+                      bind=opts.bind)
     try:
         await link.connect()
     except FsError as e:
+        if e.errno in (errno.EACCES, errno.ENOENT, errno.ENOTDIR, errno.EINVAL):
+            what = "the meta file system" if opts.meta else opts.subfolder
+            return _failed(f"master {opts.master}:{opts.port} refused to mount {what}: {e}")
         return _failed(f"cannot connect to master {opts.master}:{opts.port}: {e}")
     client = Client(link, retry)
     if opts.meta:
         return await _serve_meta(client, opts)
-    try:
-        root = await _resolve_subfolder(client, opts.subfolder)
-    except FsError as e:
-        await client.close()
-        return _failed(f"subfolder {opts.subfolder}: {e}")
+    root = link.root  # the master resolved the subfolder (mfsexports.cfg decides)
     ops = ElkOperations(client, opts, root)
     # No default_permissions unless asked for: the mount checks permissions itself (perms.py),
     # which saves the kernel's GETATTR of a directory after every change in it.

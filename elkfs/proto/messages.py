@@ -560,6 +560,13 @@ class RegisterSession(Msg):
     # then tells it, and waits for its answer, before a change to a listed directory by
     # anyone else is acknowledged (`InvalidateListings`).
     listing_ttl_ms: int = 0
+    # What to mount (mfsexports.cfg): a directory from the root, which becomes the
+    # session's root, or with `meta` the meta file system (the trash).
+    path: str = "/"
+    meta: bool = False
+    # For an export with a password: the answer to this connection's `Challenge`
+    # (`exports.password_proof`); the password itself is never sent.
+    proof: bytes = b""
 
 
 @message(11)
@@ -568,6 +575,23 @@ class SessionReply(Msg):
     status: int
     session: bytes
     leader: str = ""  # when status is NOT_LEADER: "host:port" of the leader, if known
+    root: int = 1  # the inode of the session's root directory
+    detail: str = ""  # why registration was refused
+    readonly: bool = False  # the export is read-only
+
+
+@message(17)
+class SessionChallenge(Msg):
+    """Asked before `RegisterSession` by a client that has a password: the master answers
+    with a random challenge for this connection, good for one registration."""
+
+    req: int
+
+
+@message(18)
+class Challenge(Msg):
+    req: int
+    nonce: bytes
 
 
 @message(12)

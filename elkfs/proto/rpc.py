@@ -37,7 +37,7 @@ SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
 
 REPLY_TYPES = frozenset(
     cls.TYPE for cls in (m.Ok, m.Error, m.SessionReply, m.MetaReply, m.ReadData,
-                         m.WriteStatus, m.ChunkInfoReply, m.CsRegistered)
+                         m.WriteStatus, m.ChunkInfoReply, m.CsRegistered, m.Challenge)
 )
 
 Handler = Callable[["Connection", m.Msg, memoryview | None], None]
