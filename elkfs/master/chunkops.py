@@ -16,6 +16,7 @@ import time
 
 from ..proto import messages as m
 from ..proto import rpc
+from ..proto.auth import READ, WRITE
 from ..proto.errors import NO_CHUNK, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE
 from . import replication as rep
@@ -98,8 +99,11 @@ class ChunkOps(MasterPart):
                 target = registry.servers.get(action.target)
                 sources = [registry.servers[c].addr for c in action.sources
                            if c in registry.servers]
+                token = self.master.token(action.chunk_id, action.version, READ,
+                                          ttl=self.cfg.REPLICATION_TIMEOUT + 60)
                 ok = await self.command(target, m.ReplicateChunk(
-                    action.chunk_id, action.version, sources), self.cfg.REPLICATION_TIMEOUT)
+                    action.chunk_id, action.version, sources, token),
+                    self.cfg.REPLICATION_TIMEOUT)
                 if ok and target.connected:
                     registry.set_copy(action.chunk_id, action.target, action.version)
             else:
@@ -278,7 +282,8 @@ class ChunkOps(MasterPart):
                 if refusals and all(r in (errno.ENOSPC, errno.EDQUOT) for r in refusals):
                     raise FsError(errno.ENOSPC, "every chunkserver asked is full")
                 raise FsError(errno.EIO, f"no chunkserver accepted chunk {result.chunk_id:016X}")
-            return m.ChunkOut(result.chunk_id, result.version, node.length, chain)
+            return m.ChunkOut(result.chunk_id, result.version, node.length, chain,
+                              token=self.master.token(result.chunk_id, result.version, WRITE))
         except BaseException:
             self.locks.release(key)
             raise
@@ -315,7 +320,9 @@ class ChunkOps(MasterPart):
         result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
         self.creating[(op.inode, op.index)] = (result.chunk_id, result.version, targets)
         return m.ChunkOut(result.chunk_id, result.version, node.length,
-                          [s.addr for s in targets], create=True), version
+                          [s.addr for s in targets], create=True,
+                          token=self.master.token(result.chunk_id, result.version,
+                                                  WRITE)), version
 
     async def _unmake(self, made: tuple[int, int, list]) -> None:
         """Delete what a failed creating session may have made, before anyone writes the

@@ -17,6 +17,7 @@ from collections import Counter
 
 from ..proto import messages as m
 from ..proto import rpc
+from ..proto.auth import READ
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import replication as rep
 from .filelocks import F_WRLCK, LockWaiters
@@ -351,6 +352,8 @@ class ClientPort(MasterPart):
             return self.read_chunk(op.inode, op.index)
         if isinstance(op, m.FileChunks):
             return self.file_chunks(op.inode)
+        if isinstance(op, m.BadCopy):
+            return self.bad_copy(op)
         if isinstance(op, m.StatFs):
             total, used = self.registry.totals()
             return m.StatFsOut(total, max(0, total - used), used, len(self.ns.nodes))
@@ -364,7 +367,23 @@ class ClientPort(MasterPart):
         if chunk is None:
             return m.ChunkOut(0, 0, node.length, [])
         servers = self.registry.valid_servers(chunk.chunk_id, chunk.version)
-        return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [s.addr for s in servers])
+        return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [s.addr for s in servers],
+                          token=self.master.token(chunk.chunk_id, chunk.version, READ))
+
+    def bad_copy(self, op: m.BadCopy) -> m.Result:
+        """A client saw a block of a copy fail its CRC: that chunkserver checks the copy
+        from disk and reports it damaged if it is; the client's word condemns nothing."""
+        for cs_id, copy in self.registry.holders(op.chunk_id).items():
+            server = self.registry.servers.get(cs_id)
+            if server is not None and tuple(server.addr) == tuple(op.addr) \
+                    and copy.version == op.version:
+                log.warning("a client read a block of chunk %016X v%d on %s failing its "
+                            "CRC: the chunkserver checks the copy", op.chunk_id,
+                            op.version, server.name)
+                self.spawn(self.master.chunks.command(server, m.CheckChunk(op.chunk_id,
+                                                                           op.version)))
+                break
+        return m.JsonOut("{}")
 
     def file_chunks(self, inode: int) -> m.FileChunksOut:
         node = self.ns.file(inode)
