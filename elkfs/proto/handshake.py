@@ -38,18 +38,20 @@ async def authenticate(conn: rpc.Connection, key: ClusterKey, role: str,
         reply, _ = await conn.call(m.AuthHello, nonce=mine, role=role, timeout=timeout)
     except FsError as e:
         raise AuthError(f"the master refused authentication: {e.detail or e}") from None
-    if not isinstance(reply, m.AuthChallenge):
+    if not isinstance(reply, m.AuthChallenge) or len(reply.nonce) != NONCE_SIZE:
         raise AuthError(f"unexpected answer {type(reply).__name__} to AuthHello")
-    if len(reply.nonce) != NONCE_SIZE or not key.acceptor_proven(mine, reply.nonce,
-                                                                 reply.proof):
-        raise AuthError("the master failed to prove AUTH_CODE (wrong code, or not an "
-                        "ElkFS master of this cluster)")
+    master_proven = key.acceptor_proven(mine, reply.nonce, reply.proof)
+    # Our proof goes even when the master's failed: it is good for this pair of nonces
+    # only, and a real master with another code then logs the mismatch too.
     try:
         await conn.call(m.AuthProof, proof=key.initiator_proof(mine, reply.nonce),
                         timeout=timeout)
     except FsError as e:
         raise AuthError(f"the master refused our proof: {e.detail or e} (is AUTH_CODE "
                         f"the same on both?)") from None
+    if not master_proven:
+        raise AuthError("the master failed to prove AUTH_CODE (not a master of this "
+                        "cluster)")
     conn.authenticated = True
 
 
