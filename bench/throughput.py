@@ -5,7 +5,11 @@ Starts a local cluster (1 master, 3 chunkservers on 127.0.7.x), writes a file of
 (default 1 GiB) with goal 2 in 1 MiB application writes, closes it (data acknowledged by
 both copies, length journaled), then reads it back in 8 MiB reads (three in flight) and checks it.
 
-    .venv/bin/python bench/throughput.py [--size-mib 1024] [--goal 2] [--runs 2]
+    .venv/bin/python bench/throughput.py [--size-mib 1024] [--goal 2] [--runs 2] [--auth off]
+
+`--auth off` runs the cluster without AUTH_CODE (no chunk tokens) and with the CRCs
+checked by the chunkservers instead of the client: the figures without the security of
+docs/security.md, to compare with the default (`--auth on`).
 """
 
 from __future__ import annotations
@@ -69,13 +73,22 @@ def main() -> int:
     p.add_argument("--goal", type=int, default=2)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--chunkservers", type=int, default=3)
+    p.add_argument("--auth", choices=("on", "off"), default="on",
+                   help="off: no AUTH_CODE, no tokens, CRCs checked by the chunkservers only")
     args = p.parse_args()
+    if args.auth == "off":
+        from elkfs.client import chunkio
+
+        chunkio.END_TO_END_CRC = False
     with tempfile.TemporaryDirectory(prefix="elkfs-bench-", dir=os.environ.get("BENCH_DIR")) as base:
-        cluster = Cluster(base, net="127.0.7", chunkservers=args.chunkservers)
+        cluster = Cluster(base, net="127.0.7", chunkservers=args.chunkservers,
+                          auth_code=None if args.auth == "on" else "")
         cluster.start()
         try:
             print(f"{args.size_mib} MiB file, goal {args.goal}, {args.chunkservers} chunkservers, "
-                  f"{os.cpu_count()} cores")
+                  f"{os.cpu_count()} cores, "
+                  + ("AUTH_CODE, chunk tokens, CRCs checked by the client" if args.auth == "on"
+                     else "no AUTH_CODE, no tokens, CRCs checked by the chunkservers"))
             asyncio.run(run(cluster, args.size_mib << 20, args.goal, args.runs))
         finally:
             cluster.stop()
