@@ -666,6 +666,8 @@ class ChunkServer:
                         self._chain_put(s.down_addr, down)
                 except Exception as e:
                     s.status = s.status or _status_of(e)
+            if s.status == OK:  # told to the masters before the answer goes upstream
+                self.masters.send_all(m.CsWriteDone(s.chunk_id, s.version))
             if conn.is_open:
                 if s.status == OK:
                     conn.send(m.Ok(msg.req))
@@ -721,6 +723,8 @@ class ChunkServer:
                 down.close()
                 if status == OK:
                     status, detail = _status_of(e), f"{where}: {e or type(e).__name__}"
+        if status == OK:  # told to the masters before the answer goes upstream
+            self.masters.send_all(m.CsWriteDone(msg.chunk_id, msg.version))
         if conn.is_open:
             conn.send(m.Ok(msg.req) if status == OK else m.Error(msg.req, status, detail))
         if made:

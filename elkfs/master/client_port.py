@@ -155,6 +155,8 @@ class ClientPort(MasterPart):
             # The writer is gone mid-creation: the lock stays until its copies are gone.
             self.locks.hand_over(key, self)
             self.spawn(self.master.chunks._unmake_then_release(key, self.master.chunks.creating.pop(key)))
+        for key in [k for k in self.master.chunks.writing if self.locks.held_by(k) is conn]:
+            del self.master.chunks.writing[key]
         self.locks.release_owner(conn)
         session_id = conn.context
         if session_id is not None and self.session_links.get(session_id) is conn:

@@ -57,6 +57,8 @@ class ChunkserverPort(MasterPart):
             server = self.registry.servers.get(cs_id)
             if server is not None:
                 server.disks = msg.disks
+        elif isinstance(msg, m.CsWriteDone):
+            self.master.chunks.write_done(cs_id, msg.chunk_id, msg.version)
         elif isinstance(msg, m.Consensus) and ha is not None:
             ha.from_voter(msg)
         elif isinstance(msg, m.CsChunkMade):

@@ -696,6 +696,16 @@ class CsChunkMade(Msg):
     version: int
 
 
+@message(47)
+class CsWriteDone(Msg):
+    """A write session on this copy ended well: everything it was sent is stored here.
+    Sent to every master before the session is answered upstream, so the master counts
+    the copies that said so, not the ones the writer says (master/writereports.py)."""
+
+    chunk_id: int
+    version: int
+
+
 @message(46)
 class CsChunkDeleted(Msg):
     """A copy deleted on a master's command: every other master forgets it too."""

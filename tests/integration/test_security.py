@@ -442,3 +442,70 @@ async def test_clients_get_fresh_tokens_when_theirs_expire(tmp_path):
             await client.close()
     finally:
         c.destroy()
+
+
+# ---------------------------------------------------------------- who holds a write
+
+
+async def read_copy(addr, chunk: m.ChunkOut, size: int) -> bytes:
+    """The bytes one copy holds (read straight from its chunkserver, CRC-checked)."""
+    from elkfs.client.chunkio import ConnectionPool, read_from
+
+    pool = ConnectionPool()
+    out = bytearray(size)
+    try:
+        await read_from(pool, addr, chunk.chunk_id, chunk.version, 0, size, memoryview(out),
+                        chunk.token)
+    finally:
+        pool.close()
+    return bytes(out)
+
+
+async def test_the_master_counts_only_copies_that_report_the_write(cluster):
+    """A writer (or a lying head of its chain) ends a write as done that reached one copy
+    of two: the master counts only the copy whose chunkserver reported the write itself;
+    the other is replaced from it. A write no copy confirms fails."""
+    client = await connect(cluster)
+    try:
+        await client.mkdir("/reported")
+        await client.setgoal("/reported", 2)
+        await client.write_file("/reported/f", os.urandom(100_000))
+        f = await client.open("/reported/f")
+        chunk = await client.op(m.WriteChunk(f.inode, 0))
+        assert len(chunk.locations) == 2
+        head, skipped = chunk.locations
+        written = os.urandom(100_000)
+        conn = await rpc.connect(*head)
+        try:  # the data reaches the head only; the writer claims it all went well
+            await conn.call(m.WriteOnce, data=written, chunk_id=chunk.chunk_id,
+                            version=chunk.version, chain=[], offset=0, token=chunk.token,
+                            timeout=10)
+        finally:
+            conn.close()
+        await client.op(m.WriteChunkEnd(f.inode, 0, chunk.chunk_id, len(written)))
+        assert "did not report the write" in log_of(cluster.masters[0])
+        now = await client.op(m.ReadChunk(f.inode, 0))
+        assert now.locations == [head]
+        assert await client.read_file("/reported/f") == written
+
+        async def both_copies_hold_it():
+            where = await client.op(m.ReadChunk(f.inode, 0))
+            if len(where.locations) < 2:
+                return False
+            return all([await read_copy(a, where, len(written)) == written
+                        for a in where.locations])
+
+        deadline = time.monotonic() + 60
+        while not await both_copies_hold_it():
+            assert time.monotonic() < deadline, "the skipped copy was not rebuilt"
+            await asyncio.sleep(0.2)
+
+        # A session nobody stored anything of, ended as done: the writer gets EIO.
+        chunk = await client.op(m.WriteChunk(f.inode, 0))
+        with pytest.raises(FsError) as e:
+            await client.op(m.WriteChunkEnd(f.inode, 0, chunk.chunk_id, len(written)))
+        assert e.value.errno == errno.EIO
+        assert await client.read_file("/reported/f") == written
+        await f.close()
+    finally:
+        await client.close()
