@@ -134,6 +134,13 @@ async def test_rogue_claims_without_the_code_change_nothing(cluster):
             await asyncio.wait_for(conn.closed, 10)
         finally:
             conn.close()
+        conn = await rpc.connect(cluster.masters[0].host, MASTER_CS_PORT)
+        try:  # nor can it pose as another master
+            conn.send(m.MasterHello("", "fake.1", f"{NET}.83", 9421))
+            await asyncio.wait_for(conn.closed, 10)
+        finally:
+            conn.close()
+        assert "MasterHello before authenticating" in log_of(cluster.masters[0])
         [after] = await client.fileinfo("/claimed/f")
         assert copies_by_host(after) == copies_by_host(chunk)
         assert await client.read_file("/claimed/f") == data
