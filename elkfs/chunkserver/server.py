@@ -203,6 +203,7 @@ class ChunkServer:
         self._commands: asyncio.Queue = asyncio.Queue()
         self._command_task: asyncio.Task | None = None
         self._replications = asyncio.Semaphore(REPLICATIONS_MAX)
+        self._checks = asyncio.Semaphore(1)
         self._conns: set[rpc.Connection] = set()
         # Idle connections to the next chunkserver of a chain, kept after a session
         # ended well: a chain's next session needs no new connection.
@@ -760,6 +761,8 @@ class ChunkServer:
     def take_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
         if isinstance(msg.command, m.ReplicateChunk):
             self._spawn(self._replicate_command(conn, msg))
+        elif isinstance(msg.command, m.CheckChunk):  # beside the others: it reads a lot
+            self._spawn(self._check_command(conn, msg))
         else:
             self._commands.put_nowait((conn, msg))
 
@@ -827,6 +830,16 @@ class ChunkServer:
             await self._check_copy(cmd.chunk_id, cmd.version)
         else:  # pragma: no cover - the schema allows nothing else
             raise FsError(errno.ENOTSUP, f"unknown command {cmd!r}")
+
+    async def _check_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
+        try:
+            async with self._checks:  # one at a time
+                await self._execute(msg.command)
+            reply = m.Ok(msg.req)
+        except Exception as e:
+            reply = m.Error(msg.req, _status_of(e), str(e))
+        if conn.is_open:
+            conn.send(reply)
 
     async def _replicate_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
         try:

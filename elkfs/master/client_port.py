@@ -32,6 +32,7 @@ log = logging.getLogger("mfsmaster")
 CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEnd,
                 m.AppendReserve)
 RECALL_TIMEOUT_S = 2.0
+CHECK_AGAIN_S = 60.0  # a copy clients report bad is checked at most this often
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
@@ -52,6 +53,7 @@ class ClientPort(MasterPart):
         self.leases = ListingLeases()
         self.lock_waiters = LockWaiters()  # volatile: clients re-send waits after a failover
         self.op_counts: Counter[str] = Counter()  # metadata operations by type (the web page)
+        self.checks_asked: dict[tuple[int, bytes], float] = {}  # (chunk, cs) -> when (BadCopy)
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
         if type(msg) is m.Ping:
@@ -375,10 +377,18 @@ class ClientPort(MasterPart):
     def bad_copy(self, op: m.BadCopy) -> m.Result:
         """A client saw a block of a copy fail its CRC: that chunkserver checks the copy
         from disk and reports it damaged if it is; the client's word condemns nothing."""
+        now = time.monotonic()
+        if len(self.checks_asked) > 10000:
+            self.checks_asked = {k: t for k, t in self.checks_asked.items()
+                                 if now - t < CHECK_AGAIN_S}
         for cs_id, copy in self.registry.holders(op.chunk_id).items():
             server = self.registry.servers.get(cs_id)
             if server is not None and tuple(server.addr) == tuple(op.addr) \
                     and copy.version == op.version:
+                key = (op.chunk_id, cs_id)
+                if now - self.checks_asked.get(key, -CHECK_AGAIN_S) < CHECK_AGAIN_S:
+                    break  # checked a moment ago: a check reads the whole copy
+                self.checks_asked[key] = now
                 log.warning("a client read a block of chunk %016X v%d on %s failing its "
                             "CRC: the chunkserver checks the copy", op.chunk_id,
                             op.version, server.name)
