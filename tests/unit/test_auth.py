@@ -1,8 +1,11 @@
 """The pure parts of cluster security: the handshake's proofs, chunk tokens, the block
 checksums a client checks, and the table of copies' own write reports."""
 
+import ast
 import os
 import zlib
+
+import pytest
 
 from elkfs.master.writereports import WriteReports
 from elkfs.proto.auth import EXPIRED, READ, TOKEN_SIZE, WRITE, ClusterKey
@@ -68,3 +71,15 @@ def test_write_reports_are_kept_for_a_while_then_forgotten():
     reports.add(20.0, 9, 1, b"c")  # older than keep_s: gone
     assert reports.reporters(5, 2) == set() and reports.reporters(9, 1) == {b"c"}
     assert len(reports.done) == 1
+
+
+@pytest.mark.parametrize("module", ["elkfs/proto/auth.py", "elkfs/proto/checksum.py",
+                                    "elkfs/master/writereports.py"])
+def test_pure_cores_import_no_io(module):
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    tree = ast.parse(open(os.path.join(root, module)).read())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and not n.level}
+    assert not imported & {"asyncio", "time", "random", "socket", "os"}
