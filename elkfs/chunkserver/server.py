@@ -51,14 +51,12 @@ from elkfs.config import Option, ranged_int
 from elkfs.proto import messages as m
 from elkfs.proto import rpc
 from elkfs.proto.auth import EXPIRED, READ, WRITE, ClusterKey
-from elkfs.proto.checksum import first_bad_block
 from elkfs.proto.errors import (BAD_TOKEN, CRC_ERROR, OK, TOKEN_EXPIRED, WRONG_VERSION,
                                 FsError)
 from elkfs.proto.frames import MAX_DATA, FrameError
 
 from . import hddcfg
 from .master_links import MasterLinks
-from .store import BLOCK as BLOCK_SIZE
 from .store import CHUNK_SIZE, ChunkStore
 from .voter_shell import VoterShell
 
@@ -906,34 +904,28 @@ class ChunkServer:
                         off = next(offsets, None)
                         if off is None:
                             break
-                        want = min(REPLICATION_PIECE, length - off)
-                        req = m.ReadReq(conn.next_req(), chunk_id, version, off,
-                                        _whole_blocks(want), token, crcs=True)
-                        pending.append((off, want, conn.start_call(req)))
+                        # The source checks the CRCs itself (and reports a damaged copy
+                        # of its own); the copy made here gets CRCs of its own.
+                        size = min(REPLICATION_PIECE, length - off)
+                        req = m.ReadReq(conn.next_req(), chunk_id, version, off, size,
+                                        token)
+                        pending.append((off, conn.start_call(req)))
                     if not pending:
                         break
-                    off, want, fut = pending.popleft()
+                    off, fut = pending.popleft()
                     reply, data = await rpc.wait_reply(fut, CHAIN_TIMEOUT * 3)
                     if reply.status != OK:
                         raise FsError(reply.status, f"reading offset {off}")
-                    bad = first_bad_block(data if data is not None else b"", reply.crcs)
-                    if bad is not None:  # the source's copy is damaged: try another one
-                        raise FsError(CRC_ERROR, f"block {off // BLOCK_SIZE + bad} of the "
-                                                 f"source fails its CRC")
                     if data is not None:
-                        await self._io(self.store.write_temp, tmp, off, data[:want])
+                        await self._io(self.store.write_temp, tmp, off, data)
                 await self._io(self.store.commit_temp, tmp)
             except BaseException:
                 await self._io(self.store.abort_temp, tmp)
                 raise
         finally:
-            for _, _, fut in pending:
+            for _, fut in pending:
                 fut.cancel()
             conn.close()
-
-
-def _whole_blocks(size: int) -> int:
-    return -(-size // BLOCK_SIZE) * BLOCK_SIZE
 
 
 def tune_malloc() -> None:
