@@ -14,10 +14,12 @@ fence has seen a higher one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 from elkfs import __version__ as ELKFS_VERSION
 from elkfs.discovery import MasterDirectory
+from elkfs.proto import handshake
 from elkfs.proto import messages as m
 from elkfs.proto import rpc
 from elkfs.proto.errors import NOT_LEADER, FsError
@@ -111,6 +113,11 @@ class MasterLinks:
     async def _register(self, conn: rpc.Connection, addr: str) -> bool:
         cs = self.cs
         voter = cs.voter
+        try:  # both ways: we obey no master that cannot prove AUTH_CODE
+            await handshake.authenticate(conn, cs.key, "chunkserver", self.timeout)
+        except handshake.AuthError as e:
+            log.error("master %s:%d: %s", addr, self.port, e)
+            return False
         total, used = cs.store.space()
         host = cs.advertised_host(conn)
         self.registering += 1
@@ -150,6 +157,12 @@ class MasterLinks:
                 pass
 
     def _on_master(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if not conn.authenticated:  # no vote, lease or command for an unproven master
+            log.warning("ignoring %s from %s: that master has not proven AUTH_CODE",
+                        type(msg).__name__, conn.peer)
+            if type(msg) is m.CsCommand:
+                conn.send_if_open(m.Error(msg.req, errno.EPERM, "not authenticated"))
+            return
         voter = self.cs.voter
         if type(msg) is m.Consensus:
             if msg.cluster and not voter.adopt_cluster(msg.cluster, f"master {conn.context}"):

@@ -42,6 +42,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,7 +50,9 @@ from elkfs import config as cfgmod
 from elkfs.config import Option, ranged_int
 from elkfs.proto import messages as m
 from elkfs.proto import rpc
-from elkfs.proto.errors import CRC_ERROR, OK, WRONG_VERSION, FsError
+from elkfs.proto.auth import EXPIRED, READ, WRITE, ClusterKey
+from elkfs.proto.errors import (BAD_TOKEN, CRC_ERROR, OK, TOKEN_EXPIRED, WRONG_VERSION,
+                                FsError)
 from elkfs.proto.frames import MAX_DATA, FrameError
 
 from . import hddcfg
@@ -81,6 +84,10 @@ OPTIONS: dict[str, Option] = {
                              "I/O errors after which a disk is taken out of use"),
     "WORKERS_MAX": Option(8, ranged_int(1, 256), "disk I/O threads"),
     "OPEN_CHUNKS_LIMIT": Option(512, ranged_int(4, 1 << 20), "chunk files kept open"),
+    "AUTH_CODE": Option("", "str", "the cluster's shared secret (as in mfsmaster.cfg): "
+                                   "proven to the masters, and the key of the chunk tokens "
+                                   "checked on every read and write; empty: none (a "
+                                   "warning at start)"),
 }
 
 INLINE_IO = 128 << 10  # reads/writes up to this size run in the event loop
@@ -169,8 +176,10 @@ class ChunkServer:
                  dns_server: str | None = None, dns_refresh_s: float = 5.0,
                  lease_s: float = 2.0,
                  master_timeout: float = 10.0, workers: int = 8, hdd_conf: str | None = None,
-                 test_speed: float = 0.0):
+                 test_speed: float = 0.0, auth_code: str = ""):
         self.store = store
+        self.key = ClusterKey(auth_code)
+        self.refused = 0  # data-port requests refused for their token
         self.data_path = data_path
         self.listen_host = "0.0.0.0" if listen_host in ("*", "") else listen_host
         self.listen_port = listen_port
@@ -192,6 +201,7 @@ class ChunkServer:
         self._commands: asyncio.Queue = asyncio.Queue()
         self._command_task: asyncio.Task | None = None
         self._replications = asyncio.Semaphore(REPLICATIONS_MAX)
+        self._checks = asyncio.Semaphore(1)
         self._conns: set[rpc.Connection] = set()
         # Idle connections to the next chunkserver of a chain, kept after a session
         # ended well: a chain's next session needs no new connection.
@@ -205,11 +215,15 @@ class ChunkServer:
                    dns_refresh_s=cfg.DNS_REFRESH_TIME, lease_s=cfg.LEADER_LEASE_DURATION,
                    reconnect_delay=cfg.MASTER_RECONNECTION_DELAY,
                    master_timeout=cfg.MASTER_TIMEOUT, workers=cfg.WORKERS_MAX,
-                   hdd_conf=cfg.HDD_CONF_FILENAME, test_speed=cfg.HDD_TEST_SPEED)
+                   hdd_conf=cfg.HDD_CONF_FILENAME, test_speed=cfg.HDD_TEST_SPEED,
+                   auth_code=cfg.AUTH_CODE)
 
     # ------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        if not self.key.enabled:
+            log.warning("AUTH_CODE is not set: this chunkserver serves and takes chunks "
+                        "without tokens and obeys any master (docs/security.md)")
         self.server = await rpc.serve(self.listen_host, self.listen_port, self._on_data,
                                       "data", on_close=self._on_data_close,
                                       on_connect=self._conns.add)
@@ -344,6 +358,7 @@ class ChunkServer:
             self._spawn(self._write_once(conn, msg, data))
         elif t is m.ChunkInfoReq:
             try:
+                self._check_token(msg.token, msg.chunk_id, msg.version, READ, conn)
                 version, length = self.store.info(msg.chunk_id)
                 conn.send(m.ChunkInfoReply(msg.req, OK, version, length))
             except FsError as e:
@@ -357,31 +372,60 @@ class ChunkServer:
             conn.context.close()
             conn.context = None
 
+    # chunk tokens
+
+    def _check_token(self, token: bytes, chunk_id: int, version: int, mode: int,
+                     conn: rpc.Connection) -> None:
+        """Raise FsError unless `token` allows `mode` access to this chunk version now
+        (no AUTH_CODE: everything is allowed)."""
+        if not self.key.enabled:
+            return
+        why = self.key.token_problem(token, chunk_id, version, mode, time.time())
+        if why is None:
+            return
+        self.refused += 1
+        if why == EXPIRED:
+            raise FsError(TOKEN_EXPIRED, why)
+        log.warning("refused %s of chunk %016X v%d from %s: %s", "write" if mode == WRITE
+                    else "read", chunk_id, version, conn.peer, why)
+        raise FsError(BAD_TOKEN, why)
+
     # reads
 
     def _read(self, conn: rpc.Connection, msg: m.ReadReq) -> None:
+        try:
+            self._check_token(msg.token, msg.chunk_id, msg.version, READ, conn)
+        except FsError as e:
+            if conn.is_open:
+                conn.send(m.ReadData(msg.req, e.status))
+            return
         if msg.size <= INLINE_IO:
             try:
-                data = self.store.read(msg.chunk_id, msg.version, msg.offset, msg.size)
+                data, crcs = self._read_now(msg)
             except Exception as e:
                 self._read_failed(conn, msg, e)
                 return
             if conn.is_open:
-                conn.send(m.ReadData(msg.req, OK), data)
+                conn.send(m.ReadData(msg.req, OK, crcs), data)
         else:
             self._spawn(self._read_big(conn, msg))
+
+    def _read_now(self, msg: m.ReadReq) -> tuple[memoryview, bytes]:
+        """The bytes of a read, and the CRCs of its blocks if the reader checks them."""
+        if msg.crcs:
+            return self.store.read_with_crcs(msg.chunk_id, msg.version, msg.offset, msg.size)
+        return self.store.read(msg.chunk_id, msg.version, msg.offset, msg.size), b""
 
     async def _read_big(self, conn: rpc.Connection, msg: m.ReadReq) -> None:
         try:
             if msg.size > MAX_DATA:
                 raise FsError(errno.EINVAL, f"read of {msg.size} bytes over {MAX_DATA}")
-            data = await self._io(self.store.read, msg.chunk_id, msg.version, msg.offset,
-                                  msg.size)
+            data, crcs = await self._io(self._read_now, msg)
         except Exception as e:
             self._read_failed(conn, msg, e)
             return
         try:
-            conn.send(m.ReadData(msg.req, OK), data)
+            conn.send(m.ReadData(msg.req, OK, crcs), data)
             await conn.drain()
         except rpc.ConnectionClosed:
             pass
@@ -445,6 +489,7 @@ class ChunkServer:
         down_init = None
         where = ""
         try:
+            self._check_token(msg.token, msg.chunk_id, msg.version, WRITE, conn)
             if not msg.create:
                 self.store.check(msg.chunk_id, msg.version)
             if msg.chain:
@@ -455,7 +500,7 @@ class ChunkServer:
                     s.down_addr = (host, port)
                     down_init = s.down.start_call(m.WriteInit(
                         s.down.next_req(), chunk_id=msg.chunk_id, version=msg.version,
-                        chain=list(msg.chain[1:]), create=msg.create))
+                        chain=list(msg.chain[1:]), create=msg.create, token=msg.token))
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                     raise _hop_failed(where, e) from None
             if msg.create:  # after passing it on: the next hops make theirs meanwhile
@@ -620,6 +665,8 @@ class ChunkServer:
                         self._chain_put(s.down_addr, down)
                 except Exception as e:
                     s.status = s.status or _status_of(e)
+            if s.status == OK:  # told to the masters before the answer goes upstream
+                self.masters.send_all(m.CsWriteDone(s.chunk_id, s.version))
             if conn.is_open:
                 if s.status == OK:
                     conn.send(m.Ok(msg.req))
@@ -636,6 +683,7 @@ class ChunkServer:
         made = False
         data = memoryview(b"") if data is None else data
         try:
+            self._check_token(msg.token, msg.chunk_id, msg.version, WRITE, conn)
             if msg.chain:
                 host, port = msg.chain[0]
                 where = f"{host}:{port}"
@@ -643,7 +691,7 @@ class ChunkServer:
                     down = await self._chain_conn(host, port)
                     down_fut = down.start_call(m.WriteOnce(
                         down.next_req(), msg.chunk_id, msg.version, list(msg.chain[1:]),
-                        msg.offset, msg.create, msg.sync), data)
+                        msg.offset, msg.create, msg.sync, msg.token), data)
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                     raise _hop_failed(where, e) from None
             # After passing it on: the next hops make theirs meanwhile.
@@ -674,6 +722,8 @@ class ChunkServer:
                 down.close()
                 if status == OK:
                     status, detail = _status_of(e), f"{where}: {e or type(e).__name__}"
+        if status == OK:  # told to the masters before the answer goes upstream
+            self.masters.send_all(m.CsWriteDone(msg.chunk_id, msg.version))
         if conn.is_open:
             conn.send(m.Ok(msg.req) if status == OK else m.Error(msg.req, status, detail))
         if made:
@@ -709,6 +759,8 @@ class ChunkServer:
     def take_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
         if isinstance(msg.command, m.ReplicateChunk):
             self._spawn(self._replicate_command(conn, msg))
+        elif isinstance(msg.command, m.CheckChunk):  # beside the others: it reads a lot
+            self._spawn(self._check_command(conn, msg))
         else:
             self._commands.put_nowait((conn, msg))
 
@@ -745,7 +797,7 @@ class ChunkServer:
             self.report_made(cmd.new_chunk_id, cmd.new_version)
         elif isinstance(cmd, (m.SetChunkVersion, m.TruncateChunk)):
             self.report_made(cmd.chunk_id, cmd.new_version)
-        else:
+        elif not isinstance(cmd, m.CheckChunk):
             self.report_made(cmd.chunk_id, cmd.version)
 
     async def _execute_once(self, cmd: m.CsCmd) -> None:
@@ -771,9 +823,21 @@ class ChunkServer:
             await self._io(st.duplicate, cmd.chunk_id, cmd.version, cmd.new_chunk_id,
                            cmd.new_version)
         elif isinstance(cmd, m.ReplicateChunk):
-            await self.replicate(cmd.chunk_id, cmd.version, cmd.sources)
+            await self.replicate(cmd.chunk_id, cmd.version, cmd.sources, cmd.token)
+        elif isinstance(cmd, m.CheckChunk):
+            await self._check_copy(cmd.chunk_id, cmd.version)
         else:  # pragma: no cover - the schema allows nothing else
             raise FsError(errno.ENOTSUP, f"unknown command {cmd!r}")
+
+    async def _check_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
+        try:
+            async with self._checks:  # one at a time
+                await self._execute(msg.command)
+            reply = m.Ok(msg.req)
+        except Exception as e:
+            reply = m.Error(msg.req, _status_of(e), str(e))
+        if conn.is_open:
+            conn.send(reply)
 
     async def _replicate_command(self, conn: rpc.Connection, msg: m.CsCommand) -> None:
         try:
@@ -786,7 +850,18 @@ class ChunkServer:
         if conn.is_open:
             conn.send(reply)
 
-    async def replicate(self, chunk_id: int, version: int, sources: list) -> None:
+    async def _check_copy(self, chunk_id: int, version: int) -> None:
+        """A client found a block of this copy failing its CRC: check it from disk now
+        and report it damaged if it is (the master replaces it)."""
+        if not self._has(chunk_id, version):
+            raise FsError(errno.ENOENT, f"no copy of chunk {chunk_id:016X} v{version}")
+        _, problem = await self._io(self.store.scrub, chunk_id)
+        if problem is not None:
+            log.warning("check of chunk %016X v%d: %s", chunk_id, version, problem)
+            self.report_damaged(chunk_id, version)
+
+    async def replicate(self, chunk_id: int, version: int, sources: list,
+                        token: bytes = b"") -> None:
         """Fetch chunk `chunk_id` at `version` from the first source that has it."""
         try:
             if self.store.info(chunk_id)[0] == version:
@@ -797,7 +872,7 @@ class ChunkServer:
         last = errno.EIO
         for host, port in sources:
             try:
-                await self._replicate_from(host, port, chunk_id, version)
+                await self._replicate_from(host, port, chunk_id, version, token)
                 log.info("replicated chunk %016X v%d from %s:%d", chunk_id, version, host,
                          port)
                 return
@@ -809,12 +884,13 @@ class ChunkServer:
         raise FsError(last if sources else errno.EINVAL,
                       "; ".join(errors) or "no sources")
 
-    async def _replicate_from(self, host: str, port: int, chunk_id: int, version: int):
+    async def _replicate_from(self, host: str, port: int, chunk_id: int, version: int,
+                              token: bytes):
         conn = await self._connect(host, port, name="replicate", timeout=CHAIN_TIMEOUT)
         pending: deque = deque()
         try:
-            info, _ = await conn.call(m.ChunkInfoReq, chunk_id=chunk_id,
-                                      timeout=CHAIN_TIMEOUT)
+            info, _ = await conn.call(m.ChunkInfoReq, chunk_id=chunk_id, version=version,
+                                      token=token, timeout=CHAIN_TIMEOUT)
             if info.status != OK:
                 raise FsError(info.status, "source")
             if info.version != version:
@@ -828,8 +904,11 @@ class ChunkServer:
                         off = next(offsets, None)
                         if off is None:
                             break
+                        # The source checks the CRCs itself (and reports a damaged copy
+                        # of its own); the copy made here gets CRCs of its own.
                         size = min(REPLICATION_PIECE, length - off)
-                        req = m.ReadReq(conn.next_req(), chunk_id, version, off, size)
+                        req = m.ReadReq(conn.next_req(), chunk_id, version, off, size,
+                                        token)
                         pending.append((off, conn.start_call(req)))
                     if not pending:
                         break

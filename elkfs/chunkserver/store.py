@@ -745,6 +745,30 @@ class ChunkStore:
         finally:
             self._release(c)
 
+    def read_with_crcs(self, chunk_id: int, version: int, offset: int,
+                       size: int) -> tuple[memoryview, bytes]:
+        """Whole blocks at `offset` (zeros past the stored end) and their CRCs from the
+        table, *not* checked here: the reader checks them, end to end (`ReadReq.crcs`),
+        so a block damaged on disk, in memory or on the way is caught where it is used."""
+        _check_range(offset, size)
+        if offset % BLOCK or size % BLOCK:
+            raise FsError(errno.EINVAL, f"range {offset}+{size} is not whole blocks")
+        c = self._acquire_checked(self._get(chunk_id, version))
+        try:
+            b0 = offset // BLOCK
+            b1 = b0 + size // BLOCK
+            buf = bytearray(size)
+            end = min(b1, c.blocks)
+            if end > b0:
+                os.preadv(c.fd, [memoryview(buf)[:(end - b0) * BLOCK]],
+                          HEADER_SIZE + b0 * BLOCK)
+            return memoryview(buf), bytes(c.crc[4 * b0:4 * b1])
+        except OSError as e:
+            self.io_error(c.disk, e)
+            raise
+        finally:
+            self._release(c)
+
     def _read_into(self, c: Chunk, b0: int, b1: int, view: memoryview) -> int | None:
         """Fill `view` with blocks b0..b1; return the first block failing its CRC."""
         end = min(b1, c.blocks)

@@ -3,6 +3,14 @@
 Reads: a range of one chunk is read from one copy in pieces of `READ_PIECE` bytes, all
 requested at once on one connection (pipelined), so a large read keeps the link busy. A
 copy that fails (down, CRC error, wrong version) is skipped and the next copy is tried.
+Reads are of whole 64 KiB blocks, which come with the CRCs the chunkserver keeps for them,
+and the client checks every block itself (end to end: a block damaged on the disk, in the
+chunkserver or on the way is caught here); a copy failing twice is reported
+(`on_bad`) and the next copy read.
+
+Every request carries the chunk token the master gave with the location; a token the
+chunkservers refuse (expired, or for an older version) ends the attempt at once
+(`TokenRefused`), and the caller asks the master for a fresh location and token.
 
 Writes: a `ChunkWriter` holds one write session with the first chunkserver of the chain
 (which forwards to the others). Data goes out in frames of at most `WRITE_PIECE` bytes
@@ -19,7 +27,9 @@ import logging
 
 from ..proto import messages as m
 from ..proto import rpc
-from ..proto.errors import FsError
+from ..proto.checksum import first_bad_block
+from ..proto.errors import BAD_TOKEN, CRC_ERROR, TOKEN_EXPIRED, FsError
+from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE
 
 log = logging.getLogger("elkfs.client")
 
@@ -29,6 +39,10 @@ WINDOW = 16 << 20
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 60.0
 FAN_OUT_MAX = 64 << 10  # a WriteOnce up to this size goes to every copy at once
+# The client checks the CRC of every block it reads (the chunkserver then does not).
+# False: the chunkserver checks them as before end-to-end checks existed; only
+# bench/throughput.py --auth off sets it, to measure what the checks cost.
+END_TO_END_CRC = True
 
 
 class ConnectionPool:
@@ -62,18 +76,30 @@ class ConnectionPool:
         self.idle.clear()
 
 
+TOKEN_REFUSALS = (TOKEN_EXPIRED, BAD_TOKEN)
+
+
 async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: int,
-                    offset: int, size: int, out: memoryview) -> None:
-    """Read `size` bytes at `offset` of a chunk from one chunkserver into `out`."""
+                    offset: int, size: int, out: memoryview, token: bytes = b"") -> None:
+    """Read `size` bytes at `offset` of a chunk from one chunkserver into `out`, every
+    block checked against its CRC (FsError CRC_ERROR if one fails)."""
+    check = END_TO_END_CRC
+    if check:  # whole blocks: each is checked against its CRC
+        start = offset - offset % BLOCK_SIZE
+        end = min(CHUNK_SIZE, -(-(offset + size) // BLOCK_SIZE) * BLOCK_SIZE)
+    else:
+        start, end = offset, offset + size
+    aligned = start == offset and end == offset + size
+    into = out if aligned else memoryview(bytearray(end - start))
     conn = await pool.get(addr)
     ok = False
     try:
         futures = []
-        pos = 0
-        while pos < size:
-            piece = min(READ_PIECE, size - pos)
-            msg = m.ReadReq(conn.next_req(), chunk_id, version, offset + pos, piece)
-            futures.append((pos, piece, conn.start_call(msg)))
+        pos = start
+        while pos < end:
+            piece = min(READ_PIECE, end - pos)
+            msg = m.ReadReq(conn.next_req(), chunk_id, version, pos, piece, token, check)
+            futures.append((pos - start, piece, conn.start_call(msg)))
             pos += piece
         for pos, piece, fut in futures:
             reply, data = await rpc.wait_reply(fut, IO_TIMEOUT)
@@ -84,7 +110,14 @@ async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: 
             got = len(data) if data is not None else 0
             if got != piece:
                 raise FsError(errno.EIO, f"short read from {addr[0]}:{addr[1]}: {got} of {piece}")
-            out[pos:pos + piece] = data
+            bad = first_bad_block(data, reply.crcs) if check else None
+            if bad is not None:
+                block = (start + pos) // BLOCK_SIZE + bad
+                raise FsError(CRC_ERROR, f"block {block} from {addr[0]}:{addr[1]} fails "
+                                         f"its CRC")
+            into[pos:pos + piece] = data
+        if not aligned:
+            out[:] = into[offset - start:offset - start + size]
         ok = True
     finally:
         if ok:
@@ -94,16 +127,31 @@ async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: 
 
 
 async def read_chunk(pool: ConnectionPool, locations: list[m.Addr], chunk_id: int,
-                     version: int, offset: int, size: int, out: memoryview) -> None:
-    """Read from the first copy that works; raise the last error if none does."""
+                     version: int, offset: int, size: int, out: memoryview,
+                     token: bytes = b"", on_bad=None) -> None:
+    """Read from the first copy that works; raise the last error if none does. A copy
+    whose block fails its CRC is read once more (it may have raced a write) before
+    `on_bad(addr)` is told; a refused token is raised at once (every copy would refuse
+    it: the caller gets a fresh one)."""
     last: Exception | None = None
     for addr in locations:
-        try:
-            await read_from(pool, addr, chunk_id, version, offset, size, out)
-            return
-        except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
-            log.info("read of chunk %016X from %s:%d failed: %s", chunk_id, addr[0], addr[1], e)
-            last = e
+        for attempt in (1, 2):
+            try:
+                await read_from(pool, addr, chunk_id, version, offset, size, out, token)
+                return
+            except FsError as e:
+                if e.status in TOKEN_REFUSALS:
+                    raise
+                last = e
+                if e.status == CRC_ERROR and attempt == 1:
+                    continue
+                if e.status == CRC_ERROR and on_bad is not None:
+                    on_bad(addr)
+            except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
+                last = e
+            log.info("read of chunk %016X from %s:%d failed: %s", chunk_id, addr[0],
+                     addr[1], last)
+            break
     raise FsError(errno.EIO, f"no copy of chunk {chunk_id:016X} could be read: {last}")
 
 
@@ -120,10 +168,12 @@ class ChunkWriter:
     instead of one per copy; the extra bytes sent are few)."""
 
     def __init__(self, chain: list[m.Addr], chunk_id: int, version: int,
-                 pool: ConnectionPool | None = None, create: bool = False):
+                 pool: ConnectionPool | None = None, create: bool = False,
+                 token: bytes = b""):
         self.chain = chain
         self.chunk_id = chunk_id
         self.version = version
+        self.token = token  # the write token every chunkserver of the chain checks
         self.create = create  # a new chunk: each chunkserver makes it first
         self.pool = pool
         self.conn: rpc.Connection | None = None
@@ -141,7 +191,7 @@ class ChunkWriter:
         self.conn = await self._connect()
         self.init_fut = self.conn.start_call(m.WriteInit(
             self.conn.next_req(), chunk_id=self.chunk_id, version=self.version,
-            chain=list(self.chain[1:]), create=self.create))
+            chain=list(self.chain[1:]), create=self.create, token=self.token))
 
     async def _connect(self) -> rpc.Connection:
         return await self._connect_to(self.chain[0])
@@ -157,7 +207,7 @@ class ChunkWriter:
             self.conn = await self._connect()
             fut = self.conn.start_call(m.WriteOnce(
                 self.conn.next_req(), self.chunk_id, self.version, list(self.chain[1:]),
-                offset, self.create, sync), data)
+                offset, self.create, sync, self.token), data)
             reply, _ = await rpc.wait_reply(fut, IO_TIMEOUT)
             if isinstance(reply, m.Error):
                 raise FsError(reply.status, reply.detail)
@@ -179,7 +229,7 @@ class ChunkWriter:
                     conn = await self._connect_to(addr)
                     calls.append((addr, conn, conn.start_call(m.WriteOnce(
                         conn.next_req(), self.chunk_id, self.version, [], offset,
-                        self.create, sync), data)))
+                        self.create, sync, self.token), data)))
                 except (OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                     error = error or _copy_failed(addr, errno.EIO, str(e) or type(e).__name__)
             for addr, conn, fut in calls:

@@ -31,7 +31,7 @@ from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE, MAX_FILE_SIZE
 from ..proto.password import password_digest
-from .chunkio import WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
+from .chunkio import TOKEN_REFUSALS, WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
 from .master_link import DEFAULT_MASTER_PORT, MasterLink
 
 log = logging.getLogger("elkfs.client")
@@ -441,7 +441,7 @@ class File:
             try:
                 chunk = await self.client.op(m.WriteChunk(self.inode, index))
                 writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version,
-                                     self.client.pool, chunk.create)
+                                     self.client.pool, chunk.create, chunk.token)
                 if connect:
                     try:
                         await writer.open()
@@ -645,6 +645,7 @@ class File:
         deadline = time.monotonic() + self.client.io_retry_s
         delay = 0.1
         refresh = False
+        fresh_token = False
         while True:
             chunk = await self._chunk_for_read(index, refresh)
             if chunk.chunk_id == 0:
@@ -656,6 +657,11 @@ class File:
                 await self._read_copies(chunk, offset, size, out)
                 return
             except FsError as e:
+                if e.status in TOKEN_REFUSALS and not fresh_token:
+                    # Expired (a location kept long), or the chunk changed since: a fresh
+                    # location and token from the master, at once.
+                    refresh = fresh_token = True
+                    continue
                 if time.monotonic() + delay > deadline:
                     raise
                 log.info("read of inode %d chunk %d failed (%s); asking the master again",
@@ -676,8 +682,16 @@ class File:
             end = min(size, start + step)
             order = locations[i % len(locations):] + locations[:i % len(locations)]
             jobs.append(read_chunk(self.client.pool, order, chunk.chunk_id, chunk.version,
-                                   offset + start, end - start, out[start:end]))
+                                   offset + start, end - start, out[start:end], chunk.token,
+                                   lambda addr: self._bad_copy(chunk, addr)))
         await asyncio.gather(*jobs)
+
+    def _bad_copy(self, chunk: m.ChunkOut, addr: m.Addr) -> None:
+        """Tell the master (in the background) that a copy sent a block failing its CRC;
+        the read goes on with the next copy meanwhile."""
+        report = asyncio.ensure_future(self.client.op(m.BadCopy(chunk.chunk_id,
+                                                                chunk.version, addr)))
+        report.add_done_callback(_retrieved)
 
     # ------------------------------------------------------------ closing
 

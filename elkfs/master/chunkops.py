@@ -16,17 +16,22 @@ import time
 
 from ..proto import messages as m
 from ..proto import rpc
+from ..proto.auth import READ, WRITE
 from ..proto.errors import NO_CHUNK, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE
 from . import replication as rep
 from .namespace import DeleteChunkEffect, DuplicateChunkEffect, TruncateChunkEffect
 from .nodes import FileNode
 from .part import MasterPart
+from .writereports import WriteReports
 
 log = logging.getLogger("mfsmaster")
 
 LOW_SPACE = 16 << 20  # a server with less free space gets no writes while others can
 REPLICATION_WRITER_WAIT_S = 10.0  # how long a writer lets a replication of its chunk finish
+# How long WriteChunkEnd waits for copies' own reports that the session ended well (they
+# are sent before the chain answers the writer, so they are normally here already).
+REPORT_WAIT_S = 5.0
 
 
 class ChunkOps(MasterPart):
@@ -38,6 +43,12 @@ class ChunkOps(MasterPart):
         # New chunks being made by their writer's session: (inode, index) -> (chunk id,
         # version, chunkservers); their copies are registered at WriteChunkEnd.
         self.creating: dict[tuple[int, int], tuple[int, int, list]] = {}
+        # Chains handed out for writes of existing chunks: (inode, index) -> (chunk id,
+        # version, chunkservers). At WriteChunkEnd only the copies that reported the
+        # session done themselves (`reports`) count; see writereports.py.
+        self.writing: dict[tuple[int, int], tuple[int, int, list]] = {}
+        self.reports = WriteReports()
+        self._reported = asyncio.Event()  # set at every report (waiters check theirs)
 
     # ------------------------------------------------------------ replication
 
@@ -102,8 +113,11 @@ class ChunkOps(MasterPart):
                 target = registry.servers.get(action.target)
                 sources = [registry.servers[c].addr for c in action.sources
                            if c in registry.servers]
+                token = self.master.token(action.chunk_id, action.version, READ,
+                                          ttl=self.cfg.REPLICATION_TIMEOUT + 60)
                 ok = await self.command(target, m.ReplicateChunk(
-                    action.chunk_id, action.version, sources), self.cfg.REPLICATION_TIMEOUT)
+                    action.chunk_id, action.version, sources, token),
+                    self.cfg.REPLICATION_TIMEOUT)
                 if ok and target.connected:
                     registry.set_copy(action.chunk_id, action.target, action.version)
             else:
@@ -179,6 +193,9 @@ class ChunkOps(MasterPart):
                 self.locks.release(key)
                 raise
         elif isinstance(op, m.WriteChunkEnd) and not self._unmaking(conn, op):
+            session = self._session_of(conn, op)
+            if session is not None and self._unconfirmed(session):
+                return False  # wait for the copies' reports (write_chunk_end)
             result, version = self._end_chunk(conn, msg)
             if self.master.clients.open_elsewhere(op, msg.session):
                 self.spawn(self._recall_then_reply(conn, msg, result, version))
@@ -291,18 +308,21 @@ class ChunkOps(MasterPart):
                 if more:
                     targets = targets + more
                     done = done + await self.command_all(more, cmd, refusals)
-            chain = []
+            chain, chain_servers = [], []
             for server, ok in zip(targets, done):
                 if ok:
                     self.registry.set_copy(result.chunk_id, server.cs_id, result.version)
                     chain.append(server.addr)
+                    chain_servers.append(server)
                 else:
                     self.registry.drop_copy(result.chunk_id, server.cs_id)
+            self.writing[key] = (result.chunk_id, result.version, chain_servers)
             if not chain:
                 if refusals and all(r in (errno.ENOSPC, errno.EDQUOT) for r in refusals):
                     raise FsError(errno.ENOSPC, "every chunkserver asked is full")
                 raise FsError(errno.EIO, f"no chunkserver accepted chunk {result.chunk_id:016X}")
-            return m.ChunkOut(result.chunk_id, result.version, node.length, chain)
+            return m.ChunkOut(result.chunk_id, result.version, node.length, chain,
+                              token=self.master.token(result.chunk_id, result.version, WRITE))
         except BaseException:
             self.locks.release(key)
             raise
@@ -339,7 +359,9 @@ class ChunkOps(MasterPart):
         result, version = self.store.change(op, time.time_ns(), msg.session, msg.seq)
         self.creating[(op.inode, op.index)] = (result.chunk_id, result.version, targets)
         return m.ChunkOut(result.chunk_id, result.version, node.length,
-                          [s.addr for s in targets], create=True), version
+                          [s.addr for s in targets], create=True,
+                          token=self.master.token(result.chunk_id, result.version,
+                                                  WRITE)), version
 
     async def _unmake(self, made: tuple[int, int, list]) -> None:
         """Delete what a failed creating session may have made, before anyone writes the
@@ -359,6 +381,60 @@ class ChunkOps(MasterPart):
         finally:
             self.locks.release(key)
 
+    # ------------------------------------------------------------ copies' own reports
+
+    def write_done(self, cs_id: bytes, chunk_id: int, version: int) -> None:
+        """A chunkserver says its write session on (chunk, version) ended well."""
+        self.reports.add(time.monotonic(), chunk_id, version, cs_id)
+        self._reported.set()
+        self._reported = asyncio.Event()
+
+    def _session_of(self, conn: rpc.Connection, op: m.WriteChunkEnd):
+        """The chain this writer was handed for the chunk it ends well: (chunk id,
+        version, chunkservers), or None (nothing to check: a failed session, a chunk
+        changed meanwhile, or handed out before this master started)."""
+        key = (op.inode, op.index)
+        if not op.ok or self.locks.held_by(key) is not conn:
+            return None
+        session = self.creating.get(key) or self.writing.get(key)
+        if session is None or session[0] != op.chunk_id:
+            return None
+        return session
+
+    def _unconfirmed(self, session) -> list:
+        chunk_id, version, servers = session
+        done = self.reports.reporters(chunk_id, version)
+        return [s for s in servers if s.cs_id not in done]
+
+    async def _wait_reports(self, session) -> list:
+        """The chain's chunkservers that have not reported the session done, after
+        waiting up to REPORT_WAIT_S for them."""
+        deadline = time.monotonic() + REPORT_WAIT_S
+        while True:
+            missing = self._unconfirmed(session)
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                return missing
+            try:
+                await asyncio.wait_for(self._reported.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    def _drop_unconfirmed(self, key, session, missing: list) -> None:
+        """Copies of the session whose chunkservers did not say they stored it: not
+        counted (a new chunk's), or counted bad (the replication loop replaces them from
+        a copy that did)."""
+        chunk_id, version, servers = session
+        for server in missing:
+            log.warning("chunk %016X v%d: chunkserver %s did not report the write the "
+                        "client ended as done; its copy is not counted", chunk_id, version,
+                        server.name)
+            copy = self.registry.holders(chunk_id).get(server.cs_id)
+            if copy is not None and copy.version == version:
+                self.registry.mark_damaged(chunk_id, server.cs_id)
+        if self.creating.get(key) is session:
+            self.creating[key] = (chunk_id, version, [s for s in servers if s not in missing])
+
     def _unmaking(self, conn: rpc.Connection, op: m.WriteChunkEnd) -> bool:
         """Whether ending this session deletes the copies its failed creation made."""
         key = (op.inode, op.index)
@@ -369,6 +445,25 @@ class ChunkOps(MasterPart):
     async def write_chunk_end(self, conn: rpc.Connection, msg: m.MetaRequest):
         op: m.WriteChunkEnd = msg.op
         key = (op.inode, op.index)
+        session = self._session_of(conn, op)
+        if session is not None:
+            missing = await self._wait_reports(session)
+            if missing and len(missing) == len(session[2]):
+                # No copy says it holds the data: the write is lost, whatever the head
+                # of the chain answered. A new chunk's copies go; an old chunk's stay.
+                self.writing.pop(key, None)
+                if key in self.creating:
+                    made = self.creating.pop(key)
+                    try:
+                        await self._unmake(made)
+                    finally:
+                        self.locks.release(key)
+                else:
+                    self.locks.release(key)
+                raise FsError(errno.EIO, f"no chunkserver confirmed the write of chunk "
+                                         f"{op.chunk_id:016X}")
+            if missing:
+                self._drop_unconfirmed(key, session, missing)
         if self._unmaking(conn, op):
             try:
                 await self._unmake(self.creating.pop(key))
@@ -386,8 +481,13 @@ class ChunkOps(MasterPart):
         op: m.WriteChunkEnd = msg.op
         key = (op.inode, op.index)
         try:
+            if self.locks.held_by(key) is conn:
+                session = self.writing.pop(key, None)
+                if session is not None:
+                    self.reports.forget(session[0], session[1])
             if self.locks.held_by(key) is conn and key in self.creating:
                 chunk_id, version, servers = self.creating.pop(key)
+                self.reports.forget(chunk_id, version)
                 for server in servers:
                     self.registry.set_copy(chunk_id, server.cs_id, version)
             chunk = self.ns.chunk_of(op.inode, op.index)

@@ -23,6 +23,7 @@ import msgspec
 
 from ..proto import messages as m
 from ..proto import rpc
+from ..proto.auth import READ
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
 from . import exports
 from . import replication as rep
@@ -39,6 +40,7 @@ log = logging.getLogger("mfsmaster")
 CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEnd,
                 m.AppendReserve)
 RECALL_TIMEOUT_S = 2.0
+CHECK_AGAIN_S = 60.0  # a copy clients report bad is checked at most this often
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
@@ -64,6 +66,7 @@ class ClientPort(MasterPart):
         self.rules: list[exports.Rule] = exports.parse(exports.DEFAULT_TEXT)
         self.access: dict[bytes, SessionAccess] = {}
         self.challenges: dict[rpc.Connection, bytes] = {}
+        self.checks_asked: dict[tuple[int, bytes], float] = {}  # (chunk, cs) -> when (BadCopy)
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
         if type(msg) is m.Ping:
@@ -199,6 +202,8 @@ class ClientPort(MasterPart):
             # The writer is gone mid-creation: the lock stays until its copies are gone.
             self.locks.hand_over(key, self)
             self.spawn(self.master.chunks._unmake_then_release(key, self.master.chunks.creating.pop(key)))
+        for key in [k for k in self.master.chunks.writing if self.locks.held_by(k) is conn]:
+            del self.master.chunks.writing[key]
         self.locks.release_owner(conn)
         session_id = conn.context
         if session_id is not None and self.session_links.get(session_id) is conn:
@@ -448,6 +453,8 @@ class ClientPort(MasterPart):
             return self.read_chunk(op.inode, op.index)
         if isinstance(op, m.FileChunks):
             return self.file_chunks(op.inode)
+        if isinstance(op, m.BadCopy):
+            return self.bad_copy(op)
         if isinstance(op, m.StatFs):
             total, used = self.registry.totals()
             return m.StatFsOut(total, max(0, total - used), used, len(self.ns.nodes))
@@ -461,7 +468,31 @@ class ClientPort(MasterPart):
         if chunk is None:
             return m.ChunkOut(0, 0, node.length, [])
         servers = self.registry.valid_servers(chunk.chunk_id, chunk.version)
-        return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [s.addr for s in servers])
+        return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [s.addr for s in servers],
+                          token=self.master.token(chunk.chunk_id, chunk.version, READ))
+
+    def bad_copy(self, op: m.BadCopy) -> m.Result:
+        """A client saw a block of a copy fail its CRC: that chunkserver checks the copy
+        from disk and reports it damaged if it is; the client's word condemns nothing."""
+        now = time.monotonic()
+        if len(self.checks_asked) > 10000:
+            self.checks_asked = {k: t for k, t in self.checks_asked.items()
+                                 if now - t < CHECK_AGAIN_S}
+        for cs_id, copy in self.registry.holders(op.chunk_id).items():
+            server = self.registry.servers.get(cs_id)
+            if server is not None and tuple(server.addr) == tuple(op.addr) \
+                    and copy.version == op.version:
+                key = (op.chunk_id, cs_id)
+                if now - self.checks_asked.get(key, -CHECK_AGAIN_S) < CHECK_AGAIN_S:
+                    break  # checked a moment ago: a check reads the whole copy
+                self.checks_asked[key] = now
+                log.warning("a client read a block of chunk %016X v%d on %s failing its "
+                            "CRC: the chunkserver checks the copy", op.chunk_id,
+                            op.version, server.name)
+                self.spawn(self.master.chunks.command(server, m.CheckChunk(op.chunk_id,
+                                                                           op.version)))
+                break
+        return m.JsonOut("{}")
 
     def file_chunks(self, inode: int) -> m.FileChunksOut:
         node = self.ns.file(inode)

@@ -23,13 +23,20 @@ from .peer_port import Incoming as _PEER_CONTEXT
 
 log = logging.getLogger("mfsmaster")
 
+# A registered chunkserver sends CsSpace every second: a link silent for longer than
+# this is taken for dead when another connection registers the same id.
+LINK_ALIVE_S = 5.0
+
 
 class ChunkserverPort(MasterPart):
     def __init__(self, master):
         super().__init__(master)
         self._voter_of: dict[rpc.Connection, str] = {}
+        self._heard_at: dict[rpc.Connection, float] = {}  # registered link -> last message
 
     def on_chunkserver(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
+        if not conn.authenticated and not self.master.acceptor.admit(conn, msg):
+            return  # the handshake, or refused (proto/handshake.py)
         ha = self.master.ha
         if ha is not None and isinstance(conn.context, _PEER_CONTEXT):
             ha.peers.on_message(conn, msg, data)
@@ -43,13 +50,17 @@ class ChunkserverPort(MasterPart):
         cs_id = conn.context
         if cs_id is None:
             conn.protocol_error(ValueError(f"{type(msg).__name__} before registration"))
-        elif isinstance(msg, m.Consensus) and ha is not None:
-            ha.from_voter(msg)
-        elif isinstance(msg, m.CsSpace):
+            return
+        self._heard_at[conn] = time.monotonic()
+        if isinstance(msg, m.CsSpace):  # the common case first
             self.registry.space(cs_id, msg.total_bytes, msg.used_bytes, msg.chunk_count)
             server = self.registry.servers.get(cs_id)
             if server is not None:
                 server.disks = msg.disks
+        elif isinstance(msg, m.CsWriteDone):
+            self.master.chunks.write_done(cs_id, msg.chunk_id, msg.version)
+        elif isinstance(msg, m.Consensus) and ha is not None:
+            ha.from_voter(msg)
         elif isinstance(msg, m.CsChunkMade):
             if msg.chunk_id in self.ns.chunks or not self.master.leading:
                 known = self.registry.holders(msg.chunk_id).get(cs_id)
@@ -103,11 +114,24 @@ class ChunkserverPort(MasterPart):
                 return
         old = self.registry.servers.get(msg.cs_id)
         if old is not None and old.link is not None and old.link is not conn:
+            heard = self._heard_at.get(old.link, 0.0)
+            if old.link.is_open and time.monotonic() - heard < LINK_ALIVE_S:
+                # An id belongs to the connection that registered it while that one lives
+                # (a chunkserver that restarted finds its old link closed, or silent).
+                peer = conn.peer[0] if conn.peer else "?"
+                log.warning("refusing registration from %s as %s:%d: chunkserver id %s "
+                            "is registered by %s, which is still connected", peer,
+                            msg.host, msg.port, msg.cs_id.hex(), old.name)
+                conn.send(m.Error(msg.req, errno.EEXIST, f"chunkserver id {msg.cs_id.hex()} "
+                                  f"is in use by a connected chunkserver ({old.name})"))
+                conn.close()
+                return
             old.link.context = None
             old.link.close()
         server = self.registry.register(msg.cs_id, (msg.host, msg.port), msg.chunks,
                                         msg.total_bytes, msg.used_bytes, conn, msg.version)
         conn.context = msg.cs_id
+        self._heard_at[conn] = time.monotonic()
         if ha is not None:
             conn.send(m.CsRegistered(msg.req, ha.cluster, ha.ident, self.cfg.LEADER_LEASE_DURATION))
             ha.voter_connected(msg.voter, msg.cluster or ha.cluster, conn)
@@ -138,6 +162,7 @@ class ChunkserverPort(MasterPart):
             await self.master.chunks.command_all([server], lambda s: m.DeleteChunk(chunk_id, version))
 
     def on_chunkserver_close(self, conn: rpc.Connection) -> None:
+        self._heard_at.pop(conn, None)
         ha = self.master.ha
         if ha is not None:
             if isinstance(conn.context, _PEER_CONTEXT):

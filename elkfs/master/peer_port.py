@@ -22,6 +22,7 @@ import time
 
 from ..consensus import wire
 from ..consensus.messages import InstallSnapshot
+from ..proto import handshake
 from ..proto import messages as m
 from ..proto import rpc
 from . import checkpoint as ckpt
@@ -58,6 +59,16 @@ class _Outgoing:
                     self.down_logged = True
                 await asyncio.sleep(delay)
                 delay = min(RECONNECT_MAX_S, delay * 2)
+                continue
+            try:  # prove AUTH_CODE and check the other master's proof (proto/auth.py)
+                await handshake.authenticate(conn, node.master.key, "master", timeout=2.0)
+            except (handshake.AuthError, OSError, asyncio.TimeoutError,
+                    rpc.ConnectionClosed) as e:
+                conn.close()
+                if not self.down_logged:
+                    log.error("master %s:%d: %s", self.host, node.cfg.MASTER_PORT, e)
+                    self.down_logged = True
+                await asyncio.sleep(RECONNECT_MAX_S)
                 continue
             delay = RECONNECT_MIN_S
             conn.send(m.MasterHello(node.cluster, node.ident, node.addr,

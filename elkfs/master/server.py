@@ -24,6 +24,8 @@ from ..config import Option, ranged_int
 from ..proto import messages as m
 from ..proto import rpc
 from . import exports
+from ..proto.auth import ClusterKey
+from ..proto.handshake import Acceptor
 from . import replication as rep
 from .chunkops import ChunkOps
 from .chunkservers import ChunkRegistry
@@ -90,11 +92,17 @@ OPTIONS = {
     # Who may mount what (elkfs/master/exports.py, docs/security.md)
     "EXPORTS_FILENAME": Option("", "str", "the exports file; empty: mfsexports.cfg in the "
                                           "directory of this config file"),
+    # Security (docs/security.md)
+    "AUTH_CODE": Option("", "str", "secret shared by every master and chunkserver: "
+                                   "members prove it on connect, chunk tokens are made with "
+                                   "it; empty: no authentication (a warning at start)"),
+    "CHUNK_TOKEN_TTL": Option(300.0, "float", "seconds a chunk token given to a client "
+                                              "is good for"),
 }
 
 RESTART_KEYS = ("DATA_PATH", "MATOCL_LISTEN_HOST", "MATOCL_LISTEN_PORT", "MATOCS_LISTEN_HOST",
                 "MATOCS_LISTEN_PORT", "HA_ENABLED", "MASTER_PORT", "MASTER_HOST", "DNS_SERVER",
-                "LEADER_LEASE_DURATION", "HTTP_LISTEN_HOST", "HTTP_LISTEN_PORT")
+                "LEADER_LEASE_DURATION", "HTTP_LISTEN_HOST", "HTTP_LISTEN_PORT", "AUTH_CODE")
 
 
 def _host(value: str) -> str | None:
@@ -114,6 +122,8 @@ class MasterServer:
         self.clients = ClientPort(self)
         self.chunkservers = ChunkserverPort(self)
         self.chunks = ChunkOps(self)
+        self.key = ClusterKey(cfg.AUTH_CODE)
+        self.acceptor = Acceptor(self.key, log)  # the handshake of the chunkserver port
         self.ha = HANode(self) if cfg.HA_ENABLED else None
         self.web = None  # the web interface (elkfs.web.app.WebInterface) once started
         self.clients.set_rules(load_exports(exports_path(cfg)))
@@ -133,6 +143,10 @@ class MasterServer:
     async def run(self, ready) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
+        if not self.key.enabled:
+            log.warning("AUTH_CODE is not set: any host can register as a chunkserver or "
+                        "master here, and chunkservers serve chunks without tokens "
+                        "(docs/security.md)")
         cs_port = cfg.MATOCS_LISTEN_PORT
         if self.ha is not None:
             if cfg.MASTER_PORT != cs_port:
@@ -262,6 +276,14 @@ class MasterServer:
     def lost_leadership(self) -> None:
         """Another master leads: its clients must go there (they reconnect and resend)."""
         self.clients.drop_all()
+
+    def token(self, chunk_id: int, version: int, mode: int, ttl: float | None = None) -> bytes:
+        """A chunk access token (b"" without AUTH_CODE) good for `ttl` seconds
+        (CHUNK_TOKEN_TTL)."""
+        if not self.key.enabled or not chunk_id:
+            return b""
+        expiry = int(time.time() + (ttl or self.cfg.CHUNK_TOKEN_TTL)) + 1
+        return self.key.token(chunk_id, version, mode, expiry)
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)

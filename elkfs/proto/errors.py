@@ -19,6 +19,8 @@ BAD_SESSION = 1005  # unknown or expired session
 CHUNK_LOCKED = 1006  # another writer holds the chunk
 NO_SERVERS = 1007  # no chunkserver can take the chunk
 PROTOCOL = 1008  # request not understood
+BAD_TOKEN = 1020  # chunk token missing, forged or for another chunk version or mode
+TOKEN_EXPIRED = 1021  # chunk token past its expiry: ask the master for a fresh one
 
 _NAMES = {
     WRONG_VERSION: "wrong chunk version",
@@ -29,6 +31,8 @@ _NAMES = {
     CHUNK_LOCKED: "chunk locked",
     NO_SERVERS: "no chunkservers available",
     PROTOCOL: "protocol error",
+    BAD_TOKEN: "chunk access refused",
+    TOKEN_EXPIRED: "chunk token expired",
 }
 
 

@@ -161,6 +161,17 @@ class ReadChunk(Op, tag="readchunk"):
     index: int
 
 
+class BadCopy(Op, tag="badcopy"):
+    """A client read a block of this copy that failed its CRC: the master has the
+    chunkserver at `addr` check the copy itself (a client's word alone condemns no copy).
+    Answered at once; changes no metadata."""
+
+    READ_ONLY = True
+    chunk_id: int
+    version: int
+    addr: Addr
+
+
 class FileChunks(Op, tag="filechunks"):
     """Every chunk of a file with all its copies (for mfsfileinfo / mfscheckfile)."""
 
@@ -426,7 +437,7 @@ class EndSession(Op, tag="endsession"):
 
 AnyOp = Union[
     Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, StatFs, ReadChunk, FileChunks,
-    DirStats, ClusterInfo, ListTrash,
+    DirStats, ClusterInfo, ListTrash, BadCopy,
     Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, SetAttr, Truncate, SetXattr,
     RemoveXattr, SetGoal, Acquire, Release, ReleaseMany, WriteChunk, WriteChunkEnd,
     SetTrashTime, Snapshot, Undelete, PurgeTrash, EndSession, SetLock, ReleaseLocks, GetLock,
@@ -489,6 +500,7 @@ class ChunkOut(Result, tag="chunk"):
     file_length: int
     locations: list[Addr]
     create: bool = False  # a new chunk: the write session makes it on each chunkserver
+    token: bytes = b""  # chunk access token (`proto/auth.py`) the chunkservers check
 
 
 class FileChunksOut(Result, tag="filechunks"):
@@ -708,6 +720,16 @@ class CsChunkMade(Msg):
     version: int
 
 
+@message(47)
+class CsWriteDone(Msg):
+    """A write session on this copy ended well: everything it was sent is stored here.
+    Sent to every master before the session is answered upstream, so the master counts
+    the copies that said so, not the ones the writer says (master/writereports.py)."""
+
+    chunk_id: int
+    version: int
+
+
 @message(46)
 class CsChunkDeleted(Msg):
     """A copy deleted on a master's command: every other master forgets it too."""
@@ -755,15 +777,25 @@ class DuplicateChunk(CsCmd, tag="duplicate"):
 
 
 class ReplicateChunk(CsCmd, tag="replicate"):
-    """Fetch a copy of the chunk from one of `sources` (other chunkservers)."""
+    """Fetch a copy of the chunk from one of `sources` (other chunkservers), showing
+    them `token` (a read token the master made for this replication)."""
 
     chunk_id: int
     version: int
     sources: list[Addr]
+    token: bytes = b""
+
+
+class CheckChunk(CsCmd, tag="check"):
+    """Re-check the copy against its CRCs from disk now (a client saw a block fail its
+    CRC); a damaged copy is reported (`CsChunkDamaged`) as the scrub would."""
+
+    chunk_id: int
+    version: int
 
 
 AnyCsCmd = Union[CreateChunk, DeleteChunk, SetChunkVersion, TruncateChunk, DuplicateChunk,
-                 ReplicateChunk]
+                 ReplicateChunk, CheckChunk]
 
 
 @message(43)
@@ -855,24 +887,62 @@ class CsChunksLost(Msg):
     chunks: list[tuple[int, int]]  # (chunk_id, version)
 
 
+# ---------------------------------------------------------------- cluster authentication
+# On the master's port, before anything else, when AUTH_CODE is set (proto/auth.py).
+
+
+@message(120)
+class AuthHello(Msg):
+    """Initiator -> master: my fresh nonce; prove you know the code."""
+
+    req: int
+    nonce: bytes
+    role: str = ""  # "chunkserver" | "master" (for log lines)
+
+
+@message(121)
+class AuthChallenge(Msg):
+    """The master's answer: its own fresh nonce and its proof over both nonces."""
+
+    req: int
+    nonce: bytes
+    proof: bytes
+
+
+@message(122)
+class AuthProof(Msg):
+    """Initiator -> master: its proof over both nonces; answered `Ok` or `Error`."""
+
+    req: int
+    proof: bytes
+
+
 # ---------------------------------------------------------------- data port (9422)
 
 
 @message(60)
 class ReadReq(Msg):
+    """Read `size` bytes at `offset`. With `crcs` the range must be whole 64 KiB blocks
+    (the last may end at the chunk's end): the reply carries each block's stored CRC and
+    the reader checks them (end to end) instead of the chunkserver."""
+
     req: int
     chunk_id: int
     version: int
     offset: int
     size: int
+    token: bytes = b""  # a read token (proto/auth.py)
+    crcs: bool = False
 
 
 @message(61)
 class ReadData(Msg):
-    """Reply to `ReadReq`; the bytes follow as the frame's data part."""
+    """Reply to `ReadReq`; the bytes follow as the frame's data part. `crcs`: the CRC32
+    of each block read, 4 bytes big-endian each (when asked for)."""
 
     req: int
     status: int
+    crcs: bytes = b""
 
 
 @message(62)
@@ -887,6 +957,7 @@ class WriteInit(Msg):
     version: int
     chain: list[Addr]
     create: bool = False  # make the chunk (empty, this version) where it does not exist
+    token: bytes = b""  # a write token (proto/auth.py), passed down the chain
 
 
 @message(63)
@@ -925,12 +996,15 @@ class WriteOnce(Msg):
     offset: int
     create: bool = False
     sync: bool = False
+    token: bytes = b""  # a write token (proto/auth.py), passed down the chain
 
 
 @message(66)
 class ChunkInfoReq(Msg):
     req: int
     chunk_id: int
+    version: int = 0  # the version `token` is for
+    token: bytes = b""  # a read token (proto/auth.py)
 
 
 @message(67)

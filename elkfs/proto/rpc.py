@@ -37,7 +37,8 @@ SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
 
 REPLY_TYPES = frozenset(
     cls.TYPE for cls in (m.Ok, m.Error, m.SessionReply, m.MetaReply, m.ReadData,
-                         m.WriteStatus, m.ChunkInfoReply, m.CsRegistered, m.Challenge)
+                         m.WriteStatus, m.ChunkInfoReply, m.CsRegistered, m.Challenge,
+                         m.AuthChallenge)
 )
 
 Handler = Callable[["Connection", m.Msg, memoryview | None], None]
@@ -57,6 +58,10 @@ class Connection(asyncio.BufferedProtocol):
         self.peer: tuple[str, int] | None = None
         self.closed = asyncio.get_event_loop().create_future()
         self.context: object = None  # what the server knows of this peer
+        # Cluster authentication (handshake.py): whether the peer proved AUTH_CODE (or
+        # none is needed), and the nonces of a handshake under way.
+        self.authenticated = False
+        self.auth_nonces: tuple[bytes, bytes] | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._req_ids = itertools.count(1)
         self._buf = bytearray(RECV_BUFFER)

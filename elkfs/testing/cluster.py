@@ -4,6 +4,11 @@ Every daemon is a real process with its own config file and data directory under
 `base_dir`. Masters listen on `<net>.10`, `<net>.11`, ...; chunkservers on `<net>.20`,
 `<net>.21`, ... (all of 127.0.0.0/8 is loopback on Linux, no set-up needed).
 
+Every daemon gets the cluster's AUTH_CODE (`auth_code`; by default one made at random on
+the first start and kept in `<base_dir>/auth_code`), so every test and the demo run with
+authenticated members and chunk tokens; a test sets `AUTH_CODE` in `master_options` /
+`cs_options` to run one daemon with another code or none.
+
 With `ha=True` the masters run with HA_ENABLED and are found through DNS: a dnsmasq on
 `<net>.53` (`LocalDNS`) answers `mfsmaster.test` with one A record per master, and the
 chunkservers and clients resolve that name.
@@ -89,8 +94,9 @@ class Cluster:
     def __init__(self, base_dir: str, net: str = "127.0.1", masters: int = 1,
                  chunkservers: int = 3, foreground: bool = True,
                  master_options: dict | None = None, cs_options: dict | None = None,
-                 ha: bool = False):
+                 ha: bool = False, auth_code: str | None = None):
         self.base_dir = os.path.abspath(base_dir)
+        self._auth_code = auth_code
         self.net = net
         self.foreground = foreground
         self.master_options = master_options or {}
@@ -148,6 +154,24 @@ class Cluster:
             args += ["-o", f"mfsdnsserver={self.dns.server}"]
         return args
 
+    @property
+    def auth_code(self) -> str:
+        """The cluster's AUTH_CODE: given, or made once and kept with the cluster."""
+        if self._auth_code is None:
+            path = os.path.join(self.base_dir, "auth_code")
+            try:
+                with open(path) as f:
+                    self._auth_code = f.read().strip()
+            except FileNotFoundError:
+                import secrets
+
+                os.makedirs(self.base_dir, exist_ok=True)
+                self._auth_code = secrets.token_hex(16)
+                with open(path, "w") as f:
+                    f.write(self._auth_code + "\n")
+                os.chmod(path, 0o600)
+        return self._auth_code
+
     def _ha_options(self) -> dict:
         if not self.ha:
             return {}
@@ -162,6 +186,7 @@ class Cluster:
                 "MATOCL_LISTEN_HOST": d.host, "MATOCL_LISTEN_PORT": MASTER_CLIENT_PORT,
                 "MATOCS_LISTEN_HOST": d.host, "MATOCS_LISTEN_PORT": MASTER_CS_PORT,
                 "HTTP_LISTEN_HOST": d.host, "HTTP_LISTEN_PORT": MASTER_HTTP_PORT,
+                "AUTH_CODE": self.auth_code,
                 **self._ha_options(),
                 **self.master_options,
             }
@@ -177,6 +202,7 @@ class Cluster:
                 "DATA_PATH": d.data_dir, "HDD_CONF_FILENAME": hdd_cfg,
                 "CSSERV_LISTEN_HOST": d.host, "CSSERV_LISTEN_PORT": CS_PORT,
                 "MASTER_HOST": self.master_host, "MASTER_PORT": MASTER_CS_PORT,
+                "AUTH_CODE": self.auth_code,
                 **({"DNS_SERVER": self.dns.server} if self.ha else {}),
                 **self.cs_options,
             }
@@ -184,7 +210,7 @@ class Cluster:
 
     @staticmethod
     def _write_cfg(path: str, opts: dict) -> None:
-        with open(path, "w") as f:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write("# written by elkfs.testing.cluster\n")
             for key, value in opts.items():
                 f.write(f"{key} = {value}\n")

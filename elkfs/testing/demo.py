@@ -95,6 +95,8 @@ def start() -> int:
               f"(chunkservers, masters)  {role:<8}  data+log: {rel(d.data_dir)}")
     for d in c.chunkservers:
         print(f"  chunkserver  {d.host}:{CS_PORT}  data+log: {os.path.relpath(d.data_dir)}")
+    print(f"  AUTH_CODE    in {rel(os.path.join(DEMO_DIR, 'auth_code'))}: every master and "
+          f"chunkserver proves it, chunk reads and writes need tokens (docs/security.md)")
     try:
         mount(c)
     except Exception as e:

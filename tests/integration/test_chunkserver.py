@@ -51,6 +51,7 @@ class FakeMaster:
         self.damaged: list[m.CsChunkDamaged] = []
         self.made: list[tuple[tuple[str, int], int, int]] = []  # (server, chunk, version)
         self.deleted: list[tuple[int, int]] = []  # (chunk, version) deleted on command
+        self.written: list[tuple[tuple[str, int], int, int]] = []  # sessions that ended well
         self.changed = asyncio.Event()
         self.server = None
 
@@ -71,6 +72,9 @@ class FakeMaster:
             self.made.append((server, msg.chunk_id, msg.version))
         elif isinstance(msg, m.CsChunkDeleted):
             self.deleted.append((msg.chunk_id, msg.version))
+        elif isinstance(msg, m.CsWriteDone):
+            server = next(a for a, (c, _) in self.servers.items() if c is conn)
+            self.written.append((server, msg.chunk_id, msg.version))
         else:
             raise AssertionError(f"unexpected {msg!r}")
         self.changed.set()
@@ -197,6 +201,9 @@ async def test_register_chain_write_read_and_commands(tmp_path):
         pieces.append((7 * BLOCK + 3, b"tail piece, unaligned"))
         statuses = await write_chain(cs0.addr, [cs1.addr], 0x501, 1, pieces)
         assert statuses == [0] * len(pieces)
+        # each copy of the chain tells the master itself that the session ended well
+        await master.wait_for(lambda: {(cs0.addr, 0x501, 1), (cs1.addr, 0x501, 1)}
+                              <= set(master.written))
         model = bytearray(rnd)
         model[7 * BLOCK + 3:7 * BLOCK + 24] = b"tail piece, unaligned"
         for cs in (cs0, cs1):

@@ -348,7 +348,8 @@ async def _session(chunk: m.ChunkOut, data: bytes, once: bool) -> None:
     (`once`) one WriteOnce, as a small file's close sends it."""
     from elkfs.client.chunkio import ChunkWriter
 
-    writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version, create=True)
+    writer = ChunkWriter(chunk.locations, chunk.chunk_id, chunk.version, create=True,
+                         token=chunk.token)
     if once:
         await writer.write_once(0, data, sync=False)
         return
