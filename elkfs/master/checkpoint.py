@@ -22,6 +22,7 @@ import msgspec
 
 from ..proto import messages as m
 from .namespace import DEFAULT_TRASHTIME, KnownChunkserver, Namespace, Session
+from .direntries import DirEntries
 from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
 
 log = logging.getLogger("elkfs.checkpoint")
@@ -79,7 +80,7 @@ def _node_from(t: list) -> Node:
         node.length, node.chunks = t[2], t[3]
     elif kind == N_DIR:
         node = DirNode(inode, mode, uid, gid, 0, goal, parent=t[2])
-        node.children = {bytes(k): v for k, v in t[3]}
+        node.children = DirEntries((bytes(k), v) for k, v in t[3])
     elif kind == N_SYMLINK:
         node = SymlinkNode(inode, mode, uid, gid, 0, goal, target=t[2])
     elif kind == N_SPECIAL:

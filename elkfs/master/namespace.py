@@ -186,7 +186,7 @@ class Namespace:
         if isinstance(op, m.GetAttr):
             return m.AttrOut(self.attr(self.node(op.inode)))
         if isinstance(op, m.ReadDir):
-            return self.readdir(op.inode, op.offset, op.limit)
+            return self.readdir(op.inode, op.offset, op.limit, op.after)
         if isinstance(op, m.ReadLink):
             node = self.node(op.inode)
             if not isinstance(node, SymlinkNode):
@@ -206,13 +206,21 @@ class Namespace:
             return self.list_trash(op.offset, op.limit)
         raise FsError(errno.ENOSYS, f"{type(op).__name__} is not a namespace query")
 
-    def readdir(self, inode: int, offset: int, limit: int) -> m.DirOut:
+    def readdir(self, inode: int, offset: int, limit: int, after: bytes = b"") -> m.DirOut:
+        """One page of a listing, in name order (see `direntries`): O(log n + limit)
+        when resuming `after` a name, O(n / BLOCK + limit) from an `offset`."""
         directory = self.dir(inode)
         limit = max(1, min(limit, 10000))
-        names = itertools.islice(directory.children.items(), offset, offset + limit)
-        entries = [m.DirEntry(name, self.attr(self.nodes[child])) for name, child in names]
-        done = offset + len(entries) >= len(directory.children)
-        return m.DirOut(entries, -1 if done else offset + len(entries))
+        if offset < 0:
+            raise FsError(errno.EINVAL, "negative offset")
+        children = directory.children
+        names = children.names_after(after) if after else children.names_from(offset)
+        page = list(itertools.islice(names, limit + 1))
+        entries = [m.DirEntry(name, self.attr(self.nodes[children[name]]))
+                   for name in page[:limit]]
+        if after:
+            offset = 0  # positions are not known when resuming by name; any >= 0 says "more"
+        return m.DirOut(entries, -1 if len(page) <= limit else offset + len(entries))
 
     def list_trash(self, offset: int, limit: int) -> m.TrashOut:
         limit = max(1, min(limit, 10000))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import stat
 
+from .direntries import DirEntries
+
 S_IFMT = stat.S_IFMT(0o177777)
 TYPE_NAMES = {
     stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
@@ -61,7 +63,7 @@ class DirNode(Node):
     def __init__(self, *args, parent: int = 0):
         super().__init__(*args)
         self.nlink = 2
-        self.children: dict[bytes, int] = {}
+        self.children = DirEntries()  # name -> inode, names also kept in order
         self.parent = parent
 
     @property
