@@ -233,7 +233,10 @@ class ElkOperations(pyfuse3.Operations):
         return self._entry(attr)
 
     def _entry(self, attr: m.Attr, entry_timeout: float | None = None,
-               attr_timeout: float | None = None) -> pyfuse3.EntryAttributes:
+               attr_timeout: float | None = None,
+               remember: bool = True) -> pyfuse3.EntryAttributes:
+        """What the kernel is told of `attr`; with `remember`, recorded in `known` (not
+        for the pages of a huge listing: an open of a file not known revalidates it)."""
         e = pyfuse3.EntryAttributes()
         inode = attr.inode
         size = attr.size
@@ -256,7 +259,7 @@ class ElkOperations(pyfuse3.Operations):
         e.st_atime_ns = attr.atime_ns
         e.st_mtime_ns = attr.mtime_ns
         e.st_ctime_ns = attr.ctime_ns
-        if stat.S_ISREG(attr.mode):
+        if remember and stat.S_ISREG(attr.mode):
             bounded_put(self.known, inode, (attr.mtime_ns, attr.size), KNOWN_MAX)
         return e
 
@@ -770,7 +773,7 @@ class ElkOperations(pyfuse3.Operations):
             ent = d.page[i - d.start]
             timeout = await self._child_timeout(d.inode, d.dots[0].attr)
             timeout = self._kernel_named(d.inode, ent.name, timeout, listing=True)
-            e = self._entry(ent.attr, timeout)
+            e = self._entry(ent.attr, timeout, remember=d.start < LISTING_MAX)
             if stat.S_ISDIR(ent.attr.mode):
                 self._note_parent(ent.attr.inode, d.inode)
             if not pyfuse3.readdir_reply(token, ent.name, e, i + 1):
