@@ -17,13 +17,14 @@ import os
 import re
 import struct
 import zlib
+from array import array
 
 import msgspec
 
 from ..proto import messages as m
 from .namespace import DEFAULT_TRASHTIME, KnownChunkserver, Namespace, Session
 from .direntries import DirEntries
-from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
+from .nodes import DirNode, FileNode, Node, SpecialNode, SymlinkNode, shared
 
 log = logging.getLogger("elkfs.checkpoint")
 
@@ -63,7 +64,7 @@ def _node_tuple(node: Node) -> list:
     base = [node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime, node.ctime,
             node.nlink, node.goal, node.xattrs, node.trashtime]
     if isinstance(node, FileNode):
-        return [N_FILE, base, node.length, node.chunks]
+        return [N_FILE, base, node.length, node.chunks.tolist()]
     if isinstance(node, DirNode):
         return [N_DIR, base, node.parent, list(node.children.items())]
     if isinstance(node, SymlinkNode):
@@ -77,7 +78,7 @@ def _node_from(t: list) -> Node:
     trashtime = base[10] if len(base) > 10 else DEFAULT_TRASHTIME  # older checkpoints
     if kind == N_FILE:
         node = FileNode(inode, mode, uid, gid, 0, goal)
-        node.length, node.chunks = t[2], t[3]
+        node.length, node.chunks = t[2], array("Q", t[3])
     elif kind == N_DIR:
         node = DirNode(inode, mode, uid, gid, 0, goal, parent=t[2])
         node.children = DirEntries((bytes(k), v) for k, v in t[3])
@@ -87,8 +88,12 @@ def _node_from(t: list) -> Node:
         node = SpecialNode(inode, mode, uid, gid, 0, goal, dev=t[2])
     else:
         raise CheckpointError(f"unknown node kind {kind}")
-    node.atime, node.mtime, node.ctime, node.nlink = atime, mtime, ctime, nlink
-    node.trashtime = trashtime
+    # Equal times as one object, as the namespace makes them (decoding makes one each).
+    node.mtime = mtime
+    node.atime = mtime if atime == mtime else atime
+    node.ctime = mtime if ctime == mtime else ctime
+    node.nlink = nlink
+    node.trashtime = shared(trashtime)
     node.xattrs = {bytes(k): bytes(v) for k, v in xattrs.items()} if xattrs else None
     return node
 
@@ -184,9 +189,7 @@ def read(path: str) -> Namespace:
                 ns.nodes[node.inode] = node
         elif kind == K_CHUNKS:
             for chunk_id, cversion, refs in obj:
-                chunk = Chunk(chunk_id, cversion)
-                chunk.refs = refs
-                ns.chunks[chunk_id] = chunk
+                ns.chunks.add(chunk_id, cversion, refs)
         elif kind == K_SESSIONS:
             for sid, info, opened, open_files, results, *rest in obj:
                 sess = Session(bytes(sid), info, opened, dict(open_files))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from array import array
 import stat
 from dataclasses import dataclass, field
 
@@ -44,7 +45,8 @@ from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
 from .filelocks import F_UNLCK, LockTable, check_request
-from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
+from .nodes import (Chunk, ChunkTable, DirNode, FileNode, Node, SpecialNode, SymlinkNode,
+                    shared)
 from .records import (CloseSession, DropSessionLocks, ForgetChunkserver, KnowChunkserver,
                       OpenSession, Record, SessionGone, SetMaintenance)
 
@@ -113,7 +115,7 @@ def _check_name(name: bytes) -> None:
 class Namespace:
     def __init__(self):
         self.nodes: dict[int, Node] = {}
-        self.chunks: dict[int, Chunk] = {}
+        self.chunks = ChunkTable()
         self.sessions: dict[bytes, Session] = {}
         self.trash: dict[int, tuple[int, bytes]] = {}  # inode -> (expire_ns, path)
         self.chunkservers: dict[bytes, KnownChunkserver] = {}  # every chunkserver, by id
@@ -318,7 +320,7 @@ class Namespace:
         if parent.mode & stat.S_ISGID:
             node.gid = parent.gid
             if cls is DirNode:
-                node.mode |= stat.S_ISGID
+                node.mode = shared(node.mode | stat.S_ISGID)
         self.nodes[inode] = node
         parent.children[name] = inode
         parent.mtime = parent.ctime = ts
@@ -423,8 +425,8 @@ class Namespace:
         chunk = self.chunks[chunk_id]
         chunk.refs -= 1
         if chunk.refs == 0:
-            del self.chunks[chunk_id]
             self.effects.append(DeleteChunkEffect(chunk_id, chunk.version))
+            del self.chunks[chunk_id]
 
     def _unlink(self, op: m.Unlink, ts, sess):
         parent = self.dir(op.parent)
@@ -546,7 +548,7 @@ class Namespace:
         node = self.node(op.inode)
         valid = op.valid
         if valid & m.SET_MODE:
-            node.mode = stat.S_IFMT(node.mode) | (op.mode & 0o7777)
+            node.mode = shared(stat.S_IFMT(node.mode) | (op.mode & 0o7777))
             if node.xattrs and access.ACCESS in node.xattrs:  # chmod moves the mask
                 node.xattrs[access.ACCESS] = access.encode(
                     access.chmod(access.parse(node.xattrs[access.ACCESS]), node.mode))
@@ -554,9 +556,9 @@ class Namespace:
             changed = ((valid & m.SET_UID and op.uid != node.uid)
                        or (valid & m.SET_GID and op.gid != node.gid))
             if valid & m.SET_UID:
-                node.uid = op.uid
+                node.uid = shared(op.uid)
             if valid & m.SET_GID:
-                node.gid = op.gid
+                node.gid = shared(op.gid)
             # POSIX: chown of a regular file clears set-user-ID and set-group-ID
             # (set-group-ID only when group execute is set: else it marks mandatory locks).
             if changed and isinstance(node, FileNode) and not valid & m.SET_MODE:
@@ -591,9 +593,8 @@ class Namespace:
                     # Shared with a snapshot: cut a private copy (new id), not the shared one.
                     chunk.refs -= 1
                     made = first_version(self.term)
-                    new = Chunk(self.next_chunk_id, next_version(made, self.term))
+                    new = self.chunks.add(self.next_chunk_id, next_version(made, self.term))
                     self.next_chunk_id += 1
-                    self.chunks[new.chunk_id] = new
                     node.chunks[keep - 1] = new.chunk_id
                     self.effects.append(DuplicateChunkEffect(chunk.chunk_id, chunk.version,
                                                              new.chunk_id, made, tail,
@@ -722,7 +723,7 @@ class Namespace:
                 copy = FileNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
                                 node.trashtime)
                 copy.length = node.length
-                copy.chunks = list(node.chunks)
+                copy.chunks = array("Q", node.chunks)
                 for chunk_id in copy.chunks:
                     if chunk_id:
                         self.chunks[chunk_id].refs += 1
@@ -817,17 +818,15 @@ class Namespace:
             # Shared with a snapshot: the writer gets its own copy under a new id (the
             # shell has the chunkservers duplicate the old chunk into it).
             self.chunks[chunk_id].refs -= 1
-            chunk = Chunk(self.next_chunk_id, first_version(self.term))
+            chunk = self.chunks.add(self.next_chunk_id, first_version(self.term))
             self.next_chunk_id += 1
-            self.chunks[chunk.chunk_id] = chunk
             node.chunks[op.index] = chunk.chunk_id
         elif chunk_id:
             chunk = self.chunks[chunk_id]
             chunk.version = next_version(chunk.version, self.term)
         else:
-            chunk = Chunk(self.next_chunk_id, first_version(self.term))
+            chunk = self.chunks.add(self.next_chunk_id, first_version(self.term))
             self.next_chunk_id += 1
-            self.chunks[chunk.chunk_id] = chunk
             node.chunks[op.index] = chunk.chunk_id
         return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [])
 
