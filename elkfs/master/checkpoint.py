@@ -215,4 +215,16 @@ def read(path: str) -> Namespace:
         raise CheckpointError(f"{path}: incomplete (no end section)")
     if ns.version != version:
         raise CheckpointError(f"{path}: header version {version} != {ns.version}")
+    _name_directories(ns)
     return ns
+
+
+def _name_directories(ns: Namespace) -> None:
+    """Give each directory its name (not written: its parent's entries hold it)."""
+    nodes = ns.nodes
+    for parent in nodes.values():
+        if type(parent) is DirNode:
+            for name, inode in parent.children.items():
+                child = nodes.get(inode)
+                if type(child) is DirNode and child.parent == parent.inode:
+                    child.name = name

@@ -238,11 +238,7 @@ class Namespace:
         inode = dir_inode
         while inode != ROOT:
             directory = self.nodes[inode]
-            parent = self.nodes[directory.parent]
-            for child_name, child in parent.children.items():
-                if child == inode:
-                    parts.append(child_name)
-                    break
+            parts.append(directory.name)
             inode = directory.parent
         return b"/".join(reversed(parts))
 
@@ -312,7 +308,7 @@ class Namespace:
         self.next_inode += 1
         if cls is DirNode:
             node = DirNode(inode, mode, uid, gid, ts, parent.goal, parent.trashtime,
-                           parent=parent.inode)
+                           parent=parent.inode, name=name)
             parent.nlink += 1
         else:
             node = cls(inode, mode, uid, gid, ts, parent.goal, parent.trashtime, **extra)
@@ -520,10 +516,12 @@ class Namespace:
                 self._drop_link(dst, ts, self.path_of(dst_dir.inode, op.new_name))
         del src_dir.children[op.name]
         dst_dir.children[op.new_name] = src.inode
-        if isinstance(src, DirNode) and src_dir is not dst_dir:
-            src_dir.nlink -= 1
-            dst_dir.nlink += 1
-            src.parent = dst_dir.inode
+        if isinstance(src, DirNode):
+            src.name = op.new_name
+            if src_dir is not dst_dir:
+                src_dir.nlink -= 1
+                dst_dir.nlink += 1
+                src.parent = dst_dir.inode
         src.ctime = ts
         src_dir.mtime = src_dir.ctime = ts
         dst_dir.mtime = dst_dir.ctime = ts
@@ -534,6 +532,10 @@ class Namespace:
             if isinstance(a, DirNode) and self._is_ancestor(a.inode, b.inode):
                 raise FsError(errno.EINVAL, "directory into its own subtree")
         src_dir.children[name], dst_dir.children[new_name] = dst.inode, src.inode
+        if isinstance(src, DirNode):
+            src.name = new_name
+        if isinstance(dst, DirNode):
+            dst.name = name
         if src_dir is not dst_dir:
             for node, new_parent, old_parent in ((src, dst_dir, src_dir), (dst, src_dir, dst_dir)):
                 if isinstance(node, DirNode):
@@ -715,7 +717,7 @@ class Namespace:
             self.next_inode += 1
             if isinstance(node, DirNode):
                 copy = DirNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
-                               node.trashtime, parent=into.inode)
+                               node.trashtime, parent=into.inode, name=nm)
                 into.nlink += 1
                 stack.extend((self.nodes[c], copy, n)
                              for n, c in reversed(list(node.children.items())))

@@ -76,13 +76,14 @@ class FileNode(Node):
 
 
 class DirNode(Node):
-    __slots__ = ("children", "parent")
+    __slots__ = ("children", "parent", "name")
 
-    def __init__(self, *args, parent: int = 0):
+    def __init__(self, *args, parent: int = 0, name: bytes = b""):
         super().__init__(*args)
         self.nlink = 2
         self.children = DirEntries()  # name -> inode, names also kept in order
         self.parent = parent
+        self.name = name  # its name in `parent` (a directory has one): paths in O(depth)
 
     @property
     def is_dir(self) -> bool:

@@ -9,6 +9,7 @@ from elkfs.master import direntries
 from elkfs.master.direntries import DirEntries
 from elkfs.master.namespace import ROOT
 from elkfs.proto import messages as m
+from elkfs.proto.errors import FsError
 
 from .test_namespace import Runner
 
@@ -115,3 +116,40 @@ def test_snapshot_and_checkpoint_keep_the_order(tmp_path):
         for inode in (d, copy):
             ns.nodes[inode].children.check()
             assert list(ns.nodes[inode].children.names_after(b"x1")) == [b"x3", b"x5", b"x9"]
+
+
+def scanned_path(ns, inode: int) -> bytes:
+    """The path of a directory found the slow way: its name in its parent's entries."""
+    parts = []
+    while inode != ROOT:
+        parent = ns.nodes[ns.nodes[inode].parent]
+        parts.append(next(n for n, c in parent.children.items() if c == inode))
+        inode = parent.inode
+    return b"/".join(reversed(parts))
+
+
+def test_directories_know_their_names_through_renames(tmp_path):
+    from elkfs.master import checkpoint
+
+    r = Runner()
+    rng = random.Random(3)
+    dirs = [ROOT]
+    for i in range(30):
+        dirs.append(r.mkdir(rng.choice(dirs), b"d%d" % i))
+    for i in range(60):
+        a, b = rng.sample(dirs[1:], 2)
+        parent_of = {inode: r.ns.nodes[inode].parent for inode in dirs[1:]}
+        to = rng.choice(dirs)
+        try:
+            if rng.random() < 0.3:
+                r.do(m.Rename(parent_of[a], r.ns.nodes[a].name, parent_of[b],
+                              r.ns.nodes[b].name, m.RENAME_EXCHANGE))
+            else:
+                r.do(m.Rename(parent_of[a], r.ns.nodes[a].name, to, b"m%d" % i))
+        except FsError:
+            pass  # into its own subtree: refused, nothing changed
+    path = str(tmp_path / checkpoint.checkpoint_name(r.ns.version))
+    checkpoint.write(r.ns, path)
+    for ns in (r.ns, checkpoint.read(path)):
+        for inode in dirs[1:]:
+            assert ns.path_of(inode) == scanned_path(ns, inode)
