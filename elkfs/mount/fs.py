@@ -765,14 +765,14 @@ class ElkOperations(pyfuse3.Operations):
             i += 1
         if i < d.start:  # back to an earlier place (seekdir): list again from the start
             d.rewind()
+        child_timeout = await self._child_timeout(d.inode, d.dots[0].attr)
         while True:
             while i >= d.start + len(d.page):
                 if d.done:
                     return
                 await self._next_page(d)
             ent = d.page[i - d.start]
-            timeout = await self._child_timeout(d.inode, d.dots[0].attr)
-            timeout = self._kernel_named(d.inode, ent.name, timeout, listing=True)
+            timeout = self._kernel_named(d.inode, ent.name, child_timeout, listing=True)
             e = self._entry(ent.attr, timeout, remember=d.start < LISTING_MAX)
             if stat.S_ISDIR(ent.attr.mode):
                 self._note_parent(ent.attr.inode, d.inode)
