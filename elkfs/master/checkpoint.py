@@ -72,27 +72,37 @@ def _node_tuple(node: Node) -> list:
     return [N_SPECIAL, base, node.dev]
 
 
+_KINDS = {N_FILE: FileNode, N_DIR: DirNode, N_SYMLINK: SymlinkNode, N_SPECIAL: SpecialNode}
+
+
 def _node_from(t: list) -> Node:
     kind, base = t[0], t[1]
     inode, mode, uid, gid, atime, mtime, ctime, nlink, goal, xattrs = base[:10]
     trashtime = base[10] if len(base) > 10 else DEFAULT_TRASHTIME  # older checkpoints
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise CheckpointError(f"unknown node kind {kind}")
+    node = cls.__new__(cls)  # every slot is set here: no need to run __init__ first
     if kind == N_FILE:
-        node = FileNode(inode, mode, uid, gid, 0, goal)
         node.length, node.chunks = t[2], array("Q", t[3])
     elif kind == N_DIR:
-        node = DirNode(inode, mode, uid, gid, 0, goal, parent=t[2])
+        node.parent = t[2]
+        node.name = b""  # set by _name_directories
         node.children = DirEntries((bytes(k), v) for k, v in t[3])
     elif kind == N_SYMLINK:
-        node = SymlinkNode(inode, mode, uid, gid, 0, goal, target=t[2])
-    elif kind == N_SPECIAL:
-        node = SpecialNode(inode, mode, uid, gid, 0, goal, dev=t[2])
+        node.target = t[2]
     else:
-        raise CheckpointError(f"unknown node kind {kind}")
+        node.dev = t[2]
+    node.inode = inode
+    node.mode = shared(mode)
+    node.uid = shared(uid)
+    node.gid = shared(gid)
     # Equal times as one object, as the namespace makes them (decoding makes one each).
     node.mtime = mtime
     node.atime = mtime if atime == mtime else atime
     node.ctime = mtime if ctime == mtime else ctime
     node.nlink = nlink
+    node.goal = goal
     node.trashtime = shared(trashtime)
     node.xattrs = {bytes(k): bytes(v) for k, v in xattrs.items()} if xattrs else None
     return node
