@@ -97,15 +97,15 @@ LOAD = """
 import sys, time
 sys.path.insert(0, %r)
 from elkfs.master.store import MetadataStore
-started = time.monotonic()
+started, cpu = time.monotonic(), time.process_time()
 s = MetadataStore(%r)
 s.load()
-took = time.monotonic() - started
+took, cpu = time.monotonic() - started, time.process_time() - cpu
 rss = hwm = 0
 for line in open("/proc/self/status"):
     if line.startswith("VmRSS:"): rss = int(line.split()[1])
     if line.startswith("VmHWM:"): hwm = int(line.split()[1])
-print(took, len(s.ns.nodes), rss, hwm)
+print(took, len(s.ns.nodes), rss, hwm, cpu)
 """
 
 
@@ -134,8 +134,9 @@ async def main() -> int:
             os.path.dirname(os.path.dirname(os.path.abspath(__file__))), data_dir)],
             check=True, capture_output=True, text=True).stdout.split()
         took, nodes, rss, hwm = float(out[0]), int(out[1]), int(out[2]), int(out[3])
+        cpu = float(out[4])
         print(f"start-up (checkpoint of {n} files + journal of {3 * (n // 10)} records): "
-              f"{took:.1f} s for {nodes} inodes; RSS {rss / 1024:.0f} MiB, peak "
+              f"{took:.1f} s ({cpu:.1f} s of CPU) for {nodes} inodes; RSS {rss / 1024:.0f} MiB, peak "
               f"{hwm / 1024:.0f} MiB", flush=True)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

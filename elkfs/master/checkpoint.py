@@ -3,7 +3,8 @@
 File `metadata.<version, 16 hex>.elk`: an 16-byte header (magic, version) followed by
 sections framed like journal records (length, CRC, kind) so a damaged file is detected,
 never half-loaded. Nodes are written in batches as plain tuples, so writing streams
-through a small buffer instead of building the whole image in memory.
+through a small buffer instead of building the whole image in memory, and loading reads
+one section at a time.
 
 The master writes a checkpoint from a forked child (see `MasterStore.checkpoint`): the child
 sees a frozen copy-on-write view of the namespace, so clients are not blocked and memory
@@ -167,28 +168,44 @@ def publish(path: str) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
+def _sections(f, path: str):
+    """(kind, payload) of each section, read one at a time: loading never holds more of
+    the file than its largest section."""
+    pos = HEADER.size
+    while True:
+        head = f.read(SECTION.size)
+        if not head:
+            return
+        if len(head) < SECTION.size:
+            raise CheckpointError(f"{path}: truncated at offset {pos}")
+        length, crc, kind = SECTION.unpack(head)
+        payload = f.read(length)
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            raise CheckpointError(f"{path}: damaged section at offset {pos}")
+        pos += SECTION.size + length
+        yield kind, payload
+
+
 def read(path: str) -> Namespace:
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < HEADER.size:
-        raise CheckpointError(f"{path}: too short")
-    magic, version = HEADER.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise CheckpointError(f"{path}: not an ElkFS checkpoint")
+    with open(path, "rb", buffering=1 << 20) as f:
+        header = f.read(HEADER.size)
+        if len(header) < HEADER.size:
+            raise CheckpointError(f"{path}: too short")
+        magic, version = HEADER.unpack(header)
+        if magic != MAGIC:
+            raise CheckpointError(f"{path}: not an ElkFS checkpoint")
+        ns = _read_sections(_sections(f, path), path)
+    if ns.version != version:
+        raise CheckpointError(f"{path}: header version {version} != {ns.version}")
+    _name_directories(ns)
+    return ns
+
+
+def _read_sections(sections, path: str) -> Namespace:
     ns = Namespace()
     ns.nodes.clear()
-    pos = HEADER.size
-    view = memoryview(data)
     ended = False
-    while pos < len(data):
-        if len(data) - pos < SECTION.size:
-            raise CheckpointError(f"{path}: truncated at offset {pos}")
-        length, crc, kind = SECTION.unpack_from(data, pos)
-        pos += SECTION.size
-        payload = view[pos:pos + length]
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            raise CheckpointError(f"{path}: damaged section at offset {pos - SECTION.size}")
-        pos += length
+    for kind, payload in sections:
         obj = _dec.decode(payload)
         if kind == K_COUNTERS:
             ns.version, ns.next_inode, ns.next_chunk_id = obj[:3]
@@ -223,9 +240,6 @@ def read(path: str) -> Namespace:
             raise CheckpointError(f"{path}: unknown section {kind}")
     if not ended:
         raise CheckpointError(f"{path}: incomplete (no end section)")
-    if ns.version != version:
-        raise CheckpointError(f"{path}: header version {version} != {ns.version}")
-    _name_directories(ns)
     return ns
 
 

@@ -153,3 +153,25 @@ def test_directories_know_their_names_through_renames(tmp_path):
     for ns in (r.ns, checkpoint.read(path)):
         for inode in dirs[1:]:
             assert ns.path_of(inode) == scanned_path(ns, inode)
+
+
+def test_a_cut_or_damaged_checkpoint_is_refused(tmp_path):
+    from elkfs.master import checkpoint
+
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    for i in range(3000):  # several node sections
+        r.mkfile(d, b"f%d" % i)
+    path = str(tmp_path / checkpoint.checkpoint_name(r.ns.version))
+    checkpoint.write(r.ns, path)
+    data = open(path, "rb").read()
+    bad = str(tmp_path / "bad.elk")
+    for cut in (3, 20, len(data) // 2, len(data) - 1):
+        open(bad, "wb").write(data[:cut])
+        with pytest.raises(checkpoint.CheckpointError):
+            checkpoint.read(bad)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    open(bad, "wb").write(flipped)
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.read(bad)
