@@ -101,13 +101,20 @@ class Client:
         return (await self.op(m.GetAttr(inode))).attr
 
     async def readdir_inode(self, inode: int) -> list[m.DirEntry]:
-        entries: list[m.DirEntry] = []
-        offset = 0
-        while offset >= 0:
-            out = await self.op(m.ReadDir(inode, offset, 1000))
-            entries.extend(out.entries)
-            offset = out.next_offset
-        return entries
+        return [e async for page in self.readdir_pages(inode) for e in page]
+
+    async def readdir_pages(self, inode: int, page_size: int = 1000):
+        """The directory's entries, a page at a time, in name order; each page resumes
+        after the last name of the one before, so an entry that stays in the directory is
+        seen exactly once however the directory changes meanwhile."""
+        after = b""
+        while True:
+            out = await self.op(m.ReadDir(inode, 0, page_size, after))
+            if out.entries:
+                yield out.entries
+                after = out.entries[-1].name
+            if out.next_offset < 0 or not out.entries:
+                return
 
     def open_inode(self, inode: int) -> "File":
         return File(self, inode)

@@ -3,7 +3,8 @@
 File `metadata.<version, 16 hex>.elk`: an 16-byte header (magic, version) followed by
 sections framed like journal records (length, CRC, kind) so a damaged file is detected,
 never half-loaded. Nodes are written in batches as plain tuples, so writing streams
-through a small buffer instead of building the whole image in memory.
+through a small buffer instead of building the whole image in memory, and loading reads
+one section at a time.
 
 The master writes a checkpoint from a forked child (see `MasterStore.checkpoint`): the child
 sees a frozen copy-on-write view of the namespace, so clients are not blocked and memory
@@ -17,12 +18,14 @@ import os
 import re
 import struct
 import zlib
+from array import array
 
 import msgspec
 
 from ..proto import messages as m
 from .namespace import DEFAULT_TRASHTIME, KnownChunkserver, Namespace, Session
-from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
+from .direntries import DirEntries
+from .nodes import DirNode, FileNode, Node, SpecialNode, SymlinkNode, shared
 
 log = logging.getLogger("elkfs.checkpoint")
 
@@ -62,7 +65,7 @@ def _node_tuple(node: Node) -> list:
     base = [node.inode, node.mode, node.uid, node.gid, node.atime, node.mtime, node.ctime,
             node.nlink, node.goal, node.xattrs, node.trashtime]
     if isinstance(node, FileNode):
-        return [N_FILE, base, node.length, node.chunks]
+        return [N_FILE, base, node.length, node.chunks.tolist()]
     if isinstance(node, DirNode):
         return [N_DIR, base, node.parent, list(node.children.items())]
     if isinstance(node, SymlinkNode):
@@ -70,24 +73,38 @@ def _node_tuple(node: Node) -> list:
     return [N_SPECIAL, base, node.dev]
 
 
+_KINDS = {N_FILE: FileNode, N_DIR: DirNode, N_SYMLINK: SymlinkNode, N_SPECIAL: SpecialNode}
+
+
 def _node_from(t: list) -> Node:
     kind, base = t[0], t[1]
     inode, mode, uid, gid, atime, mtime, ctime, nlink, goal, xattrs = base[:10]
     trashtime = base[10] if len(base) > 10 else DEFAULT_TRASHTIME  # older checkpoints
-    if kind == N_FILE:
-        node = FileNode(inode, mode, uid, gid, 0, goal)
-        node.length, node.chunks = t[2], t[3]
-    elif kind == N_DIR:
-        node = DirNode(inode, mode, uid, gid, 0, goal, parent=t[2])
-        node.children = {bytes(k): v for k, v in t[3]}
-    elif kind == N_SYMLINK:
-        node = SymlinkNode(inode, mode, uid, gid, 0, goal, target=t[2])
-    elif kind == N_SPECIAL:
-        node = SpecialNode(inode, mode, uid, gid, 0, goal, dev=t[2])
-    else:
+    cls = _KINDS.get(kind)
+    if cls is None:
         raise CheckpointError(f"unknown node kind {kind}")
-    node.atime, node.mtime, node.ctime, node.nlink = atime, mtime, ctime, nlink
-    node.trashtime = trashtime
+    node = cls.__new__(cls)  # every slot is set here: no need to run __init__ first
+    if kind == N_FILE:
+        node.length, node.chunks = t[2], array("Q", t[3])
+    elif kind == N_DIR:
+        node.parent = t[2]
+        node.name = b""  # set by _name_directories
+        node.children = DirEntries((bytes(k), v) for k, v in t[3])
+    elif kind == N_SYMLINK:
+        node.target = t[2]
+    else:
+        node.dev = t[2]
+    node.inode = inode
+    node.mode = shared(mode)
+    node.uid = shared(uid)
+    node.gid = shared(gid)
+    # Equal times as one object, as the namespace makes them (decoding makes one each).
+    node.mtime = mtime
+    node.atime = mtime if atime == mtime else atime
+    node.ctime = mtime if ctime == mtime else ctime
+    node.nlink = nlink
+    node.goal = goal
+    node.trashtime = shared(trashtime)
     node.xattrs = {bytes(k): bytes(v) for k, v in xattrs.items()} if xattrs else None
     return node
 
@@ -151,28 +168,44 @@ def publish(path: str) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
+def _sections(f, path: str):
+    """(kind, payload) of each section, read one at a time: loading never holds more of
+    the file than its largest section."""
+    pos = HEADER.size
+    while True:
+        head = f.read(SECTION.size)
+        if not head:
+            return
+        if len(head) < SECTION.size:
+            raise CheckpointError(f"{path}: truncated at offset {pos}")
+        length, crc, kind = SECTION.unpack(head)
+        payload = f.read(length)
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            raise CheckpointError(f"{path}: damaged section at offset {pos}")
+        pos += SECTION.size + length
+        yield kind, payload
+
+
 def read(path: str) -> Namespace:
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < HEADER.size:
-        raise CheckpointError(f"{path}: too short")
-    magic, version = HEADER.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise CheckpointError(f"{path}: not an ElkFS checkpoint")
+    with open(path, "rb", buffering=1 << 20) as f:
+        header = f.read(HEADER.size)
+        if len(header) < HEADER.size:
+            raise CheckpointError(f"{path}: too short")
+        magic, version = HEADER.unpack(header)
+        if magic != MAGIC:
+            raise CheckpointError(f"{path}: not an ElkFS checkpoint")
+        ns = _read_sections(_sections(f, path), path)
+    if ns.version != version:
+        raise CheckpointError(f"{path}: header version {version} != {ns.version}")
+    _name_directories(ns)
+    return ns
+
+
+def _read_sections(sections, path: str) -> Namespace:
     ns = Namespace()
     ns.nodes.clear()
-    pos = HEADER.size
-    view = memoryview(data)
     ended = False
-    while pos < len(data):
-        if len(data) - pos < SECTION.size:
-            raise CheckpointError(f"{path}: truncated at offset {pos}")
-        length, crc, kind = SECTION.unpack_from(data, pos)
-        pos += SECTION.size
-        payload = view[pos:pos + length]
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            raise CheckpointError(f"{path}: damaged section at offset {pos - SECTION.size}")
-        pos += length
+    for kind, payload in sections:
         obj = _dec.decode(payload)
         if kind == K_COUNTERS:
             ns.version, ns.next_inode, ns.next_chunk_id = obj[:3]
@@ -183,9 +216,7 @@ def read(path: str) -> Namespace:
                 ns.nodes[node.inode] = node
         elif kind == K_CHUNKS:
             for chunk_id, cversion, refs in obj:
-                chunk = Chunk(chunk_id, cversion)
-                chunk.refs = refs
-                ns.chunks[chunk_id] = chunk
+                ns.chunks.add(chunk_id, cversion, refs)
         elif kind == K_SESSIONS:
             for sid, info, opened, open_files, results, *rest in obj:
                 sess = Session(bytes(sid), info, opened, dict(open_files))
@@ -209,6 +240,15 @@ def read(path: str) -> Namespace:
             raise CheckpointError(f"{path}: unknown section {kind}")
     if not ended:
         raise CheckpointError(f"{path}: incomplete (no end section)")
-    if ns.version != version:
-        raise CheckpointError(f"{path}: header version {version} != {ns.version}")
     return ns
+
+
+def _name_directories(ns: Namespace) -> None:
+    """Give each directory its name (not written: its parent's entries hold it)."""
+    nodes = ns.nodes
+    for parent in nodes.values():
+        if type(parent) is DirNode:
+            for name, inode in parent.children.items():
+                child = nodes.get(inode)
+                if type(child) is DirNode and child.parent == parent.inode:
+                    child.name = name

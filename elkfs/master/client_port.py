@@ -282,7 +282,8 @@ class ClientPort(MasterPart):
             if op.READ_ONLY:
                 result = self.query(op)
                 learn(access, result)
-                if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
+                if (isinstance(result, m.DirOut) and op.offset == 0 and not op.after
+                        and result.next_offset == -1):
                     self.leases.grant(op.inode, msg.session, time.monotonic())
                 self.reply_read(conn, m.MetaReply(msg.req, 0, result))
                 return

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from array import array
 import stat
 from dataclasses import dataclass, field
 
@@ -44,7 +45,8 @@ from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
 from .filelocks import F_UNLCK, LockTable, check_request
-from .nodes import Chunk, DirNode, FileNode, Node, SpecialNode, SymlinkNode
+from .nodes import (Chunk, ChunkTable, DirNode, FileNode, Node, SpecialNode, SymlinkNode,
+                    shared)
 from .records import (CloseSession, DropSessionLocks, ForgetChunkserver, KnowChunkserver,
                       OpenSession, Record, SessionGone, SetMaintenance)
 
@@ -113,7 +115,7 @@ def _check_name(name: bytes) -> None:
 class Namespace:
     def __init__(self):
         self.nodes: dict[int, Node] = {}
-        self.chunks: dict[int, Chunk] = {}
+        self.chunks = ChunkTable()
         self.sessions: dict[bytes, Session] = {}
         self.trash: dict[int, tuple[int, bytes]] = {}  # inode -> (expire_ns, path)
         self.chunkservers: dict[bytes, KnownChunkserver] = {}  # every chunkserver, by id
@@ -186,7 +188,7 @@ class Namespace:
         if isinstance(op, m.GetAttr):
             return m.AttrOut(self.attr(self.node(op.inode)))
         if isinstance(op, m.ReadDir):
-            return self.readdir(op.inode, op.offset, op.limit)
+            return self.readdir(op.inode, op.offset, op.limit, op.after)
         if isinstance(op, m.ReadLink):
             node = self.node(op.inode)
             if not isinstance(node, SymlinkNode):
@@ -206,13 +208,21 @@ class Namespace:
             return self.list_trash(op.offset, op.limit)
         raise FsError(errno.ENOSYS, f"{type(op).__name__} is not a namespace query")
 
-    def readdir(self, inode: int, offset: int, limit: int) -> m.DirOut:
+    def readdir(self, inode: int, offset: int, limit: int, after: bytes = b"") -> m.DirOut:
+        """One page of a listing, in name order (see `direntries`): O(log n + limit)
+        when resuming `after` a name, O(n / BLOCK + limit) from an `offset`."""
         directory = self.dir(inode)
         limit = max(1, min(limit, 10000))
-        names = itertools.islice(directory.children.items(), offset, offset + limit)
-        entries = [m.DirEntry(name, self.attr(self.nodes[child])) for name, child in names]
-        done = offset + len(entries) >= len(directory.children)
-        return m.DirOut(entries, -1 if done else offset + len(entries))
+        if offset < 0:
+            raise FsError(errno.EINVAL, "negative offset")
+        children = directory.children
+        names = children.names_after(after) if after else children.names_from(offset)
+        page = list(itertools.islice(names, limit + 1))
+        entries = [m.DirEntry(name, self.attr(self.nodes[children[name]]))
+                   for name in page[:limit]]
+        if after:
+            offset = 0  # positions are not known when resuming by name; any >= 0 says "more"
+        return m.DirOut(entries, -1 if len(page) <= limit else offset + len(entries))
 
     def list_trash(self, offset: int, limit: int) -> m.TrashOut:
         limit = max(1, min(limit, 10000))
@@ -228,11 +238,7 @@ class Namespace:
         inode = dir_inode
         while inode != ROOT:
             directory = self.nodes[inode]
-            parent = self.nodes[directory.parent]
-            for child_name, child in parent.children.items():
-                if child == inode:
-                    parts.append(child_name)
-                    break
+            parts.append(directory.name)
             inode = directory.parent
         return b"/".join(reversed(parts))
 
@@ -302,7 +308,7 @@ class Namespace:
         self.next_inode += 1
         if cls is DirNode:
             node = DirNode(inode, mode, uid, gid, ts, parent.goal, parent.trashtime,
-                           parent=parent.inode)
+                           parent=parent.inode, name=name)
             parent.nlink += 1
         else:
             node = cls(inode, mode, uid, gid, ts, parent.goal, parent.trashtime, **extra)
@@ -310,7 +316,7 @@ class Namespace:
         if parent.mode & stat.S_ISGID:
             node.gid = parent.gid
             if cls is DirNode:
-                node.mode |= stat.S_ISGID
+                node.mode = shared(node.mode | stat.S_ISGID)
         self.nodes[inode] = node
         parent.children[name] = inode
         parent.mtime = parent.ctime = ts
@@ -415,8 +421,8 @@ class Namespace:
         chunk = self.chunks[chunk_id]
         chunk.refs -= 1
         if chunk.refs == 0:
-            del self.chunks[chunk_id]
             self.effects.append(DeleteChunkEffect(chunk_id, chunk.version))
+            del self.chunks[chunk_id]
 
     def _unlink(self, op: m.Unlink, ts, sess):
         parent = self.dir(op.parent)
@@ -510,10 +516,12 @@ class Namespace:
                 self._drop_link(dst, ts, self.path_of(dst_dir.inode, op.new_name))
         del src_dir.children[op.name]
         dst_dir.children[op.new_name] = src.inode
-        if isinstance(src, DirNode) and src_dir is not dst_dir:
-            src_dir.nlink -= 1
-            dst_dir.nlink += 1
-            src.parent = dst_dir.inode
+        if isinstance(src, DirNode):
+            src.name = op.new_name
+            if src_dir is not dst_dir:
+                src_dir.nlink -= 1
+                dst_dir.nlink += 1
+                src.parent = dst_dir.inode
         src.ctime = ts
         src_dir.mtime = src_dir.ctime = ts
         dst_dir.mtime = dst_dir.ctime = ts
@@ -524,6 +532,10 @@ class Namespace:
             if isinstance(a, DirNode) and self._is_ancestor(a.inode, b.inode):
                 raise FsError(errno.EINVAL, "directory into its own subtree")
         src_dir.children[name], dst_dir.children[new_name] = dst.inode, src.inode
+        if isinstance(src, DirNode):
+            src.name = new_name
+        if isinstance(dst, DirNode):
+            dst.name = name
         if src_dir is not dst_dir:
             for node, new_parent, old_parent in ((src, dst_dir, src_dir), (dst, src_dir, dst_dir)):
                 if isinstance(node, DirNode):
@@ -538,7 +550,7 @@ class Namespace:
         node = self.node(op.inode)
         valid = op.valid
         if valid & m.SET_MODE:
-            node.mode = stat.S_IFMT(node.mode) | (op.mode & 0o7777)
+            node.mode = shared(stat.S_IFMT(node.mode) | (op.mode & 0o7777))
             if node.xattrs and access.ACCESS in node.xattrs:  # chmod moves the mask
                 node.xattrs[access.ACCESS] = access.encode(
                     access.chmod(access.parse(node.xattrs[access.ACCESS]), node.mode))
@@ -546,9 +558,9 @@ class Namespace:
             changed = ((valid & m.SET_UID and op.uid != node.uid)
                        or (valid & m.SET_GID and op.gid != node.gid))
             if valid & m.SET_UID:
-                node.uid = op.uid
+                node.uid = shared(op.uid)
             if valid & m.SET_GID:
-                node.gid = op.gid
+                node.gid = shared(op.gid)
             # POSIX: chown of a regular file clears set-user-ID and set-group-ID
             # (set-group-ID only when group execute is set: else it marks mandatory locks).
             if changed and isinstance(node, FileNode) and not valid & m.SET_MODE:
@@ -583,9 +595,8 @@ class Namespace:
                     # Shared with a snapshot: cut a private copy (new id), not the shared one.
                     chunk.refs -= 1
                     made = first_version(self.term)
-                    new = Chunk(self.next_chunk_id, next_version(made, self.term))
+                    new = self.chunks.add(self.next_chunk_id, next_version(made, self.term))
                     self.next_chunk_id += 1
-                    self.chunks[new.chunk_id] = new
                     node.chunks[keep - 1] = new.chunk_id
                     self.effects.append(DuplicateChunkEffect(chunk.chunk_id, chunk.version,
                                                              new.chunk_id, made, tail,
@@ -706,7 +717,7 @@ class Namespace:
             self.next_inode += 1
             if isinstance(node, DirNode):
                 copy = DirNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
-                               node.trashtime, parent=into.inode)
+                               node.trashtime, parent=into.inode, name=nm)
                 into.nlink += 1
                 stack.extend((self.nodes[c], copy, n)
                              for n, c in reversed(list(node.children.items())))
@@ -714,7 +725,7 @@ class Namespace:
                 copy = FileNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
                                 node.trashtime)
                 copy.length = node.length
-                copy.chunks = list(node.chunks)
+                copy.chunks = array("Q", node.chunks)
                 for chunk_id in copy.chunks:
                     if chunk_id:
                         self.chunks[chunk_id].refs += 1
@@ -809,17 +820,15 @@ class Namespace:
             # Shared with a snapshot: the writer gets its own copy under a new id (the
             # shell has the chunkservers duplicate the old chunk into it).
             self.chunks[chunk_id].refs -= 1
-            chunk = Chunk(self.next_chunk_id, first_version(self.term))
+            chunk = self.chunks.add(self.next_chunk_id, first_version(self.term))
             self.next_chunk_id += 1
-            self.chunks[chunk.chunk_id] = chunk
             node.chunks[op.index] = chunk.chunk_id
         elif chunk_id:
             chunk = self.chunks[chunk_id]
             chunk.version = next_version(chunk.version, self.term)
         else:
-            chunk = Chunk(self.next_chunk_id, first_version(self.term))
+            chunk = self.chunks.add(self.next_chunk_id, first_version(self.term))
             self.next_chunk_id += 1
-            self.chunks[chunk.chunk_id] = chunk
             node.chunks[op.index] = chunk.chunk_id
         return m.ChunkOut(chunk.chunk_id, chunk.version, node.length, [])
 

@@ -22,6 +22,7 @@ journal after it goes to the core, which applies each record once it is committe
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import logging
 import os
@@ -276,14 +277,20 @@ class MetadataStore:
             path = os.path.join(self.data_dir, ckpt.checkpoint_name(version))
             replicator = self.replicator
             started = time.monotonic()
-            pid = os.fork()
-            if pid == 0:  # child: a frozen copy-on-write view of the namespace
-                code = 1
-                try:
-                    ckpt.write(self.ns, path, final=replicator is None)
-                    code = 0
-                finally:
-                    os._exit(code)
+            # The child's garbage collector would visit (and so write to, copying their
+            # pages) every object: frozen objects are left out of its collections.
+            gc.freeze()
+            try:
+                pid = os.fork()
+                if pid == 0:  # child: a frozen copy-on-write view of the namespace
+                    code = 1
+                    try:
+                        ckpt.write(self.ns, path, final=replicator is None)
+                        code = 0
+                    finally:
+                        os._exit(code)
+            finally:
+                gc.unfreeze()  # (the child never gets here)
             loop = asyncio.get_running_loop()
             _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
             if status != 0:

@@ -86,6 +86,25 @@ RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
 MISSES_BEFORE_LISTING = 2
 MISSED_LISTING_MAX = 1000
 UNLISTABLE_S = 60.0  # a directory too big to keep a listing of is not fetched again for this long
+PAGE = 1000  # directory entries per ReadDir of a listing
+KERNEL_NAMES_MAX = 20_000  # names of one directory remembered as given to the kernel
+
+
+class DirStream:
+    """An open directory: the page of entries being listed, numbered from `start`
+    (. and .. are 0 and 1); the next page resumes after the last name of this one."""
+
+    __slots__ = ("inode", "dots", "page", "start", "done")
+
+    def __init__(self, inode: int):
+        self.inode = inode
+        self.dots: list[m.DirEntry] | None = None
+        self.rewind()
+
+    def rewind(self) -> None:
+        self.page: list[m.DirEntry] = []
+        self.start = 2
+        self.done = False
 
 
 def _invalidate_kernel_inode(inode: int, attr_only: bool) -> None:
@@ -145,7 +164,7 @@ class ElkOperations(pyfuse3.Operations):
         self.root = root_inode
         self.states: dict[int, InodeState] = {}
         self.handles: dict[int, Handle] = {}
-        self.dirs: dict[int, list] = {}
+        self.dirs: dict[int, DirStream] = {}
         self.next_fh = 1
         self.cache = MetaCache(opts.attr_timeout, opts.direntry_timeout)
         client.link.on_invalidate = self.cache.invalidate
@@ -164,6 +183,7 @@ class ElkOperations(pyfuse3.Operations):
         # its owner, the last release of an open file) releases its locks at the master.
         self.lockers: dict[int, set[int]] = {}
         self.kernel_names: dict[int, dict[bytes, float]] = {}  # dir -> {name: until}
+        self.kernel_names_full: dict[int, float] = {}  # dir -> no expired names before then
         self.release_timer: asyncio.TimerHandle | None = None
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port,
@@ -214,7 +234,10 @@ class ElkOperations(pyfuse3.Operations):
         return self._entry(attr)
 
     def _entry(self, attr: m.Attr, entry_timeout: float | None = None,
-               attr_timeout: float | None = None) -> pyfuse3.EntryAttributes:
+               attr_timeout: float | None = None,
+               remember: bool = True) -> pyfuse3.EntryAttributes:
+        """What the kernel is told of `attr`; with `remember`, recorded in `known` (not
+        for the pages of a huge listing: an open of a file not known revalidates it)."""
         e = pyfuse3.EntryAttributes()
         inode = attr.inode
         size = attr.size
@@ -237,7 +260,7 @@ class ElkOperations(pyfuse3.Operations):
         e.st_atime_ns = attr.atime_ns
         e.st_mtime_ns = attr.mtime_ns
         e.st_ctime_ns = attr.ctime_ns
-        if stat.S_ISREG(attr.mode):
+        if remember and stat.S_ISREG(attr.mode):
             bounded_put(self.known, inode, (attr.mtime_ns, attr.size), KNOWN_MAX)
         return e
 
@@ -699,7 +722,7 @@ class ElkOperations(pyfuse3.Operations):
         await self._need_dir(self._m(inode), ctx, R)
         fh = self.next_fh
         self.next_fh += 1
-        self.dirs[fh] = [self._m(inode), None, 0]  # inode, entries loaded, next master offset
+        self.dirs[fh] = DirStream(self._m(inode))
         return fh
 
     async def _dots(self, inode: int) -> list[m.DirEntry]:
@@ -712,38 +735,48 @@ class ElkOperations(pyfuse3.Operations):
         up_attr = m.Attr(up, stat.S_IFDIR, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0)
         return [m.DirEntry(b".", here_attr), m.DirEntry(b"..", up_attr)]
 
+    async def _next_page(self, d: DirStream) -> None:
+        """Fetch the page after `d`'s current one (the first after a rewind)."""
+        first = d.start == 2 and not d.page
+        after = d.page[-1].name if d.page else b""
+        mark = self.cache.fetch_mark(d.inode)
+        out = await self._op(m.ReadDir(d.inode, 0, PAGE, after))
+        d.start += len(d.page)
+        d.page = out.entries
+        d.done = out.next_offset < 0 or not out.entries
+        now = time.monotonic()
+        if first and d.done:  # the whole listing in one answer
+            self.cache.install(d.inode, out.entries, mark, now)
+        if d.start < LISTING_MAX:  # not for the pages of a huge directory: bounded memory
+            for ent in out.entries:
+                self.cache.put(ent.attr, now)
+
     async def readdir(self, fh, start_id, token):
+        """Entries are numbered in the order this handle lists them: "." is 0, ".." is
+        1, then the master's names; the kernel resumes at the number after the last entry
+        it took. Only the current page is held (see `DirStream`)."""
         d = self.dirs[fh]
-        inode = d[0]
-        if d[1] is None:
-            d[1] = await self._dots(inode)
-        entries = d[1]
+        if d.dots is None:
+            d.dots = await self._dots(d.inode)
         i = start_id
+        while i < 2:
+            ent = d.dots[i]
+            if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.attr, 0.0, 0.0), i + 1):
+                return
+            i += 1
+        if i < d.start:  # back to an earlier place (seekdir): list again from the start
+            d.rewind()
+        child_timeout = await self._child_timeout(d.inode, d.dots[0].attr)
         while True:
-            if i >= len(entries):
-                if d[2] < 0:
+            while i >= d.start + len(d.page):
+                if d.done:
                     return
-                first = d[2] == 0
-                mark = self.cache.fetch_mark(inode)
-                out = await self._op(m.ReadDir(inode, d[2], 1000))
-                now = time.monotonic()
-                for ent in out.entries:
-                    self.cache.put(ent.attr, now)
-                if first and out.next_offset == -1:  # the whole listing in one answer
-                    self.cache.install(inode, out.entries, mark, now)
-                entries.extend(out.entries)
-                d[2] = out.next_offset
-                if i >= len(entries):
-                    return
-            ent = entries[i]
-            if i < 2:
-                e = self._entry(ent.attr, 0.0, 0.0)
-            else:
-                timeout = await self._child_timeout(inode, entries[0].attr)
-                e = self._entry(ent.attr, timeout)
-                self._kernel_named(inode, ent.name, timeout)
-                if stat.S_ISDIR(ent.attr.mode):
-                    self._note_parent(ent.attr.inode, inode)
+                await self._next_page(d)
+            ent = d.page[i - d.start]
+            timeout = self._kernel_named(d.inode, ent.name, child_timeout, listing=True)
+            e = self._entry(ent.attr, timeout, remember=d.start < LISTING_MAX)
+            if stat.S_ISDIR(ent.attr.mode):
+                self._note_parent(ent.attr.inode, d.inode)
             if not pyfuse3.readdir_reply(token, ent.name, e, i + 1):
                 return
             i += 1
@@ -881,21 +914,34 @@ class ElkOperations(pyfuse3.Operations):
                               *(loop.run_in_executor(None, _invalidate_kernel_entry, d, name)
                                 for d, name in names))
 
-    def _kernel_named(self, directory: int, name: bytes, timeout: float | None) -> None:
+    def _kernel_named(self, directory: int, name: bytes, timeout: float | None,
+                      listing: bool = False) -> float:
         """The kernel may keep `name` in `directory` for `timeout` seconds: remembered,
-        so a recall of the directory (its permissions changed) can take it back."""
+        so a recall of the directory (its permissions changed) can take it back. Returns
+        the entry timeout to give the kernel: for a `listing`, 0 once this directory has
+        KERNEL_NAMES_MAX names remembered (the kernel asks again for the others), so the
+        listing of a huge directory costs bounded memory."""
         timeout = self.opts.entry_timeout if timeout is None else timeout
         if timeout <= 0:
-            return
+            return 0.0
         names = self.kernel_names.get(directory)
         now = time.monotonic()
         if names is None:
             names = {}
             bounded_put(self.kernel_names, directory, names, KNOWN_MAX)
-        elif len(names) > 1000:
-            for old in [n for n, until in names.items() if until <= now]:
-                del names[old]
+        elif len(names) >= KERNEL_NAMES_MAX and name not in names:
+            # Forget the expired names, at most once per expiry of the oldest (the scan is
+            # linear: once per name would make a big listing quadratic).
+            if self.kernel_names_full.get(directory, 0.0) <= now:
+                for old in [n for n, until in names.items() if until <= now]:
+                    del names[old]
+                if len(names) >= KERNEL_NAMES_MAX // 2:
+                    bounded_put(self.kernel_names_full, directory, min(names.values()),
+                                KNOWN_MAX)
+            if listing and len(names) >= KERNEL_NAMES_MAX:
+                return 0.0
         names[name] = now + timeout
+        return timeout
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         mode = stat.S_IFREG | (mode & 0o7777)

@@ -125,12 +125,16 @@ class GetAttr(Op, tag="getattr"):
 
 
 class ReadDir(Op, tag="readdir"):
-    """Entries after the first `offset` ones, at most `limit`, each with its attributes."""
+    """At most `limit` entries, each with its attributes, in the order of their names
+    (bytes): those named after `after` when it is given (a page resumes after the last
+    name of the previous one, which stays right however the directory changes meanwhile),
+    else those after the first `offset` ones."""
 
     READ_ONLY = True
     inode: int
     offset: int = 0
     limit: int = 1000
+    after: bytes = b""
 
 
 class ReadLink(Op, tag="readlink"):
@@ -473,7 +477,7 @@ class AttrOut(Result, tag="attr"):
 
 class DirOut(Result, tag="dir"):
     entries: list[DirEntry]
-    next_offset: int  # -1 when the listing is complete
+    next_offset: int  # -1 when the listing is complete, else the `offset` of the next page
 
 
 class BytesOut(Result, tag="bytes"):

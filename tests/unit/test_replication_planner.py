@@ -1,7 +1,7 @@
 """The replication planner on its own: no sockets, time passed in."""
 
 from elkfs.master.chunkservers import ChunkRegistry
-from elkfs.master.nodes import Chunk
+from elkfs.master.nodes import ChunkTable
 from elkfs.master.replication import Delete, Forget, Limits, Planner, Replicate
 
 GIB = 1 << 30
@@ -22,7 +22,10 @@ def registry(servers: int = 4, free=None) -> ChunkRegistry:
 
 def chunks(*specs):
     """specs: (chunk_id, version)"""
-    return {cid: Chunk(cid, v) for cid, v in specs}
+    table = ChunkTable()
+    for cid, v in specs:
+        table.add(cid, v)
+    return table
 
 
 def planner(**kw) -> Planner:
