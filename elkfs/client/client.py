@@ -26,6 +26,7 @@ import os
 import stat
 import time
 
+from .. import access
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
@@ -41,22 +42,31 @@ SPLIT_READ_MIN = 2 << 20  # reads of at least twice this are spread over the cop
 
 
 class Client:
-    def __init__(self, link: MasterLink, io_retry_s: float = 30.0):
+    """`uid`, `gid`, `groups`: who the requests are made for (the master checks every
+    one against them); by default the process's own."""
+
+    def __init__(self, link: MasterLink, io_retry_s: float = 30.0, uid: int | None = None,
+                 gid: int | None = None, groups=None):
         self.link = link
         self.pool = ConnectionPool()
         self.io_retry_s = io_retry_s
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        if uid is not None or gid is not None or groups is not None:
+            link.identity = access.Who(self.uid, self.gid,
+                                       os.getgroups() if groups is None else groups)
 
     @classmethod
     async def connect(cls, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
-                      retry_s: float = 30.0, dns_server: str | None = None) -> "Client":
+                      retry_s: float = 30.0, dns_server: str | None = None,
+                      uid: int | None = None, gid: int | None = None,
+                      groups=None) -> "Client":
         """Connect to the master at `host` (an address, or a name whose A records are the
         masters: the client finds the leader and follows it)."""
         link = MasterLink(host, port, info or f"elkfs client pid {os.getpid()}", retry_s,
                           dns_server=dns_server)
         await link.connect()
-        return cls(link, retry_s)
+        return cls(link, retry_s, uid, gid, groups)
 
     async def close(self) -> None:
         self.pool.close()
@@ -163,14 +173,16 @@ class Client:
         f.acquired = True  # the Mknod opened it
         return f
 
-    async def open(self, path: str) -> "File":
+    async def open(self, path: str, write: bool = True) -> "File":
+        """Open for reading and (unless not `write`) writing: the master checks that the
+        caller may."""
         attr = await self.resolve(path)
         if stat.S_ISDIR(attr.mode):
             raise FsError(errno.EISDIR)
-        return await self._opened(attr.inode)
+        return await self._opened(attr.inode, access.R | access.W if write else access.R)
 
-    async def _opened(self, inode: int) -> "File":
-        await self.op(m.Acquire(inode))
+    async def _opened(self, inode: int, want: int = access.R | access.W) -> "File":
+        await self.op(m.Acquire(inode, want))
         f = File(self, inode)
         f.acquired = True
         return f
@@ -312,7 +324,7 @@ class Client:
             await f.close()
 
     async def read_file(self, path: str) -> bytes:
-        f = await self.open(path)
+        f = await self.open(path, write=False)
         try:
             length = (await self.getattr_inode(f.inode)).size
             return await f.read(0, length)

@@ -15,9 +15,11 @@ import secrets
 import time
 from collections import Counter
 
+from .. import access
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
+from . import authority
 from . import replication as rep
 from .filelocks import F_WRLCK, LockWaiters
 from .listings import ListingLeases, touched_dirs
@@ -184,6 +186,18 @@ class ClientPort(MasterPart):
         reply = m.SessionReply(msg.req, 0, session_id)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
+    def identity(self, conn: rpc.Connection, msg: m.MetaRequest) -> access.Who:
+        """Who a request is made for: what the client says (a mount: the process that
+        made the system call). The one place a session's rules (exports' maproot,
+        mapall) would map it."""
+        return access.Who(msg.uid, msg.gid, msg.groups)
+
+    def authorize(self, conn: rpc.Connection, msg: m.MetaRequest) -> m.Op:
+        """The op to carry out for this request, checked against its identity
+        (`authority.py`): FsError (EACCES, EPERM) when not allowed."""
+        return authority.check(self.ns, self.identity(conn, msg), msg.op, msg.session,
+                               time.time_ns())
+
     def handle_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         op = msg.op
         self.op_counts[type(op).__name__] += 1
@@ -194,6 +208,7 @@ class ClientPort(MasterPart):
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return
             if op.READ_ONLY:
+                self.authorize(conn, msg)
                 result = self.query(op)
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
                     self.leases.grant(op.inode, msg.session, time.monotonic())
@@ -203,6 +218,7 @@ class ClientPort(MasterPart):
                 self.end_session(conn, msg)
                 return
             if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
+                self.authorize(conn, msg)
                 if not self.master.chunks.chunk_op_now(conn, msg):
                     self.spawn(self.master.chunks.chunk_op(conn, msg))
                 return
@@ -211,6 +227,7 @@ class ClientPort(MasterPart):
             if done:
                 version = self.ns.version
             else:
+                op = self.authorize(conn, msg)
                 try:
                     result, version = self.store.change(op, time.time_ns(), msg.session,
                                                         msg.seq)

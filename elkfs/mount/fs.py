@@ -55,6 +55,7 @@ from ..access import ACCESS as ACL_ACCESS
 from ..access import DEFAULT as ACL_DEFAULT
 from ..client.client import Client, File
 from ..client.locking import set_lock
+from ..client.master_link import caller
 from ..proto import messages as m
 from ..proto.errors import NO_SERVERS, FsError
 from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
@@ -116,6 +117,11 @@ def _always_reply(fn):
 
     @functools.wraps(fn)
     async def handler(*args, **kwargs):
+        ctx = kwargs.get("ctx", args[-1] if args else None)
+        if isinstance(ctx, pyfuse3.RequestContext):
+            # What this call asks of the master is asked for its caller (the master
+            # checks it); each FUSE request runs in a task of its own.
+            caller.set(Caller(ctx))
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -186,13 +192,14 @@ class ElkOperations(pyfuse3.Operations):
         except FsError as e:
             raise pyfuse3.FUSEError(_errno(e)) from None
 
-    def _opened(self, inode: int, is_open: bool) -> None:
-        """The first open (True) or the last close (False) of `inode` here."""
+    def _opened(self, inode: int, is_open: bool, want: int = 0) -> None:
+        """The first open (True; `want`: the access it asks for, which the master
+        checks too) or the last close (False) of `inode` here."""
         if is_open:
             if inode in self.releases:
                 del self.releases[inode]  # the master still has it open for us
             else:
-                self.client.link.post(m.Acquire(inode))
+                self.client.link.post(m.Acquire(inode, want))
             return
         self.releases[inode] = None
         if self.release_timer is None:
@@ -761,7 +768,7 @@ class ElkOperations(pyfuse3.Operations):
         st = self._state(inode)
         st.opens += 1
         if st.opens == 1 and not acquired:
-            self._opened(inode, True)
+            self._opened(inode, True, open_wants(flags))
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks), uid)
@@ -797,7 +804,7 @@ class ElkOperations(pyfuse3.Operations):
                 # current attributes (after the Acquire, which `_fresh_open` sends first:
                 # from then on the master recalls what we cache of the file when others
                 # change it).
-                attr = await self._fresh_open(ino, inode)
+                attr = await self._fresh_open(ino, inode, open_wants(flags))
             else:
                 attr = await self._attr(ino) if who is not None else None
             if who is not None:
@@ -820,7 +827,7 @@ class ElkOperations(pyfuse3.Operations):
             fi.direct_io = True  # the kernel's idea of the end is not where appends go
         return fi
 
-    async def _fresh_open(self, ino: int, kernel_ino: int) -> m.Attr:
+    async def _fresh_open(self, ino: int, kernel_ino: int, want: int = 0) -> m.Attr:
         """The master's attributes of a file about to be opened here (no open of it
         here yet). The master learns of the open first (`Acquire`, held open by an
         extra count until the open completes or fails); when the size or mtime are not
@@ -829,7 +836,7 @@ class ElkOperations(pyfuse3.Operations):
         st = self._state(ino)
         st.opens += 1
         if st.opens == 1:
-            self._opened(ino, True)
+            self._opened(ino, True, want)
         st.pending += 1
         before = self.known.get(ino)
         attr = (await self._op(m.GetAttr(ino))).attr

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 import pyfuse3
 
@@ -59,14 +60,30 @@ class Caller:
 
 
 def _groups(pid: int) -> frozenset[int]:
+    """The supplementary groups of process `pid` (kept for a second: a process rarely
+    changes them, and every request a process makes says them to the master)."""
+    now = time.monotonic()
+    known = _group_cache.get(pid)
+    if known is not None and now - known[0] < GROUPS_TTL_S:
+        return known[1]
+    groups: frozenset[int] = frozenset()
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("Groups:"):
-                    return frozenset(int(g) for g in line.split()[1:])
+                    groups = frozenset(int(g) for g in line.split()[1:])
+                    break
     except (OSError, ValueError):
         pass
-    return frozenset()
+    if len(_group_cache) >= GROUPS_KEPT:
+        _group_cache.clear()
+    _group_cache[pid] = (now, groups)
+    return groups
+
+
+GROUPS_TTL_S = 1.0
+GROUPS_KEPT = 4096
+_group_cache: dict[int, tuple[float, frozenset[int]]] = {}
 
 
 def denied(e: int = errno.EACCES) -> pyfuse3.FUSEError:
