@@ -39,7 +39,8 @@ Mode = Annotated[int, Meta(ge=0, le=0o177777)]  # permission bits and the S_IF* 
 Umask = Annotated[int, Meta(ge=0, le=0o777)]
 Want = Annotated[int, Meta(ge=0, le=7)]  # R, W, X bits
 TimeNs = Annotated[int, Meta(ge=-(1 << 62), le=1 << 62)]  # years 1823-2116, in ns
-Offset = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]  # an index into a listing
+Offset = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]  # a byte offset (OFFSET_MAX: to the end)
+Index = Annotated[int, Meta(ge=0, le=1 << 40)]  # a position in a listing
 Limit = Annotated[int, Meta(ge=0, le=1 << 20)]
 ChunkIndex = Annotated[int, Meta(ge=0, le=MAX_CHUNKS - 1)]
 FileSize = Annotated[int, Meta(ge=0, le=MAX_FILE_SIZE)]
@@ -152,7 +153,7 @@ class ReadDir(Op, tag="readdir"):
 
     READ_ONLY = True
     inode: Inode
-    offset: Offset = 0
+    offset: Index = 0
     limit: Limit = 1000
 
 
@@ -208,7 +209,7 @@ class ListTrash(Op, tag="listtrash"):
     """Files in the trash (unlinked, kept for their trash time), `limit` after `offset`."""
 
     READ_ONLY = True
-    offset: Offset = 0
+    offset: Index = 0
     limit: Limit = 1000
 
 
