@@ -383,6 +383,25 @@ class File:
         self._locations: dict[int, m.ChunkOut] = {}
         self.unsynced: set[int] = set()  # chunks closed without sync since the last fsync
         self.last_attr: m.Attr | None = None  # attributes after the last WriteChunkEnd
+        # When a retry window of this file last ran out with nothing working: the calls
+        # that follow at once (the kernel reads again a page whose read-ahead failed, a
+        # close after a failed write) fail at their first error instead of waiting a
+        # second window, until something works again or a window has passed.
+        self._gave_up_at = float("-inf")
+
+    def _retry_deadline(self) -> float:
+        """Until when a failing step is retried: `io_retry_s` (mfsioretries) from now,
+        or not at all just after a window ran out."""
+        now = time.monotonic()
+        if now - self._gave_up_at < self.client.io_retry_s:
+            return now
+        return now + self.client.io_retry_s
+
+    def _worked(self) -> None:
+        self._gave_up_at = float("-inf")
+
+    def _give_up(self) -> None:
+        self._gave_up_at = time.monotonic()
 
     # ------------------------------------------------------------ writing
 
@@ -426,7 +445,7 @@ class File:
         """WriteChunk, retried. With `connect` the chain session is opened too (and
         retried with it); else it opens with the first data sent, or a small session
         goes as one message at the close (`ChunkWriter.write_once`)."""
-        deadline = time.monotonic() + self.client.io_retry_s
+        deadline = self._retry_deadline()
         delay = 0.1
         while True:
             try:
@@ -441,13 +460,18 @@ class File:
                         await self._end_chunk(index, chunk.chunk_id, 0, ok=False)
                         raise
                 self._locations.pop(index, None)
+                self._worked()
                 return chunk, writer
             except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                 retriable = not isinstance(e, FsError) or e.status in (
                     errno.EIO, CHUNK_LOCKED, NO_SERVERS, errno.ETIMEDOUT) or e.status >= 1000
                 if not retriable or time.monotonic() + delay > deadline:
-                    if isinstance(e, FsError):
+                    if retriable:
+                        self._give_up()
+                    if isinstance(e, FsError) and e.status < 1000:
                         raise
+                    # No chunkserver reachable (NO_SERVERS), or none answering: EIO (a
+                    # full cluster is ENOSPC, from the master, at once).
                     raise FsError(errno.EIO, f"cannot open chunk {index} for writing: {e}") from None
                 log.info("opening chunk %d of inode %d for writing failed (%s); retrying",
                          index, self.inode, e)
@@ -619,7 +643,7 @@ class File:
         return chunk
 
     async def _read_piece(self, index: int, offset: int, size: int, out: memoryview) -> None:
-        deadline = time.monotonic() + self.client.io_retry_s
+        deadline = self._retry_deadline()
         delay = 0.1
         refresh = False
         while True:
@@ -631,9 +655,11 @@ class File:
                 if not chunk.locations:
                     raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X}: no copy available")
                 await self._read_copies(chunk, offset, size, out)
+                self._worked()
                 return
             except FsError as e:
                 if time.monotonic() + delay > deadline:
+                    self._give_up()
                     raise
                 log.info("read of inode %d chunk %d failed (%s); asking the master again",
                          self.inode, index, e)

@@ -57,7 +57,7 @@ from ..client.client import Client, File
 from ..client.locking import set_lock
 from ..client.master_link import caller
 from ..proto import messages as m
-from ..proto.errors import NO_SERVERS, FsError
+from ..proto.errors import FsError
 from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
@@ -106,9 +106,7 @@ def _invalidate_kernel_entry(directory: int, name: bytes) -> None:
 
 
 def _errno(e: FsError) -> int:
-    if e.status == NO_SERVERS:
-        return errno.ENOSPC
-    return e.errno
+    return e.errno  # ElkFS's own statuses (no chunkserver reachable, ...) are EIO
 
 
 def _always_reply(fn):
@@ -956,6 +954,7 @@ class ElkOperations(pyfuse3.Operations):
         try:
             await st.writer.write(off, buf)
         except FsError as e:
+            self._write_failed(st)
             raise pyfuse3.FUSEError(_errno(e)) from None
         end = off + len(buf)
         if end > st.size:
@@ -1000,6 +999,20 @@ class ElkOperations(pyfuse3.Operations):
             out = await self._op(m.SetAttr(ino, m.SET_MODE, stat.S_IMODE(attr.mode) & ~kill))
             self._fresh(out.attr)
 
+    def _write_failed(self, st: InodeState) -> None:
+        """A write failed (ENOSPC, EIO): what it added is not in the file. Forget the
+        size and pages this mount and the kernel keep of it, so the next stat and read
+        show what the master holds. The kernel's copy goes from another thread, not
+        waited for (this request may hold the inode)."""
+        ino = st.inode
+        st.size = -1
+        st.gen += 1
+        self.cache.drop(ino)
+        self.known.pop(ino, None)
+        self.cached.pop(ino, None)
+        asyncio.get_running_loop().run_in_executor(None, _invalidate_kernel_inode,
+                                                   self._k(ino), False)
+
     async def _flush_writer(self, st: InodeState, sync: bool = False) -> None:
         w = st.writer
         if w is None:
@@ -1010,6 +1023,7 @@ class ElkOperations(pyfuse3.Operations):
             else:
                 await w.flush()
         except FsError as e:
+            self._write_failed(st)
             raise pyfuse3.FUSEError(_errno(e)) from None
         if w.last_attr is not None:
             self._fresh(w.last_attr)  # remember the committed (mtime, size)
