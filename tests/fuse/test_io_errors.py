@@ -72,24 +72,32 @@ async def test_after_enospc_the_mount_shows_what_the_master_holds(base):
             try:
                 await client.setgoal("/", 1)
                 full = None
-                for i in range(4):  # the chunkserver reports its space every few seconds
+                # Files of 30 MiB: the master lets a chunk be made while the server has
+                # more than 64 MiB free as it last reported (every few seconds), so one
+                # runs out in the middle of a chunk.
+                for i in range(6):
                     path = os.path.join(mc.mnt, f"f{i}")
+                    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
                     try:
-                        with open(path, "wb") as f:
-                            for _ in range(60):
-                                f.write(os.urandom(1 << 20))
+                        for _ in range(30):
+                            os.write(fd, os.urandom(1 << 20))
+                        os.close(fd)
                     except OSError as e:
                         assert e.errno == errno.ENOSPC, e
                         full = f"f{i}"
                         break
                 assert full is not None, "the 100 MiB disk never filled"
-                await asyncio.sleep(0)
+                # Still open: the size and data shown are the master's, not what the
+                # failed writes left in the mount's and the kernel's caches.
                 held = await client.stat("/" + full)
-                shown = os.stat(os.path.join(mc.mnt, full))
-                assert shown.st_size == held.size
-                with open(os.path.join(mc.mnt, full), "rb") as f:
-                    mounted = f.read()
-                assert mounted == await client.read_file("/" + full)
+                assert os.fstat(fd).st_size == held.size
+                assert os.stat(os.path.join(mc.mnt, full)).st_size == held.size
+                shown = os.pread(fd, held.size + (8 << 20), 0)
+                assert shown == await client.read_file("/" + full)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             finally:
                 await client.close()
         finally:
