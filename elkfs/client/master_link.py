@@ -117,6 +117,10 @@ class MasterLink:
         self._tasks: set[asyncio.Task] = set()  # retries of posted changes
         self._unanswered: set[asyncio.Future] = set()  # posted changes not answered yet
         self._posts: list[tuple[m.Op, int, dict]] = []  # posted changes not sent yet
+        # Posted changes whose poster wants to hear of a refusal: id(op) -> callback. A
+        # refusal is answered at once (nothing to journal), so it arrives before the
+        # answer to any request sent after it.
+        self._on_refused: dict[int, Callable[[int], None]] = {}
         self.identity = own_identity()  # who requests are made for (see `caller`)
         self.on_invalidate: Callable[[list[int] | None], None] | None = None
         # Files changed elsewhere while open here (None: anything, after a reconnect); it
@@ -265,13 +269,15 @@ class MasterLink:
         event = self.lock_waits[wait] = asyncio.Event()
         return wait, event
 
-    def post(self, op: m.Op) -> None:
+    def post(self, op: m.Op, on_refused: Callable[[int], None] | None = None) -> None:
         """Send a change nobody waits for, in order with everything sent after it. It is
         retried like any change if the connection breaks before the answer. It leaves at
         the end of this event-loop step (`send_posted`): after the caller's own answer
         (the mount's reply to the kernel), but before any request made after it."""
         check_op(op)
         self._posts.append((op, next(self._seq), self.who()))
+        if on_refused is not None:
+            self._on_refused[id(op)] = on_refused
         if len(self._posts) == 1:
             asyncio.get_running_loop().call_soon(self.send_posted)
 
@@ -308,8 +314,14 @@ class MasterLink:
         if isinstance(exc, (rpc.ConnectionClosed, OSError)) or \
                 (isinstance(reply, m.Error) and reply.status == NOT_LEADER):
             self._spawn(self._request(op, seq, who))  # same seq: applied at most once
-        elif isinstance(reply, m.Error):
-            log.warning("%s refused: %s", type(op).__name__, reply.detail)
+            return
+        if isinstance(reply, m.Error):
+            on_refused = self._on_refused.pop(id(op), None)
+            if on_refused is not None:
+                on_refused(reply.status)
+            else:
+                log.warning("%s refused: %s", type(op).__name__, reply.detail)
+        self._on_refused.pop(id(op), None)
 
     async def drain_posted(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every posted change was answered."""

@@ -169,6 +169,10 @@ class ElkOperations(pyfuse3.Operations):
         self.lockers: dict[int, set[int]] = {}
         self.kernel_names: dict[int, dict[bytes, float]] = {}  # dir -> {name: until}
         self.release_timer: asyncio.TimerHandle | None = None
+        # Opens the master refused (inode -> errno): its answer to the `Acquire` of a
+        # first open arrives before that of the GETATTR sent after it (a refusal is not
+        # journaled, so it is answered at once), and it is the authority.
+        self.refused_opens: dict[int, int] = {}
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port,
             "dns_server": client.link.dns_server, "subfolder": opts.subfolder,
@@ -197,7 +201,9 @@ class ElkOperations(pyfuse3.Operations):
             if inode in self.releases:
                 del self.releases[inode]  # the master still has it open for us
             else:
-                self.client.link.post(m.Acquire(inode, want))
+                self.client.link.post(m.Acquire(inode, want),
+                                      on_refused=lambda status: bounded_put(
+                                          self.refused_opens, inode, status, KNOWN_MAX))
             return
         self.releases[inode] = None
         if self.release_timer is None:
@@ -802,7 +808,11 @@ class ElkOperations(pyfuse3.Operations):
                 # current attributes (after the Acquire, which `_fresh_open` sends first:
                 # from then on the master recalls what we cache of the file when others
                 # change it).
+                self.refused_opens.pop(ino, None)
                 attr = await self._fresh_open(ino, inode, open_wants(flags))
+                refused = self.refused_opens.pop(ino, None)
+                if refused is not None:
+                    raise pyfuse3.FUSEError(_errno(FsError(refused)))
             else:
                 attr = await self._attr(ino) if who is not None else None
             if who is not None:
