@@ -32,8 +32,7 @@ from .nodes import DirNode, Node
 # Ops that need no permission: attributes, listings of extended attribute names, file
 # system totals, link targets, closes, locks of a file one has (or had) open.
 _FREE = (m.GetAttr, m.ReadLink, m.ListXattr, m.StatFs, m.ClusterInfo, m.Release,
-         m.ReleaseMany, m.EndSession, m.SetLock, m.ReleaseLocks, m.GetLock, m.DirStats,
-         m.ListTrash)
+         m.ReleaseMany, m.EndSession, m.SetLock, m.ReleaseLocks, m.GetLock, m.DirStats)
 
 
 class _View:
@@ -299,7 +298,8 @@ def _snapshot(ns, who, op: m.Snapshot, session, now_ns):
 
 
 def _root_only(ns, who, op, session, now_ns):
-    """Undelete, PurgeTrash: the trash is the administrator's (the meta mount)."""
+    """ListTrash, Undelete, PurgeTrash: the trash (everyone's deleted files and their
+    paths) is the administrator's (the meta mount)."""
     if not who.root:
         raise FsError(errno.EPERM, "the trash is root's")
 
@@ -313,5 +313,5 @@ _CHECKS = {
     m.Unlink: _remove, m.Rmdir: _remove, m.Rename: _rename, m.SetAttr: _setattr,
     m.SetXattr: _setxattr, m.RemoveXattr: _setxattr,
     m.SetGoal: _subtree_owned, m.SetTrashTime: _subtree_owned, m.Snapshot: _snapshot,
-    m.Undelete: _root_only, m.PurgeTrash: _root_only,
+    m.ListTrash: _root_only, m.Undelete: _root_only, m.PurgeTrash: _root_only,
 }
