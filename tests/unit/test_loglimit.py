@@ -20,11 +20,14 @@ def test_a_burst_then_silence_then_a_count_of_what_was_dropped():
     log.propagate = False
     log.setLevel(logging.INFO)
     log.addHandler(handler)
+    def refused(peer):
+        log.warning("refused %s from %s", "MetaRequest", peer)  # one place in the code
+
     for i in range(1000):
-        log.warning("refused %s from %s", "MetaRequest", i)
+        refused(i)
     log.warning("something else")
     log.info("info lines always pass %d", 1)
     assert len(records) == 5
     now[0] = 61.0
-    log.warning("refused %s from %s", "MetaRequest", "again")
+    refused("again")
     assert records[-1] == "refused MetaRequest from again [997 similar lines dropped]"
