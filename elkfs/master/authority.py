@@ -35,6 +35,9 @@ _FREE = (m.GetAttr, m.ReadLink, m.ListXattr, m.StatFs, m.ClusterInfo, m.Release,
          m.ReleaseMany, m.EndSession, m.SetLock, m.ReleaseLocks, m.GetLock, m.DirStats)
 
 
+KNOWN_XATTR_NAMESPACES = (b"user.", b"system.", b"security.", b"trusted.")
+
+
 class _View:
     """What a permission rule reads of a node: mode, owner, group, access ACL."""
 
@@ -249,8 +252,13 @@ def _setxattr(ns, who, op, session, now_ns):
         return
     if access.xattr_root_only(op.name, True):
         raise FsError(errno.EPERM, "trusted.* and security.* attributes are root's")
+    if not op.name.startswith(KNOWN_XATTR_NAMESPACES):
+        raise FsError(errno.EOPNOTSUPP, "extended attributes are user.*, system.*, "
+                                        "security.* or trusted.*")
     if op.name in (access.ACCESS, access.DEFAULT):
         _owner(node, who, "only the owner (or root) may change an ACL")
+    elif op.name.startswith(b"system."):
+        raise FsError(errno.EOPNOTSUPP, "system.* attributes other than ACLs")
     elif access.xattr_wants(op.name, True):
         if op.name.startswith(b"user.") and not (
                 stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):

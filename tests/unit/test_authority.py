@@ -99,3 +99,14 @@ def test_sticky_and_setattr():
     # chmod by the owner outside the group drops set-group-ID
     op = authority.check(ns, NOBODY, m.SetAttr(D, m.SET_MODE, 0o2755), SESSION, 0)
     assert op.mode == 0o755
+
+
+def test_xattr_namespaces_found_by_the_live_fuzz():
+    """A name in no namespace (b"a") was stored on root's directory by anyone."""
+    ns, _ = _namespace()
+    assert err(ns, NOBODY, m.SetXattr(1, b"a", b"1")) == errno.EOPNOTSUPP
+    assert err(ns, NOBODY, m.RemoveXattr(1, b"a")) == errno.EOPNOTSUPP
+    assert err(ns, NOBODY, m.SetXattr(B, b"system.other", b"1")) == errno.EOPNOTSUPP
+    authority.check(ns, NOBODY, m.SetXattr(B, b"user.a", b"1"), SESSION, NOW)  # its own
+    assert err(ns, NOBODY, m.SetXattr(A, b"user.a", b"1")) == errno.EACCES
+    authority.check(ns, ROOT_WHO, m.SetXattr(1, b"a", b"1"), SESSION, NOW)
