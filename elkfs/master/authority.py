@@ -239,6 +239,12 @@ def _setattr(ns, who, op: m.SetAttr, session, now_ns):
             writer_mtime=mtime_alone and _opened(ns, session, op.inode, False))
     except access.Denied as e:
         raise _denied(e, "only the owner (or root) may") from None
+    if not valid & (m.SET_MODE | m.SET_UID | m.SET_GID) and not times \
+            and not access.owner_or_root(node, who) \
+            and not access.permits(node.mode, node.uid, node.gid, _View(node).acl, who, W):
+        # a ctime alone (the write-back cache's after a rename or link), or nothing but
+        # the ctime the change itself sets: only from those who may change the file
+        raise FsError(errno.EPERM, "only the owner or a writer may touch the ctime")
     if mode is not None and mode != op.mode:
         return msgspec.structs.replace(op, mode=mode)
     return None

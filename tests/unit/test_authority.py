@@ -110,3 +110,11 @@ def test_xattr_namespaces_found_by_the_live_fuzz():
     authority.check(ns, NOBODY, m.SetXattr(B, b"user.a", b"1"), SESSION, NOW)  # its own
     assert err(ns, NOBODY, m.SetXattr(A, b"user.a", b"1")) == errno.EACCES
     authority.check(ns, ROOT_WHO, m.SetXattr(1, b"a", b"1"), SESSION, NOW)
+
+
+def test_a_setattr_of_nothing_is_not_a_way_to_touch_the_ctime():
+    """Found by the live fuzz: SetAttr(valid=0) or a ctime alone by anyone."""
+    ns, _ = _namespace()
+    for valid in (0, m.SET_CTIME):
+        assert err(ns, NOBODY, m.SetAttr(1, valid, ctime_ns=5)) == errno.EPERM
+        authority.check(ns, NOBODY, m.SetAttr(B, valid, ctime_ns=5), SESSION, NOW)  # owner
