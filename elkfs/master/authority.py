@@ -221,6 +221,9 @@ def _setattr(ns, who, op: m.SetAttr, session, now_ns):
     node = _node(ns, op.inode)
     if node is None:
         return None
+    if stat.S_ISLNK(node.mode) and not access.owner_or_root(node, who):
+        # a symlink's mode (0777) means nothing: only its owner changes it
+        raise FsError(errno.EPERM, "only the owner (or root) may change a symlink")
     valid = op.valid
     times = bool(valid & (m.SET_ATIME | m.SET_MTIME | m.SET_ATIME_NOW | m.SET_MTIME_NOW))
     both_now = all(

@@ -118,3 +118,12 @@ def test_a_setattr_of_nothing_is_not_a_way_to_touch_the_ctime():
     for valid in (0, m.SET_CTIME):
         assert err(ns, NOBODY, m.SetAttr(1, valid, ctime_ns=5)) == errno.EPERM
         authority.check(ns, NOBODY, m.SetAttr(B, valid, ctime_ns=5), SESSION, NOW)  # owner
+
+
+def test_a_symlink_is_changed_by_its_owner_only():
+    """Found by the live fuzz: a symlink's 0777 let anyone touch its ctime."""
+    ns, _ = _namespace()
+    link = 6  # /a/b -> ../b, root's
+    assert stat.S_ISLNK(ns.nodes[link].mode)
+    for op in (m.SetAttr(link, m.SET_ATIME_NOW | m.SET_MTIME_NOW), m.SetAttr(link, 0)):
+        assert err(ns, NOBODY, op) == errno.EPERM
