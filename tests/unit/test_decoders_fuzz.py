@@ -163,3 +163,51 @@ def test_ops_checked_and_applied_fail_only_with_an_errno_and_change_nothing(step
             assert isinstance(e.status, int) and e.status > 0
             assert state(ns) == before, f"{op} failed but changed the state"
         ns.effects.clear()
+
+
+def _roots_namespace() -> tuple[Namespace, list]:
+    """Everything root's, nothing writable by others."""
+    ns = Namespace()
+    ts = [1_000_000_000]
+
+    def apply(op, session=SESSION, seq=0):
+        ts[0] += 1000
+        return ns.apply(Record(ns.version + 1, ts[0], session, seq, op))
+
+    apply(OpenSession(SESSION, "fuzz"), session=b"")
+    apply(m.Mkdir(1, b"a", 0o755, 0, 0))
+    apply(m.Mkdir(1, b"b", 0o700, 0, 0))
+    apply(m.Mknod(2, b"c", 0o100644, 0, 0))
+    apply(m.Mknod(3, b"a", 0o104755, 0, 0))
+    apply(m.Symlink(2, b"b", b"../b", 0, 0))
+    apply(m.SetXattr(4, b"user.x", b"1"))
+    return ns, [apply, ts]
+
+
+def _tree_state(ns: Namespace):
+    from elkfs.master.checkpoint import _node_tuple
+
+    return (sorted(_node_tuple(n) for n in ns.nodes.values()), sorted(ns.trash.items()),
+            sorted((c.chunk_id, c.version, c.refs) for c in ns.chunks.values()))
+
+
+@FUZZ
+@given(steps=st.lists(OPS, min_size=1, max_size=25))
+def test_someone_who_owns_nothing_changes_nothing(steps):
+    """What the live fuzz checks on a master, at unit speed: any op a user who owns
+    nothing and may write nothing is allowed leaves every node as it was (opens and
+    locks are the session's, not the tree's)."""
+    ns, (apply, ts) = _roots_namespace()
+    who = Who(1234, 5, [6])
+    before = _tree_state(ns)
+    seq = 0
+    for op in steps:
+        try:
+            op = authority.check(ns, who, op, SESSION, ts[0])
+            if not op.READ_ONLY:
+                seq += 1
+                apply(op, seq=seq)
+        except FsError:
+            pass
+        ns.effects.clear()
+    assert _tree_state(ns) == before, steps
