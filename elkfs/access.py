@@ -1,7 +1,17 @@
-"""POSIX.1e access control lists: parsing, the permission check, chmod and inheritance.
+"""Who may do what: POSIX permissions and POSIX.1e access control lists.
 
-Pure (no I/O), so the mount checks with it today and the master can check with it once it
-is the authority. The rules are Linux's (`fs/posix_acl.c`):
+One implementation for the master (the authority: `elkfs/master/authority.py` checks
+every client request with it) and the mount (which checks the same rules against its
+cached attributes first, `elkfs/mount/perms.py`). Pure (no I/O). The rules are Linux's:
+
+- `permits` is `generic_permission` (`fs/namei.c`): the owner's, the group's or the
+  others' bits, or the access ACL; root may read and write anything, search any
+  directory and execute a file that has any execute bit.
+- `sticky_allows` is `may_delete`'s sticky rule, `hardlink_allowed` `may_linkat` with
+  `fs.protected_hardlinks`, `check_setattr` `setattr_prepare` (chmod, chown, utimes,
+  truncate).
+
+ACLs (`fs/posix_acl.c`):
 
 - An ACL is stored as the extended attribute `system.posix_acl_access` (and a directory's
   default ACL as `system.posix_acl_default`) in Linux's xattr form: a little-endian u32
@@ -20,6 +30,8 @@ is the authority. The rules are Linux's (`fs/posix_acl.c`):
 
 from __future__ import annotations
 
+import errno
+import stat
 import struct
 
 ACCESS = b"system.posix_acl_access"
@@ -144,3 +156,151 @@ def inherit(default: list[Entry], mode: int) -> tuple[list[Entry] | None, int]:
         entries[at] = (tag, perm, eid)
     new_mode = (mode & ~0o777) | perm_mode
     return (None if is_minimal(entries) else entries), new_mode
+
+
+# ---------------------------------------------------------------- permissions
+
+R, W, X = 4, 2, 1
+ROOT_UID = 0
+TOUCH_WINDOW_NS = 2_000_000_000  # explicit times this close to the clock count as "now"
+
+
+class Denied(Exception):
+    """Not allowed: `errno` is EACCES (the permission bits say no) or EPERM (only the
+    owner or root may)."""
+
+    def __init__(self, errno_: int = errno.EACCES):
+        super().__init__(errno_)
+        self.errno = errno_
+
+
+class Who:
+    """Who makes a request: uid, primary gid and supplementary groups."""
+
+    __slots__ = ("uid", "gid", "groups")
+
+    def __init__(self, uid: int, gid: int, groups=()):
+        self.uid = uid
+        self.gid = gid
+        self.groups = frozenset(groups)
+
+    @property
+    def root(self) -> bool:
+        return self.uid == ROOT_UID
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups
+
+    def __repr__(self) -> str:
+        return f"Who({self.uid}, {self.gid}, {sorted(self.groups)})"
+
+
+def permits(mode: int, owner: int, group: int, acl: bytes, who, want: int) -> bool:
+    """generic_permission for a file of `mode`, `owner`, `group` and access ACL `acl`
+    (b"" for none). `who` has uid, root and in_group(gid) (a `Who` or the mount's
+    caller)."""
+    if who.root:
+        return not want & X or stat.S_ISDIR(mode) or bool(mode & 0o111)
+    if acl:
+        try:
+            entries = parse(acl)
+        except AclError:
+            entries = None
+        if entries:
+            return allows(entries, owner, group, who.uid, who.in_group, want)
+    if who.uid == owner:
+        bits = mode >> 6
+    elif who.in_group(group):
+        bits = mode >> 3
+    else:
+        bits = mode
+    return bits & want == want
+
+
+def need(f, who, want: int) -> None:
+    """Raise Denied(EACCES) unless `who` has `want` on `f` (anything with mode, uid,
+    gid and acl: the mount's `Attr`, the master's attribute view)."""
+    if not permits(f.mode, f.uid, f.gid, f.acl, who, want):
+        raise Denied(errno.EACCES)
+
+
+def owner_or_root(f, who) -> bool:
+    return who.root or who.uid == f.uid
+
+
+def sticky_allows(directory, victim, who) -> bool:
+    """may_delete's sticky rule: in a sticky directory only the owner of the entry, the
+    owner of the directory or root may remove or rename it."""
+    return (not directory.mode & stat.S_ISVTX or who.root or who.uid == victim.uid
+            or who.uid == directory.uid)
+
+
+def hardlink_allowed(f, who) -> bool:
+    """may_linkat with fs.protected_hardlinks: a user may hard link only a file they
+    own, or a regular file they may read and write that is not set-ID."""
+    if who.root or who.uid == f.uid:
+        return True
+    return not (not stat.S_ISREG(f.mode) or f.mode & stat.S_ISUID
+                or f.mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP
+                or not permits(f.mode, f.uid, f.gid, f.acl, who, R | W))
+
+
+def check_setattr(f, who, *, size: bool = False, opened: bool = False,
+                  mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                  times: bool = False, touch: bool = False,
+                  writer_mtime: bool = False) -> int | None:
+    """setattr_prepare: may `who` change `f` so? `size`: a truncate (`opened`: through
+    an open file, whose open checked); `mode`/`uid`/`gid`: the new values (None: not
+    changed); `times`: atime or mtime set; `touch`: both set to now (utimensat's
+    UTIME_NOW); `writer_mtime`: an mtime alone written back after writes through an open
+    file. Returns the mode to set (set-group-ID dropped as the kernel drops it), None
+    when the mode is not changed. Raises Denied (EPERM or EACCES)."""
+    if size and not opened:
+        need(f, who, W)
+    if mode is not None:
+        # The kernel clears set-user-ID and set-group-ID when someone else writes the
+        # file (file_remove_privs), as that writer: allowed to those who may write.
+        kill_priv = (stat.S_IMODE(mode) | stat.S_ISUID | stat.S_ISGID
+                     == stat.S_IMODE(f.mode) | stat.S_ISUID | stat.S_ISGID
+                     and stat.S_IMODE(mode) != stat.S_IMODE(f.mode))
+        if not owner_or_root(f, who) and not (
+                kill_priv and permits(f.mode, f.uid, f.gid, f.acl, who, W)):
+            raise Denied(errno.EPERM)
+        if not who.root and not who.in_group(f.gid if gid is None else gid):
+            mode &= ~stat.S_ISGID
+    if uid is not None and not who.root and (who.uid != f.uid or uid != f.uid):
+        raise Denied(errno.EPERM)
+    if gid is not None and not who.root and (
+            who.uid != f.uid or (gid != f.gid and not who.in_group(gid))):
+        raise Denied(errno.EPERM)
+    if times and not owner_or_root(f, who) and not size:  # a truncate's own times
+        # Others may only set both times to now (`touch`), and only if they may write;
+        # or write back the mtime of their writes.
+        if not (touch or writer_mtime):
+            raise Denied(errno.EPERM)
+        if not permits(f.mode, f.uid, f.gid, f.acl, who, W):
+            raise Denied(errno.EACCES if touch else errno.EPERM)
+    return mode
+
+
+def new_owner_allowed(who, uid: int, gid: int, parent_mode: int, parent_gid: int) -> bool:
+    """May `who` create a file owned by uid:gid in a directory? Its own uid, and one of
+    its groups (or the directory's group, which a set-group-ID directory gives)."""
+    if who.root:
+        return True
+    return uid == who.uid and (who.in_group(gid) or (
+        bool(parent_mode & stat.S_ISGID) and gid == parent_gid))
+
+
+def xattr_wants(name: bytes, write: bool) -> int:
+    """The permission a user.* extended attribute needs (security.* and system.* need
+    none; trusted.* is root's: see `xattr_root_only`)."""
+    if name.startswith(b"user."):
+        return W if write else R
+    return 0
+
+
+def xattr_root_only(name: bytes, write: bool) -> bool:
+    """trusted.* needs CAP_SYS_ADMIN to read or write, security.* to write (the
+    capability sets and labels a kernel trusts)."""
+    return name.startswith(b"trusted.") or (write and name.startswith(b"security."))

@@ -24,6 +24,7 @@ import time
 from typing import Awaitable, Callable
 
 from . import config as cfgmod
+from . import loglimit
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s"
 
@@ -75,10 +76,12 @@ def setup_logging(log_path: str, foreground: bool, name: str) -> None:
     fmt = logging.Formatter(LOG_FORMAT)
     fh = logging.FileHandler(log_path)
     fh.setFormatter(fmt)
+    loglimit.install(fh)
     root.addHandler(fh)
     if foreground:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
+        loglimit.install(sh)
         root.addHandler(sh)
 
 

@@ -26,6 +26,7 @@ import os
 import stat
 import time
 
+from .. import access
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
@@ -55,19 +56,27 @@ def password_digest_of(password: str | None, md5pass: str | None) -> bytes | Non
 
 
 class Client:
-    def __init__(self, link: MasterLink, io_retry_s: float = 30.0):
+    """`uid`, `gid`, `groups`: who the requests are made for (the master checks every
+    one against them); by default the process's own."""
+
+    def __init__(self, link: MasterLink, io_retry_s: float = 30.0, uid: int | None = None,
+                 gid: int | None = None, groups=None):
         self.link = link
         self.pool = ConnectionPool()
         self.io_retry_s = io_retry_s
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        if uid is not None or gid is not None or groups is not None:
+            link.identity = access.Who(self.uid, self.gid,
+                                       os.getgroups() if groups is None else groups)
 
     @classmethod
     async def connect(cls, host: str, port: int = DEFAULT_MASTER_PORT, info: str = "",
                       retry_s: float = 30.0, dns_server: str | None = None,
                       subfolder: str = "/", password: str | None = None,
                       md5pass: str | None = None, meta: bool = False,
-                      bind: str | None = None) -> "Client":
+                      bind: str | None = None, uid: int | None = None,
+                      gid: int | None = None, groups=None) -> "Client":
         """Connect to the master at `host` (an address, or a name whose A records are the
         masters: the client finds the leader and follows it). `subfolder` becomes the
         root of every path; `password` (or its MD5 in hex, `md5pass`) for an export that
@@ -77,7 +86,7 @@ class Client:
                           dns_server=dns_server, path=subfolder, meta=meta,
                           password_digest=password_digest_of(password, md5pass), bind=bind)
         await link.connect()
-        return cls(link, retry_s)
+        return cls(link, retry_s, uid, gid, groups)
 
     async def close(self) -> None:
         self.pool.close()
@@ -191,14 +200,16 @@ class Client:
         f.acquired = True  # the Mknod opened it
         return f
 
-    async def open(self, path: str) -> "File":
+    async def open(self, path: str, write: bool = True) -> "File":
+        """Open for reading and (unless not `write`) writing: the master checks that the
+        caller may."""
         attr = await self.resolve(path)
         if stat.S_ISDIR(attr.mode):
             raise FsError(errno.EISDIR)
-        return await self._opened(attr.inode)
+        return await self._opened(attr.inode, access.R | access.W if write else access.R)
 
-    async def _opened(self, inode: int) -> "File":
-        await self.op(m.Acquire(inode))
+    async def _opened(self, inode: int, want: int = access.R | access.W) -> "File":
+        await self.op(m.Acquire(inode, want))
         f = File(self, inode)
         f.acquired = True
         return f
@@ -340,7 +351,7 @@ class Client:
             await f.close()
 
     async def read_file(self, path: str) -> bytes:
-        f = await self.open(path)
+        f = await self.open(path, write=False)
         try:
             length = (await self.getattr_inode(f.inode)).size
             return await f.read(0, length)
@@ -399,6 +410,25 @@ class File:
         self._locations: dict[int, m.ChunkOut] = {}
         self.unsynced: set[int] = set()  # chunks closed without sync since the last fsync
         self.last_attr: m.Attr | None = None  # attributes after the last WriteChunkEnd
+        # When a retry window of this file last ran out with nothing working: the calls
+        # that follow at once (the kernel reads again a page whose read-ahead failed, a
+        # close after a failed write) fail at their first error instead of waiting a
+        # second window, until something works again or a window has passed.
+        self._gave_up_at = float("-inf")
+
+    def _retry_deadline(self) -> float:
+        """Until when a failing step is retried: `io_retry_s` (mfsioretries) from now,
+        or not at all just after a window ran out."""
+        now = time.monotonic()
+        if now - self._gave_up_at < self.client.io_retry_s:
+            return now
+        return now + self.client.io_retry_s
+
+    def _worked(self) -> None:
+        self._gave_up_at = float("-inf")
+
+    def _give_up(self) -> None:
+        self._gave_up_at = time.monotonic()
 
     # ------------------------------------------------------------ writing
 
@@ -442,7 +472,7 @@ class File:
         """WriteChunk, retried. With `connect` the chain session is opened too (and
         retried with it); else it opens with the first data sent, or a small session
         goes as one message at the close (`ChunkWriter.write_once`)."""
-        deadline = time.monotonic() + self.client.io_retry_s
+        deadline = self._retry_deadline()
         delay = 0.1
         while True:
             try:
@@ -457,13 +487,18 @@ class File:
                         await self._end_chunk(index, chunk.chunk_id, 0, ok=False)
                         raise
                 self._locations.pop(index, None)
+                self._worked()
                 return chunk, writer
             except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
                 retriable = not isinstance(e, FsError) or e.status in (
                     errno.EIO, CHUNK_LOCKED, NO_SERVERS, errno.ETIMEDOUT) or e.status >= 1000
                 if not retriable or time.monotonic() + delay > deadline:
-                    if isinstance(e, FsError):
+                    if retriable:
+                        self._give_up()
+                    if isinstance(e, FsError) and e.status < 1000:
                         raise
+                    # No chunkserver reachable (NO_SERVERS), or none answering: EIO (a
+                    # full cluster is ENOSPC, from the master, at once).
                     raise FsError(errno.EIO, f"cannot open chunk {index} for writing: {e}") from None
                 log.info("opening chunk %d of inode %d for writing failed (%s); retrying",
                          index, self.inode, e)
@@ -649,7 +684,7 @@ class File:
         return chunk
 
     async def _read_piece(self, index: int, offset: int, size: int, out: memoryview) -> None:
-        deadline = time.monotonic() + self.client.io_retry_s
+        deadline = self._retry_deadline()
         delay = 0.1
         refresh = False
         fresh_token = False
@@ -662,6 +697,7 @@ class File:
                 if not chunk.locations:
                     raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016X}: no copy available")
                 await self._read_copies(chunk, offset, size, out)
+                self._worked()
                 return
             except FsError as e:
                 if e.status in TOKEN_REFUSALS and not fresh_token:
@@ -670,6 +706,7 @@ class File:
                     refresh = fresh_token = True
                     continue
                 if time.monotonic() + delay > deadline:
+                    self._give_up()
                     raise
                 log.info("read of inode %d chunk %d failed (%s); asking the master again",
                          self.inode, index, e)

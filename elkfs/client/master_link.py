@@ -26,12 +26,17 @@ master no longer knows what we keep, so `on_invalidate(None)`: drop everything.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import itertools
 import logging
+import os
 import time
 from typing import Callable
 
+import msgspec
+
+from .. import access
 from ..discovery import DiscoveryError, resolve
 from ..proto import messages as m
 from ..proto import rpc
@@ -45,6 +50,32 @@ PING_PERIOD_S = 0.5
 PING_TIMEOUT_S = 1.5  # a master's event loop answers a ping at once, even under load
 REGISTER_TIMEOUT_S = 2.0  # a master that takes longer is taken for gone (stopped)
 SILENT_S = 10.0  # a master that stopped answering is asked last for this long
+
+# Who the requests of the current task are made for: a mount sets it, for each system
+# call, to the process that made it (anything with uid, gid, root and groups). Unset:
+# the link's own `identity`.
+caller: contextvars.ContextVar = contextvars.ContextVar("elkfs_caller", default=None)
+
+
+def own_identity() -> access.Who:
+    return access.Who(os.getuid(), os.getgid(), os.getgroups())
+
+
+def _identity_fields(who) -> dict:
+    """What a request says of who makes it: no groups for root (it needs none)."""
+    return {"uid": who.uid, "gid": who.gid, "groups": [] if who.root else sorted(who.groups)}
+
+
+_op_check = msgspec.msgpack.Decoder(m.AnyOp)
+
+
+def check_op(op: m.Op) -> None:
+    """Refuse an op the master would refuse to decode (a number out of its range), here
+    and at once: EINVAL, never sent, never retried."""
+    try:
+        _op_check.decode(m.encode_any(op))
+    except (msgspec.ValidationError, OverflowError, TypeError) as e:
+        raise FsError(errno.EINVAL, f"{type(op).__name__}: {e}") from None
 
 
 def parse_hint(text: str) -> tuple[str, int] | None:
@@ -96,7 +127,12 @@ class MasterLink:
         self.listing_ttl_ms = listing_ttl_ms
         self._tasks: set[asyncio.Task] = set()  # retries of posted changes
         self._unanswered: set[asyncio.Future] = set()  # posted changes not answered yet
-        self._posts: list[tuple[m.Op, int]] = []  # posted changes not sent yet
+        self._posts: list[tuple[m.Op, int, dict]] = []  # posted changes not sent yet
+        # Posted changes whose poster wants to hear of a refusal: id(op) -> callback. A
+        # refusal is answered at once (nothing to journal), so it arrives before the
+        # answer to any request sent after it.
+        self._on_refused: dict[int, Callable[[int], None]] = {}
+        self.identity = own_identity()  # who requests are made for (see `caller`)
         self.on_invalidate: Callable[[list[int] | None], None] | None = None
         # Files changed elsewhere while open here (None: anything, after a reconnect); it
         # may return a future: the master is answered once that is done.
@@ -251,12 +287,15 @@ class MasterLink:
         event = self.lock_waits[wait] = asyncio.Event()
         return wait, event
 
-    def post(self, op: m.Op) -> None:
+    def post(self, op: m.Op, on_refused: Callable[[int], None] | None = None) -> None:
         """Send a change nobody waits for, in order with everything sent after it. It is
         retried like any change if the connection breaks before the answer. It leaves at
         the end of this event-loop step (`send_posted`): after the caller's own answer
         (the mount's reply to the kernel), but before any request made after it."""
-        self._posts.append((op, next(self._seq)))
+        check_op(op)
+        self._posts.append((op, next(self._seq), self.who()))
+        if on_refused is not None:
+            self._on_refused[id(op)] = on_refused
         if len(self._posts) == 1:
             asyncio.get_running_loop().call_soon(self.send_posted)
 
@@ -265,20 +304,26 @@ class MasterLink:
         posts, self._posts = self._posts, []
         if posts:
             self._watch()
-        for op, seq in posts:
+        for op, seq, who in posts:
             conn = self.conn
             if conn is not None and conn.is_open:
                 try:
-                    fut = conn.start_call(m.MetaRequest(conn.next_req(), self.session, seq, op))
+                    fut = conn.start_call(m.MetaRequest(conn.next_req(), self.session, seq, op,
+                                                        **who))
                 except rpc.ConnectionClosed:
                     pass
                 else:
                     self._unanswered.add(fut)
-                    fut.add_done_callback(lambda f, op=op, seq=seq: self._posted(f, op, seq))
+                    fut.add_done_callback(
+                        lambda f, op=op, seq=seq, who=who: self._posted(f, op, seq, who))
                     continue
-            self._spawn(self._request(op, seq))
+            self._spawn(self._request(op, seq, who))
 
-    def _posted(self, fut: asyncio.Future, op: m.Op, seq: int) -> None:
+    def who(self) -> dict:
+        """The identity fields of a request made now (the task's caller, or ours)."""
+        return _identity_fields(caller.get() or self.identity)
+
+    def _posted(self, fut: asyncio.Future, op: m.Op, seq: int, who: dict) -> None:
         self._unanswered.discard(fut)
         if fut.cancelled():
             return
@@ -286,9 +331,15 @@ class MasterLink:
         reply = fut.result()[0] if exc is None else None
         if isinstance(exc, (rpc.ConnectionClosed, OSError)) or \
                 (isinstance(reply, m.Error) and reply.status == NOT_LEADER):
-            self._spawn(self._request(op, seq))  # same seq: applied at most once
-        elif isinstance(reply, m.Error):
-            log.warning("%s refused: %s", type(op).__name__, reply.detail)
+            self._spawn(self._request(op, seq, who))  # same seq: applied at most once
+            return
+        if isinstance(reply, m.Error):
+            on_refused = self._on_refused.pop(id(op), None)
+            if on_refused is not None:
+                on_refused(reply.status)
+            else:
+                log.warning("%s refused: %s", type(op).__name__, reply.detail)
+        self._on_refused.pop(id(op), None)
 
     async def drain_posted(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every posted change was answered."""
@@ -308,9 +359,10 @@ class MasterLink:
             log.warning("background request failed: %s", task.exception())
 
     async def request(self, op: m.Op) -> m.Result | None:
-        return await self._request(op, 0 if op.READ_ONLY else next(self._seq))
+        check_op(op)
+        return await self._request(op, 0 if op.READ_ONLY else next(self._seq), self.who())
 
-    async def _request(self, op: m.Op, seq: int) -> m.Result | None:
+    async def _request(self, op: m.Op, seq: int, who: dict) -> m.Result | None:
         deadline = time.monotonic() + self.retry_s
         while True:
             conn = await self._ensure_connected(deadline)
@@ -319,7 +371,7 @@ class MasterLink:
             self._watch()
             try:
                 reply, _ = await conn.call(m.MetaRequest, session=self.session, seq=seq, op=op,
-                                           timeout=self.request_timeout_s)
+                                           timeout=self.request_timeout_s, **who)
                 return reply.result
             except (rpc.ConnectionClosed, OSError, asyncio.TimeoutError, FsError) as e:
                 if isinstance(e, FsError):
@@ -372,7 +424,8 @@ class MasterLink:
             self.send_posted()
             try:
                 await conn.call(m.MetaRequest, session=self.session, seq=next(self._seq),
-                                op=m.EndSession(), timeout=1.0)
+                                op=m.EndSession(), timeout=1.0,
+                                **_identity_fields(self.identity))
             except (FsError, rpc.ConnectionClosed, OSError, asyncio.TimeoutError):
                 pass
         if self.conn is not None:

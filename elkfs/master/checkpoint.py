@@ -140,7 +140,8 @@ def write(ns: Namespace, path: str, final: bool = True) -> None:
             section(K_CHUNKS, batch)
         sessions = [
             [s.session_id, s.info, s.opened_ts, list(s.open_files.items()),
-             [(seq, _result_enc.encode(r)) for seq, r in s.results.items()], s.gone_ns]
+             [(seq, _result_enc.encode(r)) for seq, r in s.results.items()], s.gone_ns,
+             sorted(s.writable)]
             for s in ns.sessions.values()
         ]
         section(K_SESSIONS, sessions)
@@ -222,6 +223,8 @@ def _read_sections(sections, path: str) -> Namespace:
                 sess = Session(bytes(sid), info, opened, dict(open_files))
                 sess.results = {seq: _result_dec.decode(r) for seq, r in results}
                 sess.gone_ns = rest[0] if rest else 0  # written before gone_ns
+                # written before writable: every open file was writable
+                sess.writable = set(rest[1]) if len(rest) > 1 else set(sess.open_files)
                 ns.sessions[sess.session_id] = sess
         elif kind == K_TRASH:
             for inode, expire, tpath in obj:

@@ -21,11 +21,12 @@ from collections import Counter
 
 import msgspec
 
+from .. import access
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.auth import READ
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
-from . import exports
+from . import authority, exports
 from . import replication as rep
 from .filelocks import F_WRLCK, LockWaiters
 from .listings import ListingLeases, touched_dirs
@@ -259,6 +260,20 @@ class ClientPort(MasterPart):
                                readonly=access.rule.readonly)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
+    def identity(self, conn: rpc.Connection, msg: m.MetaRequest) -> access.Who:
+        """Who a request is made for: what the client says (a mount: the process that
+        made the system call), mapped by its session's export rule (maproot, mapall)."""
+        rights = self.access.get(msg.session)
+        if rights is None:
+            return access.Who(msg.uid, msg.gid, msg.groups)
+        return access.Who(*rights.identity(msg.uid, msg.gid, msg.groups))
+
+    def authorize(self, conn: rpc.Connection, msg: m.MetaRequest) -> m.Op:
+        """The op to carry out for this request, checked against its identity
+        (`authority.py`): FsError (EACCES, EPERM) when not allowed."""
+        return authority.check(self.ns, self.identity(conn, msg), msg.op, msg.session,
+                               time.time_ns())
+
     def handle_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         op = msg.op
         self.op_counts[type(op).__name__] += 1
@@ -280,6 +295,7 @@ class ClientPort(MasterPart):
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return
             if op.READ_ONLY:
+                self.authorize(conn, msg)
                 result = self.query(op)
                 learn(access, result)
                 if (isinstance(result, m.DirOut) and op.offset == 0 and not op.after
@@ -291,6 +307,7 @@ class ClientPort(MasterPart):
                 self.end_session(conn, msg)
                 return
             if isinstance(op, (m.WriteChunk, m.Truncate, m.WriteChunkEnd)):
+                self.authorize(conn, msg)
                 if not self.master.chunks.chunk_op_now(conn, msg):
                     self.spawn(self.master.chunks.chunk_op(conn, msg))
                 return
@@ -299,6 +316,7 @@ class ClientPort(MasterPart):
             if done:
                 version = self.ns.version
             else:
+                op = self.authorize(conn, msg)
                 try:
                     result, version = self.store.change(op, time.time_ns(), msg.session,
                                                         msg.seq)

@@ -67,6 +67,9 @@ class Session:
     info: str
     opened_ts: int
     open_files: dict[int, int] = field(default_factory=dict)  # inode -> open count
+    # Files among them opened for writing (an `Acquire` wanting W, a create): the
+    # session writes them without the write permission being checked again.
+    writable: set[int] = field(default_factory=set)
     results: dict[int, m.Result | None] = field(default_factory=dict)  # seq -> result
     gone_ns: int = 0  # when its client went away (leader's wall clock); 0: connected
 
@@ -363,6 +366,7 @@ class Namespace:
         self._give_acl(node, parent, acl)
         if op.acquire:
             sess.open_files[node.inode] = sess.open_files.get(node.inode, 0) + 1
+            sess.writable.add(node.inode)
         return m.EntryOut(self.attr(node), self.attr(parent))
 
     def _mkdir(self, op: m.Mkdir, ts, sess):
@@ -786,6 +790,8 @@ class Namespace:
         if sess is None:
             raise FsError(BAD_SESSION, "acquire needs a session")
         sess.open_files[op.inode] = sess.open_files.get(op.inode, 0) + 1
+        if op.want & access.W:
+            sess.writable.add(op.inode)
         return None
 
     def _release(self, op: m.Release, ts, sess):
@@ -796,6 +802,7 @@ class Namespace:
             sess.open_files[op.inode] = count
         else:
             del sess.open_files[op.inode]
+            sess.writable.discard(op.inode)
             node = self.nodes.get(op.inode)
             if node is not None:
                 self._maybe_free(node)

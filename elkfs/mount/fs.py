@@ -55,8 +55,9 @@ from ..access import ACCESS as ACL_ACCESS
 from ..access import DEFAULT as ACL_DEFAULT
 from ..client.client import Client, File
 from ..client.locking import set_lock
+from ..client.master_link import caller
 from ..proto import messages as m
-from ..proto.errors import NO_SERVERS, FsError
+from ..proto.errors import FsError
 from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
@@ -124,9 +125,7 @@ def _invalidate_kernel_entry(directory: int, name: bytes) -> None:
 
 
 def _errno(e: FsError) -> int:
-    if e.status == NO_SERVERS:
-        return errno.ENOSPC
-    return e.errno
+    return e.errno  # ElkFS's own statuses (no chunkserver reachable, ...) are EIO
 
 
 def _always_reply(fn):
@@ -135,6 +134,11 @@ def _always_reply(fn):
 
     @functools.wraps(fn)
     async def handler(*args, **kwargs):
+        ctx = kwargs.get("ctx", args[-1] if args else None)
+        if isinstance(ctx, pyfuse3.RequestContext):
+            # What this call asks of the master is asked for its caller (the master
+            # checks it); each FUSE request runs in a task of its own.
+            caller.set(Caller(ctx))
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -185,6 +189,10 @@ class ElkOperations(pyfuse3.Operations):
         self.kernel_names: dict[int, dict[bytes, float]] = {}  # dir -> {name: until}
         self.kernel_names_full: dict[int, float] = {}  # dir -> no expired names before then
         self.release_timer: asyncio.TimerHandle | None = None
+        # Opens the master refused (inode -> errno): its answer to the `Acquire` of a
+        # first open arrives before that of the GETATTR sent after it (a refusal is not
+        # journaled, so it is answered at once), and it is the authority.
+        self.refused_opens: dict[int, int] = {}
         self.masterinfo = json.dumps({
             "host": client.link.host, "port": client.link.port,
             "dns_server": client.link.dns_server, "subfolder": opts.subfolder,
@@ -207,13 +215,16 @@ class ElkOperations(pyfuse3.Operations):
         except FsError as e:
             raise pyfuse3.FUSEError(_errno(e)) from None
 
-    def _opened(self, inode: int, is_open: bool) -> None:
-        """The first open (True) or the last close (False) of `inode` here."""
+    def _opened(self, inode: int, is_open: bool, want: int = 0) -> None:
+        """The first open (True; `want`: the access it asks for, which the master
+        checks too) or the last close (False) of `inode` here."""
         if is_open:
             if inode in self.releases:
                 del self.releases[inode]  # the master still has it open for us
             else:
-                self.client.link.post(m.Acquire(inode))
+                self.client.link.post(m.Acquire(inode, want),
+                                      on_refused=lambda status: bounded_put(
+                                          self.refused_opens, inode, status, KNOWN_MAX))
             return
         self.releases[inode] = None
         if self.release_timer is None:
@@ -795,7 +806,7 @@ class ElkOperations(pyfuse3.Operations):
         st = self._state(inode)
         st.opens += 1
         if st.opens == 1 and not acquired:
-            self._opened(inode, True)
+            self._opened(inode, True, open_wants(flags))
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks), uid)
@@ -831,7 +842,11 @@ class ElkOperations(pyfuse3.Operations):
                 # current attributes (after the Acquire, which `_fresh_open` sends first:
                 # from then on the master recalls what we cache of the file when others
                 # change it).
-                attr = await self._fresh_open(ino, inode)
+                self.refused_opens.pop(ino, None)
+                attr = await self._fresh_open(ino, inode, open_wants(flags))
+                refused = self.refused_opens.pop(ino, None)
+                if refused is not None:
+                    raise pyfuse3.FUSEError(_errno(FsError(refused)))
             else:
                 attr = await self._attr(ino) if who is not None else None
             if who is not None:
@@ -854,7 +869,7 @@ class ElkOperations(pyfuse3.Operations):
             fi.direct_io = True  # the kernel's idea of the end is not where appends go
         return fi
 
-    async def _fresh_open(self, ino: int, kernel_ino: int) -> m.Attr:
+    async def _fresh_open(self, ino: int, kernel_ino: int, want: int = 0) -> m.Attr:
         """The master's attributes of a file about to be opened here (no open of it
         here yet). The master learns of the open first (`Acquire`, held open by an
         extra count until the open completes or fails); when the size or mtime are not
@@ -863,7 +878,7 @@ class ElkOperations(pyfuse3.Operations):
         st = self._state(ino)
         st.opens += 1
         if st.opens == 1:
-            self._opened(ino, True)
+            self._opened(ino, True, want)
         st.pending += 1
         before = self.known.get(ino)
         attr = (await self._op(m.GetAttr(ino))).attr
@@ -996,6 +1011,7 @@ class ElkOperations(pyfuse3.Operations):
         try:
             await st.writer.write(off, buf)
         except FsError as e:
+            self._write_failed(st)
             raise pyfuse3.FUSEError(_errno(e)) from None
         end = off + len(buf)
         if end > st.size:
@@ -1040,6 +1056,20 @@ class ElkOperations(pyfuse3.Operations):
             out = await self._op(m.SetAttr(ino, m.SET_MODE, stat.S_IMODE(attr.mode) & ~kill))
             self._fresh(out.attr)
 
+    def _write_failed(self, st: InodeState) -> None:
+        """A write failed (ENOSPC, EIO): what it added is not in the file. Forget the
+        size and pages this mount and the kernel keep of it, so the next stat and read
+        show what the master holds. The kernel's copy goes from another thread, not
+        waited for (this request may hold the inode)."""
+        ino = st.inode
+        st.size = -1
+        st.gen += 1
+        self.cache.drop(ino)
+        self.known.pop(ino, None)
+        self.cached.pop(ino, None)
+        asyncio.get_running_loop().run_in_executor(None, _invalidate_kernel_inode,
+                                                   self._k(ino), False)
+
     async def _flush_writer(self, st: InodeState, sync: bool = False) -> None:
         w = st.writer
         if w is None:
@@ -1050,6 +1080,7 @@ class ElkOperations(pyfuse3.Operations):
             else:
                 await w.flush()
         except FsError as e:
+            self._write_failed(st)
             raise pyfuse3.FUSEError(_errno(e)) from None
         if w.last_attr is not None:
             self._fresh(w.last_attr)  # remember the committed (mtime, size)

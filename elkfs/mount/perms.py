@@ -1,5 +1,9 @@
 """POSIX permission checks done by the mount (pure: no I/O but the caller's groups).
 
+The rules are `elkfs/access.py`'s, the ones the master checks every request with: the
+mount checks first, against its cached attributes, to answer without a round trip, but
+the master's answer is the authority (it checks against the current attributes).
+
 The mount runs without FUSE's `default_permissions`, as MooseFS's does: with it, the kernel
 re-reads a directory's attributes (one more FUSE request) after every change in it, before
 it checks the next call's permissions. So the checks the kernel's `generic_permission`,
@@ -18,13 +22,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 import pyfuse3
 
 from .. import access
 from ..proto import messages as m
 
-R, W, X = 4, 2, 1
+R, W, X = access.R, access.W, access.X
+TOUCH_WINDOW_NS = access.TOUCH_WINDOW_NS
 EXEC_OPEN = 0o40  # __FMODE_EXEC: the kernel's open of a file to execute it
 
 
@@ -43,23 +49,41 @@ class Caller:
     def root(self) -> bool:
         return self.uid == 0
 
-    def in_group(self, gid: int) -> bool:
-        if gid == self.gid:
-            return True
+    @property
+    def groups(self) -> frozenset[int]:
         if self._groups is None:
             self._groups = _groups(self.pid)
-        return gid in self._groups
+        return self._groups
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups
 
 
 def _groups(pid: int) -> frozenset[int]:
+    """The supplementary groups of process `pid` (kept for a second: a process rarely
+    changes them, and every request a process makes says them to the master)."""
+    now = time.monotonic()
+    known = _group_cache.get(pid)
+    if known is not None and now - known[0] < GROUPS_TTL_S:
+        return known[1]
+    groups: frozenset[int] = frozenset()
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("Groups:"):
-                    return frozenset(int(g) for g in line.split()[1:])
+                    groups = frozenset(int(g) for g in line.split()[1:])
+                    break
     except (OSError, ValueError):
         pass
-    return frozenset()
+    if len(_group_cache) >= GROUPS_KEPT:
+        _group_cache.clear()
+    _group_cache[pid] = (now, groups)
+    return groups
+
+
+GROUPS_TTL_S = 1.0
+GROUPS_KEPT = 4096
+_group_cache: dict[int, tuple[float, frozenset[int]]] = {}
 
 
 def denied(e: int = errno.EACCES) -> pyfuse3.FUSEError:
@@ -67,25 +91,8 @@ def denied(e: int = errno.EACCES) -> pyfuse3.FUSEError:
 
 
 def allowed(attr: m.Attr, who: Caller, want: int) -> bool:
-    """generic_permission: the owner's, the group's or the others' bits, or the access
-    ACL when the file has one (`elkfs/access.py`); root may read and write anything,
-    search any directory, and execute a file that has any execute bit."""
-    if who.root:
-        return not want & X or stat.S_ISDIR(attr.mode) or bool(attr.mode & 0o111)
-    if attr.acl:
-        try:
-            entries = access.parse(attr.acl)
-        except access.AclError:
-            entries = None
-        if entries:
-            return access.allows(entries, attr.uid, attr.gid, who.uid, who.in_group, want)
-    if who.uid == attr.uid:
-        bits = attr.mode >> 6
-    elif who.in_group(attr.gid):
-        bits = attr.mode >> 3
-    else:
-        bits = attr.mode
-    return bits & want == want
+    """generic_permission (`access.permits`: the mode bits or the access ACL)."""
+    return access.permits(attr.mode, attr.uid, attr.gid, attr.acl, who, want)
 
 
 def need(attr: m.Attr, who: Caller, want: int) -> None:
@@ -93,15 +100,9 @@ def need(attr: m.Attr, who: Caller, want: int) -> None:
         raise denied()
 
 
-def owner_or_root(attr: m.Attr, who: Caller) -> bool:
-    return who.root or who.uid == attr.uid
-
-
-def sticky_allows(directory: m.Attr, victim: m.Attr, who: Caller) -> bool:
-    """may_delete's sticky rule: in a sticky directory only the owner of the entry, the
-    owner of the directory or root may remove or rename it."""
-    return (not directory.mode & stat.S_ISVTX or who.root or who.uid == victim.uid
-            or who.uid == directory.uid)
+owner_or_root = access.owner_or_root
+sticky_allows = access.sticky_allows
+xattr_wants = access.xattr_wants
 
 
 def cacheable_children(directory: m.Attr) -> bool:
@@ -129,53 +130,32 @@ def xattr_wants(name: bytes, write: bool) -> int:
 
 def check_setattr(attr: m.Attr, who: Caller, fields, new, fh, now_ns: int,
                   write_back: bool) -> int:
-    """setattr_prepare for a chmod, chown, utimes or truncate of `attr` by `who`.
-    Returns the mode to set (set-group-ID dropped as the kernel drops it). Raises EPERM
-    or EACCES. `new` holds the requested values (pyfuse3's EntryAttributes)."""
-    mode = new.st_mode
-    if fields.update_size and fh is None:
-        need(attr, who, W)
-    if fields.update_mode:
-        # The kernel itself clears set-user-ID and set-group-ID when someone else writes
-        # the file (file_remove_privs), as that writer: allowed to those who may write.
-        kill_priv = (stat.S_IMODE(mode) | stat.S_ISUID | stat.S_ISGID
-                     == stat.S_IMODE(attr.mode) | stat.S_ISUID | stat.S_ISGID
-                     and stat.S_IMODE(mode) != stat.S_IMODE(attr.mode))
-        if not owner_or_root(attr, who) and not (kill_priv and allowed(attr, who, W)):
-            raise denied(errno.EPERM)
-        gid = new.st_gid if fields.update_gid else attr.gid
-        if not who.root and not who.in_group(gid):
-            mode &= ~stat.S_ISGID
-    if fields.update_uid and not who.root and (who.uid != attr.uid or new.st_uid != attr.uid):
-        raise denied(errno.EPERM)
-    if fields.update_gid and not who.root and (
-            who.uid != attr.uid or (new.st_gid != attr.gid and not who.in_group(new.st_gid))):
-        raise denied(errno.EPERM)
-    if (fields.update_atime or fields.update_mtime) and not owner_or_root(attr, who) \
-            and not fields.update_size:  # a truncate's own times: its write check did
-        # Others may only set both times to now (`touch`, utimensat(UTIME_NOW)), and only
-        # if they may write the file. pyfuse3 hides UTIME_NOW: "now" is a time within two
-        # seconds of the clock. The write-back cache also sends the mtime of writes made
-        # through a writable open (an mtime alone): allowed to those who may write.
-        touch = (fields.update_atime and fields.update_mtime
-                 and abs(new.st_atime_ns - now_ns) < 2_000_000_000
-                 and abs(new.st_mtime_ns - now_ns) < 2_000_000_000)
-        kernel_mtime = write_back and not fields.update_atime
-        if not (touch or kernel_mtime):
-            raise denied(errno.EPERM)
-        if not allowed(attr, who, W):
-            raise denied(errno.EACCES if touch else errno.EPERM)
-    return mode
+    """setattr_prepare (`access.check_setattr`) for a chmod, chown, utimes or truncate
+    of `attr` by `who`. Returns the mode to set (set-group-ID dropped as the kernel
+    drops it). Raises EPERM or EACCES. `new` holds the requested values (pyfuse3's
+    EntryAttributes)."""
+    # pyfuse3 hides UTIME_NOW: "now" is a time within two seconds of the clock. The
+    # write-back cache sends the mtime of writes made through a writable open (an mtime
+    # alone).
+    touch = (fields.update_atime and fields.update_mtime
+             and abs(new.st_atime_ns - now_ns) < TOUCH_WINDOW_NS
+             and abs(new.st_mtime_ns - now_ns) < TOUCH_WINDOW_NS)
+    try:
+        mode = access.check_setattr(
+            attr, who, size=fields.update_size, opened=fh is not None,
+            mode=new.st_mode if fields.update_mode else None,
+            uid=new.st_uid if fields.update_uid else None,
+            gid=new.st_gid if fields.update_gid else None,
+            times=fields.update_atime or fields.update_mtime, touch=touch,
+            writer_mtime=write_back and fields.update_mtime and not fields.update_atime)
+    except access.Denied as e:
+        raise denied(e.errno) from None
+    return new.st_mode if mode is None else mode
 
 
 def check_hardlink(attr: m.Attr, who: Caller) -> None:
-    """may_linkat with fs.protected_hardlinks (on by default): a user may hard link only a
-    file they own, or a regular file they may read and write that is not set-ID."""
-    if who.root or who.uid == attr.uid or not protected_hardlinks():
-        return
-    if (not stat.S_ISREG(attr.mode) or attr.mode & stat.S_ISUID
-            or attr.mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP
-            or not allowed(attr, who, R | W)):
+    """may_linkat with fs.protected_hardlinks (on by default, as the master assumes)."""
+    if protected_hardlinks() and not access.hardlink_allowed(attr, who):
         raise denied(errno.EPERM)
 
 

@@ -17,6 +17,7 @@ import sys
 
 import pyfuse3
 
+from .. import loglimit
 from ..client.client import Client, password_digest_of
 from ..client.master_link import MasterLink
 from ..proto.errors import FsError
@@ -169,6 +170,8 @@ def run_foreground(opts: MountOptions) -> int:
         logging.basicConfig(filename=opts.logfile, level=level, format=fmt)
     else:
         logging.basicConfig(level=level if opts.foreground else logging.WARNING, format=fmt)
+    for handler in logging.getLogger().handlers:
+        loglimit.install(handler)
     fuseloop.enable()
     try:
         import uvloop

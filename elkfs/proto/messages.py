@@ -20,11 +20,35 @@ Ports:
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Annotated, Union
 
 import msgspec
+from msgspec import Meta
+
+from .layout import CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
 
 Addr = tuple[str, int]
+
+# Ranges of the numbers a client sends (`docs/security.md`, Input validation): a value
+# out of range fails the decode, and the request is answered EINVAL.
+U64 = Annotated[int, Meta(ge=0)]  # (msgpack holds no more than 2**64 - 1)
+Req = U64
+Inode = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
+Id = Annotated[int, Meta(ge=0, le=(1 << 32) - 2)]  # a uid or gid ((uid_t)-1 means "none")
+Mode = Annotated[int, Meta(ge=0, le=0o177777)]  # permission bits and the S_IF* type bits
+Umask = Annotated[int, Meta(ge=0, le=0o777)]
+Want = Annotated[int, Meta(ge=0, le=7)]  # R, W, X bits
+TimeNs = Annotated[int, Meta(ge=-(1 << 62), le=1 << 62)]  # years 1823-2116, in ns
+Offset = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]  # a byte offset (OFFSET_MAX: to the end)
+Index = Annotated[int, Meta(ge=0, le=1 << 40)]  # a position in a listing
+Limit = Annotated[int, Meta(ge=0, le=1 << 20)]
+ChunkIndex = Annotated[int, Meta(ge=0, le=MAX_CHUNKS - 1)]
+FileSize = Annotated[int, Meta(ge=0, le=MAX_FILE_SIZE)]
+InChunk = Annotated[int, Meta(ge=0, le=CHUNK_SIZE)]  # an offset or size within a chunk
+Small = Annotated[int, Meta(ge=0, le=255)]  # goals, flags, kinds
+Seconds = Annotated[int, Meta(ge=0, le=(1 << 32) - 1)]
+Pid = Annotated[int, Meta(ge=0, le=(1 << 32) - 1)]
+Groups = Annotated[list[Id], Meta(max_length=65536)]  # NGROUPS_MAX
 
 
 class Msg(msgspec.Struct, array_like=True, frozen=True):
@@ -115,13 +139,13 @@ class Op(msgspec.Struct, array_like=True, frozen=True, tag_field="op"):
 
 class Lookup(Op, tag="lookup"):
     READ_ONLY = True
-    parent: int
+    parent: Inode
     name: bytes
 
 
 class GetAttr(Op, tag="getattr"):
     READ_ONLY = True
-    inode: int
+    inode: Inode
 
 
 class ReadDir(Op, tag="readdir"):
@@ -131,26 +155,26 @@ class ReadDir(Op, tag="readdir"):
     else those after the first `offset` ones."""
 
     READ_ONLY = True
-    inode: int
-    offset: int = 0
-    limit: int = 1000
+    inode: Inode
+    offset: Index = 0
+    limit: Limit = 1000
     after: bytes = b""
 
 
 class ReadLink(Op, tag="readlink"):
     READ_ONLY = True
-    inode: int
+    inode: Inode
 
 
 class GetXattr(Op, tag="getxattr"):
     READ_ONLY = True
-    inode: int
+    inode: Inode
     name: bytes
 
 
 class ListXattr(Op, tag="listxattr"):
     READ_ONLY = True
-    inode: int
+    inode: Inode
 
 
 class StatFs(Op, tag="statfs"):
@@ -161,8 +185,8 @@ class ReadChunk(Op, tag="readchunk"):
     """Where to read chunk `index` of a file: its id, version and the valid copies."""
 
     READ_ONLY = True
-    inode: int
-    index: int
+    inode: Inode
+    index: ChunkIndex
 
 
 class BadCopy(Op, tag="badcopy"):
@@ -180,14 +204,14 @@ class FileChunks(Op, tag="filechunks"):
     """Every chunk of a file with all its copies (for mfsfileinfo / mfscheckfile)."""
 
     READ_ONLY = True
-    inode: int
+    inode: Inode
 
 
 class DirStats(Op, tag="dirstats"):
     """Totals of a subtree (for mfsdirinfo)."""
 
     READ_ONLY = True
-    inode: int
+    inode: Inode
 
 
 class ClusterInfo(Op, tag="clusterinfo"):
@@ -200,8 +224,8 @@ class ListTrash(Op, tag="listtrash"):
     """Files in the trash (unlinked, kept for their trash time), `limit` after `offset`."""
 
     READ_ONLY = True
-    offset: int = 0
-    limit: int = 1000
+    offset: Index = 0
+    limit: Limit = 1000
 
 
 # Ops that change metadata
@@ -211,48 +235,48 @@ class Mknod(Op, tag="mknod"):
     """Regular files, FIFOs, sockets and devices. `mode` includes the S_IF* type bits.
     `acquire`: the creator opens the new file at once (as `Acquire`, in the same step)."""
 
-    parent: int
+    parent: Inode
     name: bytes
-    mode: int
-    uid: int
-    gid: int
-    rdev: int = 0
+    mode: Mode
+    uid: Id
+    gid: Id
+    rdev: U64 = 0
     acquire: bool = False
     # Applied by the master unless the directory has a default ACL (which replaces it);
     # 0 from clients that applied it themselves.
-    umask: int = 0
+    umask: Umask = 0
 
 
 class Mkdir(Op, tag="mkdir"):
-    parent: int
+    parent: Inode
     name: bytes
-    mode: int
-    uid: int
-    gid: int
-    umask: int = 0
+    mode: Mode
+    uid: Id
+    gid: Id
+    umask: Umask = 0
 
 
 class Symlink(Op, tag="symlink"):
-    parent: int
+    parent: Inode
     name: bytes
     target: bytes
-    uid: int
-    gid: int
+    uid: Id
+    gid: Id
 
 
 class Link(Op, tag="link"):
-    inode: int
-    parent: int
+    inode: Inode
+    parent: Inode
     name: bytes
 
 
 class Unlink(Op, tag="unlink"):
-    parent: int
+    parent: Inode
     name: bytes
 
 
 class Rmdir(Op, tag="rmdir"):
-    parent: int
+    parent: Inode
     name: bytes
 
 
@@ -261,11 +285,11 @@ RENAME_EXCHANGE = 2
 
 
 class Rename(Op, tag="rename"):
-    parent: int
+    parent: Inode
     name: bytes
-    new_parent: int
+    new_parent: Inode
     new_name: bytes
-    flags: int = 0
+    flags: Small = 0
 
 
 # SetAttr.valid bits
@@ -282,19 +306,19 @@ SET_CTIME = 128
 class SetAttr(Op, tag="setattr"):
     """Change the attributes whose bit is in `valid`; *_NOW bits use the master's clock."""
 
-    inode: int
-    valid: int
-    mode: int = 0
-    uid: int = 0
-    gid: int = 0
-    atime_ns: int = 0
-    mtime_ns: int = 0
-    ctime_ns: int = 0
+    inode: Inode
+    valid: Small
+    mode: Mode = 0
+    uid: Id = 0
+    gid: Id = 0
+    atime_ns: TimeNs = 0
+    mtime_ns: TimeNs = 0
+    ctime_ns: TimeNs = 0
 
 
 class Truncate(Op, tag="truncate"):
-    inode: int
-    length: int
+    inode: Inode
+    length: FileSize
 
 
 XATTR_CREATE = 1
@@ -302,20 +326,20 @@ XATTR_REPLACE = 2
 
 
 class SetXattr(Op, tag="setxattr"):
-    inode: int
+    inode: Inode
     name: bytes
     value: bytes
-    flags: int = 0
+    flags: Small = 0
 
 
 class RemoveXattr(Op, tag="removexattr"):
-    inode: int
+    inode: Inode
     name: bytes
 
 
 class SetGoal(Op, tag="setgoal"):
-    inode: int
-    goal: int
+    inode: Inode
+    goal: Small
     recursive: bool = False
 
 
@@ -323,8 +347,8 @@ class SetTrashTime(Op, tag="settrashtime"):
     """Seconds an unlinked file is kept in the trash (0: freed at once); inherited by new
     entries of a directory like the goal."""
 
-    inode: int
-    trashtime: int
+    inode: Inode
+    trashtime: Seconds
     recursive: bool = False
 
 
@@ -332,58 +356,61 @@ class Snapshot(Op, tag="snapshot"):
     """Lazy copy of a file or a whole tree to `dst_parent`/`dst_name` in one step: the
     copies share chunks (copy-on-write on the next write to either side)."""
 
-    inode: int
-    dst_parent: int
+    inode: Inode
+    dst_parent: Inode
     dst_name: bytes
-    uid: int = 0
-    gid: int = 0
+    uid: Id = 0
+    gid: Id = 0
 
 
 class Undelete(Op, tag="undelete"):
     """Move a file from the trash back to its path (missing directories are made)."""
 
-    inode: int
+    inode: Inode
 
 
 class PurgeTrash(Op, tag="purgetrash"):
     """Free these trash files now (an expired trash file, or a user's purge). Inodes that
     are not in the trash (any more) are skipped."""
 
-    inodes: list[int]
+    inodes: list[Inode]
 
 
 class Acquire(Op, tag="acquire"):
-    """The session opened the file: keep it alive while open, even when unlinked."""
+    """The session opened the file: keep it alive while open, even when unlinked.
+    `want`: the access the open asks for (R, W, X bits of `elkfs/access.py`), which the
+    master checks; a file opened for writing is written without further checks."""
 
-    inode: int
+    inode: Inode
+    want: Want = 0
 
 
 class Release(Op, tag="release"):
-    inode: int
+    inode: Inode
 
 
 class ReleaseMany(Op, tag="releasemany"):
     """Several closes at once (a mount batches them); inodes not open are skipped."""
 
-    inodes: list[int]
+    inodes: list[Inode]
 
 
 class WriteChunk(Op, tag="writechunk"):
     """Open chunk `index` of a file for writing: creates it or raises its version, and
     locks it for this writer until `WriteChunkEnd`. Replies with the chain to write to."""
 
-    inode: int
-    index: int
+    inode: Inode
+    index: ChunkIndex
 
 
 class WriteChunkEnd(Op, tag="writechunkend"):
     """The write to a chunk is done; the file is at least `length` bytes long now.
     `ok` False: the session failed or was given up (the copies it made are not kept)."""
 
-    inode: int
-    index: int
-    chunk_id: int
-    length: int
+    inode: Inode
+    index: ChunkIndex
+    chunk_id: U64
+    length: FileSize
     ok: bool = True
 
 
@@ -395,34 +422,34 @@ class SetLock(Op, tag="setlock"):
     and the master sends `LockWake([wait])` when a lock on the file goes; the client then
     asks again."""
 
-    inode: int
-    owner: int
-    kind: int
-    type: int
-    start: int
-    end: int
-    pid: int = 0
-    wait: int = 0
+    inode: Inode
+    owner: U64
+    kind: Small
+    type: Small
+    start: Offset
+    end: Offset
+    pid: Pid = 0
+    wait: U64 = 0
 
 
 class ReleaseLocks(Op, tag="releaselocks"):
     """Drop every lock of (session, `owner`) on a file: a close (POSIX locks go with any
     close of the file by their process; flock and OFD locks with their open file)."""
 
-    inode: int
-    owner: int
+    inode: Inode
+    owner: U64
 
 
 class GetLock(Op, tag="getlock"):
     """F_GETLK: the lock that keeps `owner` from taking `type` on [start, end], if any."""
 
     READ_ONLY = True
-    inode: int
-    owner: int
-    kind: int
-    type: int
-    start: int
-    end: int
+    inode: Inode
+    owner: U64
+    kind: Small
+    type: Small
+    start: Offset
+    end: Offset
 
 
 class AppendReserve(Op, tag="appendreserve"):
@@ -430,8 +457,8 @@ class AppendReserve(Op, tag="appendreserve"):
     where they go (`AppendOut.offset`, the old end). Appends from every client get
     ranges of their own; the writer then writes its data there."""
 
-    inode: int
-    length: int
+    inode: Inode
+    length: FileSize
 
 
 class EndSession(Op, tag="endsession"):
@@ -569,13 +596,13 @@ AnyResult = Union[
 class RegisterSession(Msg):
     """Open a new session (`session` empty) or resume one after a reconnect."""
 
-    req: int
+    req: Req
     session: bytes
     info: str = ""
     # How long the client keeps a directory listing (ms); 0: it keeps none. The master
     # then tells it, and waits for its answer, before a change to a listed directory by
     # anyone else is acknowledged (`InvalidateListings`).
-    listing_ttl_ms: int = 0
+    listing_ttl_ms: Seconds = 0
     # What to mount (mfsexports.cfg): a directory from the root, which becomes the
     # session's root, or with `meta` the meta file system (the trash).
     path: str = "/"
@@ -612,12 +639,17 @@ class Challenge(Msg):
 
 @message(12)
 class MetaRequest(Msg):
-    """One operation. `seq` numbers a session's changes so a retry applies once."""
+    """One operation. `seq` numbers a session's changes so a retry applies once.
+    `uid`, `gid`, `groups`: who asks (the master checks the op against them; a mount
+    passes on the identity of the process that made the system call)."""
 
-    req: int
+    req: Req
     session: bytes
-    seq: int
+    seq: U64
     op: AnyOp
+    uid: Id
+    gid: Id
+    groups: Groups = []
 
 
 @message(13)
@@ -850,7 +882,7 @@ class MasterStatus(Msg):
     """Any master, leader or follower, answers with its view of the cluster (a
     `MetaReply` holding `JsonOut`); no session needed."""
 
-    req: int
+    req: Req
 
 
 @message(105)
@@ -858,7 +890,7 @@ class Ping(Msg):
     """Client -> master: are you there? Answered `Ok` by any master at once; a client
     waiting on a request uses it to notice a master that stopped answering."""
 
-    req: int
+    req: Req
 
 
 @message(104)
@@ -868,7 +900,7 @@ class MasterAdmin(Msg):
     "force-voters" goes to one chosen follower instead: `voters` (uuids) become the voter
     set, campaigning above `min_term` (docs/ha.md, "Forced voter set")."""
 
-    req: int
+    req: Req
     command: str
     target: str = ""
     voters: tuple[str, ...] = ()
@@ -930,11 +962,11 @@ class ReadReq(Msg):
     (the last may end at the chunk's end): the reply carries each block's stored CRC and
     the reader checks them (end to end) instead of the chunkserver."""
 
-    req: int
-    chunk_id: int
-    version: int
-    offset: int
-    size: int
+    req: Req
+    chunk_id: U64
+    version: U64
+    offset: InChunk
+    size: InChunk
     token: bytes = b""  # a read token (proto/auth.py)
     crcs: bool = False
 
@@ -956,9 +988,9 @@ class WriteInit(Msg):
     chain makes the chunk first (the master hands out a new chunk without asking the
     chunkservers to make it: one round trip less for every new chunk)."""
 
-    req: int
-    chunk_id: int
-    version: int
+    req: Req
+    chunk_id: U64
+    version: U64
     chain: list[Addr]
     create: bool = False  # make the chunk (empty, this version) where it does not exist
     token: bytes = b""  # a write token (proto/auth.py), passed down the chain
@@ -968,8 +1000,8 @@ class WriteInit(Msg):
 class WriteData(Msg):
     """Write the frame's data part at `offset` within the chunk."""
 
-    req: int
-    offset: int
+    req: Req
+    offset: InChunk
 
 
 @message(64)
@@ -982,7 +1014,7 @@ class WriteStatus(Msg):
 class WriteEnd(Msg):
     """End the write session; with `sync` the data is fsynced on every copy first."""
 
-    req: int
+    req: Req
     sync: bool = False
 
 
@@ -993,11 +1025,11 @@ class WriteOnce(Msg):
     once every copy has it, or the first `Error`. A small file's write costs each
     chunkserver one message and one task instead of three of each."""
 
-    req: int
-    chunk_id: int
-    version: int
+    req: Req
+    chunk_id: U64
+    version: U64
     chain: list[Addr]
-    offset: int
+    offset: InChunk
     create: bool = False
     sync: bool = False
     token: bytes = b""  # a write token (proto/auth.py), passed down the chain
@@ -1005,9 +1037,9 @@ class WriteOnce(Msg):
 
 @message(66)
 class ChunkInfoReq(Msg):
-    req: int
-    chunk_id: int
-    version: int = 0  # the version `token` is for
+    req: Req
+    chunk_id: U64
+    version: U64 = 0  # the version `token` is for
     token: bytes = b""  # a read token (proto/auth.py)
 
 

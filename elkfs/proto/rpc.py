@@ -19,6 +19,7 @@ connection closed with a log line; nothing else is affected.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 from typing import Callable
@@ -177,7 +178,12 @@ class Connection(asyncio.BufferedProtocol):
             self._start = self._end = 0
 
     def _deliver(self, msg_type: int, body: memoryview, meta_len: int):
-        msg = m.DECODERS[msg_type].decode(body[:meta_len])
+        try:
+            msg = m.DECODERS[msg_type].decode(body[:meta_len])
+        except msgspec.ValidationError as e:
+            if msg_type in REPLY_TYPES or not self._refuse(msg_type, body[:meta_len], e):
+                raise
+            return
         data = body[meta_len:] if len(body) > meta_len else None
         if msg_type in REPLY_TYPES:
             fut = self._pending.pop(msg.req, None)
@@ -193,6 +199,23 @@ class Connection(asyncio.BufferedProtocol):
         except Exception:  # a bug in a handler: say so loudly, drop only this peer
             log.exception("handler failed on %s from %s", type(msg).__name__, self.peer)
             self.close()
+
+    def _refuse(self, msg_type: int, meta: memoryview, exc: msgspec.ValidationError) -> bool:
+        """A request that is well formed but breaks its schema (a number out of range, a
+        field missing) is answered EINVAL, and the connection goes on: the sender gets
+        a clear error and does not retry. False when it has no request id to answer."""
+        cls = m.MESSAGES[msg_type]
+        if not cls.__struct_fields__ or cls.__struct_fields__[0] != "req":
+            return False
+        try:
+            raw = msgspec.msgpack.decode(meta)
+        except msgspec.DecodeError:
+            return False
+        if not isinstance(raw, list) or not raw or type(raw[0]) is not int or raw[0] < 0:
+            return False
+        log.warning("refused %s from %s (%s): %s", cls.__name__, self.peer, self.name, exc)
+        self.send(m.Error(raw[0], errno.EINVAL, f"invalid {cls.__name__}: {exc}"))
+        return True
 
     def protocol_error(self, exc: Exception):
         log.warning("closing connection from %s (%s): bad input: %s", self.peer, self.name, exc)

@@ -1,5 +1,7 @@
-"""Garbage on every port closes that one connection; the daemon keeps serving the rest."""
+"""Garbage on every port closes that one connection; the daemon keeps serving the rest.
+A well-formed request that breaks its schema is answered EINVAL instead."""
 
+import errno
 import os
 import socket
 
@@ -32,8 +34,6 @@ GARBAGE = {
     "oversized meta length": frame(m.MetaRequest.TYPE, b"", meta_len=0xFFFFFFF0),
     "oversized data length": frame(m.WriteData.TYPE, b"", data_len=0x7FFFFFFF),
     "length not matching schema": frame(m.MetaRequest.TYPE, b"\x01\x02\x03"),
-    "schema-invalid message": frame(m.MetaRequest.TYPE, msgspec.msgpack.encode(
-        [1, b"s" * 16, 1, {"op": "no-such-op"}])),
     "wrong field types": frame(m.CsRegister.TYPE, msgspec.msgpack.encode(
         ["x", 2, 3, "four", [], None, None])),
     "random bytes": bytes(range(256)) * 40,
@@ -75,6 +75,35 @@ async def test_garbage_closes_only_that_connection(cluster, port_name, kind):
         assert await bystander.read_file(f"/after-{port}-{kind.replace(' ', '-')}") == data
     finally:
         await bystander.close()
+
+
+def read_frame(sock: socket.socket):
+    sock.settimeout(10)
+    buf = b""
+    while len(buf) < HEADER.size:
+        buf += sock.recv(HEADER.size - len(buf))
+    msg_type, _flags, meta_len, data_len = HEADER.unpack(buf)
+    body = b""
+    while len(body) < meta_len + data_len:
+        chunk = sock.recv(meta_len + data_len - len(body))
+        assert chunk, "closed"
+        body += chunk
+    return m.DECODERS[msg_type].decode(body[:meta_len])
+
+
+SCHEMA_INVALID = frame(m.MetaRequest.TYPE, msgspec.msgpack.encode(
+    [7, b"s" * 16, 1, {"op": "no-such-op"}]))
+
+
+@pytest.mark.parametrize("port_name", list(PORTS))
+def test_schema_invalid_request_answered_einval_and_connection_kept(cluster, port_name):
+    port = PORTS[port_name]
+    with socket.create_connection((host_for(cluster, port), port), timeout=5) as sock:
+        for _ in range(2):
+            sock.sendall(SCHEMA_INVALID)
+            reply = read_frame(sock)
+            assert isinstance(reply, m.Error) and reply.req == 7
+            assert reply.status == errno.EINVAL
 
 
 @pytest.mark.parametrize("port_name", list(PORTS))
