@@ -32,7 +32,8 @@ from .nodes import DirNode, Node
 # Ops that need no permission: attributes, listings of extended attribute names, file
 # system totals, link targets, closes, locks of a file one has (or had) open.
 _FREE = (m.GetAttr, m.ReadLink, m.ListXattr, m.StatFs, m.ClusterInfo, m.Release,
-         m.ReleaseMany, m.EndSession, m.SetLock, m.ReleaseLocks, m.GetLock, m.DirStats)
+         m.ReleaseMany, m.EndSession, m.SetLock, m.ReleaseLocks, m.GetLock, m.DirStats,
+         m.BadCopy)  # BadCopy only makes the chunkserver check its copy itself
 
 
 KNOWN_XATTR_NAMESPACES = (b"user.", b"system.", b"security.", b"trusted.")

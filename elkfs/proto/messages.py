@@ -195,8 +195,8 @@ class BadCopy(Op, tag="badcopy"):
     Answered at once; changes no metadata."""
 
     READ_ONLY = True
-    chunk_id: int
-    version: int
+    chunk_id: U64
+    version: U64
     addr: Addr
 
 
