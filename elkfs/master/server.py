@@ -46,6 +46,24 @@ OPTIONS = {
     "METADATA_SAVE_FREQ": Option(1.0, "float", "hours between checkpoints"),
     "BACK_LOGS": Option(50, "int", "old journal segments kept"),
     "SESSION_SUSTAIN_TIME": Option(86400, "int", "seconds a disconnected session is kept"),
+    "EMPTY_SESSION_SUSTAIN_TIME": Option(120.0, "nonneg_float",
+                                         "seconds a disconnected session holding no open "
+                                         "file and no lock is kept (its client opens a new "
+                                         "one if it comes back later)"),
+    # Limits (docs/security.md, "Limits")
+    "MAX_CONNECTIONS_PER_ADDRESS": Option(256, ranged_int(0, 1 << 20),
+                                          "open connections from one address, on each "
+                                          "port (0: no limit)"),
+    "MAX_SESSIONS_PER_ADDRESS": Option(256, ranged_int(0, 1 << 20),
+                                       "sessions opened from one address and kept "
+                                       "(0: no limit)"),
+    "UNREGISTERED_TIMEOUT": Option(10.0, "nonneg_float",
+                                   "seconds a connection that has not registered (a "
+                                   "session, a chunkserver, a master) may stay silent "
+                                   "(0: forever)"),
+    "FRAME_TIMEOUT": Option(30.0, "nonneg_float",
+                            "seconds a message may take to arrive whole once it began "
+                            "(0: forever)"),
     "LOCKS_SUSTAIN_TIME": Option(30.0, "nonneg_float",
                                  "seconds a disconnected client keeps its file locks "
                                  "(its session is kept longer: SESSION_SUSTAIN_TIME)"),
@@ -102,7 +120,7 @@ class MasterServer:
         self.store = MetadataStore(cfg.DATA_PATH, cfg.CHANGELOG_SAVE_MODE, cfg.BACK_LOGS)
         self.registry = ChunkRegistry()
         self.locks = ChunkLocks(cfg.CHUNK_LOCK_WAIT)
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[rpc.Listener] = []
         self.tasks: set[asyncio.Task] = set()
         self.started_at = time.time()
         self.planner = rep.Planner(self._limits(cfg), time.monotonic())
@@ -117,6 +135,14 @@ class MasterServer:
         return rep.Limits(cfg.CHUNKS_WRITE_REP_LIMIT, cfg.CHUNKS_READ_REP_LIMIT,
                           cfg.CHUNKS_DEL_LIMIT, cfg.REPLICATIONS_DELAY_INIT,
                           cfg.REPLICATIONS_DELAY_DISCONNECT)
+
+    @staticmethod
+    def connection_limits(cfg) -> rpc.ConnectionLimits:
+        """Both ports: a connection is registered once it opened a session, or
+        registered as a chunkserver or a master (its `context` is set)."""
+        return rpc.ConnectionLimits(per_address=cfg.MAX_CONNECTIONS_PER_ADDRESS,
+                                    idle_s=cfg.UNREGISTERED_TIMEOUT,
+                                    frame_s=cfg.FRAME_TIMEOUT)
 
     @property
     def ns(self):
@@ -139,10 +165,13 @@ class MasterServer:
             self.became_leader()
         self.planner.started_at = time.monotonic()
         self.servers.append(await rpc.serve(_host(cfg.MATOCL_LISTEN_HOST), cfg.MATOCL_LISTEN_PORT,
-                                            self.clients.on_client, "client", on_close=self.clients.on_client_close))
+                                            self.clients.on_client, "client",
+                                            on_close=self.clients.on_client_close,
+                                            limits=self.connection_limits(cfg)))
         self.servers.append(await rpc.serve(_host(cfg.MATOCS_LISTEN_HOST), cs_port,
                                             self.chunkservers.on_chunkserver, "chunkserver",
-                                            on_close=self.chunkservers.on_chunkserver_close))
+                                            on_close=self.chunkservers.on_chunkserver_close,
+                                            limits=self.connection_limits(cfg)))
         log.info("listening for clients on %s:%d, chunkservers%s on %s:%d",
                  cfg.MATOCL_LISTEN_HOST, cfg.MATOCL_LISTEN_PORT,
                  " and masters" if self.ha else "", cfg.MATOCS_LISTEN_HOST, cs_port)
@@ -199,6 +228,8 @@ class MasterServer:
         self.store.save_mode = fresh.CHANGELOG_SAVE_MODE
         self.store.back_logs = fresh.BACK_LOGS
         self.locks.wait_s = fresh.CHUNK_LOCK_WAIT
+        for server in self.servers:
+            server.limits = self.connection_limits(fresh)
         limits = self._limits(fresh)
         limits.delay_init = self.planner.limits.delay_init  # only matters at start
         self.planner.limits = limits
