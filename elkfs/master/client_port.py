@@ -15,6 +15,7 @@ import secrets
 import time
 from collections import Counter
 
+from .. import ratelog
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
@@ -25,6 +26,7 @@ from .part import MasterPart
 from .records import CloseSession, ForgetChunkserver, OpenSession, SessionGone, SetMaintenance
 
 log = logging.getLogger("mfsmaster")
+limit_log = ratelog.RateLimitedLog(log)
 
 # Changes to a file that other sessions holding it open must not miss: their cached
 # attributes and pages are recalled (`InvalidateInodes`) before the change is answered.
@@ -51,6 +53,9 @@ class ClientPort(MasterPart):
         self.leases = ListingLeases()
         self.lock_waiters = LockWaiters()  # volatile: clients re-send waits after a failover
         self.op_counts: Counter[str] = Counter()  # metadata operations by type (the web page)
+        # The sessions opened or resumed from each address (volatile: after a restart or
+        # a failover a session counts again once its client comes back).
+        self.sessions_by_address: dict[str, set[bytes]] = {}
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
         if type(msg) is m.Ping:
@@ -163,8 +168,25 @@ class ClientPort(MasterPart):
             if self.master.leading and session_id in self.ns.sessions:
                 self.store.change(SessionGone(session_id, True), time.time_ns())
 
+    def _sessions_from(self, address: str) -> set[bytes]:
+        """The sessions of `address` that still exist (at most the cap: cheap)."""
+        mine = self.sessions_by_address.setdefault(address, set())
+        sessions = self.ns.sessions
+        for gone in [s for s in mine if s not in sessions]:
+            mine.discard(gone)
+        return mine
+
     def register_session(self, conn: rpc.Connection, msg: m.RegisterSession) -> None:
         session_id = msg.session
+        address = conn.peer[0] if conn.peer else ""
+        mine = self._sessions_from(address)
+        cap = self.cfg.MAX_SESSIONS_PER_ADDRESS
+        if cap and len(mine) >= cap and session_id not in mine:
+            limit_log.warning(("sessions", address),
+                              "refusing a session from %s: it has %d sessions (the limit "
+                              "per address, MAX_SESSIONS_PER_ADDRESS)", address, len(mine))
+            conn.send(m.SessionReply(msg.req, errno.EUSERS, b""))
+            return
         if not session_id:
             session_id = secrets.token_bytes(16)
             _, version = self.store.change(OpenSession(session_id, msg.info[:200]), time.time_ns())
@@ -180,6 +202,7 @@ class ClientPort(MasterPart):
             old.context = None
         conn.context = session_id
         self.session_links[session_id] = conn
+        mine.add(session_id)
         self.leases.set_ttl(session_id, msg.listing_ttl_ms)
         reply = m.SessionReply(msg.req, 0, session_id)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))

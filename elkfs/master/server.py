@@ -304,6 +304,10 @@ class MasterServer:
                 await store.checkpoint()
 
     async def session_loop(self) -> None:
+        """Expire sessions whose client is away: after SESSION_SUSTAIN_TIME, or after
+        EMPTY_SESSION_SUSTAIN_TIME when they hold nothing a client could come back for (no
+        open file, no lock; its next request opens a new session), so sessions opened
+        and abandoned by the thousand do not stay for a day."""
         while True:
             await asyncio.sleep(min(10.0, max(0.5, self.cfg.SESSION_SUSTAIN_TIME / 4,
                                               self.cfg.LOCKS_SUSTAIN_TIME / 4)))
@@ -315,21 +319,33 @@ class MasterServer:
             # failover or a restart does not start them again.
             now_ns = time.time_ns()
             sustain_ns = self.cfg.SESSION_SUSTAIN_TIME * 1_000_000_000
+            empty_sustain_ns = int(self.cfg.EMPTY_SESSION_SUSTAIN_TIME * 1_000_000_000)
             locks_sustain_ns = int(self.cfg.LOCKS_SUSTAIN_TIME * 1_000_000_000)
             links = self.clients.session_links
             lockers = {lk.session for locks in self.ns.locks.by_file.values() for lk in locks}
+            expired = 0
             for session_id, sess in list(self.ns.sessions.items()):
-                if session_id in links:
+                if session_id in links or session_id not in self.ns.sessions:
                     continue
+                if not self.leading:
+                    break
                 gone_ns = sess.gone_ns or self.clients.leading_since_ns
-                if now_ns - gone_ns >= sustain_ns:
-                    log.info("session %s expired", session_id.hex())
+                away_ns = now_ns - gone_ns
+                empty = not sess.open_files and session_id not in lockers
+                if away_ns >= sustain_ns or (empty and away_ns >= empty_sustain_ns):
+                    expired += 1
+                    if expired <= 10:
+                        log.info("session %s expired", session_id.hex())
                     self.clients.drop_session_locks(session_id, CloseSession(session_id))
                     self.chunks.run_effects()
-                elif session_id in lockers and now_ns - gone_ns >= locks_sustain_ns:
+                    if expired % 1000 == 0:
+                        await asyncio.sleep(0)  # many at once: let clients in between
+                elif session_id in lockers and away_ns >= locks_sustain_ns:
                     log.info("session %s away for %.0fs: its file locks are released",
-                             session_id.hex(), (now_ns - gone_ns) / 1e9)
+                             session_id.hex(), away_ns / 1e9)
                     self.clients.drop_session_locks(session_id, DropSessionLocks(session_id))
+            if expired > 10:
+                log.info("%d sessions expired", expired)
 
     async def trash_loop(self) -> None:
         """Free trash files whose time is up: a journaled `PurgeTrash` naming them, so the
