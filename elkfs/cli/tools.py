@@ -57,8 +57,17 @@ def master_inode(path: str, info: dict) -> int:
 
 
 async def _client(info: dict) -> Client:
-    return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
-                                dns_server=info.get("dns_server"))
+    client = await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
+                                  dns_server=info.get("dns_server"))
+    client.link.on_progress = _show_progress
+    return client
+
+
+def _show_progress(done: int) -> None:
+    """A long operation (a big tree, done by the master in steps) reports how far it got,
+    about once a second."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mfstools"
+    print(f"{prog}: {done} entries done...", file=sys.stderr, flush=True)
 
 
 async def _walk(client: Client, inode: int):

@@ -33,6 +33,8 @@ limit_log = ratelog.RateLimitedLog(log)
 CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEnd,
                 m.AppendReserve)
 RECALL_TIMEOUT_S = 2.0
+# Requests that may touch a whole tree: over a budget they run in steps (longops.py).
+LONG_OPS = (m.Snapshot, m.SetGoal, m.SetTrashTime, m.DirStats)
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
@@ -213,6 +215,8 @@ class ClientPort(MasterPart):
         try:
             if msg.session not in self.ns.sessions:
                 raise FsError(BAD_SESSION, "unknown session: register first")
+            if type(op) in LONG_OPS and self.master.longops.take(conn, msg):
+                return  # a big tree: done in steps, answered when done
             if type(op) is m.GetLock:
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return

@@ -14,6 +14,7 @@ clock), sessions and checkpoints.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -28,7 +29,9 @@ from .chunkservers import ChunkRegistry
 from .client_port import ClientPort
 from .cs_port import ChunkserverPort
 from .ha import HANode
+from .gcpolicy import settle_gc, watch_gc
 from .locks import ChunkLocks
+from .longops import LongOps
 from .records import CloseSession, DropSessionLocks, KnowChunkserver
 from .store import MetadataStore
 
@@ -127,6 +130,7 @@ class MasterServer:
         self.clients = ClientPort(self)
         self.chunkservers = ChunkserverPort(self)
         self.chunks = ChunkOps(self)
+        self.longops = LongOps(self)
         self.ha = HANode(self) if cfg.HA_ENABLED else None
         self.web = None  # the web interface (elkfs.web.app.WebInterface) once started
 
@@ -178,6 +182,9 @@ class MasterServer:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self._start_web()
+        watch_gc()
+        gc.collect()
+        settle_gc()  # the metadata just loaded
         background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop(),
                       self.replication_loop(), self.trash_loop()]
         workers = [asyncio.create_task(c) for c in background]
@@ -277,6 +284,8 @@ class MasterServer:
         self.know_chunkservers()
         if self.ns.effects:  # changes committed at the election: carry out their chunk side
             self.chunks.run_effects()
+        if self.ns.building:  # snapshots in steps a restart or a failover cut short
+            self.spawn(self.longops.resume())
 
     def lost_leadership(self) -> None:
         """Another master leads: its clients must go there (they reconnect and resend)."""
@@ -357,6 +366,11 @@ class MasterServer:
             now = time.time_ns()
             expired = [inode for inode, (expire, _) in self.ns.trash.items() if expire <= now]
             for i in range(0, len(expired), 1000):
+                if i:
+                    await asyncio.sleep(0)  # a big purge: clients get in between steps
+                    if not self.leading:
+                        break
+                    expired[i:i + 1000] = [x for x in expired[i:i + 1000] if x in self.ns.trash]
                 self.store.change(m.PurgeTrash(expired[i:i + 1000]), now)
             if expired:
                 log.info("purged %d expired files from the trash", len(expired))

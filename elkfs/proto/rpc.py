@@ -343,6 +343,10 @@ class Connection(asyncio.BufferedProtocol):
             raise
         return fut
 
+    def forget_call(self, req: int) -> None:
+        """Stop waiting for the reply to `req` (a late reply is dropped)."""
+        self._pending.pop(req, None)
+
     async def call(self, cls: type[m.Msg], data=None, timeout: float | None = None, **fields):
         """Send `cls(req=..., **fields)` and wait for the reply. Raises FsError on an
         `Error` reply."""
