@@ -51,7 +51,7 @@ log = logging.getLogger("elkfs.rpc")
 limit_log = ratelog.RateLimitedLog(log)  # one line per kind and peer address a while
 
 BIG_FRAME = 128 << 10  # bodies larger than this get a buffer of their own
-BIG_FIRST = 256 << 10  # the first size of that buffer: it doubles as bytes arrive
+BIG_FIRST = 64 << 10  # the first size of that buffer: it doubles as bytes arrive
 SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
 WRITE_HIGH_WATER = 4 << 20  # queued replies beyond this: stop reading that peer
 
