@@ -445,6 +445,8 @@ class ConnectionLimits:
 
 
 SWEEP_PERIOD_S = 1.0
+TRIM_AFTER_CLOSES = 256  # connections closed before memory is handed back to the OS
+TRIM_PERIOD_S = 60.0  # at most this often
 
 
 class Listener:
@@ -458,6 +460,8 @@ class Listener:
         self.by_address: Counter[str] = Counter()
         self.refused = 0
         self.timed_out = 0
+        self._closed_since_trim = 0
+        self._trimmed_at = 0.0
         self._sweeper: asyncio.TimerHandle | None = None
         self.server: asyncio.AbstractServer | None = None
 
@@ -486,6 +490,7 @@ class Listener:
             self.by_address[address] -= 1
             if self.by_address[address] <= 0:
                 del self.by_address[address]
+            self._closed_since_trim += 1
 
     def sweep(self) -> None:
         self._sweeper = None
@@ -507,6 +512,10 @@ class Listener:
                            "closing %s connection from %s: %s", self.name, address, reason)
             conn.transport.abort()
             self.forget(conn)
+        if self._closed_since_trim >= TRIM_AFTER_CLOSES and now - self._trimmed_at >= TRIM_PERIOD_S:
+            self._closed_since_trim = 0
+            self._trimmed_at = now
+            _give_back_memory()
         if self.conns:
             self._sweeper = asyncio.get_event_loop().call_later(SWEEP_PERIOD_S, self.sweep)
 
@@ -517,6 +526,17 @@ class Listener:
     def close(self) -> None:
         """Stop listening (open connections stay, still held to the limits)."""
         self.server.close()
+
+
+def _give_back_memory() -> None:
+    """Many connections closed: return the heap's free pages to the OS (glibc keeps them
+    otherwise, and the daemon's RSS would stay at its peak)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _registered(conn: Connection) -> bool:
