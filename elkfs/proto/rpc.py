@@ -53,7 +53,8 @@ limit_log = ratelog.RateLimitedLog(log)  # one line per kind and peer address a 
 BIG_FRAME = 128 << 10  # bodies larger than this get a buffer of their own
 BIG_FIRST = 64 << 10  # the first size of that buffer: it doubles as bytes arrive
 SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
-WRITE_HIGH_WATER = 4 << 20  # queued replies beyond this: stop reading that peer
+WRITE_HIGH_WATER = 16 << 20  # replies queued beyond this (two of the largest): stop
+# reading requests from that peer until it has read them
 
 REPLY_TYPES = frozenset(
     cls.TYPE for cls in (m.Ok, m.Error, m.SessionReply, m.MetaReply, m.ReadData,
@@ -101,6 +102,7 @@ class Connection(asyncio.BufferedProtocol):
         self.frame_started_at: float | None = None  # first byte of an unfinished frame
         self.last_frame_at = time.monotonic()  # the last whole frame (or the connect)
         self._write_paused = False
+        self._reading_paused = False
         self._drain_waiters: list[asyncio.Future] = []
 
     # ------------------------------------------------------------ asyncio callbacks
@@ -139,15 +141,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self):
         self._write_paused = True
-        if self.listener is not None and self.transport is not None:
-            # A peer that does not read our replies sends no more requests for now:
-            # what we queue for it stays bounded.
-            self.transport.pause_reading()
 
     def resume_writing(self):
         self._write_paused = False
-        if self.listener is not None and self.transport is not None \
+        if self._reading_paused and self.transport is not None \
                 and not self.transport.is_closing():
+            self._reading_paused = False
             self.transport.resume_reading()
         for fut in self._drain_waiters:
             if not fut.done():
@@ -174,6 +173,12 @@ class Connection(asyncio.BufferedProtocol):
                     self._finish_big()
                 return
             self._consume(self._shared[:nbytes])
+            if self.listener is not None and self.is_open \
+                    and self.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                # A peer that does not read our replies sends no more requests until
+                # it has read most of them: what we queue for it stays bounded.
+                self._reading_paused = True
+                self.transport.pause_reading()
         except (FrameError, msgspec.ValidationError, msgspec.DecodeError) as e:
             self.protocol_error(e)
 
