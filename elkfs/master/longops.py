@@ -64,7 +64,7 @@ from .treewalk import DirTotals, TreeWalk, bigger_than
 log = logging.getLogger("mfsmaster")
 
 STEP_ENTRIES = 1000  # entries per step: well within the ~50 ms budget to apply
-SETTLE_EVERY = 50_000  # entries made between two `settle_gc` (see server.settle_gc)
+SETTLE_EVERY = 10_000  # entries made between two `settle_gc` (see server.settle_gc)
 ONE_STEP_MAX = 2000  # trees up to this many entries are done in one record, as before
 PROGRESS_PERIOD_S = 1.0
 

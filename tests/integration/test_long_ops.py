@@ -45,7 +45,7 @@ def big(cluster):
 async def info(client: Client) -> dict:
     import json
 
-    return json.loads((await client.op(m.ClusterInfo())).json)
+    return json.loads((await client.op(m.ClusterInfo())).text)
 
 
 async def test_snapshot_of_a_huge_directory_lets_others_in(cluster, big):
