@@ -370,7 +370,6 @@ class MasterServer:
                     await asyncio.sleep(0)  # a big purge: clients get in between steps
                     if not self.leading:
                         break
-                    expired[i:i + 1000] = [x for x in expired[i:i + 1000] if x in self.ns.trash]
                 self.store.change(m.PurgeTrash(expired[i:i + 1000]), now)
             if expired:
                 log.info("purged %d expired files from the trash", len(expired))
