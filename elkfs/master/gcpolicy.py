@@ -42,7 +42,27 @@ def settle_gc() -> None:
     collection walks all of them (hundreds of ms per million) and holds every client that
     long. Frozen, they are never walked again. The price: an object in a reference cycle
     that is alive at a freeze and dropped later is not reclaimed. The master freezes
-    only after loading the metadata and during and after long operations (a big
-    snapshot), when what else is alive is a few connections and tasks that hold no
-    cycles once closed."""
+    after loading the metadata, during and after long operations, and whenever the
+    namespace grew by SETTLE_GROWTH nodes (`settle_loop`): what else is alive then is
+    connections and tasks, which are freed without the collector once closed (a test
+    checks connections: tests/unit/test_rpc_frames.py)."""
     gc.freeze()
+
+
+SETTLE_GROWTH = 20_000  # new metadata nodes between two freezes
+
+
+async def settle_loop(count_nodes) -> None:
+    """Freeze once `count_nodes()` grew by SETTLE_GROWTH since the last freeze: a
+    namespace growing by creates never makes the collector walk all of it again."""
+    import asyncio
+
+    settled = count_nodes()
+    while True:
+        await asyncio.sleep(1.0)
+        now = count_nodes()
+        if now - settled >= SETTLE_GROWTH:
+            settle_gc()
+            settled = now
+        elif now < settled:
+            settled = now

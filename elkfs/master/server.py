@@ -29,7 +29,7 @@ from .chunkservers import ChunkRegistry
 from .client_port import ClientPort
 from .cs_port import ChunkserverPort
 from .ha import HANode
-from .gcpolicy import settle_gc, watch_gc
+from .gcpolicy import settle_gc, settle_loop, watch_gc
 from .locks import ChunkLocks
 from .longops import LongOps
 from .records import CloseSession, DropSessionLocks, KnowChunkserver
@@ -186,7 +186,8 @@ class MasterServer:
         gc.collect()
         settle_gc()  # the metadata just loaded
         background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop(),
-                      self.replication_loop(), self.trash_loop()]
+                      self.replication_loop(), self.trash_loop(),
+                      settle_loop(lambda: len(self.ns.nodes))]
         workers = [asyncio.create_task(c) for c in background]
         ready()
         try:

@@ -124,3 +124,34 @@ def test_frames_split_anyhow_under_uvloop():
         await test_huge_header_allocates_nothing_near_its_size()
 
     uvloop.run(both())
+
+
+def test_closed_connections_are_freed_without_the_garbage_collector():
+    """The master freezes the collector's view now and then (elkfs/master/gcpolicy.py):
+    that is safe only if a closed connection holds no reference cycle."""
+    import gc
+    import weakref
+
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run():
+        refs = []
+        listener = await rpc.serve("127.0.0.1", 0, lambda c, msg, d: c.send(m.Ok(msg.req)),
+                                   "test", on_connect=lambda c: refs.append(weakref.ref(c)))
+        port = listener.sockets[0].getsockname()[1]
+        for _ in range(20):
+            conn = await rpc.connect("127.0.0.1", port)
+            await conn.call(m.Ping)
+            refs.append(weakref.ref(conn))
+            conn.close()
+            del conn
+        await asyncio.sleep(0.3)
+        listener.close()
+        return refs
+
+    gc.disable()
+    try:
+        refs = uvloop.run(run())
+        assert len(refs) == 40 and all(r() is None for r in refs)
+    finally:
+        gc.enable()
