@@ -365,7 +365,14 @@ class MasterServer:
             if not self.leading:
                 continue
             now = time.time_ns()
-            expired = [inode for inode, (expire, _) in self.ns.trash.items() if expire <= now]
+            entries = list(self.ns.trash.items())  # a copy: the trash changes between steps
+            expired = []
+            for i in range(0, len(entries), 50_000):  # a huge trash: checked in steps
+                if i:
+                    await asyncio.sleep(0)
+                expired.extend(inode for inode, (expire, _) in entries[i:i + 50_000]
+                               if expire <= now)
+            del entries
             for i in range(0, len(expired), 1000):
                 if i:
                     await asyncio.sleep(0)  # a big purge: clients get in between steps
