@@ -373,6 +373,8 @@ class MasterServer:
                 expired.extend(inode for inode, (expire, _) in entries[i:i + 50_000]
                                if expire <= now)
             del entries
+            if not self.leading:
+                continue
             for i in range(0, len(expired), 1000):
                 if i:
                     await asyncio.sleep(0)  # a big purge: clients get in between steps
