@@ -11,7 +11,8 @@ import time
 from ..client import Client
 from ..proto import messages as m
 
-POST_WINDOW = 1000  # changes posted before waiting for their answers
+POST_WINDOW = 300  # changes posted before waiting for their answers (the link pings
+# behind them on the same connection: a ping waits for all of them)
 
 
 async def make_big_dir(client: Client, path: str, entries: int) -> int:
