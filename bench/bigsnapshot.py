@@ -74,12 +74,13 @@ def main() -> int:
         cluster.start()
         try:
             asyncio.run(run(cluster, a.entries))
+        finally:
             log = os.path.join(cluster.masters[0].data_dir, "mfsmaster.log")
             with open(log) as f:
                 for line in f:
-                    if "snapshot of inode" in line or "garbage collection" in line:
-                        print("master log:", line.rstrip().split(": ", 1)[-1])
-        finally:
+                    if any(k in line for k in ("snapshot of inode", "garbage collection",
+                                               "WARNING", "ERROR")):
+                        print("master log:", line.rstrip())
             cluster.destroy()
     return 0
 

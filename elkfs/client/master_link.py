@@ -319,6 +319,8 @@ class MasterLink:
                     if e.status != NOT_LEADER:
                         raise
                     self.leader = parse_hint(e.detail)
+                if type(op) in MAY_TAKE_STEPS:  # the retry window counts from its progress
+                    deadline = max(deadline, self.progress_at + self.retry_s)
                 if time.monotonic() > deadline:
                     raise FsError(errno.EIO, f"master unreachable: {e}") from None
                 log.info("master connection lost (%s); retrying %s", e, type(op).__name__)
