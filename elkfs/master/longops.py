@@ -72,8 +72,8 @@ PROGRESS_PERIOD_S = 1.0
 class LongOps(MasterPart):
     def __init__(self, master):
         super().__init__(master)
-        # (session, seq) -> [the connection to answer on]: a client that resends a
-        # request still running is answered once, on its newest connection
+        # (session, seq) -> [the connection to answer on, the request id there]: a client
+        # that resends a request still running is answered once, to its newest request
         self.running: dict[tuple[bytes, int], list] = {}
         self.steps_done = 0  # step records journaled (the web page, tests)
         self.longest_step_s = 0.0  # the longest one to apply and journal (wall clock)
@@ -104,11 +104,11 @@ class LongOps(MasterPart):
             return False
         key = (msg.session, msg.seq)
         if key in self.running:  # resent while it runs
-            self.running[key][0] = conn
+            self.running[key][:] = [conn, msg.req]
             return True
         if self.ns.duplicate_result(msg.session, msg.seq)[0]:
             return False  # done already: the stored result answers
-        self.running[key] = [conn]
+        self.running[key] = [conn, msg.req]
         self.spawn(self._answer(key, msg, run))
         return True
 
@@ -122,15 +122,20 @@ class LongOps(MasterPart):
             try:
                 result, version = await run(msg)
             except FsError as e:
-                self.running[key][0].send_if_open(m.Error(msg.req, e.status, e.detail))
+                conn, req = self.running[key]
+                conn.send_if_open(m.Error(req, e.status, e.detail))
                 return
             clients = self.master.clients
             holders = None
             if clients.leases.by_dir:
                 holders = clients.leases.recall(touched_dirs(msg.op), msg.session,
                                                 time.monotonic())
-            await clients._recall_then_reply(self.running[key][0],
-                                             m.MetaReply(msg.req, 0, result), version,
+            try:
+                await self.store.wait_durable(version)
+            except FsError:
+                return  # no longer leading: the client resends to the new leader
+            conn, req = self.running[key]  # the newest request, if it was resent
+            await clients._recall_then_reply(conn, m.MetaReply(req, 0, result), version,
                                              holders or {})
         finally:
             self.running.pop(key, None)
@@ -139,7 +144,7 @@ class LongOps(MasterPart):
         now = time.monotonic()
         if now - last[0] >= PROGRESS_PERIOD_S:
             last[0] = now
-            conn = self.running.get(key, [None])[0] if key else None
+            conn = self.running.get(key, [None])[0]
             if conn is not None:
                 conn.send_if_open(m.Progress(msg.seq, done))
 
