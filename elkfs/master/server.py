@@ -393,7 +393,7 @@ class MasterServer:
             if not self.leading:
                 continue
             try:
-                self.chunks.replication_pass()
+                await self.chunks.replication_pass()
             except Exception:
                 log.exception("replication pass failed")
 
