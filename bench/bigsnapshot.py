@@ -8,7 +8,7 @@ while a second client does GetAttr after GetAttr. Prints, for each operation, ho
 took, the worst GetAttr latency meanwhile (how long the master was held), how many
 GetAttrs were answered, and the master's resident memory before and after.
 
-    .venv/bin/python bench/bigsnapshot.py [--entries 1000000]
+    .venv/bin/python bench/bigsnapshot.py [--entries 1000000] [--net 127.0.71]
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ async def run(cluster: Cluster, entries: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--net", default=NET, help="loopback /24 to run the cluster on")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="elkfs-bigsnap-") as base:
-        cluster = Cluster(base, net=NET, chunkservers=1)
+        cluster = Cluster(base, net=a.net, chunkservers=1)
         cluster.start()
         try:
             asyncio.run(run(cluster, a.entries))
