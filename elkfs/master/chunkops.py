@@ -20,6 +20,7 @@ from ..proto.errors import NO_CHUNK, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE
 from . import replication as rep
 from .namespace import DeleteChunkEffect, DuplicateChunkEffect, TruncateChunkEffect
+from .gcpolicy import paused as gc_paused
 from .nodes import FileNode
 from .part import MasterPart
 
@@ -67,16 +68,18 @@ class ChunkOps(MasterPart):
         the next pass (the caller marks it busy)."""
         goals: dict[int, int] = {}
         get = goals.get
-        nodes = list(self.ns.nodes.values())
-        for start in range(0, len(nodes), step):
-            if start:
-                await asyncio.sleep(0)
-            for node in nodes[start:start + step]:
-                if type(node) is FileNode and node.chunks:
-                    goal = node.goal
-                    for chunk_id in node.chunks:
-                        if chunk_id and get(chunk_id, 0) < goal:
-                            goals[chunk_id] = goal
+        with gc_paused():  # no collection walks the list of millions meanwhile
+            nodes = list(self.ns.nodes.values())
+            for start in range(0, len(nodes), step):
+                if start:
+                    await asyncio.sleep(0)
+                for node in nodes[start:start + step]:
+                    if type(node) is FileNode and node.chunks:
+                        goal = node.goal
+                        for chunk_id in node.chunks:
+                            if chunk_id and get(chunk_id, 0) < goal:
+                                goals[chunk_id] = goal
+            del nodes
         return goals
 
     def busy(self) -> set[int]:

@@ -41,11 +41,13 @@ def settle_gc() -> None:
     The metadata is millions of long-lived objects with no reference cycles; a full
     collection walks all of them (hundreds of ms per million) and holds every client that
     long. Frozen, they are never walked again. The price: an object in a reference cycle
-    that is alive at a freeze and dropped later is not reclaimed. The master freezes
-    after loading the metadata, during and after long operations, and whenever the
-    namespace grew by SETTLE_GROWTH nodes (`settle_loop`): what else is alive then is
-    connections and tasks, which are freed without the collector once closed (a test
-    checks connections: tests/unit/test_rpc_frames.py)."""
+    that is alive at a freeze and dropped later is not reclaimed (an object without
+    cycles is still freed as soon as nobody refers to it, frozen or not). The master
+    freezes after loading the metadata, after each step of a long operation (whose
+    lists of millions of entries a collection would otherwise walk again and again),
+    and whenever the namespace grew by SETTLE_GROWTH nodes (`settle_loop`): what else is alive then is connections and
+    tasks, which are freed without the collector once closed (a test checks connections:
+    tests/unit/test_rpc_frames.py)."""
     gc.freeze()
 
 
@@ -66,3 +68,25 @@ async def settle_loop(count_nodes) -> None:
             settled = now
         elif now < settled:
             settled = now
+
+
+_pauses = 0
+
+
+class paused:
+    """No automatic collection while a short-lived list of millions of objects is
+    stepped through (the replication pass, every second): collections would walk it
+    again and again; the young garbage of those moments is collected right after. Nests
+    (a counter), so overlapping holders do not turn the collector back on early."""
+
+    def __enter__(self):
+        global _pauses
+        _pauses += 1
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc):
+        global _pauses
+        _pauses -= 1
+        if _pauses == 0:
+            gc.enable()

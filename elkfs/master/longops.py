@@ -64,7 +64,6 @@ from .treewalk import DirTotals, TreeWalk, bigger_than
 log = logging.getLogger("mfsmaster")
 
 STEP_ENTRIES = 1000  # entries per step: well within the ~50 ms budget to apply
-SETTLE_EVERY = 10_000  # entries made between two `settle_gc` (see server.settle_gc)
 ONE_STEP_MAX = 2000  # trees up to this many entries are done in one record, as before
 PROGRESS_PERIOD_S = 1.0
 
@@ -202,8 +201,7 @@ class LongOps(MasterPart):
                 if copy_inode and isinstance(nodes.get(copy_inode), DirNode):
                     pending.append((src_inode, copy_inode))
             done += len(batch)
-            if done % SETTLE_EVERY < len(batch):
-                settle_gc()  # the copies so far: no full collection walks them again
+            settle_gc()  # the copies and the lists of names: no collection walks them
             self._progress(key, msg, done, last)
         try:
             result, version = self.store.change(SnapshotEnd(top), time.time_ns(),
@@ -259,6 +257,7 @@ class LongOps(MasterPart):
             if not batch:
                 break
             self._step(make([node.inode for node in batch]))
+            settle_gc()  # the walk's lists of entries: no collection walks them
             self._progress(key, msg, walk.visited, last)
             await asyncio.sleep(0)
         result, version = self.store.change(last_op, time.time_ns(), msg.session, msg.seq)
@@ -281,6 +280,7 @@ class LongOps(MasterPart):
             if not batch:
                 break
             totals.add(batch)
+            settle_gc()
             if time.monotonic() - last[0] >= PROGRESS_PERIOD_S:
                 last[0] = time.monotonic()
                 conn.send_if_open(m.Progress(msg.seq, walk.visited))

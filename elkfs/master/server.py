@@ -366,6 +366,8 @@ class MasterServer:
                 continue
             now = time.time_ns()
             entries = list(self.ns.trash.items())  # a copy: the trash changes between steps
+            if len(entries) > 50_000:
+                settle_gc()  # no collection walks that copy while we step through it
             expired = []
             for i in range(0, len(entries), 50_000):  # a huge trash: checked in steps
                 if i:
