@@ -215,11 +215,11 @@ class ClientPort(MasterPart):
         try:
             if msg.session not in self.ns.sessions:
                 raise FsError(BAD_SESSION, "unknown session: register first")
-            if type(op) in LONG_OPS and self.master.longops.take(conn, msg):
-                return  # a big tree: done in steps, answered when done
             if type(op) is m.GetLock:
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return
+            if type(op) in LONG_OPS and self.master.longops.take(conn, msg):
+                return  # a big tree: done in steps, answered when done
             if op.READ_ONLY:
                 result = self.query(op)
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
