@@ -9,8 +9,8 @@ connection therefore holds no buffer at all: its memory is a few Python objects.
 
 A frame whose body is large (chunk data) gets a buffer of its own that the socket fills
 directly, so bulk data is copied once between the kernel and the handler. That buffer
-grows with what has arrived (doubling, from `BIG_FIRST`), never to the length a header
-announces before the bytes are there: a peer that announces the largest frame and sends
+grows with what has arrived (from `BIG_FIRST`, by `BIG_GROWTH` each time it is full),
+never to the length a header announces before the bytes are there: a peer that announces the largest frame and sends
 nothing costs a header, not 12 MiB.
 
 Connections accepted by `serve` obey `ConnectionLimits` (see `Listener`): so many per
@@ -51,7 +51,8 @@ log = logging.getLogger("elkfs.rpc")
 limit_log = ratelog.RateLimitedLog(log)  # one line per kind and peer address a while
 
 BIG_FRAME = 128 << 10  # bodies larger than this get a buffer of their own
-BIG_FIRST = 64 << 10  # the first size of that buffer: it doubles as bytes arrive
+BIG_FIRST = 64 << 10  # the first size of that buffer; it grows as bytes arrive
+BIG_GROWTH = 4  # by this factor each time it is full: few reallocations for 8 MiB
 SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
 WRITE_HIGH_WATER = 16 << 20  # replies queued beyond this (two of the largest): stop
 # reading requests from that peer until it has read them
@@ -158,7 +159,7 @@ class Connection(asyncio.BufferedProtocol):
         if big is not None:
             if self._big_pos == len(big):  # full: grow it by what has arrived
                 total = self._big_header[2]
-                big += bytes(min(total, 2 * len(big)) - len(big))
+                big += bytes(min(total, BIG_GROWTH * len(big)) - len(big))
             self._into_big = True
             return memoryview(big)[self._big_pos:]
         self._into_big = False
@@ -275,7 +276,8 @@ class Connection(asyncio.BufferedProtocol):
         total = self._big_header[2]
         take = min(total - self._big_pos, len(data))
         if self._big_pos + take > len(big):
-            big += bytes(min(total, max(2 * len(big), self._big_pos + take)) - len(big))
+            big += bytes(min(total, max(BIG_GROWTH * len(big), self._big_pos + take))
+                         - len(big))
         big[self._big_pos:self._big_pos + take] = data[:take]
         self._big_pos += take
         if self._big_pos == total:
