@@ -88,6 +88,16 @@ OPTIONS: dict[str, Option] = {
                                    "proven to the masters, and the key of the chunk tokens "
                                    "checked on every read and write; empty: none (a "
                                    "warning at start)"),
+    # Limits of the data port (docs/security.md, "Limits")
+    "MAX_CONNECTIONS_PER_ADDRESS": Option(256, ranged_int(0, 1 << 20),
+                                          "open data-port connections from one address "
+                                          "(0: no limit)"),
+    "IDLE_CONNECTION_TIMEOUT": Option(120.0, "nonneg_float",
+                                      "seconds a data-port connection without a write "
+                                      "session in progress may stay silent (0: forever)"),
+    "FRAME_TIMEOUT": Option(30.0, "nonneg_float",
+                            "seconds a message may take to arrive whole once it began "
+                            "(0: forever)"),
 }
 
 INLINE_IO = 128 << 10  # reads/writes up to this size run in the event loop
@@ -169,6 +179,18 @@ class WriteSession:
         self.queue.clear()
 
 
+def _in_session(conn: rpc.Connection) -> bool:
+    """A data-port connection in the middle of a write session is not idle: a writer may
+    pause between pieces."""
+    return isinstance(conn.context, WriteSession) and not conn.context.closed
+
+
+def data_port_limits(per_address: int = 256, idle_s: float = 120.0,
+                     frame_s: float = 30.0) -> rpc.ConnectionLimits:
+    return rpc.ConnectionLimits(per_address=per_address, idle_s=idle_s, frame_s=frame_s,
+                                keep=_in_session)
+
+
 class ChunkServer:
     def __init__(self, store: ChunkStore, *, data_path: str, listen_host: str = "*",
                  listen_port: int = 9422, master_host: str = "mfsmaster",
@@ -176,10 +198,12 @@ class ChunkServer:
                  dns_server: str | None = None, dns_refresh_s: float = 5.0,
                  lease_s: float = 2.0,
                  master_timeout: float = 10.0, workers: int = 8, hdd_conf: str | None = None,
-                 test_speed: float = 0.0, auth_code: str = ""):
+                 test_speed: float = 0.0, auth_code: str = "",
+                 limits: rpc.ConnectionLimits | None = None):
         self.store = store
         self.key = ClusterKey(auth_code)
         self.refused = 0  # data-port requests refused for their token
+        self.limits = limits or data_port_limits()
         self.data_path = data_path
         self.listen_host = "0.0.0.0" if listen_host in ("*", "") else listen_host
         self.listen_port = listen_port
@@ -191,7 +215,7 @@ class ChunkServer:
         self.scrubbed_chunks = 0
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cs-io")
         self.cs_id = load_cs_id(data_path)
-        self.server: asyncio.base_events.Server | None = None
+        self.server: rpc.Listener | None = None
         self.voter = VoterShell(data_path, lease_s)
         self.masters = MasterLinks(self, master_host, master_port, dns_server, dns_refresh_s,
                                    reconnect_delay, master_timeout)
@@ -216,7 +240,9 @@ class ChunkServer:
                    reconnect_delay=cfg.MASTER_RECONNECTION_DELAY,
                    master_timeout=cfg.MASTER_TIMEOUT, workers=cfg.WORKERS_MAX,
                    hdd_conf=cfg.HDD_CONF_FILENAME, test_speed=cfg.HDD_TEST_SPEED,
-                   auth_code=cfg.AUTH_CODE)
+                   auth_code=cfg.AUTH_CODE,
+                   limits=data_port_limits(cfg.MAX_CONNECTIONS_PER_ADDRESS,
+                                           cfg.IDLE_CONNECTION_TIMEOUT, cfg.FRAME_TIMEOUT))
 
     # ------------------------------------------------------------ life cycle
 
@@ -226,7 +252,7 @@ class ChunkServer:
                         "without tokens and obeys any master (docs/security.md)")
         self.server = await rpc.serve(self.listen_host, self.listen_port, self._on_data,
                                       "data", on_close=self._on_data_close,
-                                      on_connect=self._conns.add)
+                                      on_connect=self._conns.add, limits=self.limits)
         if self.listen_port == 0:
             self.listen_port = self.server.sockets[0].getsockname()[1]
         log.info("data port listening on %s:%d; %d chunks", self.listen_host,
@@ -469,8 +495,9 @@ class ChunkServer:
         idle = self._chain_idle.get((host, port))
         while idle:
             conn = idle.pop()
-            if conn.is_open:
+            if rpc.reusable(conn):
                 return conn
+            conn.close()
         return await self._connect(host, port, name="chain", timeout=CHAIN_TIMEOUT)
 
     def _chain_put(self, addr: tuple[str, int], conn: rpc.Connection) -> None:

@@ -60,10 +60,19 @@ def master_inode(path: str, info: dict) -> int:
 async def _client(info: dict) -> Client:
     """A session of our own, on the mount's subfolder (the exports allow it as they allow
     the mount, unless they ask for a password, which the tools do not have)."""
-    return await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
-                                dns_server=info.get("dns_server"),
-                                subfolder=info.get("subfolder") or "/",
-                                bind=info.get("bind"))
+    client = await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
+                                  dns_server=info.get("dns_server"),
+                                  subfolder=info.get("subfolder") or "/",
+                                  bind=info.get("bind"))
+    client.link.on_progress = _show_progress
+    return client
+
+
+def _show_progress(done: int) -> None:
+    """A long operation (a big tree, done by the master in steps) reports how far it got,
+    about once a second."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mfstools"
+    print(f"{prog}: {done} entries done...", file=sys.stderr, flush=True)
 
 
 async def _walk(client: Client, inode: int):

@@ -56,8 +56,9 @@ class ConnectionPool:
         conns = self.idle.get(addr)
         while conns:
             conn = conns.pop()
-            if conn.is_open:
+            if rpc.reusable(conn):
                 return conn
+            conn.close()
         return await rpc.connect(addr[0], addr[1], name="chunkserver", timeout=CONNECT_TIMEOUT)
 
     def put(self, addr: m.Addr, conn: rpc.Connection) -> None:

@@ -45,6 +45,9 @@ from ..proto.password import password_proof
 
 log = logging.getLogger("elkfs.client")
 
+# Requests the master may do in steps when the tree is big (elkfs/master/longops.py).
+MAY_TAKE_STEPS = (m.Snapshot, m.SetGoal, m.SetTrashTime, m.DirStats)
+
 DEFAULT_MASTER_PORT = 9421
 PING_PERIOD_S = 0.5
 PING_TIMEOUT_S = 1.5  # a master's event loop answers a ping at once, even under load
@@ -137,6 +140,8 @@ class MasterLink:
         # Files changed elsewhere while open here (None: anything, after a reconnect); it
         # may return a future: the master is answered once that is done.
         self.on_invalidate_inodes: Callable[[list[int] | None], object] | None = None
+        self.on_progress: Callable[[int], None] | None = None  # entries done by a long op
+        self.progress_at = 0.0  # when the master last told how far a long op got
         # Lock waits (`SetLock.wait` id -> event): set by the master's `LockWake`, and all
         # of them at every (re)connection, since a new master knows no waiter.
         self.lock_waits: dict[int, asyncio.Event] = {}
@@ -273,6 +278,10 @@ class MasterLink:
                 event = self.lock_waits.get(wait)
                 if event is not None:
                     event.set()
+        elif isinstance(msg, m.Progress):
+            self.progress_at = time.monotonic()
+            if self.on_progress is not None:
+                self.on_progress(msg.done)
         else:
             raise rpc.FrameError(f"unexpected {type(msg).__name__} from the master")
 
@@ -370,6 +379,8 @@ class MasterLink:
                 self.send_posted()  # changes posted before this one go first
             self._watch()
             try:
+                if type(op) in MAY_TAKE_STEPS:
+                    return await self._long_call(conn, op, seq)
                 reply, _ = await conn.call(m.MetaRequest, session=self.session, seq=seq, op=op,
                                            timeout=self.request_timeout_s, **who)
                 return reply.result
@@ -378,12 +389,33 @@ class MasterLink:
                     if e.status != NOT_LEADER:
                         raise
                     self.leader = parse_hint(e.detail)
+                if type(op) in MAY_TAKE_STEPS:  # the retry window counts from its progress
+                    deadline = max(deadline, self.progress_at + self.retry_s)
                 if time.monotonic() > deadline:
                     raise FsError(errno.EIO, f"master unreachable: {e}") from None
                 log.info("master connection lost (%s); retrying %s", e, type(op).__name__)
                 if conn is self.conn:
                     conn.close()
                     self.conn = None
+
+    async def _long_call(self, conn: rpc.Connection, op: m.Op, seq: int) -> m.Result | None:
+        """A request the master may do in steps (a big tree): it may take longer than
+        `request_timeout_s`, as long as `Progress` keeps coming at least that often."""
+        msg = m.MetaRequest(conn.next_req(), self.session, seq, op)
+        fut = conn.start_call(msg)
+        self.progress_at = time.monotonic()
+        try:
+            while not fut.done():
+                await asyncio.wait((fut,), timeout=self.request_timeout_s)
+                if not fut.done() and \
+                        time.monotonic() - self.progress_at > self.request_timeout_s:
+                    raise asyncio.TimeoutError()
+        finally:
+            conn.forget_call(msg.req)
+        reply, _ = fut.result()
+        if isinstance(reply, m.Error):
+            raise FsError(reply.status, reply.detail)
+        return reply.result
 
     def _watch(self) -> None:
         if self._watchdog is None or self._watchdog.done():

@@ -35,7 +35,8 @@ SECTION = struct.Struct(">IIB")  # length, crc32, kind
 CHECKPOINT_RE = re.compile(r"^metadata\.([0-9a-f]{16})\.elk$")
 BATCH = 4096
 
-K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH, K_CHUNKSERVERS, K_LOCKS = range(8)
+(K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH, K_CHUNKSERVERS, K_LOCKS,
+ K_BUILDING) = range(9)
 N_FILE, N_DIR, N_SYMLINK, N_SPECIAL = range(4)
 
 _enc = msgspec.msgpack.Encoder()
@@ -153,6 +154,9 @@ def write(ns: Namespace, path: str, final: bool = True) -> None:
         locks = ns.locks.rows()
         for i in range(0, len(locks), BATCH * 4):
             section(K_LOCKS, locks[i:i + BATCH * 4])
+        if ns.building:  # snapshots being made in steps (their detached copies)
+            section(K_BUILDING, [(top, parent, name)
+                                 for top, (parent, name) in ns.building.items()])
         section(K_END, [len(ns.nodes), len(ns.chunks)])
         f.flush()
         os.fsync(f.fileno())
@@ -234,6 +238,9 @@ def _read_sections(sections, path: str) -> Namespace:
                 ns.chunkservers[bytes(cs_id)] = KnownChunkserver(addr, until)
         elif kind == K_LOCKS:  # absent from checkpoints written before file locks
             ns.locks.load(obj)
+        elif kind == K_BUILDING:
+            for top, parent, name in obj:
+                ns.building[top] = (parent, bytes(name))
         elif kind == K_END:
             if obj != [len(ns.nodes), len(ns.chunks)]:
                 raise CheckpointError(f"{path}: counts do not match")

@@ -21,12 +21,14 @@ from ..proto.errors import NO_CHUNK, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE
 from . import replication as rep
 from .namespace import DeleteChunkEffect, DuplicateChunkEffect, TruncateChunkEffect
+from .gcpolicy import paused as gc_paused
 from .nodes import FileNode
 from .part import MasterPart
 from .writereports import WriteReports
 
 log = logging.getLogger("mfsmaster")
 
+GOALS_STEP = 50_000  # files added up between two looks at the clients
 LOW_SPACE = 16 << 20  # a server with less free space gets no writes while others can
 REPLICATION_WRITER_WAIT_S = 10.0  # how long a writer lets a replication of its chunk finish
 # How long WriteChunkEnd waits for copies' own reports that the session ended well (they
@@ -52,9 +54,15 @@ class ChunkOps(MasterPart):
 
     # ------------------------------------------------------------ replication
 
-    def replication_pass(self) -> None:
-        actions = self.planner.plan(time.monotonic(), self.ns.chunks, self.chunk_goals(),
-                                    self.registry, self.busy(), self.master.registry_complete(),
+    async def replication_pass(self) -> None:
+        goals = await self.chunk_goals_in_steps()
+        if not self.master.leading:
+            return  # lost the lead meanwhile: the new leader plans
+        busy = self.busy()
+        # Chunks made while the goals were added up have none yet: the next pass.
+        busy.update(self.ns.chunks.keys() - goals.keys())
+        actions = self.planner.plan(time.monotonic(), self.ns.chunks, goals,
+                                    self.registry, busy, self.master.registry_complete(),
                                     self.master.in_maintenance())
         for action in actions:
             if isinstance(action, rep.Forget):
@@ -65,16 +73,27 @@ class ChunkOps(MasterPart):
             else:
                 self.spawn(self.run_action(action))
 
-    def chunk_goals(self) -> dict[int, int]:
-        """Chunk id -> the highest goal of the files pointing at it (trash included)."""
+    async def chunk_goals_in_steps(self, step: int = GOALS_STEP) -> dict[int, int]:
+        """Chunk id -> the highest goal of the files pointing at it (trash included),
+        added up `step` files at a time with the event loop free in between: with
+        millions of files, adding them all up at once held every client for seconds,
+        every pass (every CHUNKS_LOOP_PERIOD). A file changed meanwhile may count with its goal of a
+        moment ago for this one pass; a chunk made meanwhile has no goal and is left for
+        the next pass (the caller marks it busy)."""
         goals: dict[int, int] = {}
         get = goals.get
-        for node in list(self.ns.nodes.values()):
-            if type(node) is FileNode and node.chunks:
-                goal = node.goal
-                for chunk_id in node.chunks:
-                    if chunk_id and get(chunk_id, 0) < goal:
-                        goals[chunk_id] = goal
+        with gc_paused():  # no collection walks the list of millions meanwhile
+            nodes = list(self.ns.nodes.values())
+            for start in range(0, len(nodes), step):
+                if start:
+                    await asyncio.sleep(0)
+                for node in nodes[start:start + step]:
+                    if type(node) is FileNode and node.chunks:
+                        goal = node.goal
+                        for chunk_id in node.chunks:
+                            if chunk_id and get(chunk_id, 0) < goal:
+                                goals[chunk_id] = goal
+            del nodes
         return goals
 
     def busy(self) -> set[int]:

@@ -21,7 +21,7 @@ from collections import Counter
 
 import msgspec
 
-from .. import access
+from .. import access, ratelog
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.auth import READ
@@ -35,6 +35,7 @@ from .records import CloseSession, ForgetChunkserver, OpenSession, SessionGone, 
 from .sessionaccess import SessionAccess, admit, learn, resolve_root
 
 log = logging.getLogger("mfsmaster")
+limit_log = ratelog.RateLimitedLog(log)
 
 # Changes to a file that other sessions holding it open must not miss: their cached
 # attributes and pages are recalled (`InvalidateInodes`) before the change is answered.
@@ -42,6 +43,8 @@ CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEn
                 m.AppendReserve)
 RECALL_TIMEOUT_S = 2.0
 CHECK_AGAIN_S = 60.0  # a copy clients report bad is checked at most this often
+# Requests that may touch a whole tree: over a budget they run in steps (longops.py).
+LONG_OPS = (m.Snapshot, m.SetGoal, m.SetTrashTime, m.DirStats)
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
@@ -68,6 +71,9 @@ class ClientPort(MasterPart):
         self.access: dict[bytes, SessionAccess] = {}
         self.challenges: dict[rpc.Connection, bytes] = {}
         self.checks_asked: dict[tuple[int, bytes], float] = {}  # (chunk, cs) -> when (BadCopy)
+        # The sessions opened or resumed from each address (volatile: after a restart or
+        # a failover a session counts again once its client comes back).
+        self.sessions_by_address: dict[str, set[bytes]] = {}
 
     def on_client(self, conn: rpc.Connection, msg: m.Msg, data) -> None:
         if type(msg) is m.Ping:
@@ -231,6 +237,13 @@ class ClientPort(MasterPart):
             raise FsError(errno.EACCES, verdict.reason)
         root = resolve_root(self.ns, path) if path else 1
         return SessionAccess(verdict.rule, ip, path, proven, root)
+    def _sessions_from(self, address: str) -> set[bytes]:
+        """The sessions of `address` that still exist (at most the cap: cheap)."""
+        mine = self.sessions_by_address.setdefault(address, set())
+        sessions = self.ns.sessions
+        for gone in [s for s in mine if s not in sessions]:
+            mine.discard(gone)
+        return mine
 
     def register_session(self, conn: rpc.Connection, msg: m.RegisterSession) -> None:
         try:
@@ -239,6 +252,15 @@ class ClientPort(MasterPart):
             conn.send(m.SessionReply(msg.req, e.status, b"", detail=e.detail or str(e)))
             return
         session_id = msg.session
+        address = conn.peer[0] if conn.peer else ""
+        mine = self._sessions_from(address)
+        cap = self.cfg.MAX_SESSIONS_PER_ADDRESS
+        if cap and len(mine) >= cap and session_id not in mine:
+            limit_log.warning(("sessions", address),
+                              "refusing a session from %s: it has %d sessions (the limit "
+                              "per address, MAX_SESSIONS_PER_ADDRESS)", address, len(mine))
+            conn.send(m.SessionReply(msg.req, errno.EUSERS, b""))
+            return
         if not session_id:
             session_id = secrets.token_bytes(16)
             _, version = self.store.change(OpenSession(session_id, msg.info[:200]), time.time_ns())
@@ -255,6 +277,7 @@ class ClientPort(MasterPart):
         conn.context = session_id
         self.session_links[session_id] = conn
         self.access[session_id] = access
+        mine.add(session_id)
         self.leases.set_ttl(session_id, msg.listing_ttl_ms)
         reply = m.SessionReply(msg.req, 0, session_id, root=access.root,
                                readonly=access.rule.readonly)
@@ -294,6 +317,14 @@ class ClientPort(MasterPart):
             if type(op) is m.GetLock:
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return
+            if type(op) in LONG_OPS:
+                # checked as a whole first: the steps apply without per-entry checks
+                checked = self.authorize(conn, msg)
+                if checked is not op:
+                    msg = msgspec.structs.replace(msg, op=checked)
+                if self.master.longops.take(conn, msg):
+                    return  # a big tree: done in steps, answered when done
+                op = msg.op
             if op.READ_ONLY:
                 self.authorize(conn, msg)
                 result = self.query(op)

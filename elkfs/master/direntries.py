@@ -24,8 +24,8 @@ BLOCK = 512  # names per block after a split; a block splits at twice this
 
 
 class DirEntries(dict):
-    """name -> inode. Use `d[name] = inode` and `del d[name]` to change it (the other
-    dict mutators are not overridden and would leave the order behind)."""
+    """name -> inode. Use `d[name] = inode`, `del d[name]` and `popitem()` to change it
+    (the other dict mutators are not overridden and would leave the order behind)."""
 
     __slots__ = ("_blocks", "_maxes")
 
@@ -45,6 +45,17 @@ class DirEntries(dict):
     def __delitem__(self, name: bytes) -> None:
         super().__delitem__(name)
         self._remove(name)
+
+    def popitem(self) -> tuple[bytes, int]:
+        """Remove and return the entry with the greatest name: the same one on every
+        replica, whatever order the entries were added in (a checkpoint reloads them
+        sorted)."""
+        if not self._maxes:
+            raise KeyError("popitem(): no entries")
+        name = self._maxes[-1]
+        inode = super().pop(name)
+        self._remove(name)
+        return name, inode
 
     def clear(self) -> None:
         super().clear()

@@ -22,6 +22,12 @@ Snapshots: `Snapshot` copies a file or a tree in one record; copies share chunks
 (`WriteChunk`, or `Truncate` cutting inside it) gives the writer a new chunk id, made by
 the chunkservers from the old chunk (`DuplicateChunk`), so the other side never changes.
 
+A snapshot of a tree too big for one step is made in steps (`SnapshotBegin`, then
+`SnapshotCopy`s, then `SnapshotEnd`; see elkfs/master/longops.py): the copy grows
+*detached*, in `building` (top inode -> (destination directory, name)), and gets its
+name in the last step, so nobody sees a partial copy; a copy left detached by a restart
+or a failover is freed in steps (`DropDetached`) by the next leader.
+
 Side effects on chunkservers (delete a chunk nobody references, cut a chunk's tail, copy
 a shared chunk for a truncate) are not performed here: they are queued in `effects` for the master shell, which carries them
 out once the record is durable (and, with HA, committed).
@@ -47,8 +53,10 @@ from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
 from .filelocks import F_UNLCK, LockTable, check_request
 from .nodes import (Chunk, ChunkTable, DirNode, FileNode, Node, SpecialNode, SymlinkNode,
                     shared)
-from .records import (CloseSession, DropSessionLocks, ForgetChunkserver, KnowChunkserver,
-                      OpenSession, Record, SessionGone, SetMaintenance)
+from .records import (CloseSession, DropDetached, DropSessionLocks, ForgetChunkserver,
+                      KnowChunkserver, OpenSession, Record, SessionGone, SetGoalMany,
+                      SetMaintenance, SetTrashTimeMany, SnapshotBegin, SnapshotCopy,
+                      SnapshotEnd)
 
 ROOT = 1
 MAX_NAME = 255
@@ -129,6 +137,8 @@ class Namespace:
         self.next_chunk_id = 1
         self.effects: list = []
         self.locks = LockTable()  # file locks (flock, POSIX, OFD) of every session
+        # Snapshots being made in steps: the detached copy's top inode -> where it goes.
+        self.building: dict[int, tuple[int, bytes]] = {}
         root = DirNode(ROOT, stat.S_IFDIR | 0o755, 0, 0, 0, DEFAULT_ROOT_GOAL,
                        DEFAULT_TRASHTIME, parent=ROOT)
         self.nodes[ROOT] = root
@@ -717,36 +727,145 @@ class Namespace:
         top = None
         while stack:
             node, into, nm = stack.pop()
-            inode = self.next_inode
-            self.next_inode += 1
+            copy = self._copy_one(node, into.inode, ts, nm)
             if isinstance(node, DirNode):
-                copy = DirNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
-                               node.trashtime, parent=into.inode, name=nm)
                 into.nlink += 1
                 stack.extend((self.nodes[c], copy, n)
                              for n, c in reversed(list(node.children.items())))
-            elif isinstance(node, FileNode):
-                copy = FileNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
-                                node.trashtime)
-                copy.length = node.length
-                copy.chunks = array("Q", node.chunks)
-                for chunk_id in copy.chunks:
-                    if chunk_id:
-                        self.chunks[chunk_id].refs += 1
-            elif isinstance(node, SymlinkNode):
-                copy = SymlinkNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
-                                   node.trashtime, target=node.target)
-            else:
-                copy = SpecialNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
-                                   node.trashtime, dev=node.dev)
-            copy.atime, copy.mtime = node.atime, node.mtime
-            if node.xattrs:
-                copy.xattrs = dict(node.xattrs)
-            self.nodes[inode] = copy
-            into.children[nm] = inode
+            into.children[nm] = copy.inode
             if top is None:
                 top = copy
         return top
+
+    def _copy_one(self, node: Node, parent_inode: int, ts: int, name: bytes) -> Node:
+        """A copy of `node` alone (a directory's copy is empty), not linked anywhere
+        (`name`: the one it will get in `parent_inode`)."""
+        inode = self.next_inode
+        self.next_inode += 1
+        if isinstance(node, DirNode):
+            copy = DirNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                           node.trashtime, parent=parent_inode, name=name)
+        elif isinstance(node, FileNode):
+            copy = FileNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                            node.trashtime)
+            copy.length = node.length
+            copy.chunks = array("Q", node.chunks)
+            for chunk_id in copy.chunks:
+                if chunk_id:
+                    self.chunks[chunk_id].refs += 1
+        elif isinstance(node, SymlinkNode):
+            copy = SymlinkNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                               node.trashtime, target=node.target)
+        else:
+            copy = SpecialNode(inode, node.mode, node.uid, node.gid, ts, node.goal,
+                               node.trashtime, dev=node.dev)
+        copy.atime, copy.mtime = node.atime, node.mtime
+        if node.xattrs:
+            copy.xattrs = dict(node.xattrs)
+        self.nodes[inode] = copy
+        return copy
+
+    # -------- long operations, one bounded step per record (see elkfs/master/longops.py)
+
+    def _snapbegin(self, op: SnapshotBegin, ts, sess):
+        src = self.node(op.inode)
+        if src.nlink <= 0:
+            raise FsError(errno.ENOENT, "source is in the trash")
+        parent = self._prepare_create(op.dst_parent, op.dst_name)
+        if isinstance(src, DirNode) and self._is_ancestor(src.inode, parent.inode):
+            raise FsError(errno.EINVAL, "snapshot of a directory into its own subtree")
+        top = self._copy_one(src, parent.inode, ts, op.dst_name)
+        self.building[top.inode] = (parent.inode, op.dst_name)
+        return top.inode
+
+    def _building(self, top: int) -> Node:
+        if top not in self.building:
+            raise FsError(errno.EINVAL, f"no snapshot in steps with top {top}")
+        return self.nodes[top]
+
+    def _snapcopy(self, op: SnapshotCopy, ts, sess):
+        """Copies one level of each entry; returns the copies' inodes (0: skipped, the
+        source or the place is gone, or the name is taken)."""
+        self._building(op.top)
+        made = []
+        nodes = self.nodes
+        for src_inode, into_inode, name in op.entries:
+            src = nodes.get(src_inode)
+            into = nodes.get(into_inode)
+            if (src is None or not isinstance(into, DirNode) or name in into.children
+                    or not name or b"/" in name or len(name) > MAX_NAME):
+                made.append(0)
+                continue
+            copy = self._copy_one(src, into_inode, ts, name)
+            if isinstance(copy, DirNode):
+                into.nlink += 1
+            into.children[name] = copy.inode
+            made.append(copy.inode)
+        return made
+
+    def _snapend(self, op: SnapshotEnd, ts, sess):
+        top = self._building(op.top)
+        parent_inode, name = self.building[op.top]
+        parent = self._prepare_create(parent_inode, name)
+        del self.building[op.top]
+        parent.children[name] = top.inode
+        if isinstance(top, DirNode):
+            parent.nlink += 1
+            top.parent, top.name = parent.inode, name
+        parent.mtime = parent.ctime = ts
+        return m.EntryOut(self.attr(top))
+
+    def _dropdetached(self, op: DropDetached, ts, sess):
+        """Frees up to `count` entries of the detached tree, deepest first (children
+        taken from the end of their directory: O(1) each, the same on every replica);
+        the top itself last. Returns how many were freed."""
+        top = self._building(op.top)
+        freed = 0
+        stack = [top]
+        while stack and freed < op.count:
+            node = stack[-1]
+            if isinstance(node, DirNode) and node.children:
+                name, child_inode = node.children.popitem()
+                child = self.nodes[child_inode]
+                if isinstance(child, DirNode) and child.children:
+                    node.children[name] = child_inode  # back in its place (the end)
+                    stack.append(child)
+                    continue
+                if isinstance(child, DirNode):
+                    node.nlink -= 1
+                    del self.nodes[child_inode]
+                else:
+                    child.nlink -= 1
+                    if child.nlink <= 0 and not self._is_open(child_inode):
+                        self._free(child)
+                freed += 1
+                continue
+            stack.pop()
+            if node is top:
+                del self.building[op.top]
+                self._free(top)
+                freed += 1
+        return freed
+
+    def _setgoalmany(self, op: SetGoalMany, ts, sess):
+        if not 1 <= op.goal <= MAX_GOAL:
+            raise FsError(errno.EINVAL, f"goal must be 1-{MAX_GOAL}")
+        for inode in op.inodes:
+            node = self.nodes.get(inode)
+            if node is not None and node.goal != op.goal:
+                node.goal = op.goal
+                node.ctime = ts
+        return None
+
+    def _settrashtimemany(self, op: SetTrashTimeMany, ts, sess):
+        if not 0 <= op.trashtime <= MAX_TRASHTIME:
+            raise FsError(errno.EINVAL, f"trash time must be 0-{MAX_TRASHTIME}")
+        for inode in op.inodes:
+            node = self.nodes.get(inode)
+            if node is not None and node.trashtime != op.trashtime:
+                node.trashtime = op.trashtime
+                node.ctime = ts
+        return None
 
     def _undelete(self, op: m.Undelete, ts, sess):
         entry = self.trash.get(op.inode)
@@ -955,4 +1074,7 @@ class Namespace:
         m.SetTrashTime: _settrashtime, m.Snapshot: _snapshot, m.Undelete: _undelete,
         m.PurgeTrash: _purgetrash, m.SetLock: _setlock, m.ReleaseLocks: _releaselocks,
         DropSessionLocks: _dropsessionlocks, m.AppendReserve: _appendreserve,
+        SnapshotBegin: _snapbegin, SnapshotCopy: _snapcopy, SnapshotEnd: _snapend,
+        DropDetached: _dropdetached, SetGoalMany: _setgoalmany,
+        SetTrashTimeMany: _settrashtimemany,
     }

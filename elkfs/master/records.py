@@ -63,12 +63,63 @@ class DropSessionLocks(m.Op, tag="dropsessionlocks"):
     session: bytes
 
 
+# Long operations in bounded steps (elkfs/master/longops.py): each record is one step,
+# small enough to apply within the step budget, and leaves a consistent state.
+
+
+class SnapshotBegin(m.Op, tag="snapbegin"):
+    """A snapshot of a tree too big for one step starts: the copy of the top directory
+    is made *detached* (not in `dst_parent` yet, listed in `Namespace.building`)."""
+
+    inode: int
+    dst_parent: int
+    dst_name: bytes
+
+
+class SnapshotCopy(m.Op, tag="snapcopy"):
+    """One step of a snapshot: copy each (source inode, directory of the copy, name) of
+    the detached tree under `top`, one level (a directory's copy starts empty)."""
+
+    top: int
+    entries: list[tuple[int, int, bytes]]
+
+
+class SnapshotEnd(m.Op, tag="snapend"):
+    """The last step: the detached copy `top` gets its name (carries the client's
+    session and sequence number, so a retry gets this result)."""
+
+    top: int
+
+
+class DropDetached(m.Op, tag="dropdetached"):
+    """Free at most `count` entries of the detached tree `top` (a snapshot that failed
+    or was cut short by a restart or a failover); the top goes last."""
+
+    top: int
+    count: int
+
+
+class SetGoalMany(m.Op, tag="setgoalmany"):
+    """One step of a recursive setgoal: these inodes get `goal`."""
+
+    inodes: list[int]
+    goal: int
+
+
+class SetTrashTimeMany(m.Op, tag="settrashtimemany"):
+    """One step of a recursive settrashtime: these inodes get `trashtime`."""
+
+    inodes: list[int]
+    trashtime: int
+
+
 JournalOp = Union[
     m.Mknod, m.Mkdir, m.Symlink, m.Link, m.Unlink, m.Rmdir, m.Rename, m.SetAttr, m.Truncate,
     m.SetXattr, m.RemoveXattr, m.SetGoal, m.Acquire, m.Release, m.ReleaseMany, m.WriteChunk,
     m.WriteChunkEnd, OpenSession, CloseSession, SessionGone, KnowChunkserver,
     ForgetChunkserver, SetMaintenance, m.SetTrashTime, m.Snapshot, m.Undelete,
     m.PurgeTrash, m.SetLock, m.ReleaseLocks, m.AppendReserve, DropSessionLocks,
+    SnapshotBegin, SnapshotCopy, SnapshotEnd, DropDetached, SetGoalMany, SetTrashTimeMany,
 ]
 
 

@@ -14,6 +14,7 @@ clock), sessions and checkpoints.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -32,7 +33,9 @@ from .chunkservers import ChunkRegistry
 from .client_port import ClientPort
 from .cs_port import ChunkserverPort
 from .ha import HANode
+from .gcpolicy import settle_gc, settle_loop, watch_gc
 from .locks import ChunkLocks
+from .longops import LongOps
 from .records import CloseSession, DropSessionLocks, KnowChunkserver
 from .store import MetadataStore
 
@@ -50,6 +53,24 @@ OPTIONS = {
     "METADATA_SAVE_FREQ": Option(1.0, "float", "hours between checkpoints"),
     "BACK_LOGS": Option(50, "int", "old journal segments kept"),
     "SESSION_SUSTAIN_TIME": Option(86400, "int", "seconds a disconnected session is kept"),
+    "EMPTY_SESSION_SUSTAIN_TIME": Option(120.0, "nonneg_float",
+                                         "seconds a disconnected session holding no open "
+                                         "file and no lock is kept (its client opens a new "
+                                         "one if it comes back later)"),
+    # Limits (docs/security.md, "Limits")
+    "MAX_CONNECTIONS_PER_ADDRESS": Option(256, ranged_int(0, 1 << 20),
+                                          "open connections from one address, on each "
+                                          "port (0: no limit)"),
+    "MAX_SESSIONS_PER_ADDRESS": Option(256, ranged_int(0, 1 << 20),
+                                       "sessions opened from one address and kept "
+                                       "(0: no limit)"),
+    "UNREGISTERED_TIMEOUT": Option(10.0, "nonneg_float",
+                                   "seconds a connection that has not registered (a "
+                                   "session, a chunkserver, a master) may stay silent "
+                                   "(0: forever)"),
+    "FRAME_TIMEOUT": Option(30.0, "nonneg_float",
+                            "seconds a message may take to arrive whole once it began "
+                            "(0: forever)"),
     "LOCKS_SUSTAIN_TIME": Option(30.0, "nonneg_float",
                                  "seconds a disconnected client keeps its file locks "
                                  "(its session is kept longer: SESSION_SUSTAIN_TIME)"),
@@ -115,7 +136,7 @@ class MasterServer:
         self.store = MetadataStore(cfg.DATA_PATH, cfg.CHANGELOG_SAVE_MODE, cfg.BACK_LOGS)
         self.registry = ChunkRegistry()
         self.locks = ChunkLocks(cfg.CHUNK_LOCK_WAIT)
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[rpc.Listener] = []
         self.tasks: set[asyncio.Task] = set()
         self.started_at = time.time()
         self.planner = rep.Planner(self._limits(cfg), time.monotonic())
@@ -124,6 +145,7 @@ class MasterServer:
         self.chunks = ChunkOps(self)
         self.key = ClusterKey(cfg.AUTH_CODE)
         self.acceptor = Acceptor(self.key, log)  # the handshake of the chunkserver port
+        self.longops = LongOps(self)
         self.ha = HANode(self) if cfg.HA_ENABLED else None
         self.web = None  # the web interface (elkfs.web.app.WebInterface) once started
         self.clients.set_rules(load_exports(exports_path(cfg)))
@@ -133,6 +155,14 @@ class MasterServer:
         return rep.Limits(cfg.CHUNKS_WRITE_REP_LIMIT, cfg.CHUNKS_READ_REP_LIMIT,
                           cfg.CHUNKS_DEL_LIMIT, cfg.REPLICATIONS_DELAY_INIT,
                           cfg.REPLICATIONS_DELAY_DISCONNECT)
+
+    @staticmethod
+    def connection_limits(cfg) -> rpc.ConnectionLimits:
+        """Both ports: a connection is registered once it opened a session, or
+        registered as a chunkserver or a master (its `context` is set)."""
+        return rpc.ConnectionLimits(per_address=cfg.MAX_CONNECTIONS_PER_ADDRESS,
+                                    idle_s=cfg.UNREGISTERED_TIMEOUT,
+                                    frame_s=cfg.FRAME_TIMEOUT)
 
     @property
     def ns(self):
@@ -159,18 +189,25 @@ class MasterServer:
             self.became_leader()
         self.planner.started_at = time.monotonic()
         self.servers.append(await rpc.serve(_host(cfg.MATOCL_LISTEN_HOST), cfg.MATOCL_LISTEN_PORT,
-                                            self.clients.on_client, "client", on_close=self.clients.on_client_close))
+                                            self.clients.on_client, "client",
+                                            on_close=self.clients.on_client_close,
+                                            limits=self.connection_limits(cfg)))
         self.servers.append(await rpc.serve(_host(cfg.MATOCS_LISTEN_HOST), cs_port,
                                             self.chunkservers.on_chunkserver, "chunkserver",
-                                            on_close=self.chunkservers.on_chunkserver_close))
+                                            on_close=self.chunkservers.on_chunkserver_close,
+                                            limits=self.connection_limits(cfg)))
         log.info("listening for clients on %s:%d, chunkservers%s on %s:%d",
                  cfg.MATOCL_LISTEN_HOST, cfg.MATOCL_LISTEN_PORT,
                  " and masters" if self.ha else "", cfg.MATOCS_LISTEN_HOST, cs_port)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self._start_web()
+        watch_gc()
+        gc.collect()
+        settle_gc()  # the metadata just loaded
         background = [self.store.sync_loop(), self.checkpoint_loop(), self.session_loop(),
-                      self.replication_loop(), self.trash_loop()]
+                      self.replication_loop(), self.trash_loop(),
+                      settle_loop(lambda: len(self.ns.nodes))]
         workers = [asyncio.create_task(c) for c in background]
         ready()
         try:
@@ -225,6 +262,8 @@ class MasterServer:
         self.store.save_mode = fresh.CHANGELOG_SAVE_MODE
         self.store.back_logs = fresh.BACK_LOGS
         self.locks.wait_s = fresh.CHUNK_LOCK_WAIT
+        for server in self.servers:
+            server.limits = self.connection_limits(fresh)
         limits = self._limits(fresh)
         limits.delay_init = self.planner.limits.delay_init  # only matters at start
         self.planner.limits = limits
@@ -272,6 +311,8 @@ class MasterServer:
         self.know_chunkservers()
         if self.ns.effects:  # changes committed at the election: carry out their chunk side
             self.chunks.run_effects()
+        if self.ns.building:  # snapshots in steps a restart or a failover cut short
+            self.spawn(self.longops.resume())
 
     def lost_leadership(self) -> None:
         """Another master leads: its clients must go there (they reconnect and resend)."""
@@ -307,6 +348,10 @@ class MasterServer:
                 await store.checkpoint()
 
     async def session_loop(self) -> None:
+        """Expire sessions whose client is away: after SESSION_SUSTAIN_TIME, or after
+        EMPTY_SESSION_SUSTAIN_TIME when they hold nothing a client could come back for (no
+        open file, no lock; its next request opens a new session), so sessions opened
+        and abandoned by the thousand do not stay for a day."""
         while True:
             await asyncio.sleep(min(10.0, max(0.5, self.cfg.SESSION_SUSTAIN_TIME / 4,
                                               self.cfg.LOCKS_SUSTAIN_TIME / 4)))
@@ -318,21 +363,33 @@ class MasterServer:
             # failover or a restart does not start them again.
             now_ns = time.time_ns()
             sustain_ns = self.cfg.SESSION_SUSTAIN_TIME * 1_000_000_000
+            empty_sustain_ns = int(self.cfg.EMPTY_SESSION_SUSTAIN_TIME * 1_000_000_000)
             locks_sustain_ns = int(self.cfg.LOCKS_SUSTAIN_TIME * 1_000_000_000)
             links = self.clients.session_links
             lockers = {lk.session for locks in self.ns.locks.by_file.values() for lk in locks}
+            expired = 0
             for session_id, sess in list(self.ns.sessions.items()):
-                if session_id in links:
+                if session_id in links or session_id not in self.ns.sessions:
                     continue
+                if not self.leading:
+                    break
                 gone_ns = sess.gone_ns or self.clients.leading_since_ns
-                if now_ns - gone_ns >= sustain_ns:
-                    log.info("session %s expired", session_id.hex())
+                away_ns = now_ns - gone_ns
+                empty = not sess.open_files and session_id not in lockers
+                if away_ns >= sustain_ns or (empty and away_ns >= empty_sustain_ns):
+                    expired += 1
+                    if expired <= 10:
+                        log.info("session %s expired", session_id.hex())
                     self.clients.drop_session_locks(session_id, CloseSession(session_id))
                     self.chunks.run_effects()
-                elif session_id in lockers and now_ns - gone_ns >= locks_sustain_ns:
+                    if expired % 1000 == 0:
+                        await asyncio.sleep(0)  # many at once: let clients in between
+                elif session_id in lockers and away_ns >= locks_sustain_ns:
                     log.info("session %s away for %.0fs: its file locks are released",
-                             session_id.hex(), (now_ns - gone_ns) / 1e9)
+                             session_id.hex(), away_ns / 1e9)
                     self.clients.drop_session_locks(session_id, DropSessionLocks(session_id))
+            if expired > 10:
+                log.info("%d sessions expired", expired)
 
     async def trash_loop(self) -> None:
         """Free trash files whose time is up: a journaled `PurgeTrash` naming them, so the
@@ -342,8 +399,23 @@ class MasterServer:
             if not self.leading:
                 continue
             now = time.time_ns()
-            expired = [inode for inode, (expire, _) in self.ns.trash.items() if expire <= now]
+            entries = list(self.ns.trash.items())  # a copy: the trash changes between steps
+            if len(entries) > 50_000:
+                settle_gc()  # no collection walks that copy while we step through it
+            expired = []
+            for i in range(0, len(entries), 50_000):  # a huge trash: checked in steps
+                if i:
+                    await asyncio.sleep(0)
+                expired.extend(inode for inode, (expire, _) in entries[i:i + 50_000]
+                               if expire <= now)
+            del entries
+            if not self.leading:
+                continue
             for i in range(0, len(expired), 1000):
+                if i:
+                    await asyncio.sleep(0)  # a big purge: clients get in between steps
+                    if not self.leading:
+                        break
                 self.store.change(m.PurgeTrash(expired[i:i + 1000]), now)
             if expired:
                 log.info("purged %d expired files from the trash", len(expired))
@@ -357,7 +429,7 @@ class MasterServer:
             if not self.leading:
                 continue
             try:
-                self.chunks.replication_pass()
+                await self.chunks.replication_pass()
             except Exception:
                 log.exception("replication pass failed")
 

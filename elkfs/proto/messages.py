@@ -677,6 +677,16 @@ class LockWake(Msg):
     waits: list[int]
 
 
+@message(17)
+class Progress(Msg):
+    """Master -> client: a long operation (a request done in steps: a snapshot of a big
+    tree, a recursive setgoal, mfsdirinfo) of this session with sequence number `seq`
+    (0 for reads) has done `done` entries so far. Not answered; tools print it."""
+
+    seq: int
+    done: int
+
+
 @message(16)
 class InvalidateInodes(Msg):
     """Master -> client: another session changed these files (size, data, attributes)

@@ -2,9 +2,21 @@
 
 `Connection` is an asyncio `BufferedProtocol`: the kernel copies received bytes straight
 into our buffers (no intermediate `bytes` objects). Small frames are parsed out of one
-reusable receive buffer; a frame whose body is large (chunk data) gets a buffer of its own,
-sized from the header *after* the length was checked, and the socket fills it directly,
-so bulk data is copied once between the kernel and the handler.
+receive buffer shared by every connection of the thread (the event loop runs one
+callback at a time, and nothing points into it once a callback returns); only the part
+of a frame that has arrived but is not whole stays with its connection. An idle
+connection therefore holds no buffer at all: its memory is a few Python objects.
+
+A frame whose body is large (chunk data) gets a buffer of its own that the socket fills
+directly, so bulk data is copied once between the kernel and the handler. That buffer
+grows with what has arrived (from `BIG_FIRST`, by `BIG_GROWTH` each time it is full),
+never to the length a header announces before the bytes are there: a peer that announces the largest frame and sends
+nothing costs a header, not 12 MiB.
+
+Connections accepted by `serve` obey `ConnectionLimits` (see `Listener`): so many per
+source address, a deadline for each frame once its first byte arrived (a sender of one
+byte a second is dropped), a deadline for connections nobody registered, TCP keepalive
+for half-open ones, and no reading while the peer does not read our replies.
 
 Requests and replies are matched by `req`. Incoming replies resolve the future of the
 request they answer; every other message goes to the `handler` callback, which runs
@@ -22,19 +34,29 @@ import asyncio
 import errno
 import itertools
 import logging
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Callable
 
 import msgspec
 
 from . import messages as m
 from .errors import FsError, PROTOCOL
+from .. import ratelog
 from .frames import HEADER_SIZE, FrameError, pack_header, parse_header
 
 log = logging.getLogger("elkfs.rpc")
+limit_log = ratelog.RateLimitedLog(log)  # one line per kind and peer address a while
 
-RECV_BUFFER = 1 << 20
 BIG_FRAME = 128 << 10  # bodies larger than this get a buffer of their own
+BIG_FIRST = 64 << 10  # the first size of that buffer; it grows as bytes arrive
+BIG_GROWTH = 4  # by this factor each time it is full: few reallocations for 8 MiB
 SMALL_READ = 64 << 10  # bytes read into the shared buffer at a time
+WRITE_HIGH_WATER = 16 << 20  # replies queued beyond this (two of the largest): stop
+# reading requests from that peer until it has read them
 
 REPLY_TYPES = frozenset(
     cls.TYPE for cls in (m.Ok, m.Error, m.SessionReply, m.MetaReply, m.ReadData,
@@ -49,10 +71,23 @@ class ConnectionClosed(ConnectionError):
     pass
 
 
+_thread_local = threading.local()
+
+
+def _shared_buffer() -> memoryview:
+    """The receive buffer of this thread's event loop (one loop per thread)."""
+    view = getattr(_thread_local, "recv_view", None)
+    if view is None:
+        view = _thread_local.recv_view = memoryview(bytearray(SMALL_READ))
+    return view
+
+
 class Connection(asyncio.BufferedProtocol):
     def __init__(self, handler: Handler | None = None, name: str = "",
-                 on_close: Callable[["Connection"], None] | None = None):
+                 on_close: Callable[["Connection"], None] | None = None,
+                 listener: "Listener | None" = None):
         self.handler = handler
+        self.listener = listener
         self.name = name
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
@@ -65,14 +100,16 @@ class Connection(asyncio.BufferedProtocol):
         self.auth_nonces: tuple[bytes, bytes] | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._req_ids = itertools.count(1)
-        self._buf = bytearray(RECV_BUFFER)
-        self._view = memoryview(self._buf)
-        self._start = 0
-        self._end = 0
-        self._big: bytearray | None = None
-        self._big_pos = 0
-        self._big_header: tuple[int, int, int] = (0, 0, 0)
+        self._shared = _shared_buffer()
+        self._held = bytearray()  # the start of a small frame that is not whole yet
+        self._big: bytearray | None = None  # the body of a large frame, growing
+        self._big_pos = 0  # bytes of it received
+        self._big_header: tuple[int, int, int] = (0, 0, 0)  # type, meta_len, total
+        self._into_big = False  # whether the last get_buffer gave out `_big`
+        self.frame_started_at: float | None = None  # first byte of an unfinished frame
+        self.last_frame_at = time.monotonic()  # the last whole frame (or the connect)
         self._write_paused = False
+        self._reading_paused = False
         self._drain_waiters: list[asyncio.Future] = []
 
     # ------------------------------------------------------------ asyncio callbacks
@@ -83,14 +120,18 @@ class Connection(asyncio.BufferedProtocol):
         self.peer = tuple(peer[:2]) if peer else None
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            import socket
-
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        if self.listener is not None:
+            self.listener.admit(self, sock)
 
     def connection_lost(self, exc):
+        if self.listener is not None:
+            self.listener.forget(self)
+        self._held = bytearray()
+        self._big = None  # given back now, not when the last reference to us goes
         err = ConnectionClosed(f"connection to {self.peer} closed")
         for fut in self._pending.values():
             if not fut.done():
@@ -110,33 +151,41 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self):
         self._write_paused = False
+        if self._reading_paused and self.transport is not None \
+                and not self.transport.is_closing():
+            self._reading_paused = False
+            self.transport.resume_reading()
         for fut in self._drain_waiters:
             if not fut.done():
                 fut.set_result(None)
         self._drain_waiters.clear()
 
     def get_buffer(self, sizehint):
-        if self._big is not None:
-            return memoryview(self._big)[self._big_pos:]
-        if len(self._buf) - self._end < SMALL_READ:  # compact: partial frame to the front
-            remaining = self._end - self._start
-            self._buf[:remaining] = self._view[self._start:self._end]
-            self._start, self._end = 0, remaining
-        # Small reads: the start of a large frame lands here and is copied into the
-        # frame's own buffer, so keep that part small.
-        return self._view[self._end:self._end + SMALL_READ]
+        big = self._big
+        if big is not None:
+            if self._big_pos == len(big):  # full: grow it by what has arrived
+                total = self._big_header[2]
+                big += bytes(min(total, BIG_GROWTH * len(big)) - len(big))
+            self._into_big = True
+            return memoryview(big)[self._big_pos:]
+        self._into_big = False
+        return self._shared
 
     def buffer_updated(self, nbytes):
         try:
-            if self._big is not None:
+            if self._into_big:
+                self._into_big = False
                 self._big_pos += nbytes
-                if self._big_pos == len(self._big):
-                    body, self._big = self._big, None
-                    msg_type, meta_len, _ = self._big_header
-                    self._deliver(msg_type, memoryview(body), meta_len)
+                if self._big_pos == self._big_header[2]:
+                    self._finish_big()
                 return
-            self._end += nbytes
-            self._parse()
+            self._consume(self._shared[:nbytes])
+            if self.listener is not None and self.is_open \
+                    and self.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                # A peer that does not read our replies sends no more requests until
+                # it has read most of them: what we queue for it stays bounded.
+                self._reading_paused = True
+                self.transport.pause_reading()
         except (FrameError, msgspec.ValidationError, msgspec.DecodeError) as e:
             self.protocol_error(e)
 
@@ -145,37 +194,111 @@ class Connection(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ parsing
 
-    def _parse(self):
-        view = self._view
-        while self.transport is not None and not self.transport.is_closing():
-            avail = self._end - self._start
-            if avail < HEADER_SIZE:
-                break
-            msg_type, _flags, meta_len, data_len = parse_header(
-                view[self._start:self._start + HEADER_SIZE])
+    def _consume(self, data: memoryview) -> None:
+        """Parse the bytes that just arrived in the shared buffer: first finish the frame
+        begun earlier, then deliver whole frames straight from `data`, then keep the
+        start of the last one if it is not whole."""
+        pos, end = 0, len(data)
+        if self._held:
+            pos = self._continue_held(data)
+            if pos < 0:
+                return
+        elif self._big is not None:
+            pos = self._fill_big(data)
+        while pos < end and self.is_open:
+            if end - pos < HEADER_SIZE:
+                self._hold(data[pos:end])
+                return
+            msg_type, _flags, meta_len, data_len = parse_header(data[pos:pos + HEADER_SIZE])
             if msg_type not in m.DECODERS:
                 raise FrameError(f"unknown message type {msg_type}")
             total = meta_len + data_len
-            if avail - HEADER_SIZE >= total:
-                body_start = self._start + HEADER_SIZE
-                self._start = body_start + total
+            body_start = pos + HEADER_SIZE
+            if end - body_start >= total:
+                pos = body_start + total
                 if data_len:
                     # Copy a small body out of the shared receive buffer.
-                    body = memoryview(bytes(view[body_start:body_start + total]))
+                    body = memoryview(bytes(data[body_start:pos]))
                 else:
-                    body = view[body_start:body_start + total]
+                    body = data[body_start:pos]
+                self._delivered()
                 self._deliver(msg_type, body, meta_len)
                 continue
             if total > BIG_FRAME:
-                have = avail - HEADER_SIZE
-                self._big = bytearray(total)
-                self._big[:have] = view[self._start + HEADER_SIZE:self._end]
-                self._big_pos = have
-                self._big_header = (msg_type, meta_len, data_len)
-                self._start = self._end = 0
-            break
-        if self._start == self._end:
-            self._start = self._end = 0
+                self._start_big(msg_type, meta_len, total)
+                self._fill_big(data[body_start:end])
+            else:
+                self._hold(data[pos:end])
+            return
+        if self._big is None and not self._held:
+            self.frame_started_at = None
+
+    def _hold(self, part: memoryview) -> None:
+        self._held = bytearray(part)
+        if self.frame_started_at is None:
+            self.frame_started_at = time.monotonic()
+
+    def _continue_held(self, data: memoryview) -> int:
+        """Add to the held start of a frame; deliver it once whole. Returns where the
+        next frame starts in `data` (-1: all of `data` went to an unfinished frame)."""
+        held = self._held
+        pos = 0
+        if len(held) < HEADER_SIZE:
+            pos = min(HEADER_SIZE - len(held), len(data))
+            held += data[:pos]
+            if len(held) < HEADER_SIZE:
+                return -1
+        msg_type, _flags, meta_len, data_len = parse_header(held[:HEADER_SIZE])
+        if msg_type not in m.DECODERS:
+            raise FrameError(f"unknown message type {msg_type}")
+        total = meta_len + data_len
+        if total > BIG_FRAME:  # its header came in pieces: the body goes to its own buffer
+            have = bytes(held[HEADER_SIZE:])
+            self._held = bytearray()
+            self._start_big(msg_type, meta_len, total)
+            self._fill_big(memoryview(have))
+            return pos + self._fill_big(data[pos:])
+        take = min(HEADER_SIZE + total - len(held), len(data) - pos)
+        held += data[pos:pos + take]
+        pos += take
+        if len(held) < HEADER_SIZE + total:
+            return -1
+        self._held = bytearray()  # the delivered body may be kept: never reuse it
+        self._delivered()
+        self._deliver(msg_type, memoryview(held)[HEADER_SIZE:], meta_len)
+        return pos
+
+    def _start_big(self, msg_type: int, meta_len: int, total: int) -> None:
+        self._big = bytearray(min(total, BIG_FIRST))
+        self._big_pos = 0
+        self._big_header = (msg_type, meta_len, total)
+        if self.frame_started_at is None:
+            self.frame_started_at = time.monotonic()
+
+    def _fill_big(self, data: memoryview) -> int:
+        """Copy what arrived in the shared buffer into the large frame's body (growing
+        it); deliver it once whole. Returns how many bytes of `data` it took."""
+        big = self._big
+        total = self._big_header[2]
+        take = min(total - self._big_pos, len(data))
+        if self._big_pos + take > len(big):
+            big += bytes(min(total, max(BIG_GROWTH * len(big), self._big_pos + take))
+                         - len(big))
+        big[self._big_pos:self._big_pos + take] = data[:take]
+        self._big_pos += take
+        if self._big_pos == total:
+            self._finish_big()
+        return take
+
+    def _finish_big(self) -> None:
+        body, self._big = self._big, None
+        msg_type, meta_len, _ = self._big_header
+        self._delivered()
+        self._deliver(msg_type, memoryview(body), meta_len)
+
+    def _delivered(self) -> None:
+        self.last_frame_at = time.monotonic()
+        self.frame_started_at = None
 
     def _deliver(self, msg_type: int, body: memoryview, meta_len: int):
         try:
@@ -218,7 +341,10 @@ class Connection(asyncio.BufferedProtocol):
         return True
 
     def protocol_error(self, exc: Exception):
-        log.warning("closing connection from %s (%s): bad input: %s", self.peer, self.name, exc)
+        address = self.peer[0] if self.peer else ""
+        limit_log.warning(("bad input", self.name, address),
+                          "closing connection from %s (%s): bad input: %s", self.peer,
+                          self.name, exc)
         self.close()
 
     # ------------------------------------------------------------ sending
@@ -251,6 +377,10 @@ class Connection(asyncio.BufferedProtocol):
             del self._pending[msg.req]
             raise
         return fut
+
+    def forget_call(self, req: int) -> None:
+        """Stop waiting for the reply to `req` (a late reply is dropped)."""
+        self._pending.pop(req, None)
 
     async def call(self, cls: type[m.Msg], data=None, timeout: float | None = None, **fields):
         """Send `cls(req=..., **fields)` and wait for the reply. Raises FsError on an
@@ -312,6 +442,15 @@ def _expire(fut: asyncio.Future) -> None:
         fut.set_exception(asyncio.TimeoutError())
 
 
+REUSE_IDLE_S = 30.0  # well under every port's idle timeout (IDLE_CONNECTION_TIMEOUT)
+
+
+def reusable(conn: Connection) -> bool:
+    """Whether a pooled connection may carry another request: open, and not silent for
+    so long that the other side may be closing it as idle right now."""
+    return conn.is_open and time.monotonic() - conn.last_frame_at < REUSE_IDLE_S
+
+
 async def connect(host: str, port: int, handler: Handler | None = None, name: str = "",
                   timeout: float = 5.0, on_close=None, local_host: str | None = None
                   ) -> Connection:
@@ -327,15 +466,144 @@ async def connect(host: str, port: int, handler: Handler | None = None, name: st
     return conn
 
 
+@dataclass
+class ConnectionLimits:
+    """What one listening port allows each accepted connection (0: no limit)."""
+
+    per_address: int = 0  # open connections from one source address
+    idle_s: float = 0.0  # a connection `keep` does not keep, with no frame for this
+    # long, is closed (TCP keepalive finds the half-open ones among those kept)
+    frame_s: float = 30.0  # a frame must be whole this long after its first byte
+    keepalive_s: int = 30  # TCP keepalive: first probe after this much silence
+    keep: Callable[["Connection"], bool] | None = None  # default: registered ones
+    # (the port's handler gave the connection a `context`)
+
+
+SWEEP_PERIOD_S = 1.0
+TRIM_AFTER_CLOSES = 256  # connections closed before memory is handed back to the OS
+TRIM_PERIOD_S = 60.0  # at most this often
+
+
+class Listener:
+    """The connections of one listening port: the cap per source address and the
+    deadlines, checked by one sweep a second (not a timer per connection)."""
+
+    def __init__(self, name: str, limits: ConnectionLimits):
+        self.name = name
+        self.limits = limits
+        self.conns: set[Connection] = set()
+        self.by_address: Counter[str] = Counter()
+        self.refused = 0
+        self.timed_out = 0
+        self._closed_since_trim = 0
+        self._trimmed_at = 0.0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    def admit(self, conn: Connection, sock) -> None:
+        address = conn.peer[0] if conn.peer else ""
+        cap = self.limits.per_address
+        if cap and self.by_address[address] >= cap:
+            self.refused += 1
+            limit_log.warning(("cap", self.name, address),
+                              "refusing a %s connection from %s: it has %d open "
+                              "(the limit per address)", self.name, address, cap)
+            conn.listener = None  # never counted
+            conn.transport.abort()
+            return
+        self.conns.add(conn)
+        self.by_address[address] += 1
+        if sock is not None and self.limits.keepalive_s:
+            _keepalive(sock, self.limits.keepalive_s)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_event_loop().call_later(SWEEP_PERIOD_S, self.sweep)
+
+    def forget(self, conn: Connection) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            address = conn.peer[0] if conn.peer else ""
+            self.by_address[address] -= 1
+            if self.by_address[address] <= 0:
+                del self.by_address[address]
+            self._closed_since_trim += 1
+
+    def sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        limits = self.limits
+        keep = limits.keep or _registered
+        for conn in list(self.conns):
+            started = conn.frame_started_at
+            if started is not None and limits.frame_s and now - started > limits.frame_s:
+                reason = f"a frame not whole after {limits.frame_s:g}s"
+            elif (limits.idle_s and now - conn.last_frame_at > limits.idle_s
+                  and not keep(conn)):
+                reason = f"idle for {limits.idle_s:g}s"
+            else:
+                continue
+            self.timed_out += 1
+            address = conn.peer[0] if conn.peer else ""
+            limit_log.info(("timeout", self.name, address),
+                           "closing %s connection from %s: %s", self.name, address, reason)
+            conn.transport.abort()
+            self.forget(conn)
+        if self._closed_since_trim >= TRIM_AFTER_CLOSES and now - self._trimmed_at >= TRIM_PERIOD_S:
+            self._closed_since_trim = 0
+            self._trimmed_at = now
+            _give_back_memory()
+        if self.conns:
+            self._sweeper = asyncio.get_event_loop().call_later(SWEEP_PERIOD_S, self.sweep)
+
+    @property
+    def sockets(self):
+        return self.server.sockets
+
+    def close(self) -> None:
+        """Stop listening (open connections stay, still held to the limits)."""
+        self.server.close()
+
+
+def _give_back_memory() -> None:
+    """Many connections closed: return the heap's free pages to the OS (glibc keeps them
+    otherwise, and the daemon's RSS would stay at its peak)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _registered(conn: Connection) -> bool:
+    return conn.context is not None
+
+
+def _keepalive(sock, idle_s: int) -> None:
+    """Probe a silent peer after `idle_s`, then every idle_s/3, and give up after 3
+    unanswered probes: a half-open connection is gone within about 2 x idle_s."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle_s // 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:
+        pass
+
+
 async def serve(host: str, port: int, handler: Handler, name: str, on_close=None,
-                on_connect=None):
-    """Listen on host:port; each accepted connection is a `Connection` with `handler`."""
+                on_connect=None, limits: ConnectionLimits | None = None):
+    """Listen on host:port; each accepted connection is a `Connection` with `handler`,
+    held to `limits`. Returns the `Listener` (`close()` stops listening)."""
     loop = asyncio.get_event_loop()
+    listener = Listener(name, limits or ConnectionLimits())
 
     def factory():
-        conn = Connection(handler, name, on_close)
+        conn = Connection(handler, name, on_close, listener)
         if on_connect is not None:
             on_connect(conn)
         return conn
 
-    return await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+    listener.server = await loop.create_server(factory, host, port, reuse_address=True,
+                                               backlog=1024)
+    return listener

@@ -1,0 +1,288 @@
+"""Long operations in bounded steps: no single request holds the master for long.
+
+The master serves everyone from one event loop, so a request that touches a million
+entries in one go (a snapshot of a huge directory, a recursive setgoal, mfsdirinfo of a
+big tree) stalls every other client for seconds. Requests over a budget are done here in
+steps of at most `STEP_ENTRIES` entries, with the event loop free between steps; small
+ones (up to `ONE_STEP_MAX` entries) keep their one-record path.
+
+Theory of operation
+-------------------
+*Journal.* Every step is one journal record whose apply is bounded and leaves a
+consistent state (records in elkfs/master/records.py); the records carry everything they
+need (which inodes, which names), so every replica and every replay applies exactly what
+the leader applied, in the same order relative to other clients' changes. The
+alternative, one record whose apply is itself incremental on every replica, would have
+followers interleave its steps with later records differently from the leader; per-step
+records keep replicas identical by construction.
+
+*Snapshot.* `SnapshotBegin` validates and makes the copy of the top directory
+*detached* (in `Namespace.building`, not in its destination); `SnapshotCopy` steps copy
+one level of up to STEP_ENTRIES entries each (a directory's copy starts empty; its
+entries come in later steps); `SnapshotEnd` gives the copy its name, carrying the
+client's session and sequence number so a retry gets the stored result. Nobody sees a
+partial copy. The copy is of each entry as it is when its step runs (like `cp -a` of a
+live tree): an entry created in the source after the walk passed its directory is not
+copied, one removed before its step is skipped. A failed end (the name was taken
+meanwhile, the destination removed) frees the detached copy in steps (`DropDetached`) and
+answers the error.
+
+*Crash and failover.* The steps done so far are journaled (and, with HA, committed): a
+restart or a new leader finds the detached copy in `building` and frees it in steps
+(`resume`); the client, whose request was never answered, resends it and the snapshot
+is made again from the start.
+
+*Recursive setgoal / settrashtime*: `SetGoalMany` / `SetTrashTimeMany` steps over a
+`TreeWalk`, then the top's own non-recursive change carries the session and sequence
+number. Entries made meanwhile inherit from their directory as always.
+
+*mfsdirinfo* reads only: a `TreeWalk` adds up a batch per step, nothing is journaled.
+
+Progress: every PROGRESS_PERIOD_S the client is sent `Progress` (entries done); the
+tools print it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections import deque
+
+from ..proto import messages as m
+from ..proto import rpc
+from ..proto.errors import FsError
+from .listings import touched_dirs
+from .nodes import DirNode
+from .gcpolicy import settle_gc
+from .part import MasterPart
+from .records import (DropDetached, SetGoalMany, SetTrashTimeMany, SnapshotBegin,
+                      SnapshotCopy, SnapshotEnd)
+from .treewalk import DirTotals, TreeWalk, bigger_than
+
+log = logging.getLogger("mfsmaster")
+
+STEP_ENTRIES = 1000  # entries per step: well within the ~50 ms budget to apply
+ONE_STEP_MAX = 2000  # trees up to this many entries are done in one record, as before
+PROGRESS_PERIOD_S = 1.0
+
+
+class LongOps(MasterPart):
+    def __init__(self, master):
+        super().__init__(master)
+        # (session, seq) -> [the connection to answer on, the request id there]: a client
+        # that resends a request still running is answered once, to its newest request
+        self.running: dict[tuple[bytes, int], list] = {}
+        self.steps_done = 0  # step records journaled (the web page, tests)
+        self.longest_step_s = 0.0  # the longest one to apply and journal (wall clock)
+        self.longest_step_cpu_s = 0.0  # and in CPU time (what a loaded machine hides)
+
+    # ------------------------------------------------------------ entry
+
+    def take(self, conn: rpc.Connection, msg: m.MetaRequest) -> bool:
+        """Whether `msg` is a long operation, now running in steps (answered when done);
+        False: the caller serves it as usual."""
+        op = msg.op
+        kind = type(op)
+        if kind is m.DirStats:
+            if not self._big(op.inode):
+                return False
+            self.spawn(self._dirstats(conn, msg))
+            return True
+        if kind is m.Snapshot:
+            src = self.ns.nodes.get(op.inode)
+            if not isinstance(src, DirNode) or not self._big(op.inode):
+                return False
+            run = self._snapshot
+        elif kind in (m.SetGoal, m.SetTrashTime) and op.recursive:
+            if not self._big(op.inode):
+                return False
+            run = self._set_recursive
+        else:
+            return False
+        key = (msg.session, msg.seq)
+        if key in self.running:  # resent while it runs
+            self.running[key][:] = [conn, msg.req]
+            return True
+        if self.ns.duplicate_result(msg.session, msg.seq)[0]:
+            return False  # done already: the stored result answers
+        self.running[key] = [conn, msg.req]
+        self.spawn(self._answer(key, msg, run))
+        return True
+
+    def _big(self, inode: int) -> bool:
+        return inode in self.ns.nodes and bigger_than(self.ns.nodes, inode, ONE_STEP_MAX)
+
+    async def _answer(self, key, msg: m.MetaRequest, run) -> None:
+        """Run the steps, then answer as the client port answers any change: once it is
+        durable, and after other sessions dropped the listings it changed."""
+        try:
+            try:
+                result, version = await run(msg)
+            except FsError as e:
+                conn, req = self.running[key]
+                conn.send_if_open(m.Error(req, e.status, e.detail))
+                return
+            clients = self.master.clients
+            holders = None
+            if clients.leases.by_dir:
+                holders = clients.leases.recall(touched_dirs(msg.op), msg.session,
+                                                time.monotonic())
+            try:
+                await self.store.wait_durable(version)
+            except FsError:
+                return  # no longer leading: the client resends to the new leader
+            conn, req = self.running[key]  # the newest request, if it was resent
+            await clients._recall_then_reply(conn, m.MetaReply(req, 0, result), version,
+                                             holders or {})
+        finally:
+            self.running.pop(key, None)
+
+    def _progress(self, key, msg: m.MetaRequest, done: int, last: list[float]) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_PERIOD_S:
+            last[0] = now
+            conn = self.running.get(key, [None])[0]
+            if conn is not None:
+                conn.send_if_open(m.Progress(msg.seq, done))
+
+    def _step(self, op) -> object:
+        """Journal one step (FsError NOT_LEADER once this master stopped leading)."""
+        self.steps_done += 1
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = self.store.change(op, time.time_ns())[0]
+        self.longest_step_s = max(self.longest_step_s, time.perf_counter() - started)
+        self.longest_step_cpu_s = max(self.longest_step_cpu_s,
+                                      time.process_time() - cpu_started)
+        return result
+
+    # ------------------------------------------------------------ snapshot
+
+    async def _snapshot(self, msg: m.MetaRequest):
+        op: m.Snapshot = msg.op
+        key = (msg.session, msg.seq)
+        started = time.monotonic()
+        top = self._step(SnapshotBegin(op.inode, op.dst_parent, op.dst_name))
+        nodes = self.ns.nodes
+        pending: deque[tuple[int, int]] = deque([(op.inode, top)])  # (source, copy) dirs
+        cursor = None  # [copy dir, its source's names, position, the source's entries]
+        done, last = 0, [started]
+        while True:
+            await asyncio.sleep(0)  # everyone else's requests between two steps
+            batch: list[tuple[int, int, bytes]] = []
+            while len(batch) < STEP_ENTRIES:
+                if cursor is None:
+                    if not pending:
+                        break
+                    src_inode, copy_inode = pending.popleft()
+                    src = nodes.get(src_inode)
+                    if not isinstance(src, DirNode) or not src.children:
+                        continue
+                    cursor = [copy_inode, list(src.children), 0, src.children]
+                copy_inode, names, pos, entries = cursor
+                take = names[pos:pos + STEP_ENTRIES - len(batch)]
+                cursor[2] = pos + len(take)
+                if cursor[2] >= len(names):
+                    cursor = None
+                for name in take:
+                    child = entries.get(name)
+                    if child is not None:
+                        batch.append((child, copy_inode, name))
+            if not batch:
+                break
+            try:
+                made = self._step(SnapshotCopy(top, batch))
+            except FsError as e:
+                if e.status == errno.EINVAL:  # our copy is gone (cannot happen): say so
+                    log.error("snapshot in steps lost its copy: %s", e)
+                raise
+            for (src_inode, _, _), copy_inode in zip(batch, made):
+                if copy_inode and isinstance(nodes.get(copy_inode), DirNode):
+                    pending.append((src_inode, copy_inode))
+            done += len(batch)
+            settle_gc()  # the copies and the lists of names: no collection walks them
+            self._progress(key, msg, done, last)
+        try:
+            result, version = self.store.change(SnapshotEnd(top), time.time_ns(),
+                                                msg.session, msg.seq)
+        except FsError as e:
+            if self.master.leading:
+                await self.drop_detached(top)
+            raise e
+        log.info("snapshot of inode %d: %d entries in %d steps, %.1fs (longest step so "
+                 "far %.0f ms, %.0f ms of CPU)", op.inode, done + 1,
+                 -(-done // STEP_ENTRIES) + 2, time.monotonic() - started,
+                 self.longest_step_s * 1000, self.longest_step_cpu_s * 1000)
+        settle_gc()
+        self._after_change(msg, result, version)
+        return result, version
+
+    async def drop_detached(self, top: int) -> None:
+        """Free a detached copy in steps (a failed snapshot, or one a restart or a
+        failover cut short)."""
+        freed = 0
+        while top in self.ns.building:
+            freed += self._step(DropDetached(top, STEP_ENTRIES))
+            self.master.chunks.run_effects()
+            await asyncio.sleep(0)
+        log.info("freed the unfinished snapshot copy %d (%d entries)", top, freed)
+
+    async def resume(self) -> None:
+        """This master leads now: free the copies of snapshots nobody finishes."""
+        for top in list(self.ns.building):
+            try:
+                await self.drop_detached(top)
+            except FsError:
+                return  # no longer leading: the next leader does it
+
+    # ------------------------------------------------------------ setgoal, settrashtime
+
+    async def _set_recursive(self, msg: m.MetaRequest):
+        op = msg.op
+        key = (msg.session, msg.seq)
+        if isinstance(op, m.SetGoal):
+            if not 1 <= op.goal <= 9:
+                raise FsError(errno.EINVAL, "goal must be 1-9")
+            make = lambda inodes: SetGoalMany(inodes, op.goal)  # noqa: E731
+            last_op = m.SetGoal(op.inode, op.goal, False)
+        else:
+            make = lambda inodes: SetTrashTimeMany(inodes, op.trashtime)  # noqa: E731
+            last_op = m.SetTrashTime(op.inode, op.trashtime, False)
+        walk = TreeWalk(self.ns.nodes, op.inode)
+        walk.next_batch(1)  # the top goes last, with the session's sequence number
+        last = [time.monotonic()]
+        while True:
+            batch = walk.next_batch(STEP_ENTRIES)
+            if not batch:
+                break
+            self._step(make([node.inode for node in batch]))
+            settle_gc()  # the walk's lists of entries: no collection walks them
+            self._progress(key, msg, walk.visited, last)
+            await asyncio.sleep(0)
+        result, version = self.store.change(last_op, time.time_ns(), msg.session, msg.seq)
+        self._after_change(msg, result, version)
+        return result, version
+
+    def _after_change(self, msg: m.MetaRequest, result, version) -> None:
+        """What the client port does after any change: carry out chunk effects."""
+        if self.ns.effects:
+            self.master.chunks.run_effects()
+
+    # ------------------------------------------------------------ mfsdirinfo
+
+    async def _dirstats(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
+        walk = TreeWalk(self.ns.nodes, msg.op.inode)
+        totals = DirTotals()
+        last = [time.monotonic()]
+        while True:
+            batch = walk.next_batch(STEP_ENTRIES * 5)  # reading only: cheaper per entry
+            if not batch:
+                break
+            totals.add(batch)
+            settle_gc()
+            if time.monotonic() - last[0] >= PROGRESS_PERIOD_S:
+                last[0] = time.monotonic()
+                conn.send_if_open(m.Progress(msg.seq, walk.visited))
+            await asyncio.sleep(0)
+        self.master.clients.reply_read(conn, m.MetaReply(msg.req, 0, totals.result()))
