@@ -32,7 +32,7 @@ from .filelocks import F_WRLCK, LockWaiters
 from .listings import ListingLeases, touched_dirs
 from .part import MasterPart
 from .records import CloseSession, ForgetChunkserver, OpenSession, SessionGone, SetMaintenance
-from .sessionaccess import SessionAccess, admit, learn, resolve_root
+from .sessionaccess import TRASH_OPS, SessionAccess, admit, learn, resolve_root
 
 log = logging.getLogger("mfsmaster")
 limit_log = ratelog.RateLimitedLog(log)
@@ -294,6 +294,9 @@ class ClientPort(MasterPart):
     def authorize(self, conn: rpc.Connection, msg: m.MetaRequest) -> m.Op:
         """The op to carry out for this request, checked against its identity
         (`authority.py`): FsError (EACCES, EPERM) when not allowed."""
+        rights = self.access.get(msg.session)
+        if rights is not None and rights.meta and isinstance(msg.op, TRASH_OPS):
+            return msg.op  # the export of "." is what grants the trash (the meta mount)
         return authority.check(self.ns, self.identity(conn, msg), msg.op, msg.session,
                                time.time_ns())
 

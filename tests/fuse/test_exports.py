@@ -210,10 +210,15 @@ async def test_subtree_is_the_root(env):
 async def test_maproot(env):
     mnt = env.mount("maproot", "mfsbind=127.0.76.5")
     nobody = pwd.getpwnam("nobody")
-    write(os.path.join(mnt, "by-root"))
-    os.mkdir(os.path.join(mnt, "dir-by-root"))
+    # root of this mount acts as nobody: the master refuses it root's directories
+    assert errno_of(write, os.path.join(mnt, "not-here")) == errno.EACCES
+    shared = os.path.join(env.main, "maproot-shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)
+    write(os.path.join(mnt, "maproot-shared", "by-root"))
+    os.mkdir(os.path.join(mnt, "maproot-shared", "dir-by-root"))
     for name in ("by-root", "dir-by-root"):
-        st = os.stat(os.path.join(env.main, name))  # as the master stored it
+        st = os.stat(os.path.join(shared, name))  # as the master stored it
         assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
     write(os.path.join(env.main, "root-here"))  # maproot=0 for the main mount
     assert os.stat(os.path.join(env.main, "root-here")).st_uid == 0
