@@ -677,7 +677,7 @@ class LockWake(Msg):
     waits: list[int]
 
 
-@message(17)
+@message(19)
 class Progress(Msg):
     """Master -> client: a long operation (a request done in steps: a snapshot of a big
     tree, a recursive setgoal, mfsdirinfo) of this session with sequence number `seq`
