@@ -380,7 +380,7 @@ class MasterLink:
             self._watch()
             try:
                 if type(op) in MAY_TAKE_STEPS:
-                    return await self._long_call(conn, op, seq)
+                    return await self._long_call(conn, op, seq, who)
                 reply, _ = await conn.call(m.MetaRequest, session=self.session, seq=seq, op=op,
                                            timeout=self.request_timeout_s, **who)
                 return reply.result
@@ -398,10 +398,11 @@ class MasterLink:
                     conn.close()
                     self.conn = None
 
-    async def _long_call(self, conn: rpc.Connection, op: m.Op, seq: int) -> m.Result | None:
+    async def _long_call(self, conn: rpc.Connection, op: m.Op, seq: int,
+                         who: dict) -> m.Result | None:
         """A request the master may do in steps (a big tree): it may take longer than
         `request_timeout_s`, as long as `Progress` keeps coming at least that often."""
-        msg = m.MetaRequest(conn.next_req(), self.session, seq, op)
+        msg = m.MetaRequest(conn.next_req(), self.session, seq, op, **who)
         fut = conn.start_call(msg)
         self.progress_at = time.monotonic()
         try:
