@@ -791,13 +791,14 @@ class ElkOperations(pyfuse3.Operations):
         who = self._who(ctx)
         st = self.states.get(ino)
         fresh = st is None or st.opens == 0
+        chunk = None
         try:
             if fresh:
                 # Close-to-open: the first open here asks the master for the file's
-                # current attributes (after the Acquire, which `_fresh_open` sends first:
-                # from then on the master recalls what we cache of the file when others
-                # change it).
-                attr = await self._fresh_open(ino, inode)
+                # current attributes (with the Acquire, or after it: from then on the
+                # master recalls what we cache of the file when others change it).
+                attr, chunk = await self._fresh_open(
+                    ino, inode, flags & os.O_ACCMODE != os.O_WRONLY and not flags & os.O_TRUNC)
             else:
                 attr = await self._attr(ino) if who is not None else None
             if who is not None:
@@ -812,6 +813,8 @@ class ElkOperations(pyfuse3.Operations):
                     st.size = -1
                     st.gen += 1
             fh, keep = self._new_handle(ino, flags, uid=ctx.uid if ctx else 0)
+            if chunk is not None and not flags & os.O_TRUNC:
+                self.handles[fh].reader.seed(chunk)
         finally:
             if fresh:
                 self._release_if_unused(ino)
@@ -820,25 +823,35 @@ class ElkOperations(pyfuse3.Operations):
             fi.direct_io = True  # the kernel's idea of the end is not where appends go
         return fi
 
-    async def _fresh_open(self, ino: int, kernel_ino: int) -> m.Attr:
+    async def _fresh_open(self, ino: int, kernel_ino: int,
+                          reading: bool) -> tuple[m.Attr, m.ChunkOut | None]:
         """The master's attributes of a file about to be opened here (no open of it
-        here yet). The master learns of the open first (`Acquire`, held open by an
-        extra count until the open completes or fails); when the size or mtime are not
-        what the kernel was last told, its cached attributes go, so its next read or
-        stat asks again (and the open drops the cached pages: `keep_cache`)."""
+        here yet), and, for a reader, where its first chunk is (None when not asked).
+        The master learns of the open first (`Acquire`, held open by an extra count
+        until the open completes or fails), and answers it with both in one trip;
+        when the size or mtime are not what the kernel was last told, its cached
+        attributes go, so its next read or stat asks again (and the open drops the
+        cached pages: `keep_cache`)."""
         st = self._state(ino)
         st.opens += 1
-        if st.opens == 1:
-            self._opened(ino, True)
+        acquire = st.opens == 1 and ino not in self.releases
+        if st.opens == 1 and not acquire:
+            self._opened(ino, True)  # a close not sent yet: the master still has it open
         st.pending += 1
         before = self.known.get(ino)
-        attr = (await self._op(m.GetAttr(ino))).attr
+        chunk = None
+        if acquire:
+            out = await self._op(m.Acquire(ino, m.ACQUIRE_CHUNK if reading
+                                           else m.ACQUIRE_ATTR))
+            attr, chunk = out.attr, out.chunk
+        else:
+            attr = (await self._op(m.GetAttr(ino))).attr
         self.cache.put(attr, time.monotonic())
         bounded_put(self.known, ino, (attr.mtime_ns, attr.size), KNOWN_MAX)
         if before != (attr.mtime_ns, attr.size):
             await asyncio.get_running_loop().run_in_executor(
                 None, _invalidate_kernel_inode, kernel_ino, True)
-        return attr
+        return attr, chunk
 
     def _release_if_unused(self, ino: int) -> None:
         """Drop the extra count `_fresh_open` took (the open succeeded or failed)."""

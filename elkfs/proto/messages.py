@@ -338,9 +338,19 @@ class PurgeTrash(Op, tag="purgetrash"):
 
 
 class Acquire(Op, tag="acquire"):
-    """The session opened the file: keep it alive while open, even when unlinked."""
+    """The session opened the file: keep it alive while open, even when unlinked.
+
+    `answer` (not metadata: replaying the record ignores it) asks for what an open
+    needs, in the same trip: ACQUIRE_ATTR the file's attributes (`OpenOut`), and
+    ACQUIRE_CHUNK also where its first chunk is (as `ReadChunk` would say), both as they
+    are when the answer leaves, after the open is durable."""
 
     inode: int
+    answer: int = 0
+
+
+ACQUIRE_ATTR = 1
+ACQUIRE_CHUNK = 2
 
 
 class Release(Op, tag="release"):
@@ -460,6 +470,13 @@ class AttrOut(Result, tag="attr"):
     attr: Attr
 
 
+class OpenOut(Result, tag="open"):
+    """The answer to an `Acquire` that asked for one."""
+
+    attr: Attr
+    chunk: "ChunkOut | None" = None
+
+
 class DirOut(Result, tag="dir"):
     entries: list[DirEntry]
     next_offset: int  # -1 when the listing is complete
@@ -542,7 +559,7 @@ class AppendOut(Result, tag="append"):
 
 AnyResult = Union[
     EntryOut, ChangedOut, AttrOut, DirOut, BytesOut, NamesOut, StatFsOut, ChunkOut, FileChunksOut,
-    DirStatsOut, JsonOut, TrashOut, LockOut, AppendOut,
+    DirStatsOut, JsonOut, TrashOut, LockOut, AppendOut, OpenOut,
 ]
 
 
