@@ -19,7 +19,7 @@ import logging
 
 from ..proto import messages as m
 from ..proto import rpc
-from ..proto.errors import FsError
+from ..proto.errors import NO_CHUNK, WRONG_VERSION, FsError
 
 log = logging.getLogger("elkfs.client")
 
@@ -28,6 +28,7 @@ WRITE_PIECE = 1 << 20
 WINDOW = 16 << 20
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 60.0
+STALE_LOCATION = (WRONG_VERSION, NO_CHUNK)  # what a copy says to an out-of-date reader
 FAN_OUT_MAX = 64 << 10  # a WriteOnce up to this size goes to every copy at once
 
 
@@ -75,17 +76,25 @@ async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: 
             msg = m.ReadReq(conn.next_req(), chunk_id, version, offset + pos, piece)
             futures.append((pos, piece, conn.start_call(msg)))
             pos += piece
+        refused: FsError | None = None
         for pos, piece, fut in futures:
             reply, data = await rpc.wait_reply(fut, IO_TIMEOUT)
-            if isinstance(reply, m.Error):
-                raise FsError(reply.status, reply.detail)
-            if reply.status != 0:
-                raise FsError(reply.status, f"read from {addr[0]}:{addr[1]}")
+            if refused is not None:
+                continue  # only emptying the connection of the answers still due
+            if isinstance(reply, m.Error) or reply.status != 0:
+                # An answer, not a broken connection: it stays usable once the answers
+                # still due are read (a stale version after a write is common).
+                detail = reply.detail if isinstance(reply, m.Error) \
+                    else f"read from {addr[0]}:{addr[1]}"
+                refused = FsError(reply.status, detail)
+                continue
             got = len(data) if data is not None else 0
             if got != piece:
                 raise FsError(errno.EIO, f"short read from {addr[0]}:{addr[1]}: {got} of {piece}")
             out[pos:pos + piece] = data
         ok = True
+        if refused is not None:
+            raise refused
     finally:
         if ok:
             pool.put(addr, conn)
@@ -95,8 +104,13 @@ async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: 
 
 async def read_chunk(pool: ConnectionPool, locations: list[m.Addr], chunk_id: int,
                      version: int, offset: int, size: int, out: memoryview) -> None:
-    """Read from the first copy that works; raise the last error if none does."""
+    """Read from the first copy that works; raise the last error if none does. When
+    every copy says the version (or the chunk) is not theirs, the error says so
+    (`STALE_LOCATION`): the caller's idea of the chunk is out of date, and asking the
+    master again at once is the cure (the chunk moved on, say by a write of this
+    client), not waiting."""
     last: Exception | None = None
+    stale = bool(locations)
     for addr in locations:
         try:
             await read_from(pool, addr, chunk_id, version, offset, size, out)
@@ -104,6 +118,9 @@ async def read_chunk(pool: ConnectionPool, locations: list[m.Addr], chunk_id: in
         except (FsError, OSError, asyncio.TimeoutError, rpc.ConnectionClosed) as e:
             log.info("read of chunk %016X from %s:%d failed: %s", chunk_id, addr[0], addr[1], e)
             last = e
+            stale = stale and isinstance(e, FsError) and e.status in STALE_LOCATION
+    if stale:
+        raise last
     raise FsError(errno.EIO, f"no copy of chunk {chunk_id:016X} could be read: {last}")
 
 

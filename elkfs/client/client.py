@@ -30,7 +30,7 @@ from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE, MAX_FILE_SIZE
-from .chunkio import WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
+from .chunkio import STALE_LOCATION, WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
 from .master_link import DEFAULT_MASTER_PORT, MasterLink
 
 log = logging.getLogger("elkfs.client")
@@ -621,6 +621,11 @@ class File:
                 await self._read_copies(chunk, offset, size, out)
                 return
             except FsError as e:
+                if e.status in STALE_LOCATION and not refresh:
+                    # What we knew of the chunk is out of date (it was written since):
+                    # ask again at once, once; a second refusal waits like any error.
+                    refresh = True
+                    continue
                 if time.monotonic() + delay > deadline:
                     raise
                 log.info("read of inode %d chunk %d failed (%s); asking the master again",

@@ -959,6 +959,10 @@ class ElkOperations(pyfuse3.Operations):
             st.writer = File(self.client, h.inode)
         if h.flags & os.O_APPEND and buf:
             return await self._append(h, st, buf)
+        # Readers drop what they know of the chunks now (the write may raise a chunk's
+        # version before a read that runs meanwhile) and again after it (what such a
+        # read fetched is older than this write).
+        st.gen += 1
         try:
             await st.writer.write(off, buf)
         except FsError as e:
