@@ -195,6 +195,10 @@ class ClientPort(MasterPart):
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return
             if op.READ_ONLY:
+                if type(op) is m.ReadDir and op.renew and op.offset == 0 and \
+                        self.leases.renew(op.inode, msg.session, time.monotonic()):
+                    self.reply_read(conn, m.MetaReply(msg.req, 0, m.DirOut([], -1, True)))
+                    return
                 result = self.query(op)
                 if isinstance(result, m.DirOut) and op.offset == 0 and result.next_offset == -1:
                     self.leases.grant(op.inode, msg.session, time.monotonic())

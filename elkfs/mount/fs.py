@@ -375,7 +375,9 @@ class ElkOperations(pyfuse3.Operations):
         if known is not None:
             return known
         if self.cache.has_listing(parent):
-            await self._refresh_listing(parent)
+            # An absent name needs only the names: renewing them costs the master no
+            # listing of the whole directory (a large one, every second, under load).
+            await self._refresh_listing(parent, renew=not self.cache.names(parent, name))
         elif (self.misses.get(parent, 0) >= MISSES_BEFORE_LISTING and self.cache.dir_ttl > 0
               and self.unlistable.get(parent, 0.0) <= now):
             await self._refresh_listing(parent, MISSED_LISTING_MAX)
@@ -383,7 +385,8 @@ class ElkOperations(pyfuse3.Operations):
             return None
         return self.cache.lookup(parent, name, time.monotonic())
 
-    async def _refresh_listing(self, parent: int, limit: int = LISTING_MAX) -> None:
+    async def _refresh_listing(self, parent: int, limit: int = LISTING_MAX,
+                               renew: bool = False) -> None:
         pending = self.refreshing.get(parent)
         if pending is not None:
             await asyncio.shield(pending)
@@ -394,11 +397,14 @@ class ElkOperations(pyfuse3.Operations):
             mark = self.cache.fetch_mark(parent)
             self.misses.pop(parent, None)
             try:
-                out = await self.client.op(m.ReadDir(parent, 0, limit))
+                out = await self.client.op(m.ReadDir(parent, 0, limit, renew))
             except FsError:
                 self.cache.drop_listing(parent)
                 return
-            if out.next_offset == -1 and len(out.entries) <= limit:
+            if out.renewed:
+                if not self.cache.renew(parent, mark, time.monotonic()):
+                    self.cache.drop_listing(parent)
+            elif out.next_offset == -1 and len(out.entries) <= limit:
                 self.cache.install(parent, out.entries, mark, time.monotonic())
             else:
                 self.cache.drop_listing(parent)

@@ -125,12 +125,18 @@ class GetAttr(Op, tag="getattr"):
 
 
 class ReadDir(Op, tag="readdir"):
-    """Entries after the first `offset` ones, at most `limit`, each with its attributes."""
+    """Entries after the first `offset` ones, at most `limit`, each with its attributes.
+
+    `renew`: the session still keeps the names of a complete listing of the directory
+    (expired): if no other session changed the directory since it got it (the master
+    still holds its grant: a change by anyone else recalls or drops it), the master
+    renews the grant and answers `DirOut([], -1, renewed=True)`; else the listing."""
 
     READ_ONLY = True
     inode: int
     offset: int = 0
     limit: int = 1000
+    renew: bool = False
 
 
 class ReadLink(Op, tag="readlink"):
@@ -480,6 +486,7 @@ class OpenOut(Result, tag="open"):
 class DirOut(Result, tag="dir"):
     entries: list[DirEntry]
     next_offset: int  # -1 when the listing is complete
+    renewed: bool = False  # the answer to a `renew` that holds: the names kept are good
 
 
 class BytesOut(Result, tag="bytes"):
