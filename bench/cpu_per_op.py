@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--mount-options", default="")
     p.add_argument("--perf", choices=PHASES, help="perf record -a during that phase "
                    "(last round) into DIR-spy/perf.data")
+    p.add_argument("--spy-who", default="mount,master", help="of mount, master, cs1")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     args = p.parse_args()
     results: dict[str, list[tuple[float, float, float, float]]] = {ph: [] for ph in PHASES}
@@ -104,10 +105,11 @@ def main() -> None:
                 spies = []
                 if args.spy == phase and rnd == args.rounds - 1:
                     os.makedirs(args.dir + "-spy", exist_ok=True)
-                    for k in ("mount", "master"):
+                    for k in args.spy_who.split(","):
                         spies.append(subprocess.Popen(
                             [os.path.join(os.path.dirname(sys.executable), "py-spy"),
-                             "record", "-r", "500", "-f", "raw", "-p", str(who[k][0]),
+                             "record", "-r", "500", "-f", "raw", "-p", str(who.get(k, [0])[0] if k != "cs1"
+                                                             else who["chunkservers"][0]),
                              *(["--native"] if args.native else []),
                              "-o", os.path.join(args.dir + "-spy", f"{k}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
