@@ -28,7 +28,8 @@ import logging
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.checksum import first_bad_block
-from ..proto.errors import BAD_TOKEN, CRC_ERROR, TOKEN_EXPIRED, FsError
+from ..proto.errors import (BAD_TOKEN, CRC_ERROR, NO_CHUNK, TOKEN_EXPIRED, WRONG_VERSION,
+                            FsError)
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE
 
 log = logging.getLogger("elkfs.client")
@@ -38,6 +39,7 @@ WRITE_PIECE = 1 << 20
 WINDOW = 16 << 20
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 60.0
+STALE_LOCATION = (WRONG_VERSION, NO_CHUNK)  # what a copy says to an out-of-date reader
 FAN_OUT_MAX = 64 << 10  # a WriteOnce up to this size goes to every copy at once
 # The client checks the CRC of every block it reads (the chunkserver then does not).
 # False: the chunkserver checks them as before end-to-end checks existed; only
@@ -102,12 +104,18 @@ async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: 
             msg = m.ReadReq(conn.next_req(), chunk_id, version, pos, piece, token, check)
             futures.append((pos - start, piece, conn.start_call(msg)))
             pos += piece
+        refused: FsError | None = None
         for pos, piece, fut in futures:
             reply, data = await rpc.wait_reply(fut, IO_TIMEOUT)
-            if isinstance(reply, m.Error):
-                raise FsError(reply.status, reply.detail)
-            if reply.status != 0:
-                raise FsError(reply.status, f"read from {addr[0]}:{addr[1]}")
+            if refused is not None:
+                continue  # only emptying the connection of the answers still due
+            if isinstance(reply, m.Error) or reply.status != 0:
+                # An answer, not a broken connection: it stays usable once the answers
+                # still due are read (a stale version after a write is common).
+                detail = reply.detail if isinstance(reply, m.Error) \
+                    else f"read from {addr[0]}:{addr[1]}"
+                refused = FsError(reply.status, detail)
+                continue
             got = len(data) if data is not None else 0
             if got != piece:
                 raise FsError(errno.EIO, f"short read from {addr[0]}:{addr[1]}: {got} of {piece}")
@@ -120,6 +128,8 @@ async def read_from(pool: ConnectionPool, addr: m.Addr, chunk_id: int, version: 
         if not aligned:
             out[:] = into[offset - start:offset - start + size]
         ok = True
+        if refused is not None:
+            raise refused
     finally:
         if ok:
             pool.put(addr, conn)
@@ -133,8 +143,12 @@ async def read_chunk(pool: ConnectionPool, locations: list[m.Addr], chunk_id: in
     """Read from the first copy that works; raise the last error if none does. A copy
     whose block fails its CRC is read once more (it may have raced a write) before
     `on_bad(addr)` is told; a refused token is raised at once (every copy would refuse
-    it: the caller gets a fresh one)."""
+    it: the caller gets a fresh one). When every copy says the version (or the chunk)
+    is not theirs, the error says so (`STALE_LOCATION`): the caller's idea of the chunk
+    is out of date, and asking the master again at once is the cure (the chunk moved on,
+    say by a write of this client), not waiting."""
     last: Exception | None = None
+    stale = bool(locations)
     for addr in locations:
         for attempt in (1, 2):
             try:
@@ -152,7 +166,10 @@ async def read_chunk(pool: ConnectionPool, locations: list[m.Addr], chunk_id: in
                 last = e
             log.info("read of chunk %016X from %s:%d failed: %s", chunk_id, addr[0],
                      addr[1], last)
+            stale = stale and isinstance(last, FsError) and last.status in STALE_LOCATION
             break
+    if stale:
+        raise last
     raise FsError(errno.EIO, f"no copy of chunk {chunk_id:016X} could be read: {last}")
 
 

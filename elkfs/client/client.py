@@ -32,7 +32,8 @@ from ..proto import rpc
 from ..proto.errors import CHUNK_LOCKED, NO_SERVERS, FsError
 from ..proto.layout import CHUNK_SIZE, MAX_FILE_SIZE
 from ..proto.password import password_digest
-from .chunkio import TOKEN_REFUSALS, WRITE_PIECE, ChunkWriter, ConnectionPool, read_chunk
+from .chunkio import (STALE_LOCATION, TOKEN_REFUSALS, WRITE_PIECE, ChunkWriter,
+                      ConnectionPool, read_chunk)
 from .master_link import DEFAULT_MASTER_PORT, MasterLink
 
 log = logging.getLogger("elkfs.client")
@@ -687,7 +688,7 @@ class File:
         deadline = self._retry_deadline()
         delay = 0.1
         refresh = False
-        fresh_token = False
+        fresh_token = fresh_location = False
         while True:
             chunk = await self._chunk_for_read(index, refresh)
             if chunk.chunk_id == 0:
@@ -704,6 +705,11 @@ class File:
                     # Expired (a location kept long), or the chunk changed since: a fresh
                     # location and token from the master, at once.
                     refresh = fresh_token = True
+                    continue
+                if e.status in STALE_LOCATION and not fresh_location:
+                    # What we knew of the chunk is out of date (it was written since):
+                    # ask again at once, once; a second refusal waits like any error.
+                    refresh = fresh_location = True
                     continue
                 if time.monotonic() + delay > deadline:
                     self._give_up()

@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import secrets
+import stat
 import time
 from collections import Counter
 
@@ -330,6 +331,10 @@ class ClientPort(MasterPart):
                 op = msg.op
             if op.READ_ONLY:
                 self.authorize(conn, msg)
+                if type(op) is m.ReadDir and op.renew and op.offset == 0 and not op.after \
+                        and self.leases.renew(op.inode, msg.session, time.monotonic()):
+                    self.reply_read(conn, m.MetaReply(msg.req, 0, m.DirOut([], -1, True)))
+                    return
                 result = self.query(op)
                 learn(access, result)
                 if (isinstance(result, m.DirOut) and op.offset == 0 and not op.after
@@ -371,6 +376,9 @@ class ClientPort(MasterPart):
                 if isinstance(op, m.Mkdir):
                     self.leases.grant(result.attr.inode, msg.session, now)  # it is empty
             learn(access, result)
+            if type(op) is m.Acquire and op.answer:
+                self.store.when_durable(version, lambda: self.answer_open(conn, msg.req, op))
+                return
             reply = m.MetaReply(msg.req, 0, result)
             openers = self.open_elsewhere(op, msg.session)
             if holders or openers:
@@ -393,6 +401,22 @@ class ClientPort(MasterPart):
             self.spawn(self.master.chunks._unmake_then_release(key, creating.pop(key)))
         else:
             self.locks.release(key)
+    def answer_open(self, conn: rpc.Connection, req: int, op: m.Acquire) -> None:
+        """What an open asked for with its `Acquire`, as things are now that the open is
+        durable: from here on every change of the file by another session recalls it
+        from this one, so nothing in this answer can be missed."""
+        if not conn.is_open:
+            return
+        try:
+            node = self.ns.node(op.inode)
+            attr = self.ns.attr(node)
+            chunk = None
+            if op.answer & m.ACQUIRE_CHUNK and stat.S_ISREG(attr.mode):
+                chunk = self.read_chunk(op.inode, 0)
+        except FsError as e:
+            conn.send(m.Error(req, e.status, e.detail))
+            return
+        self.reply_read(conn, m.MetaReply(req, 0, m.OpenOut(attr, chunk)))
 
     def queue_lock_wait(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         """A blocking lock request that conflicts: answered at once ("queued"), and the

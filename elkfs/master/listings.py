@@ -38,6 +38,19 @@ class ListingLeases:
             return
         self.by_dir.setdefault(directory, {})[session] = now + ttl + MARGIN_S
 
+    def renew(self, directory: int, session: bytes, now: float) -> bool:
+        """Extend the session's grant on `directory` if it still has one. A grant is
+        there only while no other session changed the directory since it was given
+        (`recall` takes every other holder's grant, expired or not; `sweep` and
+        `forget_session` take grants too, and then this says no): so the names the
+        session kept are still the directory's. Expired grants count as well, for the
+        same reason."""
+        holders = self.by_dir.get(directory)
+        if not holders or session not in holders:
+            return False
+        self.grant(directory, session, now)
+        return session in holders
+
     def recall(self, dirs: list[int] | None, changer: bytes,
                now: float) -> dict[bytes, tuple[list[int], float]]:
         """The change of `changer` touches `dirs` (None: any directory). Returns, for every

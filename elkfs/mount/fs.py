@@ -410,7 +410,9 @@ class ElkOperations(pyfuse3.Operations):
         if known is not None:
             return known
         if self.cache.has_listing(parent):
-            await self._refresh_listing(parent)
+            # An absent name needs only the names: renewing them costs the master no
+            # listing of the whole directory (a large one, every second, under load).
+            await self._refresh_listing(parent, renew=not self.cache.names(parent, name))
         elif (self.misses.get(parent, 0) >= MISSES_BEFORE_LISTING and self.cache.dir_ttl > 0
               and self.unlistable.get(parent, 0.0) <= now):
             await self._refresh_listing(parent, MISSED_LISTING_MAX)
@@ -418,7 +420,8 @@ class ElkOperations(pyfuse3.Operations):
             return None
         return self.cache.lookup(parent, name, time.monotonic())
 
-    async def _refresh_listing(self, parent: int, limit: int = LISTING_MAX) -> None:
+    async def _refresh_listing(self, parent: int, limit: int = LISTING_MAX,
+                               renew: bool = False) -> None:
         pending = self.refreshing.get(parent)
         if pending is not None:
             await asyncio.shield(pending)
@@ -429,11 +432,14 @@ class ElkOperations(pyfuse3.Operations):
             mark = self.cache.fetch_mark(parent)
             self.misses.pop(parent, None)
             try:
-                out = await self.client.op(m.ReadDir(parent, 0, limit))
+                out = await self.client.op(m.ReadDir(parent, 0, limit, renew))
             except FsError:
                 self.cache.drop_listing(parent)
                 return
-            if out.next_offset == -1 and len(out.entries) <= limit:
+            if out.renewed:
+                if not self.cache.renew(parent, mark, time.monotonic()):
+                    self.cache.drop_listing(parent)
+            elif out.next_offset == -1 and len(out.entries) <= limit:
                 self.cache.install(parent, out.entries, mark, time.monotonic())
             else:
                 self.cache.drop_listing(parent)
@@ -836,14 +842,17 @@ class ElkOperations(pyfuse3.Operations):
         who = self._who(ctx)
         st = self.states.get(ino)
         fresh = st is None or st.opens == 0
+        chunk = None
         try:
             if fresh:
                 # Close-to-open: the first open here asks the master for the file's
-                # current attributes (after the Acquire, which `_fresh_open` sends first:
-                # from then on the master recalls what we cache of the file when others
-                # change it).
+                # current attributes (with the Acquire, or after it: from then on the
+                # master recalls what we cache of the file when others change it). The
+                # Acquire says what the open wants, and the master's refusal is the answer.
                 self.refused_opens.pop(ino, None)
-                attr = await self._fresh_open(ino, inode, open_wants(flags))
+                attr, chunk = await self._fresh_open(
+                    ino, inode, open_wants(flags),
+                    flags & os.O_ACCMODE != os.O_WRONLY and not flags & os.O_TRUNC)
                 refused = self.refused_opens.pop(ino, None)
                 if refused is not None:
                     raise pyfuse3.FUSEError(_errno(FsError(refused)))
@@ -861,6 +870,8 @@ class ElkOperations(pyfuse3.Operations):
                     st.size = -1
                     st.gen += 1
             fh, keep = self._new_handle(ino, flags, uid=ctx.uid if ctx else 0)
+            if chunk is not None and not flags & os.O_TRUNC:
+                self.handles[fh].reader.seed(chunk)
         finally:
             if fresh:
                 self._release_if_unused(ino)
@@ -869,25 +880,35 @@ class ElkOperations(pyfuse3.Operations):
             fi.direct_io = True  # the kernel's idea of the end is not where appends go
         return fi
 
-    async def _fresh_open(self, ino: int, kernel_ino: int, want: int = 0) -> m.Attr:
+    async def _fresh_open(self, ino: int, kernel_ino: int, want: int,
+                          reading: bool) -> tuple[m.Attr, m.ChunkOut | None]:
         """The master's attributes of a file about to be opened here (no open of it
-        here yet). The master learns of the open first (`Acquire`, held open by an
-        extra count until the open completes or fails); when the size or mtime are not
-        what the kernel was last told, its cached attributes go, so its next read or
-        stat asks again (and the open drops the cached pages: `keep_cache`)."""
+        here yet), and, for a reader, where its first chunk is (None when not asked).
+        The master learns of the open first (`Acquire`, held open by an extra count
+        until the open completes or fails), and answers it with both in one trip;
+        when the size or mtime are not what the kernel was last told, its cached
+        attributes go, so its next read or stat asks again (and the open drops the
+        cached pages: `keep_cache`)."""
         st = self._state(ino)
         st.opens += 1
-        if st.opens == 1:
-            self._opened(ino, True, want)
+        acquire = st.opens == 1 and ino not in self.releases
+        if st.opens == 1 and not acquire:
+            self._opened(ino, True, want)  # a close not sent yet: the master has it open
         st.pending += 1
         before = self.known.get(ino)
-        attr = (await self._op(m.GetAttr(ino))).attr
+        chunk = None
+        if acquire:
+            out = await self._op(m.Acquire(ino, want, m.ACQUIRE_CHUNK if reading
+                                           else m.ACQUIRE_ATTR))
+            attr, chunk = out.attr, out.chunk
+        else:
+            attr = (await self._op(m.GetAttr(ino))).attr
         self.cache.put(attr, time.monotonic())
         bounded_put(self.known, ino, (attr.mtime_ns, attr.size), KNOWN_MAX)
         if before != (attr.mtime_ns, attr.size):
             await asyncio.get_running_loop().run_in_executor(
                 None, _invalidate_kernel_inode, kernel_ino, True)
-        return attr
+        return attr, chunk
 
     def _release_if_unused(self, ino: int) -> None:
         """Drop the extra count `_fresh_open` took (the open succeeded or failed)."""
@@ -1008,6 +1029,10 @@ class ElkOperations(pyfuse3.Operations):
             st.writer = File(self.client, h.inode)
         if h.flags & os.O_APPEND and buf:
             return await self._append(h, st, buf)
+        # Readers drop what they know of the chunks now (the write may raise a chunk's
+        # version before a read that runs meanwhile) and again after it (what such a
+        # read fetched is older than this write).
+        st.gen += 1
         try:
             await st.writer.write(off, buf)
         except FsError as e:

@@ -18,7 +18,11 @@ time left, so its copy and ours together never exceed that.
 
 Listings are complete or absent: a listing comes from one atomic ReadDir of the whole
 directory (or from a directory this mount just created, which is empty), then follows this
-mount's own changes, and lives `mfsdirentrycacheto` seconds at most. A listing fetch that
+mount's own changes, and lives `mfsdirentrycacheto` seconds at most; after that it is
+fetched again, or renewed (`ReadDir(renew=True)`: the master still holds this mount's
+grant, so nobody else changed the directory) when it is asked for a name it does not
+have (the names alone answer that; a name it has also needs fresh attributes, which a
+fetch brings). A listing fetch that
 was requested before a local change or a recall of that directory may miss it, so its
 answer is dropped (`fetch_mark`).
 """
@@ -104,6 +108,23 @@ class MetaCache:
 
     def has_listing(self, parent: int) -> bool:
         return parent in self.listings
+
+    def names(self, parent: int, name: bytes) -> bool:
+        """Whether the listing of `parent` kept here, expired or not, has `name`."""
+        listing = self.listings.get(parent)
+        return listing is not None and name in listing.names
+
+    def renew(self, parent: int, mark: tuple[int, int], now: float) -> bool:
+        """The master renewed the listing asked for with `mark` = fetch_mark(parent):
+        no other client changed the directory since it was fetched, so the names kept
+        are good for another lifetime. This mount's own changes meanwhile are in them
+        (unlike a fetched listing, which may predate them); a recall since took the
+        listing away, and so did dropping them all (the epoch)."""
+        listing = self.listings.get(parent)
+        if self.dir_ttl <= 0 or listing is None or self.epoch != mark[0]:
+            return False
+        listing.expires = now + self.dir_ttl
+        return True
 
     def listing_size(self, parent: int) -> int:
         listing = self.listings.get(parent)

@@ -49,6 +49,12 @@ class Reader:
         self.ra_blocks = ra_blocks
         self.blocks: dict[int, asyncio.Task] = {}
 
+    def seed(self, chunk) -> None:
+        """What the open learnt of the first chunk (`Acquire` with ACQUIRE_CHUNK): as
+        good as a first read's own `ReadChunk`, and dropped with it by a recall."""
+        self.file._locations[0] = chunk
+        self.length = chunk.file_length
+
     def invalidate(self) -> None:
         self.file._locations.clear()
         self.length = -1

@@ -152,13 +152,19 @@ class ReadDir(Op, tag="readdir"):
     """At most `limit` entries, each with its attributes, in the order of their names
     (bytes): those named after `after` when it is given (a page resumes after the last
     name of the previous one, which stays right however the directory changes meanwhile),
-    else those after the first `offset` ones."""
+    else those after the first `offset` ones.
+
+    `renew`: the session still keeps the names of a complete listing of the directory
+    (expired): if no other session changed the directory since it got it (the master
+    still holds its grant: a change by anyone else recalls or drops it), the master
+    renews the grant and answers `DirOut([], -1, renewed=True)`; else the listing."""
 
     READ_ONLY = True
     inode: Inode
     offset: Index = 0
     limit: Limit = 1000
     after: bytes = b""
+    renew: bool = False
 
 
 class ReadLink(Op, tag="readlink"):
@@ -379,10 +385,20 @@ class PurgeTrash(Op, tag="purgetrash"):
 class Acquire(Op, tag="acquire"):
     """The session opened the file: keep it alive while open, even when unlinked.
     `want`: the access the open asks for (R, W, X bits of `elkfs/access.py`), which the
-    master checks; a file opened for writing is written without further checks."""
+    master checks; a file opened for writing is written without further checks.
+
+    `answer` (not metadata: replaying the record ignores it) asks for what an open
+    needs, in the same trip: ACQUIRE_ATTR the file's attributes (`OpenOut`), and
+    ACQUIRE_CHUNK also where its first chunk is (as `ReadChunk` would say), both as they
+    are when the answer leaves, after the open is durable."""
 
     inode: Inode
     want: Want = 0
+    answer: Annotated[int, Meta(ge=0, le=3)] = 0
+
+
+ACQUIRE_ATTR = 1
+ACQUIRE_CHUNK = 2
 
 
 class Release(Op, tag="release"):
@@ -502,9 +518,17 @@ class AttrOut(Result, tag="attr"):
     attr: Attr
 
 
+class OpenOut(Result, tag="open"):
+    """The answer to an `Acquire` that asked for one."""
+
+    attr: Attr
+    chunk: "ChunkOut | None" = None
+
+
 class DirOut(Result, tag="dir"):
     entries: list[DirEntry]
     next_offset: int  # -1 when the listing is complete, else the `offset` of the next page
+    renewed: bool = False  # the answer to a `renew` that holds: the names kept are good
 
 
 class BytesOut(Result, tag="bytes"):
@@ -585,7 +609,7 @@ class AppendOut(Result, tag="append"):
 
 AnyResult = Union[
     EntryOut, ChangedOut, AttrOut, DirOut, BytesOut, NamesOut, StatFsOut, ChunkOut, FileChunksOut,
-    DirStatsOut, JsonOut, TrashOut, LockOut, AppendOut,
+    DirStatsOut, JsonOut, TrashOut, LockOut, AppendOut, OpenOut,
 ]
 
 

@@ -179,6 +179,45 @@ def test_a_directory_where_names_were_absent_is_listed_and_kept_coherent(mc, d, 
     assert read(os.path.join(sub, "absent4")) == b"y"
 
 
+def test_an_expired_listing_renewed_or_fetched_again_still_sees_every_change(mc, d, b):
+    """With the default listing lifetime (1 s), C's listing of d expires between the
+    steps. A LOOKUP of a name C's expired listing lacks renews it when nobody changed d
+    meanwhile (the master still holds C's grant), else fetches it again: either way,
+    what B created before, while the listing was expired, or after a renewal is seen
+    through C at once, and what B removed is gone. (`ls` through C makes it keep the
+    listing again after each recall.)"""
+    mnt_c, proc = start_mount(mc, "mnt_c", options="")
+    try:
+        c = os.path.join(mnt_c, os.path.basename(d))
+        write(os.path.join(b, "first"), b"1")
+        assert ls(c) == ["first"]  # C keeps the listing of d
+        time.sleep(2.0)  # C's listing and the master's grant expired
+        assert err(os.stat, os.path.join(c, "absent1")) == errno.ENOENT  # renewed
+        write(os.path.join(b, "second"), b"2")  # recalls C's renewed listing
+        assert read(os.path.join(c, "second")) == b"2"
+
+        assert ls(c) == ["first", "second"]
+        time.sleep(2.0)
+        write(os.path.join(b, "third"), b"3")  # C's grant expired: taken, not recalled
+        assert read(os.path.join(c, "third")) == b"3"  # so no renewal: fetched again
+        assert err(os.stat, os.path.join(c, "absent2")) == errno.ENOENT
+
+        assert ls(c) == ["first", "second", "third"]
+        time.sleep(2.0)
+        os.unlink(os.path.join(b, "first"))
+        assert err(os.stat, os.path.join(c, "absent3")) == errno.ENOENT
+        assert err(os.stat, os.path.join(c, "first")) == errno.ENOENT
+        for i in range(3):  # a renewal, then a change through B
+            assert ls(c) == sorted(["second", "third", *(f"n{j}" for j in range(i))])
+            time.sleep(1.2)
+            assert err(os.stat, os.path.join(c, f"n{i}")) == errno.ENOENT
+            write(os.path.join(b, f"n{i}"), b"n")
+            assert read(os.path.join(c, f"n{i}")) == b"n"
+        assert ls(c) == ["n0", "n1", "n2", "second", "third"]
+    finally:
+        stop_mount(mnt_c, proc)
+
+
 # ---------------------------------------------------------------- changes made elsewhere
 
 

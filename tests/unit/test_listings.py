@@ -158,3 +158,25 @@ def test_touched_dirs():
     assert touched_dirs(m.SetAttr(7, m.SET_MODE, mode=0o600)) == []
     assert touched_dirs(m.Truncate(7, 0)) == []
     assert touched_dirs(m.SetXattr(7, b"user.x", b"v")) == []
+
+
+def test_renew_holds_only_while_nobody_else_changed_the_directory():
+    lz = leases(A=1000, B=1000)
+    assert not lz.renew(D1, A, 0.0)  # never granted
+    lz.grant(D1, A, 0.0)
+    assert lz.renew(D1, A, 5.0)  # expired (1.5 s) but nobody changed D1: renewed
+    assert lz.by_dir[D1][A] == pytest.approx(5.0 + 1.0 + MARGIN_S)
+    lz.recall([D1], A, 5.5)  # A's own change keeps A's grant
+    assert lz.renew(D1, A, 5.5)
+    lz.grant(D2, A, 5.5)
+    assert lz.recall([D1], B, 6.0) == {A: ([D1], pytest.approx(6.5 + MARGIN_S))}
+    assert not lz.renew(D1, A, 6.0)  # recalled: A must fetch the listing again
+    lz.grant(D2, A, 6.0)
+    lz.recall([D2], B, 99.0)  # an expired grant is taken (without a recall) as well
+    assert not lz.renew(D2, A, 99.0)
+    lz.grant(D3, A, 0.0)
+    lz.sweep(50.0)
+    assert not lz.renew(D3, A, 50.0)
+    lz.grant(D3, A, 50.0)
+    lz.forget_session(A)
+    assert not lz.renew(D3, A, 50.0)

@@ -377,3 +377,29 @@ def test_rename_between_two_names_of_one_file_changes_nothing():
     c.moved(D1, b"a", D1, b"b", False, m.ChangedOut([]), 0.0)
     assert c.lookup(D1, b"a", 0.0) == (11, 5.0)
     assert c.lookup(D1, b"b", 0.0) == (11, 5.0)
+
+
+def test_renew_extends_the_names_kept_with_this_mounts_own_changes():
+    c = cache_with(D1, now=10.0, dir_ttl=2.0, a=11)
+    assert c.names(D1, b"a") and not c.names(D1, b"b") and not c.names(D2, b"a")
+    mark = c.fetch_mark(D1)
+    c.changing(D1)  # this mount's own change meanwhile: it is in the names kept
+    c.added(D1, b"b", m.EntryOut(attr(12), dattr(D1)), 12.5)
+    assert c.renew(D1, mark, 13.0)
+    assert c.lookup(D1, b"zzz", 14.0) == (0, 1.0)
+    assert c.lookup(D1, b"b", 14.0) == (12, 1.0)
+    assert c.lookup(D1, b"a", 14.0) == (11, 1.0)
+
+
+def test_renew_refused_after_a_recall_or_when_everything_was_dropped():
+    c = cache_with(D1, now=0.0, dir_ttl=2.0, a=11)
+    mark = c.fetch_mark(D1)
+    c.invalidate([D1])  # the recall overtook the renewal's answer
+    assert not c.renew(D1, mark, 3.0)
+    assert c.lookup(D1, b"zzz", 3.0) is None
+    c = cache_with(D1, now=0.0, dir_ttl=2.0, a=11)
+    mark = c.fetch_mark(D1)
+    c.invalidate(None)
+    assert not c.renew(D1, mark, 3.0)
+    c = MetaCache(1.0, 0.0)
+    assert not c.renew(D1, c.fetch_mark(D1), 0.0)
