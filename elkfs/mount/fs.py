@@ -432,7 +432,7 @@ class ElkOperations(pyfuse3.Operations):
             mark = self.cache.fetch_mark(parent)
             self.misses.pop(parent, None)
             try:
-                out = await self.client.op(m.ReadDir(parent, 0, limit, renew))
+                out = await self.client.op(m.ReadDir(parent, 0, limit, renew=renew))
             except FsError:
                 self.cache.drop_listing(parent)
                 return
