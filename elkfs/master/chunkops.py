@@ -60,7 +60,7 @@ class ChunkOps(MasterPart):
             return  # lost the lead meanwhile: the new leader plans
         busy = self.busy()
         # Chunks made while the goals were added up have none yet: the next pass.
-        busy.update(self.ns.chunks.keys() - goals.keys())
+        busy.update(c for c in self.ns.chunks if c not in goals)
         actions = self.planner.plan(time.monotonic(), self.ns.chunks, goals,
                                     self.registry, busy, self.master.registry_complete(),
                                     self.master.in_maintenance())
