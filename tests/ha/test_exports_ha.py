@@ -4,12 +4,13 @@ the one in force (docs/security.md: keep the files identical)."""
 
 from __future__ import annotations
 
+import errno
 import os
-import pwd
 import shutil
 import tempfile
 
 from elkfs.client import Client
+from elkfs.proto.errors import FsError
 from elkfs.testing.cluster import Cluster, run_sync
 
 NET = "127.0.88"
@@ -18,30 +19,34 @@ NET = "127.0.88"
 def test_each_master_applies_its_own_exports():
     base = tempfile.mkdtemp(prefix="elkfs-ha-exports-")
     cluster = Cluster(os.path.join(base, "c"), net=NET, masters=2, chunkservers=3, ha=True)
-    # Deliberately different files: root is mapped to nobody by one, kept by the other.
-    for d, maproot in zip(cluster.masters, ("nobody", "0")):
+    # Deliberately different files: goal 3 is refused by one, allowed by the other.
+    for d, maxgoal in zip(cluster.masters, (2, 9)):
         os.makedirs(d.data_dir)
         with open(os.path.join(d.data_dir, "mfsexports.cfg"), "w") as f:
-            f.write(f"*  /  rw,alldirs,admin,maproot={maproot}\n")
-    nobody = pwd.getpwnam("nobody").pw_uid
+            f.write(f"*  /  rw,alldirs,admin,maproot=0,maxgoal={maxgoal}\n")
     cluster.start()
     try:
         first = cluster.wait_leader(30)
-        expected = {cluster.masters[0].name: nobody, cluster.masters[1].name: 0}
+        allowed = {cluster.masters[0].name: False, cluster.masters[1].name: True}
 
-        async def create(name: str) -> int:
+        async def goal_three(name: str) -> bool:
             client = await Client.connect(**cluster.client_args(), info="ha exports",
                                           retry_s=60.0)
             try:
-                client.uid = client.gid = 0
-                return (await client.mkdir(f"/{name}")).uid
+                await client.mkdir(f"/{name}")
+                try:
+                    await client.setgoal(f"/{name}", 3)
+                except FsError as e:
+                    assert e.status == errno.EPERM, e
+                    return False
+                return True
             finally:
                 await client.close()
 
-        assert run_sync(lambda: create("before")) == expected[first.name]
+        assert run_sync(lambda: goal_three("before")) == allowed[first.name]
         cluster.kill(first)
         second = cluster.wait_leader(30, other_than=first)
-        assert run_sync(lambda: create("after")) == expected[second.name]
+        assert run_sync(lambda: goal_three("after")) == allowed[second.name]
     finally:
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
