@@ -850,22 +850,20 @@ class Namespace:
     def _setgoalmany(self, op: SetGoalMany, ts, sess):
         if not 1 <= op.goal <= MAX_GOAL:
             raise FsError(errno.EINVAL, f"goal must be 1-{MAX_GOAL}")
-        for inode in op.inodes:
-            node = self.nodes.get(inode)
-            if node is not None and node.goal != op.goal:
-                node.goal = op.goal
-                node.ctime = ts
-        return None
+        self._set_many(op.inodes, "goal", op.goal, ts)
 
     def _settrashtimemany(self, op: SetTrashTimeMany, ts, sess):
         if not 0 <= op.trashtime <= MAX_TRASHTIME:
             raise FsError(errno.EINVAL, f"trash time must be 0-{MAX_TRASHTIME}")
-        for inode in op.inodes:
+        self._set_many(op.inodes, "trashtime", op.trashtime, ts)
+
+    def _set_many(self, inodes, field: str, value: int, ts: int) -> None:
+        """One step of a recursive setgoal/settrashtime: the nodes still there get it."""
+        for inode in inodes:
             node = self.nodes.get(inode)
-            if node is not None and node.trashtime != op.trashtime:
-                node.trashtime = op.trashtime
+            if node is not None and getattr(node, field) != value:
+                setattr(node, field, value)
                 node.ctime = ts
-        return None
 
     def _undelete(self, op: m.Undelete, ts, sess):
         entry = self.trash.get(op.inode)
