@@ -13,4 +13,5 @@ WireMsg = (PreVote | PreVoteReply | VoteRequest | VoteReply | Renew | RenewReply
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder(WireMsg).decode
-DecodeError = msgspec.DecodeError
+# a string that is not UTF-8 raises UnicodeDecodeError, not msgspec's error
+DecodeError = (msgspec.DecodeError, UnicodeDecodeError)

@@ -1092,6 +1092,9 @@ DECODERS: dict[int, msgspec.msgpack.Decoder] = {
     type_id: msgspec.msgpack.Decoder(cls) for type_id, cls in MESSAGES.items()
 }
 OP_DECODER = msgspec.msgpack.Decoder(AnyOp)
+# What a decoder may raise on bad bytes: msgspec's own errors (ValidationError is one),
+# and UnicodeDecodeError for a string that is not UTF-8, which msgspec lets through.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
 
 
 def encode(msg: Msg) -> bytes:

@@ -186,7 +186,7 @@ class Connection(asyncio.BufferedProtocol):
                 # it has read most of them: what we queue for it stays bounded.
                 self._reading_paused = True
                 self.transport.pause_reading()
-        except (FrameError, msgspec.ValidationError, msgspec.DecodeError) as e:
+        except (FrameError, *m.DECODE_ERRORS) as e:
             self.protocol_error(e)
 
     def eof_received(self):
@@ -332,7 +332,7 @@ class Connection(asyncio.BufferedProtocol):
             return False
         try:
             raw = msgspec.msgpack.decode(meta)
-        except msgspec.DecodeError:
+        except m.DECODE_ERRORS:
             return False
         if not isinstance(raw, list) or not raw or type(raw[0]) is not int or raw[0] < 0:
             return False
