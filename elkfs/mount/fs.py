@@ -62,7 +62,8 @@ from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
 from .perms import (R, W, X, Caller, allowed, cacheable_children, check_hardlink,
-                    check_setattr, denied, need, open_wants, sticky_allows, xattr_wants)
+                    check_setattr, check_special_use, denied, is_special, need, open_wants,
+                    sticky_allows, xattr_wants)
 from .options import MountOptions
 
 log = logging.getLogger("elkfs.mount")
@@ -165,6 +166,8 @@ class ElkOperations(pyfuse3.Operations):
         self.enable_writeback_cache = opts.write_cache
         # Permissions are checked here (perms.py) unless the kernel does (-o default_permissions).
         self.checks = "default_permissions" not in opts.fuse_options
+        # ...and then the kernel must know the ACLs too (it reads system.posix_acl_*).
+        self.enable_acl = not self.checks
         self.root = root_inode
         self.states: dict[int, InodeState] = {}
         self.handles: dict[int, Handle] = {}
@@ -258,6 +261,8 @@ class ElkOperations(pyfuse3.Operations):
         e.st_ino = self._k(inode)
         e.generation = 0
         e.entry_timeout = self.opts.entry_timeout if entry_timeout is None else entry_timeout
+        if is_special(attr.mode) and self.checks:
+            e.entry_timeout = 0.0  # each use is a lookup, checked then (_check_special)
         e.attr_timeout = self.opts.attr_timeout if attr_timeout is None else attr_timeout
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
@@ -382,6 +387,7 @@ class ElkOperations(pyfuse3.Operations):
                 attr, attr_left = cached
                 if stat.S_ISDIR(attr.mode):
                     self._note_parent(inode, parent)
+                self._check_special(attr, ctx)
                 self._kernel_named(parent, name, min(timeout, left))
                 return self._entry(attr, min(timeout, left), attr_left)
         try:
@@ -397,9 +403,18 @@ class ElkOperations(pyfuse3.Operations):
         if stat.S_ISDIR(out.attr.mode) and not dots:
             self._note_parent(out.attr.inode, parent)
         self.cache.put(out.attr, time.monotonic())
+        self._check_special(out.attr, ctx)
         if not dots:
             self._kernel_named(parent, name, timeout)
         return self._entry(out.attr, timeout)
+
+    def _check_special(self, attr: m.Attr, ctx) -> None:
+        """The open of a FIFO or device, or a connect to a socket, that this lookup is
+        part of: the kernel will not ask again (perms.is_special)."""
+        if is_special(attr.mode):
+            who = self._who(ctx)
+            if who is not None:
+                check_special_use(attr, who)
 
     async def _listed(self, parent: int, name: bytes):
         """What the cached listing of `parent` says of `name` (see MetaCache.lookup),

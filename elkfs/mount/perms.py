@@ -28,6 +28,7 @@ import pyfuse3
 
 from .. import access
 from ..proto import messages as m
+from . import intent
 
 R, W, X = access.R, access.W, access.X
 TOUCH_WINDOW_NS = access.TOUCH_WINDOW_NS
@@ -103,6 +104,23 @@ def need(attr: m.Attr, who: Caller, want: int) -> None:
 owner_or_root = access.owner_or_root
 sticky_allows = access.sticky_allows
 xattr_wants = access.xattr_wants
+
+
+SPECIAL = frozenset((stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK))
+
+
+def is_special(mode: int) -> bool:
+    """A FIFO, socket or device: the kernel uses it without asking the file system, so
+    its name is never cached by the kernel and its use is checked at lookup (intent.py)."""
+    return stat.S_IFMT(mode) in SPECIAL
+
+
+def check_special_use(attr: m.Attr, who: Caller) -> None:
+    """EACCES unless `who` may do what the system call it is in does with special file
+    `attr` (open it for reading or writing, connect to it)."""
+    want = intent.wants_of_caller(who.pid, stat.S_ISSOCK(attr.mode))
+    if want:
+        need(attr, who, want)
 
 
 def cacheable_children(directory: m.Attr) -> bool:

@@ -67,6 +67,24 @@ d("open/rootdir_b", 0o755)
 d("sticky", 0o1777)
 w("sticky/roots", mode=0o666)
 d("sgid", 0o2777, gid={GROUP})
+def special(p, kind, mode, dev=0):
+    if kind == "sock":
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(p)
+        s.close()
+    else:
+        os.mknod(p, kind | 0o600, dev)
+    os.chmod(p, mode)
+special("fifo_secret", stat.S_IFIFO, 0o600)
+special("fifo_ro", stat.S_IFIFO, 0o644)
+special("fifo_acl", stat.S_IFIFO, 0o600)
+import subprocess
+subprocess.run(["setfacl", "-m", "u:{NOBODY}:rw", "fifo_acl"], check=True)
+special("dev_secret", stat.S_IFCHR, 0o600, os.makedev(1, 3))  # /dev/null's numbers
+special("dev_pub", stat.S_IFCHR, 0o666, os.makedev(1, 3))
+special("sock_secret", "sock", 0o600)
+special("sock_pub", "sock", 0o666)
 """
 
 # Run as nobody; prints a JSON object label -> "ok" / errno name / value.
@@ -95,6 +113,12 @@ def run(p):
     return subprocess.run([p]).returncode
 def mkfifo(p):
     os.mkfifo(p)
+def op(p, flags):
+    os.close(os.open(p, flags))
+def connect(p):
+    import socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(p)
 def chdir(p):
     old = os.getcwd()
     os.chdir(p)
@@ -167,6 +191,22 @@ t("create sgid/f", wr, "sgid/f", os.O_CREAT | os.O_WRONLY)
 t("gid sgid/f", gid, "sgid/f")
 t("mkdir sgid/d", os.mkdir, "sgid/d")
 t("mode sgid/d", mode, "sgid/d")
+NB = os.O_NONBLOCK
+t("read fifo_secret", op, "fifo_secret", os.O_RDONLY | NB)
+t("read+write fifo_secret", op, "fifo_secret", os.O_RDWR)
+t("write fifo_secret", op, "fifo_secret", os.O_WRONLY | NB)
+t("O_PATH fifo_secret", op, "fifo_secret", os.O_PATH)
+t("stat fifo_secret", mode, "fifo_secret")
+t("access fifo_secret W", os.access, "fifo_secret", os.W_OK)
+t("read fifo_ro", op, "fifo_ro", os.O_RDONLY | NB)
+t("read+write fifo_ro", op, "fifo_ro", os.O_RDWR)
+t("read+write fifo_acl (ACL names nobody)", op, "fifo_acl", os.O_RDWR)
+t("read dev_secret", op, "dev_secret", os.O_RDONLY)
+t("write dev_secret", op, "dev_secret", os.O_WRONLY)
+t("read+write dev_pub", op, "dev_pub", os.O_RDWR)
+t("connect sock_secret", connect, "sock_secret")
+t("connect sock_pub", connect, "sock_pub")
+t("stat sock_secret", mode, "sock_secret")
 print(json.dumps(out))
 """
 
@@ -186,14 +226,31 @@ def _answers(base: str) -> dict:
 
 
 def test_another_user_gets_what_a_local_file_system_answers(d, local_answers):
-    want = local_answers
+    with open("/proc/self/mountinfo") as f:
+        mount_opts = next(ln for ln in f if ln.split()[4] == os.path.dirname(d)).split()[5]
+    assert "nodev" in mount_opts.split(",")  # as every FUSE mount unless -o dev
+    want = _expected(local_answers, "")
     got = _answers(d)
     differ = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
     assert not differ, f"mount vs local: {differ}"
     # The scenario must exercise refusals of both kinds, and the cached-name case.
     assert list(want.values()).count("EACCES") >= 10 and list(want.values()).count("EPERM") >= 5
     assert want["stat closed/inner (root just looked it up)"] == "EACCES"
+    # FIFOs, devices and sockets: refused by their mode bits, allowed by mode or ACL
+    refused = ("read fifo_secret", "read+write fifo_ro", "write dev_secret", "connect sock_secret")
+    allowed = ("read fifo_ro", "read+write fifo_acl (ACL names nobody)", "read+write dev_pub",
+               "O_PATH fifo_secret")
+    assert [local_answers[k] for k in refused] == ["EACCES"] * len(refused)
+    assert [local_answers[k] for k in allowed] == ["ok"] * len(allowed)
     assert not int(want["mode suid"], 8) & stat.S_ISUID
+
+
+def _expected(local: dict, options: str) -> dict:
+    """A local file system's answers as a mount with `options` must give them: FUSE
+    mounts are nodev unless -o dev, so no device file opens there."""
+    if "dev" in options.split(","):
+        return local
+    return dict(local, **{"read+write dev_pub": "EACCES"})
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +262,11 @@ def local_answers():
         shutil.rmtree(local, ignore_errors=True)
 
 
-@pytest.mark.parametrize("options", ["mfswritecache=0", "default_permissions"])
+@pytest.mark.parametrize("options", ["mfswritecache=0", "default_permissions", "dev"])
 def test_same_answers_with_other_mount_options(options, local_answers):
-    """Without the write-back cache (other SETATTRs come from the kernel), and with
-    `-o default_permissions` (the kernel checks, the mount does not)."""
+    """Without the write-back cache (other SETATTRs come from the kernel), with
+    `-o default_permissions` (the kernel checks, the mount does not), and with `-o dev`
+    (device files may be opened, as their mode bits allow)."""
     base = tempfile.mkdtemp(prefix="elkfs-perms-opts-")
     os.chmod(base, 0o755)
     try:
@@ -221,5 +279,6 @@ def test_same_answers_with_other_mount_options(options, local_answers):
             got = _answers(d)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    differ = {k: (got.get(k), v) for k, v in local_answers.items() if got.get(k) != v}
+    differ = {k: (got.get(k), v) for k, v in _expected(local_answers, options).items()
+              if got.get(k) != v}
     assert not differ, f"mount ({options}) vs local: {differ}"

@@ -38,6 +38,8 @@ try:
         os.utime(path, None)
     elif what == "utime_past":
         os.utime(path, (1000, 1000))
+    elif what == "fifo_rw":
+        os.close(os.open(path, os.O_RDWR))
     elif what == "mtime_only":
         os.utime(path, ns=(os.stat(path).st_atime_ns, 5 * 10**9))
     print("ok")
@@ -144,6 +146,25 @@ def test_chmod_of_a_file_holds_at_once_on_another_mount(mc, mnt_b, d):
     assert as_nobody("read", on_b(mc, mnt_b, f)) == "ok"
     os.chmod(f, 0o600)
     assert as_nobody("read", on_b(mc, mnt_b, f)) == "EACCES"
+
+
+def test_a_fifo_opens_as_its_mode_says_on_every_mount(mc, mnt_b, d):
+    """The kernel opens a FIFO without asking the file system (no default_permissions):
+    the mount checks at the lookup that precedes the open (elkfs/mount/intent.py), with
+    the attributes every mount has been told of at once."""
+    fifo = os.path.join(d, "fifo")
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o600)
+    fifo_b = on_b(mc, mnt_b, fifo)
+    assert as_nobody("fifo_rw", fifo_b) == "EACCES"
+    assert as_nobody("stat", fifo_b) == "ok"
+    os.chmod(fifo, 0o666)
+    assert as_nobody("fifo_rw", fifo_b) == "ok"
+    os.chmod(fifo, 0o600)
+    assert as_nobody("fifo_rw", fifo_b) == "EACCES"
+    setfacl("-m", "u:nobody:rw", fifo)
+    assert as_nobody("fifo_rw", fifo_b) == "ok"
+    assert as_nobody("fifo_rw", fifo) == "ok"
 
 
 def test_utimensat_rules_for_a_writer_who_is_not_the_owner(mc, mnt_b, d):
