@@ -49,6 +49,7 @@ import errno
 import logging
 import time
 from collections import deque
+from itertools import islice
 
 from ..proto import messages as m
 from ..proto import rpc
@@ -166,7 +167,7 @@ class LongOps(MasterPart):
         top = self._step(SnapshotBegin(op.inode, op.dst_parent, op.dst_name))
         nodes = self.ns.nodes
         pending: deque[tuple[int, int]] = deque([(op.inode, top)])  # (source, copy) dirs
-        cursor = None  # [copy dir, its source's names, position, the source's entries]
+        cursor = None  # [copy dir, the last name taken, the source's entries]
         done, last = 0, [started]
         while True:
             await asyncio.sleep(0)  # everyone else's requests between two steps
@@ -179,12 +180,15 @@ class LongOps(MasterPart):
                     src = nodes.get(src_inode)
                     if not isinstance(src, DirNode) or not src.children:
                         continue
-                    cursor = [copy_inode, list(src.children), 0, src.children]
-                copy_inode, names, pos, entries = cursor
-                take = names[pos:pos + STEP_ENTRIES - len(batch)]
-                cursor[2] = pos + len(take)
-                if cursor[2] >= len(names):
+                    cursor = [copy_inode, b"", src.children]
+                copy_inode, after, entries = cursor
+                # by name, a step's worth at a time (no list of a huge directory at once)
+                want = STEP_ENTRIES - len(batch)
+                take = list(islice(entries.names_after(after), want))
+                if len(take) < want:
                     cursor = None
+                else:
+                    cursor[1] = take[-1]
                 for name in take:
                     child = entries.get(name)
                     if child is not None:
