@@ -15,7 +15,7 @@ demo-stop: setup
 	@$(PY) -m elkfs.testing.demo stop
 
 test: setup
-	@$(PY) -m pytest -q -ra tests
+	@$(PY) -m pytest -q -ra --durations=25 tests
 
 sim: setup
 	@$(PY) -m tests.sim.run --seeds $(SEEDS)
