@@ -50,9 +50,11 @@ import logging
 import time
 from collections import deque
 
+from ..access import Who
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import FsError
+from . import authority
 from .listings import touched_dirs
 from .nodes import DirNode
 from .gcpolicy import settle_gc
@@ -65,6 +67,7 @@ log = logging.getLogger("mfsmaster")
 
 STEP_ENTRIES = 1000  # entries per step: well within the ~50 ms budget to apply
 ONE_STEP_MAX = 2000  # trees up to this many entries are done in one record, as before
+CHECK_STEP_ENTRIES = STEP_ENTRIES * 5  # a permission check step reads only: cheaper
 PROGRESS_PERIOD_S = 1.0
 
 
@@ -77,12 +80,15 @@ class LongOps(MasterPart):
         self.steps_done = 0  # step records journaled (the web page, tests)
         self.longest_step_s = 0.0  # the longest one to apply and journal (wall clock)
         self.longest_step_cpu_s = 0.0  # and in CPU time (what a loaded machine hides)
+        self.longest_check_cpu_s = 0.0  # the longest step of a permission check walk
 
     # ------------------------------------------------------------ entry
 
-    def take(self, conn: rpc.Connection, msg: m.MetaRequest) -> bool:
+    def take(self, conn: rpc.Connection, msg: m.MetaRequest, who: Who | None = None) -> bool:
         """Whether `msg` is a long operation, now running in steps (answered when done);
-        False: the caller serves it as usual."""
+        False: the caller serves it as usual. `who`: the identity it is done for, whose
+        right to the top was checked; its right to the tree below is checked here
+        (None: nothing to check, as for root)."""
         op = msg.op
         kind = type(op)
         if kind is m.DirStats:
@@ -108,18 +114,20 @@ class LongOps(MasterPart):
         if self.ns.duplicate_result(msg.session, msg.seq)[0]:
             return False  # done already: the stored result answers
         self.running[key] = [conn, msg.req]
-        self.spawn(self._answer(key, msg, run))
+        if who is not None and not authority.needs_tree_check(self.ns, who, op):
+            who = None
+        self.spawn(self._answer(key, msg, run, who))
         return True
 
     def _big(self, inode: int) -> bool:
         return inode in self.ns.nodes and bigger_than(self.ns.nodes, inode, ONE_STEP_MAX)
 
-    async def _answer(self, key, msg: m.MetaRequest, run) -> None:
+    async def _answer(self, key, msg: m.MetaRequest, run, who: Who | None) -> None:
         """Run the steps, then answer as the client port answers any change: once it is
         durable, and after other sessions dropped the listings it changed."""
         try:
             try:
-                result, version = await run(msg)
+                result, version = await run(msg, who)
             except FsError as e:
                 conn, req = self.running[key]
                 conn.send_if_open(m.Error(req, e.status, e.detail))
@@ -147,6 +155,29 @@ class LongOps(MasterPart):
             if conn is not None:
                 conn.send_if_open(m.Progress(msg.seq, done))
 
+    async def _check_tree(self, key, msg: m.MetaRequest, who: Who) -> int:
+        """The tree `msg` covers, checked entry by entry for `who` in steps (reading
+        only), then its top again (it may have changed meanwhile): FsError when refused,
+        nothing changed. Returns the entries checked."""
+        check = authority.TreeCheck(self.ns, who, msg.op)
+        last = [time.monotonic()]
+        started, cpu_started = time.perf_counter(), time.process_time()
+        while True:
+            step_started = time.process_time()
+            done = check.step(CHECK_STEP_ENTRIES)
+            self.longest_check_cpu_s = max(self.longest_check_cpu_s,
+                                           time.process_time() - step_started)
+            if done:
+                break
+            settle_gc()
+            self._progress(key, msg, check.visited, last)
+            await asyncio.sleep(0)  # everyone else's requests between two steps
+        authority.check(self.ns, who, msg.op, msg.session, time.time_ns(), tree=False)
+        log.info("%s of inode %d for uid %d: %d entries checked in %.1fs (%.1fs of CPU)",
+                 type(msg.op).__name__, msg.op.inode, who.uid, check.visited,
+                 time.perf_counter() - started, time.process_time() - cpu_started)
+        return check.visited
+
     def _step(self, op) -> object:
         """Journal one step (FsError NOT_LEADER once this master stopped leading)."""
         self.steps_done += 1
@@ -159,16 +190,18 @@ class LongOps(MasterPart):
 
     # ------------------------------------------------------------ snapshot
 
-    async def _snapshot(self, msg: m.MetaRequest):
+    async def _snapshot(self, msg: m.MetaRequest, who: Who | None):
         op: m.Snapshot = msg.op
         key = (msg.session, msg.seq)
         started = time.monotonic()
+        checked = 0 if who is None else await self._check_tree(key, msg, who)
         top = self._step(SnapshotBegin(op.inode, op.dst_parent, op.dst_name))
         nodes = self.ns.nodes
         pending: deque[tuple[int, int]] = deque([(op.inode, top)])  # (source, copy) dirs
-        cursor = None  # [copy dir, its source's names, position, the source's entries]
+        cursor = None  # [copy dir, its source's names, position, its source]
         done, last = 0, [started]
-        while True:
+        refusal = None
+        while refusal is None:
             await asyncio.sleep(0)  # everyone else's requests between two steps
             batch: list[tuple[int, int, bytes]] = []
             while len(batch) < STEP_ENTRIES:
@@ -179,17 +212,29 @@ class LongOps(MasterPart):
                     src = nodes.get(src_inode)
                     if not isinstance(src, DirNode) or not src.children:
                         continue
-                    cursor = [copy_inode, list(src.children), 0, src.children]
-                copy_inode, names, pos, entries = cursor
+                    cursor = [copy_inode, list(src.children), 0, src]
+                copy_inode, names, pos, src = cursor
+                if who is not None:  # the tree may have changed since it was checked
+                    refusal = authority.tree_entry_refusal(op, src, who)
+                    if refusal is not None:
+                        break
                 take = names[pos:pos + STEP_ENTRIES - len(batch)]
                 cursor[2] = pos + len(take)
                 if cursor[2] >= len(names):
                     cursor = None
+                entries = src.children
                 for name in take:
                     child = entries.get(name)
-                    if child is not None:
-                        batch.append((child, copy_inode, name))
-            if not batch:
+                    if child is None:
+                        continue
+                    if who is not None:
+                        refusal = authority.tree_entry_refusal(op, nodes[child], who)
+                        if refusal is not None:
+                            break
+                    batch.append((child, copy_inode, name))
+                if refusal is not None:
+                    break
+            if refusal is not None or not batch:
                 break
             try:
                 made = self._step(SnapshotCopy(top, batch))
@@ -202,7 +247,12 @@ class LongOps(MasterPart):
                     pending.append((src_inode, copy_inode))
             done += len(batch)
             settle_gc()  # the copies and the lists of names: no collection walks them
-            self._progress(key, msg, done, last)
+            self._progress(key, msg, checked + done, last)
+        if refusal is not None:  # an entry made or changed after the check: no copy
+            log.info("snapshot of inode %d for uid %d refused after %d entries copied: %s",
+                     op.inode, who.uid, done, refusal.detail)
+            await self.drop_detached(top)
+            raise refusal
         try:
             result, version = self.store.change(SnapshotEnd(top), time.time_ns(),
                                                 msg.session, msg.seq)
@@ -238,9 +288,10 @@ class LongOps(MasterPart):
 
     # ------------------------------------------------------------ setgoal, settrashtime
 
-    async def _set_recursive(self, msg: m.MetaRequest):
+    async def _set_recursive(self, msg: m.MetaRequest, who: Who | None):
         op = msg.op
         key = (msg.session, msg.seq)
+        checked = 0 if who is None else await self._check_tree(key, msg, who)
         if isinstance(op, m.SetGoal):
             if not 1 <= op.goal <= 9:
                 raise FsError(errno.EINVAL, "goal must be 1-9")
@@ -252,14 +303,28 @@ class LongOps(MasterPart):
         walk = TreeWalk(self.ns.nodes, op.inode)
         walk.next_batch(1)  # the top goes last, with the session's sequence number
         last = [time.monotonic()]
+        skipped = 0
         while True:
+            await asyncio.sleep(0)  # everyone else's requests between two steps
             batch = walk.next_batch(STEP_ENTRIES)
             if not batch:
                 break
-            self._step(make([node.inode for node in batch]))
+            if who is None:
+                inodes = [node.inode for node in batch]
+            else:  # an entry made or given away after the check is left alone
+                inodes = [node.inode for node in batch
+                          if authority.tree_entry_refusal(op, node, who) is None]
+                skipped += len(batch) - len(inodes)
+            if inodes:
+                self._step(make(inodes))
             settle_gc()  # the walk's lists of entries: no collection walks them
-            self._progress(key, msg, walk.visited, last)
-            await asyncio.sleep(0)
+            self._progress(key, msg, checked + walk.visited, last)
+        if skipped:
+            log.info("%s of inode %d for uid %d: %d entries not %s's (made or changed "
+                     "after the check) left alone", type(op).__name__, op.inode, who.uid,
+                     skipped, who.uid)
+        if who is not None:  # the top itself, as it is now
+            authority.check(self.ns, who, last_op, msg.session, time.time_ns())
         result, version = self.store.change(last_op, time.time_ns(), msg.session, msg.seq)
         self._after_change(msg, result, version)
         return result, version
