@@ -18,6 +18,7 @@ from elkfs.access import Who
 from elkfs.master import authority, longops
 from elkfs.master.longops import LongOps
 from elkfs.master.namespace import ROOT
+from elkfs.master.records import DropDetached, SnapshotBegin
 from elkfs.proto import messages as m
 from elkfs.proto.errors import FsError
 
@@ -243,17 +244,20 @@ def test_an_unreadable_entry_after_the_check_stops_the_snapshot(small_steps):
     meets the entry, and its detached copy is freed."""
     r = Runner()
     r.do(m.SetAttr(ROOT, m.SET_MODE, mode=stat.S_IFDIR | 0o777))
-    top, deep = user_tree(r)
-    r.do(m.SetAttr(deep, m.SET_MODE, mode=stat.S_IFDIR | 0o777))
+    top, _ = user_tree(r)
+    d0 = r.ns.lookup(top, b"d0").inode
+    r.do(m.SetAttr(d0, m.SET_MODE, mode=stat.S_IFDIR | 0o777))
 
     def intruder(step):
-        if step == 2:
-            mkfile(r, deep, b"secret", uid=OTHER, mode=0o600)
+        if step == 2:  # the walk took /t/d0's entries in its first step
+            mkfile(r, d0, b"secret", uid=OTHER, mode=0o600)
 
     nodes_before = len(r.ns.nodes)
     with pytest.raises(FsError) as e:
         run_long(r, m.Snapshot(top, ROOT, b"copy", USER, USER), between=intruder)
     assert e.value.status == errno.EACCES
+    kinds = [type(rec.op) for rec in r.records]
+    assert SnapshotBegin in kinds and DropDetached in kinds  # refused by a copy step
     assert b"copy" not in r.ns.nodes[ROOT].children
     assert not r.ns.building
     assert len(r.ns.nodes) == nodes_before + 1  # the secret; no copy left behind
