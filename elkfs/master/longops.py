@@ -94,11 +94,11 @@ class LongOps(MasterPart):
 
     # ------------------------------------------------------------ entry
 
-    def take(self, conn: rpc.Connection, msg: m.MetaRequest, who: Who | None = None) -> bool:
+    def take(self, conn: rpc.Connection, msg: m.MetaRequest, who: Who) -> bool:
         """Whether `msg` is a long operation, now running in steps (answered when done);
-        False: the caller serves it as usual. `who`: the identity it is done for, whose
-        right to the top was checked; its right to the tree below is checked here
-        (None: nothing to check, as for root)."""
+        False: the caller serves it as usual (and checks all of it). `who`: the identity
+        it is done for, whose right to the top was checked; its right to the tree below
+        is checked here."""
         op = msg.op
         kind = type(op)
         if kind is m.DirStats:
@@ -241,7 +241,7 @@ class LongOps(MasterPart):
                     child = entries.get(name)
                     if child is None:
                         continue
-                    if who is not None:
+                    if who is not None and child in nodes:  # (gone: the step skips it)
                         refusal = authority.tree_entry_refusal(op, nodes[child], who)
                         if refusal is not None:
                             break
@@ -305,7 +305,6 @@ class LongOps(MasterPart):
     async def _set_recursive(self, msg: m.MetaRequest, who: Who | None):
         op = msg.op
         key = (msg.session, msg.seq)
-        checked = 0 if who is None else await self._check_tree(key, msg, who)
         if isinstance(op, m.SetGoal):
             if not 1 <= op.goal <= 9:
                 raise FsError(errno.EINVAL, "goal must be 1-9")
@@ -314,6 +313,7 @@ class LongOps(MasterPart):
         else:
             make = lambda inodes: SetTrashTimeMany(inodes, op.trashtime)  # noqa: E731
             last_op = m.SetTrashTime(op.inode, op.trashtime, False)
+        checked = 0 if who is None else await self._check_tree(key, msg, who)
         walk = TreeWalk(self.ns.nodes, op.inode)
         walk.next_batch(1)  # the top goes last, with the session's sequence number
         last = [time.monotonic()]
