@@ -272,3 +272,19 @@ def test_root_walks_nothing(small_steps):
     run_long(r, m.SetGoal(top, 2, True), who=Who(0, 0), between=checks.append)
     assert not checks
     assert set(goals(r, top).values()) == {2}
+
+
+def test_anothers_readable_file_may_be_copied_not_changed():
+    r = Runner()
+    top, deep = user_tree(r)
+    mkfile(r, deep, b"shared", uid=OTHER, mode=0o644)
+    for kind, status in (("snapshot", 0), ("setgoal", errno.EPERM),
+                         ("settrashtime", errno.EPERM)):
+        op = OPS[kind](top)
+        assert one_go(r.ns, ME, op) == status
+        try:
+            stepped(r.ns, ME, op, 7)
+            got = 0
+        except FsError as e:
+            got = e.status
+        assert got == status
