@@ -276,6 +276,7 @@ def test_root_walks_nothing(small_steps):
 
 def test_anothers_readable_file_may_be_copied_not_changed():
     r = Runner()
+    r.do(m.SetAttr(ROOT, m.SET_MODE, mode=stat.S_IFDIR | 0o777))
     top, deep = user_tree(r)
     mkfile(r, deep, b"shared", uid=OTHER, mode=0o644)
     for kind, status in (("snapshot", 0), ("setgoal", errno.EPERM),
