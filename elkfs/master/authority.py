@@ -14,11 +14,17 @@ Data: a session reads or writes a file it opened for that (`Acquire.want`, check
 open, as POSIX checks at open) or that the identity may read or write now.
 
 Root (uid 0) may do everything POSIX lets root do.
+
+Ops covering a whole tree (a non-root identity's recursive SetGoal/SetTrashTime, a
+Snapshot of a directory) are checked entry by entry with one rule, `tree_entry_refusal`:
+in one go here for small trees, in bounded steps by the long op for big ones (see "whole
+trees" below and elkfs/master/longops.py).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import stat
 
 import msgspec
@@ -28,6 +34,7 @@ from ..access import R, W, X, Who
 from ..proto import messages as m
 from ..proto.errors import FsError
 from .nodes import DirNode, Node
+from .treewalk import TreeWalk
 
 # Ops that need no permission: attributes, listings of extended attribute names, file
 # system totals, link targets, closes, locks of a file one has (or had) open.
@@ -88,9 +95,10 @@ def _opened(ns, session: bytes, inode: int, write: bool) -> bool:
     return inode in (sess.writable if write else sess.open_files)
 
 
-def check(ns, who: Who, op: m.Op, session: bytes, now_ns: int) -> m.Op:
+def check(ns, who: Who, op: m.Op, session: bytes, now_ns: int, tree: bool = True) -> m.Op:
     """The op to apply for `who`, or FsError. Nodes an op names that do not exist are
-    left to the op itself (it answers ENOENT, ENOTDIR, ...)."""
+    left to the op itself (it answers ENOENT, ENOTDIR, ...). `tree=False`: of an op
+    covering a tree, only its top (the long op checks the rest in steps)."""
     if isinstance(op, _FREE):
         return op
     if who.root and not (type(op) is m.Acquire and op.want & X):
@@ -98,7 +106,10 @@ def check(ns, who: Who, op: m.Op, session: bytes, now_ns: int) -> m.Op:
     checker = _CHECKS.get(type(op))
     if checker is None:
         raise FsError(errno.EPERM, f"{type(op).__name__}: not allowed")
-    return checker(ns, who, op, session, now_ns) or op
+    out = checker(ns, who, op, session, now_ns) or op
+    if tree and needs_tree_check(ns, who, op):
+        TreeCheck(ns, who, op).step(math.inf)  # a small tree: in one go
+    return out
 
 
 def _node(ns, inode: int) -> Node | None:
@@ -278,23 +289,17 @@ def _setxattr(ns, who, op, session, now_ns):
 
 def _subtree_owned(ns, who, op, session, now_ns):
     """SetGoal, SetTrashTime: the owner's (or root's); recursively, of every node in the
-    tree (MooseFS skips the others; here the request is refused and nothing changes)."""
+    tree too (MooseFS skips the others; here the request is refused and nothing changes):
+    `tree_entry_refusal`, checked by `check` or, for a big tree, by the long op."""
     node = _node(ns, op.inode)
     if node is None or who.root:
         return
     _owner(node, who, "only the owner (or root) may")
-    if op.recursive and isinstance(node, DirNode):
-        stack = [node]
-        while stack:
-            d = stack.pop()
-            for child in d.children.values():
-                c = ns.nodes[child]
-                _owner(c, who, "only the owner (or root) may: the tree holds others' files")
-                if isinstance(c, DirNode):
-                    stack.append(c)
 
 
 def _snapshot(ns, who, op: m.Snapshot, session, now_ns):
+    """The copy of a tree: all of it must be readable (`tree_entry_refusal`, checked as
+    for SetGoal)."""
     src, directory = _node(ns, op.inode), _dir(ns, op.dst_parent)
     if src is None or directory is None:
         return
@@ -304,17 +309,69 @@ def _snapshot(ns, who, op: m.Snapshot, session, now_ns):
     if op.uid != who.uid or not who.in_group(op.gid):
         raise FsError(errno.EPERM, "a snapshot belongs to its maker")
     _need(src, who, R, "no read permission on the source")
-    if isinstance(src, DirNode):  # a copy of the tree: all of it must be readable
-        stack = [src]
-        while stack:
-            d = stack.pop()
-            _need(d, who, R | X, "no read permission in the source tree")
-            for child in d.children.values():
-                c = ns.nodes[child]
-                if isinstance(c, DirNode):
-                    stack.append(c)
-                else:
-                    _need(c, who, R, "no read permission in the source tree")
+
+
+# ---------------------------------------------------------------- whole trees
+#
+# A recursive SetGoal/SetTrashTime or a Snapshot of a directory by a non-root identity
+# covers every entry of the tree, and each must pass `tree_entry_refusal`. Small trees
+# are checked here in one go (`check`); a big one (over longops.ONE_STEP_MAX entries)
+# would hold the master for seconds, so the long op checks it with a `TreeCheck` a
+# bounded number of entries per step, then re-checks each entry its change steps touch
+# (the tree may change between the two): one rule, three callers, no divergence.
+
+
+def tree_entry_refusal(op: m.Op, node: Node, who: Who) -> FsError | None:
+    """Why `who` may not have `op` (SetGoal, SetTrashTime, Snapshot) cover `node`, an
+    entry of its tree (the top included); None when it may."""
+    if type(op) is m.Snapshot:
+        want = R | X if isinstance(node, DirNode) else R
+        xattrs = node.xattrs
+        acl = xattrs.get(access.ACCESS, b"") if xattrs else b""
+        if not access.permits(node.mode, node.uid, node.gid, acl, who, want):
+            return FsError(errno.EACCES, "no read permission in the source tree")
+        return None
+    if not access.owner_or_root(node, who):
+        return FsError(errno.EPERM, "only the owner (or root) may: the tree holds "
+                                    "others' files")
+    return None
+
+
+def needs_tree_check(ns, who: Who, op: m.Op) -> bool:
+    """Whether `op` covers a tree whose every entry must be checked for `who`."""
+    if who.root:
+        return False
+    kind = type(op)
+    if kind in (m.SetGoal, m.SetTrashTime):
+        if not op.recursive:
+            return False
+    elif kind is not m.Snapshot:
+        return False
+    return isinstance(ns.nodes.get(op.inode), DirNode)
+
+
+class TreeCheck:
+    """The entry-by-entry check of the tree `op` covers, a bounded number of entries at
+    a time (reading only; the tree may change between steps: see treewalk.py)."""
+
+    def __init__(self, ns, who: Who, op: m.Op):
+        self.who = who
+        self.op = op
+        self.walk = TreeWalk(ns.nodes, op.inode)
+
+    @property
+    def visited(self) -> int:
+        return self.walk.visited
+
+    def step(self, limit: float) -> bool:
+        """Check up to `limit` more entries; FsError at the first refused. True once
+        every entry was checked."""
+        op, who = self.op, self.who
+        for node in self.walk.next_batch(limit):
+            refusal = tree_entry_refusal(op, node, who)
+            if refusal is not None:
+                raise refusal
+        return self.walk.done
 
 
 def _root_only(ns, who, op, session, now_ns):

@@ -292,14 +292,16 @@ class ClientPort(MasterPart):
             return access.Who(msg.uid, msg.gid, msg.groups)
         return access.Who(*rights.identity(msg.uid, msg.gid, msg.groups))
 
-    def authorize(self, conn: rpc.Connection, msg: m.MetaRequest) -> m.Op:
+    def authorize(self, conn: rpc.Connection, msg: m.MetaRequest,
+                  tree: bool = True) -> m.Op:
         """The op to carry out for this request, checked against its identity
-        (`authority.py`): FsError (EACCES, EPERM) when not allowed."""
+        (`authority.py`): FsError (EACCES, EPERM) when not allowed. `tree=False`: of an
+        op covering a tree, only its top."""
         rights = self.access.get(msg.session)
         if rights is not None and rights.meta and isinstance(msg.op, TRASH_OPS):
             return msg.op  # the export of "." is what grants the trash (the meta mount)
         return authority.check(self.ns, self.identity(conn, msg), msg.op, msg.session,
-                               time.time_ns())
+                               time.time_ns(), tree)
 
     def handle_op(self, conn: rpc.Connection, msg: m.MetaRequest) -> None:
         op = msg.op
@@ -322,11 +324,13 @@ class ClientPort(MasterPart):
                 self.reply_read(conn, m.MetaReply(msg.req, 0, self.ns.get_lock(msg.session, op)))
                 return
             if type(op) in LONG_OPS:
-                # checked as a whole first: the steps apply without per-entry checks
-                checked = self.authorize(conn, msg)
+                # the top checked here; the entries of a tree below it (a non-root
+                # identity's) by the long op in steps when the tree is big, else in one
+                # go below (authority.py, "whole trees")
+                checked = self.authorize(conn, msg, tree=False)
                 if checked is not op:
                     msg = msgspec.structs.replace(msg, op=checked)
-                if self.master.longops.take(conn, msg):
+                if self.master.longops.take(conn, msg, self.identity(conn, msg)):
                     return  # a big tree: done in steps, answered when done
                 op = msg.op
             if op.READ_ONLY:

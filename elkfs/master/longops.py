@@ -38,6 +38,16 @@ number. Entries made meanwhile inherit from their directory as always.
 
 *mfsdirinfo* reads only: a `TreeWalk` adds up a batch per step, nothing is journaled.
 
+*Permissions.* Root's ops are checked at their top only (root may). For anyone else a
+recursive setgoal/settrashtime or a snapshot of a directory needs every entry of the
+tree to pass `authority.tree_entry_refusal`; `authority.check` does that in one go for
+small trees, so here, for big ones, the client port checks only the top and `_check_tree`
+walks the tree first, CHECK_STEP_ENTRIES entries a step (reading only, nothing
+journaled; a refusal answers with nothing changed), then checks the top again. The change
+steps then re-check each entry in the step that changes it (the tree may have changed
+meanwhile): setgoal/settrashtime leave alone an entry that fails (as if it had changed
+after the op), a snapshot stops with the refusal and frees its detached copy.
+
 Progress: every PROGRESS_PERIOD_S the client is sent `Progress` (entries done); the
 tools print it.
 """
@@ -51,9 +61,11 @@ import time
 from collections import deque
 from itertools import islice
 
+from ..access import Who
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import FsError
+from . import authority
 from .listings import touched_dirs
 from .nodes import DirNode
 from .gcpolicy import settle_gc
@@ -66,6 +78,7 @@ log = logging.getLogger("mfsmaster")
 
 STEP_ENTRIES = 1000  # entries per step: well within the ~50 ms budget to apply
 ONE_STEP_MAX = 2000  # trees up to this many entries are done in one record, as before
+CHECK_STEP_ENTRIES = STEP_ENTRIES * 5  # a permission check step reads only: cheaper
 PROGRESS_PERIOD_S = 1.0
 
 
@@ -78,12 +91,15 @@ class LongOps(MasterPart):
         self.steps_done = 0  # step records journaled (the web page, tests)
         self.longest_step_s = 0.0  # the longest one to apply and journal (wall clock)
         self.longest_step_cpu_s = 0.0  # and in CPU time (what a loaded machine hides)
+        self.longest_check_cpu_s = 0.0  # the longest step of a permission check walk
 
     # ------------------------------------------------------------ entry
 
-    def take(self, conn: rpc.Connection, msg: m.MetaRequest) -> bool:
+    def take(self, conn: rpc.Connection, msg: m.MetaRequest, who: Who) -> bool:
         """Whether `msg` is a long operation, now running in steps (answered when done);
-        False: the caller serves it as usual."""
+        False: the caller serves it as usual (and checks all of it). `who`: the identity
+        it is done for, whose right to the top was checked; its right to the tree below
+        is checked here."""
         op = msg.op
         kind = type(op)
         if kind is m.DirStats:
@@ -109,18 +125,20 @@ class LongOps(MasterPart):
         if self.ns.duplicate_result(msg.session, msg.seq)[0]:
             return False  # done already: the stored result answers
         self.running[key] = [conn, msg.req]
-        self.spawn(self._answer(key, msg, run))
+        if who is not None and not authority.needs_tree_check(self.ns, who, op):
+            who = None
+        self.spawn(self._answer(key, msg, run, who))
         return True
 
     def _big(self, inode: int) -> bool:
         return inode in self.ns.nodes and bigger_than(self.ns.nodes, inode, ONE_STEP_MAX)
 
-    async def _answer(self, key, msg: m.MetaRequest, run) -> None:
+    async def _answer(self, key, msg: m.MetaRequest, run, who: Who | None) -> None:
         """Run the steps, then answer as the client port answers any change: once it is
         durable, and after other sessions dropped the listings it changed."""
         try:
             try:
-                result, version = await run(msg)
+                result, version = await run(msg, who)
             except FsError as e:
                 conn, req = self.running[key]
                 conn.send_if_open(m.Error(req, e.status, e.detail))
@@ -148,6 +166,33 @@ class LongOps(MasterPart):
             if conn is not None:
                 conn.send_if_open(m.Progress(msg.seq, done))
 
+    async def _check_tree(self, key, msg: m.MetaRequest, who: Who) -> int:
+        """The tree `msg` covers, checked entry by entry for `who` in steps (reading
+        only), then its top again (it may have changed meanwhile): FsError when refused,
+        nothing changed. Returns the entries checked."""
+        check = authority.TreeCheck(self.ns, who, msg.op)
+        last = [time.monotonic()]
+        started, cpu_started = time.perf_counter(), time.process_time()
+        while True:
+            step_started = time.process_time()
+            done = check.step(CHECK_STEP_ENTRIES)
+            self.longest_check_cpu_s = max(self.longest_check_cpu_s,
+                                           time.process_time() - step_started)
+            if done:
+                break
+            settle_gc()
+            self._progress(key, msg, check.visited, last)
+            await asyncio.sleep(0)  # everyone else's requests between two steps
+        authority.check(self.ns, who, msg.op, msg.session, time.time_ns(), tree=False)
+        log.info("%s of inode %d for uid %d: %d entries checked in %d steps, %.0f ms "
+                 "(%.0f ms of CPU; the longest check step so far %.1f ms of CPU)",
+                 type(msg.op).__name__, msg.op.inode, who.uid, check.visited,
+                 -(-check.visited // CHECK_STEP_ENTRIES),
+                 (time.perf_counter() - started) * 1000,
+                 (time.process_time() - cpu_started) * 1000,
+                 self.longest_check_cpu_s * 1000)
+        return check.visited
+
     def _step(self, op) -> object:
         """Journal one step (FsError NOT_LEADER once this master stopped leading)."""
         self.steps_done += 1
@@ -160,16 +205,18 @@ class LongOps(MasterPart):
 
     # ------------------------------------------------------------ snapshot
 
-    async def _snapshot(self, msg: m.MetaRequest):
+    async def _snapshot(self, msg: m.MetaRequest, who: Who | None):
         op: m.Snapshot = msg.op
         key = (msg.session, msg.seq)
         started = time.monotonic()
+        checked = 0 if who is None else await self._check_tree(key, msg, who)
         top = self._step(SnapshotBegin(op.inode, op.dst_parent, op.dst_name))
         nodes = self.ns.nodes
         pending: deque[tuple[int, int]] = deque([(op.inode, top)])  # (source, copy) dirs
-        cursor = None  # [copy dir, the last name taken, the source's entries]
+        cursor = None  # [copy dir, the last name taken, its source]
         done, last = 0, [started]
-        while True:
+        refusal = None
+        while refusal is None:
             await asyncio.sleep(0)  # everyone else's requests between two steps
             batch: list[tuple[int, int, bytes]] = []
             while len(batch) < STEP_ENTRIES:
@@ -180,8 +227,13 @@ class LongOps(MasterPart):
                     src = nodes.get(src_inode)
                     if not isinstance(src, DirNode) or not src.children:
                         continue
-                    cursor = [copy_inode, b"", src.children]
-                copy_inode, after, entries = cursor
+                    cursor = [copy_inode, b"", src]
+                copy_inode, after, src = cursor
+                if who is not None:  # the tree may have changed since it was checked
+                    refusal = authority.tree_entry_refusal(op, src, who)
+                    if refusal is not None:
+                        break
+                entries = src.children
                 # by name, a step's worth at a time (no list of a huge directory at once)
                 want = STEP_ENTRIES - len(batch)
                 take = list(islice(entries.names_after(after), want))
@@ -191,9 +243,16 @@ class LongOps(MasterPart):
                     cursor[1] = take[-1]
                 for name in take:
                     child = entries.get(name)
-                    if child is not None:
-                        batch.append((child, copy_inode, name))
-            if not batch:
+                    if child is None:
+                        continue
+                    if who is not None and child in nodes:  # (gone: the step skips it)
+                        refusal = authority.tree_entry_refusal(op, nodes[child], who)
+                        if refusal is not None:
+                            break
+                    batch.append((child, copy_inode, name))
+                if refusal is not None:
+                    break
+            if refusal is not None or not batch:
                 break
             try:
                 made = self._step(SnapshotCopy(top, batch))
@@ -206,7 +265,12 @@ class LongOps(MasterPart):
                     pending.append((src_inode, copy_inode))
             done += len(batch)
             settle_gc()  # the copies and the lists of names: no collection walks them
-            self._progress(key, msg, done, last)
+            self._progress(key, msg, checked + done, last)
+        if refusal is not None:  # an entry made or changed after the check: no copy
+            log.info("snapshot of inode %d for uid %d refused after %d entries copied: %s",
+                     op.inode, who.uid, done, refusal.detail)
+            await self.drop_detached(top)
+            raise refusal
         try:
             result, version = self.store.change(SnapshotEnd(top), time.time_ns(),
                                                 msg.session, msg.seq)
@@ -242,7 +306,7 @@ class LongOps(MasterPart):
 
     # ------------------------------------------------------------ setgoal, settrashtime
 
-    async def _set_recursive(self, msg: m.MetaRequest):
+    async def _set_recursive(self, msg: m.MetaRequest, who: Who | None):
         op = msg.op
         key = (msg.session, msg.seq)
         if isinstance(op, m.SetGoal):
@@ -253,17 +317,32 @@ class LongOps(MasterPart):
         else:
             make = lambda inodes: SetTrashTimeMany(inodes, op.trashtime)  # noqa: E731
             last_op = m.SetTrashTime(op.inode, op.trashtime, False)
+        checked = 0 if who is None else await self._check_tree(key, msg, who)
         walk = TreeWalk(self.ns.nodes, op.inode)
         walk.next_batch(1)  # the top goes last, with the session's sequence number
         last = [time.monotonic()]
+        skipped = 0
         while True:
+            await asyncio.sleep(0)  # everyone else's requests between two steps
             batch = walk.next_batch(STEP_ENTRIES)
             if not batch:
                 break
-            self._step(make([node.inode for node in batch]))
+            if who is None:
+                inodes = [node.inode for node in batch]
+            else:  # an entry made or given away after the check is left alone
+                inodes = [node.inode for node in batch
+                          if authority.tree_entry_refusal(op, node, who) is None]
+                skipped += len(batch) - len(inodes)
+            if inodes:
+                self._step(make(inodes))
             settle_gc()  # the walk's lists of entries: no collection walks them
-            self._progress(key, msg, walk.visited, last)
-            await asyncio.sleep(0)
+            self._progress(key, msg, checked + walk.visited, last)
+        if skipped:
+            log.info("%s of inode %d for uid %d: %d entries not %s's (made or changed "
+                     "after the check) left alone", type(op).__name__, op.inode, who.uid,
+                     skipped, who.uid)
+        if who is not None:  # the top itself, as it is now
+            authority.check(self.ns, who, last_op, msg.session, time.time_ns())
         result, version = self.store.change(last_op, time.time_ns(), msg.session, msg.seq)
         self._after_change(msg, result, version)
         return result, version

@@ -15,10 +15,11 @@ POST_WINDOW = 300  # changes posted before waiting for their answers (the link p
 # behind them on the same connection: a ping waits for all of them)
 
 
-async def make_big_dir(client: Client, path: str, entries: int) -> int:
-    """Make directory `path` holding `entries` empty files (posted, not awaited one by
-    one: about as fast as the master applies them). Returns its inode."""
-    attr = await client.mkdir(path)
+async def make_big_dir(client: Client, path: str, entries: int, exists: bool = False) -> int:
+    """Make directory `path` (`exists`: it is there already) holding `entries` empty
+    files (posted, not awaited one by one: about as fast as the master applies them).
+    Returns its inode."""
+    attr = await (client.stat(path) if exists else client.mkdir(path))
     uid, gid = client.uid, client.gid
     for start in range(0, entries, POST_WINDOW):
         for i in range(start, min(entries, start + POST_WINDOW)):
