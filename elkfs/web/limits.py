@@ -3,13 +3,14 @@
 aiohttp alone lets any client hold a connection for an hour before its first request
 (its keep-alive timer), trickle a request's headers or body a byte at a time while it
 lasts, and open as many connections as it likes. Here each accepted connection is a
-`LimitedConnection` in front of aiohttp's own protocol, kept by an `rpc.Listener`, the
-one that already watches the binary ports:
+`LimitedConnection` in front of aiohttp's own protocol, kept by a `WebListener`: the
+`rpc.Listener` that already watches the binary ports, with the same sweep:
 
 - over `per_address` open connections from one source address, the next one is closed
   at once, before aiohttp makes a request handler for it;
-- a request must be whole (headers, and the body `middleware` reads before the handler
-  runs) within `frame_s` of its first byte: a sender of one byte a second is dropped;
+- a request must be whole (its headers, and its body, which `WebListener.middleware`
+  reads before the handler runs) within `frame_s` of its first byte: a sender of one
+  byte a second is dropped;
 - a connection with no request under way is closed after `idle_s`.
 
 The listener counts what it refused and timed out (`/metrics`), logs it at most once
@@ -45,7 +46,6 @@ class LimitedConnection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
-        self.context = None
         self.handling = False  # a handler runs for this connection's request
         self.frame_started_at: float | None = None  # first byte of a request under way
         self.last_frame_at = time.monotonic()  # the end of the last request (or the connect)

@@ -8,8 +8,10 @@ to be "another address"."""
 
 from __future__ import annotations
 
+import os
 import re
 import select
+import signal
 import socket
 import threading
 import time
@@ -28,12 +30,17 @@ GET = b"GET /api/status HTTP/1.1\r\nHost: master\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
-def master(tmp_path_factory):
+def cluster(tmp_path_factory):
     c = Cluster(str(tmp_path_factory.mktemp("weblimits")), net=NET, masters=1,
                 chunkservers=1)
     c.start()
-    yield c.masters[0]
+    yield c
     c.destroy()
+
+
+@pytest.fixture
+def master(cluster):
+    return cluster.masters[0]
 
 
 def connect(master, source: str) -> socket.socket:
@@ -189,3 +196,38 @@ def test_idle_connections_are_closed(master):
     assert busy_ok and all(busy_ok), "a connection in use was closed"
     for sock in (silent, kept, busy):
         sock.close()
+
+
+def test_reload_applies_to_the_port(cluster, master):
+    """`HTTP_MAX_CONNECTIONS_PER_ADDRESS` changed and reloaded (SIGHUP) holds at once,
+    with the log line the docs quote; set back, the shipped cap is back."""
+    log_path = os.path.join(master.data_dir, "mfsmaster.log")
+
+    def reload(extra: str) -> None:
+        with open(master.cfg_path) as f:
+            text = f.read().split("# test\n")[0]
+        with open(master.cfg_path, "w") as f:
+            f.write(text + "# test\n" + extra)
+        reloads = open(log_path).read().count("reloaded ")
+        cluster.signal(master, signal.SIGHUP)
+        wait_until(lambda: open(log_path).read().count("reloaded ") > reloads, 30,
+                   "the master to reload")
+
+    reload("HTTP_MAX_CONNECTIONS_PER_ADDRESS = 2\n")
+    try:
+        held = [connect(master, f"{NET}.57") for _ in range(2)]
+        assert all(status_of(s) == 200 for s in held)
+        third = connect(master, f"{NET}.57")
+        assert status_of(third) is None
+        for s in (*held, third):
+            s.close()
+        wait_until(lambda: "refusing a web connection from 127.0.197.57: it has 2 open"
+                   in open(log_path).read(), 30, "the log line")
+    finally:
+        reload("")
+    held = [connect(master, f"{NET}.57") for _ in range(3)]
+    try:
+        assert all(status_of(s) == 200 for s in held), "the shipped cap is back"
+    finally:
+        for s in held:
+            s.close()
