@@ -16,6 +16,8 @@ as `mfscli -C SD` (`HANode.step_down`). It needs
   refused outright.
 Every response also forbids framing (no clickjacking of the button) and any script,
 style or connection not from the master itself (no external fetches, nothing inline).
+Every connection is held to the HTTP_* limits (`limits.py`): so many per address,
+requests whole in time and small, idle ones closed.
 """
 
 from __future__ import annotations
