@@ -108,6 +108,15 @@ OPTIONS = {
     # The web interface (elkfs/web, docs/operations.md)
     "HTTP_LISTEN_HOST": Option("*", "str", "address of the web interface"),
     "HTTP_LISTEN_PORT": Option(9425, "port", "port of the web interface"),
+    "HTTP_MAX_CONNECTIONS_PER_ADDRESS": Option(64, ranged_int(0, 1 << 20),
+                                               "open web connections from one address "
+                                               "(0: no limit)"),
+    "HTTP_REQUEST_TIMEOUT": Option(10.0, "nonneg_float",
+                                   "seconds a web request (headers and body) may take to "
+                                   "arrive whole once it began (0: forever)"),
+    "HTTP_IDLE_TIMEOUT": Option(60.0, "nonneg_float",
+                                "seconds a web connection may stay with no request under "
+                                "way (0: forever)"),
     "ADMIN_PASSWORD": Option("", "str", "password of the web interface's Step Down; "
                                         "empty: Step Down is disabled there"),
     # Who may mount what (elkfs/master/exports.py, docs/security.md)
@@ -264,6 +273,8 @@ class MasterServer:
         self.locks.wait_s = fresh.CHUNK_LOCK_WAIT
         for server in self.servers:
             server.limits = self.connection_limits(fresh)
+        if self.web is not None:
+            self.web.reload(fresh)
         limits = self._limits(fresh)
         limits.delay_init = self.planner.limits.delay_init  # only matters at start
         self.planner.limits = limits

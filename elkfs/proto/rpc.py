@@ -477,6 +477,7 @@ class ConnectionLimits:
     keepalive_s: int = 30  # TCP keepalive: first probe after this much silence
     keep: Callable[["Connection"], bool] | None = None  # default: registered ones
     # (the port's handler gave the connection a `context`)
+    what: str = "a frame"  # what `frame_s` bounds, for the log line
 
 
 SWEEP_PERIOD_S = 1.0
@@ -535,7 +536,7 @@ class Listener:
         for conn in list(self.conns):
             started = conn.frame_started_at
             if started is not None and limits.frame_s and now - started > limits.frame_s:
-                reason = f"a frame not whole after {limits.frame_s:g}s"
+                reason = f"{limits.what} not whole after {limits.frame_s:g}s"
             elif (limits.idle_s and now - conn.last_frame_at > limits.idle_s
                   and not keep(conn)):
                 reason = f"idle for {limits.idle_s:g}s"

@@ -16,6 +16,8 @@ as `mfscli -C SD` (`HANode.step_down`). It needs
   refused outright.
 Every response also forbids framing (no clickjacking of the button) and any script,
 style or connection not from the master itself (no external fetches, nothing inline).
+Every connection is held to the HTTP_* limits (`limits.py`): so many per address,
+requests whole in time and small, idle ones closed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 from aiohttp import web
 
 from ..proto.errors import NOT_LEADER, FsError
-from . import metrics, pages
+from . import limits, metrics, pages
 from .leaselog import LeaseLogTail
 from .views import OpsHistory, Views
 
@@ -58,27 +60,39 @@ class WebInterface:
         self.asset_version = hashlib.sha256(
             b"".join(body for body, _ in self.static.values())).hexdigest()[:12]
         self.runner: web.AppRunner | None = None
+        self.listener: limits.WebListener | None = None
         self._sampler: asyncio.Task | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, host: str | None, port: int) -> None:
-        app = self.make_app()
-        runner = web.AppRunner(app, access_log=None)
+        """Listen on host:port, each connection held to the HTTP_* limits (limits.py)."""
+        listener = limits.WebListener(limits.connection_limits(self.master.cfg))
+        app = self.make_app(listener)
+        runner = web.AppRunner(app, access_log=None, max_line_size=limits.MAX_LINE,
+                               max_field_size=limits.MAX_FIELD,
+                               max_headers=limits.MAX_HEADERS)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await listener.serve(runner, host, port)
         except OSError:
             await runner.cleanup()
             raise
         self.runner = runner
+        self.listener = listener
         self.lease_log.poll()
         self._sampler = asyncio.create_task(self._sample_loop())
+
+    def reload(self, cfg) -> None:
+        """New HTTP_* limits apply to the open connections too."""
+        self.listener.limits = limits.connection_limits(cfg)
 
     async def stop(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
         await self.views.close()
+        if self.listener is not None:
+            self.listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -91,8 +105,9 @@ class WebInterface:
             except Exception:  # the page must never take the master down
                 log.exception("web: sampling failed")
 
-    def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+    def make_app(self, listener: limits.WebListener) -> web.Application:
+        app = web.Application(middlewares=[listener.middleware, self._headers],
+                              client_max_size=limits.MAX_BODY)
         r = app.router
         r.add_get("/", self.index)
         for name, _ in pages.VIEWS:
@@ -230,7 +245,7 @@ class WebInterface:
     async def metrics(self, request: web.Request) -> web.Response:
         self.lease_log.poll()
         text = metrics.render(self.master, dict(self.lease_log.counts),
-                              self.views.own_address())
+                              self.views.own_address(), [*self.master.servers, self.listener])
         return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def api_step_down(self, request: web.Request) -> web.Response:

@@ -47,7 +47,8 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def render(master, lease_counts: dict[str, int], address: str) -> str:
+def render(master, lease_counts: dict[str, int], address: str, ports=()) -> str:
+    """`ports`: the `rpc.Listener` of each port (client, chunkserver, web)."""
     out = Exposition()
     ha = master.ha
     status = master.clients.master_status()
@@ -95,6 +96,16 @@ def render(master, lease_counts: dict[str, int], address: str) -> str:
                 out.add("elkfs_master_peer_connected", "gauge", "1 while the links to that "
                         "master are up (both directions).", bool(peer.get("reachable")),
                         peer=peer.get("address", ""))
+    for name, kind, help_text, value in (
+            ("elkfs_master_connections", "gauge", "Open connections, by port.",
+             lambda p: len(p.conns)),
+            ("elkfs_master_connections_refused_total", "counter", "Connections closed at "
+             "once, by port: their address had the most allowed open.", lambda p: p.refused),
+            ("elkfs_master_connections_timed_out_total", "counter", "Connections closed, "
+             "by port: idle too long, or a request not whole in time.",
+             lambda p: p.timed_out)):
+        for port in ports:
+            out.add(name, kind, help_text, value(port), port=port.name)
     for op, n in sorted(master.clients.op_counts.items()):
         out.add("elkfs_master_ops_total", "counter", "Metadata operations handled, by type.",
                 n, op=op)
