@@ -22,6 +22,13 @@ BASE_WEIGHTS = {
 }
 
 
+# Narrower mixes for mutants whose trace the whole mix dilutes (`--focus NAME`):
+# "minority-records" is HA-traces.md finding 1: a leader cut off from the others proposes
+# a record only a minority stores, dies, and a later candidate weighs records.
+FOCUS_WEIGHTS = {
+    "minority-records": {"crash-m": 10, "strand": 8, "partition": 10, "pause": 4, "power": 4},
+}
+
 UNFAIR_WEIGHTS = {"clock": {"clock-beyond-rho": 4}, "freeze": {"freeze": 4},
                   "stale-voter": {"stale-voter": 4}}
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing import Pool
 
+from .faults import FOCUS_WEIGHTS
 from .oracle import Violation
 from .world import SimParams, World
 
@@ -30,9 +31,12 @@ class Result:
 
 
 def run_seed(seed: int, mutations=frozenset(), verbose: bool = False,
-             faulty_s: float = 10.0, healed_s: float = 8.0, unfair=frozenset()) -> Result:
+             faulty_s: float = 10.0, healed_s: float = 8.0, unfair=frozenset(),
+             focus: str | None = None) -> Result:
     p = SimParams.from_seed(seed, mutations, faulty_s=faulty_s, healed_s=healed_s,
                             unfair=unfair)
+    if focus is not None:  # one of faults.FOCUS_WEIGHTS instead of the seed's own mix
+        p.weights = dict(FOCUS_WEIGHTS[focus])
     w = World(p, verbose=verbose)
     try:
         w.run()
@@ -48,14 +52,16 @@ def run_seed(seed: int, mutations=frozenset(), verbose: bool = False,
 
 
 def _job(args) -> Result:
-    seed, mutations, faulty_s, healed_s, unfair = args
-    return run_seed(seed, frozenset(mutations), False, faulty_s, healed_s, frozenset(unfair))
+    seed, mutations, faulty_s, healed_s, unfair, focus = args
+    return run_seed(seed, frozenset(mutations), False, faulty_s, healed_s, frozenset(unfair),
+                    focus)
 
 
 def run_many(seeds, mutations=frozenset(), jobs: int = 2, stop_at_first: bool = False,
-             faulty_s: float = 10.0, healed_s: float = 8.0, unfair=frozenset()):
+             faulty_s: float = 10.0, healed_s: float = 8.0, unfair=frozenset(),
+             focus: str | None = None):
     """Yield results; with ``stop_at_first`` stop after the first failure."""
-    args = [(s, tuple(sorted(mutations)), faulty_s, healed_s, tuple(sorted(unfair)))
+    args = [(s, tuple(sorted(mutations)), faulty_s, healed_s, tuple(sorted(unfair)), focus)
             for s in seeds]
     if jobs <= 1:
         for a in args:
@@ -72,9 +78,10 @@ def run_many(seeds, mutations=frozenset(), jobs: int = 2, stop_at_first: bool = 
                 return
 
 
-def replay_command(seed: int, mutations=(), unfair=()) -> str:
+def replay_command(seed: int, mutations=(), unfair=(), focus: str | None = None) -> str:
     mut = "".join(f" --mutation {m}" for m in sorted(mutations))
     mut += "".join(f" --unfair {u}" for u in sorted(unfair))
+    mut += f" --focus {focus}" if focus else ""
     return f".venv/bin/python -m tests.sim.run --seed {seed}{mut} --verbose"
 
 
@@ -98,12 +105,14 @@ def main(argv=None) -> int:
                     choices=["clock", "freeze", "stale-voter", "time-checks"],
                     help="add faults no protocol survives; the oracle keeps invariants 2-5 "
                          "(and the real-time checks of invariant 1 with time-checks)")
+    ap.add_argument("--focus", choices=sorted(FOCUS_WEIGHTS),
+                    help="with --seed: that fault mix instead of the seed's own")
     ap.add_argument("--summary", action="store_true",
                     help="print one line per failure and a count by invariant")
     a = ap.parse_args(argv)
     muts, unfair = frozenset(a.mutation), frozenset(a.unfair)
     if a.seed is not None:
-        r = run_seed(a.seed, muts, a.verbose, a.faulty, a.healed, unfair)
+        r = run_seed(a.seed, muts, a.verbose, a.faulty, a.healed, unfair, a.focus)
         print(describe_failure(r, muts, unfair) if not r.ok else
               f"seed {a.seed}: ok ({r.events} events, {r.sim_s:.1f}s simulated)")
         return 0 if r.ok else 1
