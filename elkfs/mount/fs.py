@@ -895,6 +895,13 @@ class ElkOperations(pyfuse3.Operations):
         if inode == MASTERTOKEN_INODE:
             if flags & (os.O_WRONLY | os.O_RDWR) or ctx.uid not in (0, os.getuid()):
                 raise pyfuse3.FUSEError(errno.EACCES)
+            # A token is good while the session is registered with whoever leads: after a
+            # failover or a restart the session registers again now (a new token), not at
+            # the next request, so that a tool reads the one the master knows.
+            try:
+                await self.client.link.connect()
+            except FsError as e:
+                raise pyfuse3.FUSEError(_errno(e)) from None
             fi = pyfuse3.FileInfo(fh=MASTERTOKEN_FH)
             fi.direct_io = True
             return fi

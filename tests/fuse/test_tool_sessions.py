@@ -202,6 +202,30 @@ async def test_forged_and_outlived_tokens_are_refused(env):
         assert secret.hex() not in log
 
 
+async def test_a_master_restart_makes_a_new_token(env):
+    """The token lives in memory only: after a restart (or a failover) the mount registers
+    again with a new one; the old one is refused, and a tool, or a running tool session,
+    reads the new one and goes on."""
+    f = os.path.join(env.pw, "across-restart")
+    write(f)
+    session, old = read_token(env.pw)
+    c = await attached(env, "127.0.93.5", lambda: read_token(env.pw))
+    try:
+        await c.op(m.GetAttr(1))
+        env.cluster.restart(env.cluster.masters[0])
+        # the running tool session first: reading the token makes the mount register again
+        assert (await c.op(m.GetAttr(1))).attr.inode == 1
+    finally:
+        await c.close()
+    new_session, new = read_token(env.pw)
+    assert (new_session, new != old) == (session, True)
+    r = tool("mfsgetgoal", f)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(FsError) as e:
+        await attached(env, "127.0.93.5", lambda: (session, old))
+    assert e.value.status == errno.EACCES and "wrong tool token" in e.value.detail
+
+
 async def test_reload_takes_the_tools_right_away(env):
     """The last test: it changes the rules (and puts them back)."""
     mnt = env.mount("reload", "mfsbind=127.0.93.7", f"mfspassword={PASSWORD}")
