@@ -562,7 +562,11 @@ def mfscli(argv: list[str] | None = None) -> int:
     try:
         info, masters = asyncio.run(fetch())
     except (FsError, OSError) as e:
-        print(f"mfscli: master {host}:{port}: {e}", file=sys.stderr)
+        if isinstance(e, FsError) and e.status == errno.EACCES and "password" in e.detail \
+                and attach is None:
+            print(f"mfscli: {NEEDS_ROOT}", file=sys.stderr)
+        else:
+            print(f"mfscli: master {host}:{port}: {e}", file=sys.stderr)
         return 1
     if a.json:
         doc = {}

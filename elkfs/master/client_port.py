@@ -248,9 +248,9 @@ class ClientPort(MasterPart):
 
     def check_attached(self, conn: rpc.Connection, msg: m.RegisterSession, ip: int | None,
                        nonce: bytes) -> SessionAccess:
-        """A client tool's session riding on a mount's (`msg.attach`): it proved the mount's
-        tool token, and gets the mount's directory and proven passwords, checked against
-        the exports from its own address (never more than the mount may do)."""
+        """A client tool's session riding on a mount's (`msg.attach`): from the mount's
+        address, it proved the mount's tool token, and gets the mount's directory and
+        proven passwords, checked against the exports (never more than the mount may do)."""
         parent = self.access.get(msg.attach)
         if msg.session == msg.attach:
             raise FsError(errno.EINVAL, "a tool's session is its own, not the mount's")
@@ -263,6 +263,10 @@ class ClientPort(MasterPart):
             raise FsError(errno.EACCES, "not a mount's session")
         if parent.revoked:
             raise FsError(errno.EACCES, f"no longer allowed: {parent.revoked}")
+        if ip != parent.ip:
+            # The tools run beside their mount: a token that got away is worth nothing
+            # anywhere else.
+            raise FsError(errno.EACCES, "not from the mount's address")
         if parent.tool_token and not (nonce and hmac.compare_digest(
                 password_proof(parent.tool_token, nonce), msg.proof)):
             log.info("tool session refused to %s (%s): wrong token for session %s",

@@ -108,6 +108,8 @@ def test_root_tools_ride_on_the_mounts_session(env):
     r = tool("mfssettrashtime", "3600", f)
     assert r.returncode == 0, r.stderr
     assert tool("mfsgettrashtime", f).stdout == f"{f}: 3600\n"
+    r = tool("mfscli", "-S", "IG", "--json", d)
+    assert r.returncode == 0 and '"info"' in r.stdout, r.stderr
     r = tool("mfsmakesnapshot", f, os.path.join(d, "snap"))
     assert r.returncode == 0, r.stderr
     with open(os.path.join(d, "snap"), "rb") as fh:
@@ -138,7 +140,8 @@ def test_other_users_are_refused_clearly(env):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Permission denied" in r.stderr, r
     for args in (("mfsgetgoal", f), ("mfssetgoal", "2", f), ("mfsfileinfo", f),
-                 ("mfsdirinfo", env.pw)):
+                 ("mfsdirinfo", env.pw), ("mfsmakesnapshot", f, f + "-snap"),
+                 ("mfscli", "-S", "IG", env.pw)):
         r = tool(*args, uid=NOBODY)
         assert r.returncode == 1, (args, r)
         assert "this export needs a password: run the tool as root" in r.stderr, r.stderr
@@ -164,6 +167,10 @@ async def test_forged_and_outlived_tokens_are_refused(env):
         with pytest.raises(FsError) as e:
             await attached(env, "127.0.93.5", attach)
         assert e.value.status == errno.EACCES
+    # the right one from another address, even one the same rule allows
+    with pytest.raises(FsError) as e:
+        await attached(env, "127.0.93.9", lambda: (session, token))
+    assert e.value.status == errno.EACCES and "mount's address" in e.value.detail
     # the right one, from the mount's address: the mount's root, rights, everything
     c = await attached(env, "127.0.93.5", lambda: (session, token))
     try:
