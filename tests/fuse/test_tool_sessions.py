@@ -36,6 +36,7 @@ RULES = f"""\
 127.0.93.0/24    /      rw,alldirs,maproot=0,password={PASSWORD}
 127.0.94.0/24    /      rw,maproot=0
 127.0.95.0/24    /      rw,alldirs,maproot=0,maxgoal=3,password={PASSWORD}
+127.0.98.0/24    /      rw,alldirs,maproot=nobody,password={PASSWORD}
 """
 
 
@@ -126,6 +127,19 @@ def test_tools_keep_the_mounts_limits(env):
     assert r.returncode == 1 and "goal must be 1-3" in r.stderr, r.stderr
 
 
+def test_tools_keep_the_mounts_maproot(env):
+    """Root's tools act as the mount's root does: here as nobody (maproot=nobody)."""
+    f = os.path.join(env.pw, "roots-file")  # root's, through a maproot=0 mount
+    write(f)
+    assert tool("mfssetgoal", "3", f).returncode == 0
+    mnt = env.mount("maproot", "mfsbind=127.0.98.5", f"mfspassword={PASSWORD}")
+    r = tool("mfsgetgoal", os.path.join(mnt, "roots-file"))
+    assert r.returncode == 0, r.stderr
+    r = tool("mfssetgoal", "2", os.path.join(mnt, "roots-file"))
+    assert r.returncode == 1 and "only the owner" in r.stderr, r.stderr
+    assert tool("mfsgetgoal", f).stdout == f"{f}: 3\n"
+
+
 def test_other_users_are_refused_clearly(env):
     f = os.path.join(env.pw, "for-nobody")
     write(f)
@@ -204,9 +218,13 @@ async def test_forged_and_outlived_tokens_are_refused(env):
     finally:
         conn.close()
     assert os.path.exists(os.path.join(env.pw, "for-nobody"))  # the mount goes on
-    log = master_log(env)
+    logs = [master_log(env)]
+    for name in ("pw", "short-lived"):
+        with open(os.path.join(env.base, f"{name}.log")) as fh:
+            logs.append(fh.read())
     for secret in (token, old[1]):
-        assert secret.hex() not in log
+        for log in logs:
+            assert secret.hex() not in log
 
 
 async def test_a_master_restart_makes_a_new_token(env):
