@@ -7,6 +7,10 @@
 Each finds the master through the hidden `.masterinfo` file at the root of the mount the
 path is in (as MooseFS does), and asks it about the path's inode (a mount's inode numbers
 are the master's). Text output follows MooseFS; `--json` prints JSON instead.
+
+On a mount with a password, the tools run by root (or the mount's owner) ride on the
+mount's session: they read its `.mastertoken` and prove it to the master, which gives
+them the mount's rights and never more (docs/security.md). Other users are refused there.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from ..proto import messages as m
 from ..proto.errors import FsError
 
 MASTERINFO = ".masterinfo"
+MASTERTOKEN = ".mastertoken"
+NEEDS_ROOT = ("this export needs a password: run the tool as root (it then uses the "
+              "mount's session)")
 
 
 class ToolError(Exception):
@@ -57,13 +64,41 @@ def master_inode(path: str, info: dict) -> int:
     return info.get("root_inode", 1) if st.st_ino == 1 else st.st_ino
 
 
-async def _client(info: dict) -> Client:
+def mount_attach(mount_dir: str):
+    """How to ride on the session of the mount at `mount_dir` (`MasterLink.attach`), or
+    None: the mount has no token (no password: the tools need none), or we may not read
+    it (not root)."""
+    path = os.path.join(mount_dir, MASTERTOKEN)
+    try:
+        with open(path):
+            pass
+    except OSError:
+        return None
+
+    def attach() -> tuple[bytes, bytes]:
+        try:
+            with open(path) as f:
+                session, token = f.read().split()
+            return bytes.fromhex(session), bytes.fromhex(token)
+        except (OSError, ValueError) as e:
+            raise FsError(errno.EACCES, f"{path}: no token to read ({e})") from None
+
+    return attach
+
+
+async def _client(info: dict, mount_dir: str, name: str = "mfstools") -> Client:
     """A session of our own, on the mount's subfolder (the exports allow it as they allow
-    the mount, unless they ask for a password, which the tools do not have)."""
-    client = await Client.connect(info["host"], info["port"], info="mfstools", retry_s=10.0,
-                                  dns_server=info.get("dns_server"),
-                                  subfolder=info.get("subfolder") or "/",
-                                  bind=info.get("bind"))
+    the mount), riding on the mount's session when it has a password."""
+    attach = mount_attach(mount_dir)
+    try:
+        client = await Client.connect(info["host"], info["port"], info=name, retry_s=10.0,
+                                      dns_server=info.get("dns_server"),
+                                      subfolder=info.get("subfolder") or "/",
+                                      bind=info.get("bind"), attach=attach)
+    except FsError as e:
+        if attach is None and e.status == errno.EACCES and "password" in e.detail:
+            raise ToolError(f"{mount_dir}: {NEEDS_ROOT}") from None
+        raise ToolError(f"{mount_dir}: master {info['host']}:{info['port']}: {e}") from None
     client.link.on_progress = _show_progress
     return client
 
@@ -96,10 +131,10 @@ def _run_paths(paths: list[str], per_path) -> int:
         try:
             for path in paths:
                 try:
-                    info, _ = find_mount(path)
-                    key = (info["host"], info["port"])
+                    info, mount_dir = find_mount(path)
+                    key = (info["host"], info["port"], mount_dir)
                     if key not in clients:
-                        clients[key] = await _client(info)
+                        clients[key] = await _client(info, mount_dir)
                     await per_path(clients[key], path, master_inode(path, info))
                 except (ToolError, FsError, OSError) as e:
                     msg = str(e) if isinstance(e, ToolError) else f"{path}: {e}"
@@ -484,10 +519,11 @@ def mfscli(argv: list[str] | None = None) -> int:
             print(f"mfscli: unknown section {s} (known: {', '.join(SECTIONS)})", file=sys.stderr)
             return 2
     host, port, dns_server = a.host, a.port, a.dns_server
-    subfolder, bind = "/", None  # a mount's: its export lets us in
+    subfolder, bind, attach = "/", None, None  # a mount's: its export lets us in
     if host is None:
         try:
-            info, _ = find_mount(a.path or os.getcwd())
+            info, mount_dir = find_mount(a.path or os.getcwd())
+            attach = mount_attach(mount_dir)
             host, port = info["host"], port or info["port"]
             dns_server = dns_server or info.get("dns_server")
             subfolder, bind = info.get("subfolder") or "/", info.get("bind")
@@ -515,7 +551,8 @@ def mfscli(argv: list[str] | None = None) -> int:
         from ..client.masters import cluster_status
 
         client = await Client.connect(host, port, info="mfscli", retry_s=10.0,
-                                      dns_server=dns_server, subfolder=subfolder, bind=bind)
+                                      dns_server=dns_server, subfolder=subfolder, bind=bind,
+                                      attach=attach)
         try:
             info = json.loads((await client.op(m.ClusterInfo())).text)
         finally:
@@ -525,7 +562,11 @@ def mfscli(argv: list[str] | None = None) -> int:
     try:
         info, masters = asyncio.run(fetch())
     except (FsError, OSError) as e:
-        print(f"mfscli: master {host}:{port}: {e}", file=sys.stderr)
+        if isinstance(e, FsError) and e.status == errno.EACCES and "password" in e.detail \
+                and attach is None:
+            print(f"mfscli: {NEEDS_ROOT}", file=sys.stderr)
+        else:
+            print(f"mfscli: master {host}:{port}: {e}", file=sys.stderr)
         return 1
     if a.json:
         doc = {}

@@ -48,11 +48,12 @@ def mfsmakesnapshot(argv: list[str] | None = None) -> int:
 
     async def main() -> int:
         try:
-            info, _ = find_mount(a.dst if os.path.exists(a.dst) else os.path.dirname(os.path.abspath(a.dst)))
+            info, mount_dir = find_mount(a.dst if os.path.exists(a.dst)
+                                         else os.path.dirname(os.path.abspath(a.dst)))
+            client = await _client(info, mount_dir)
         except ToolError as e:
             print(f"mfsmakesnapshot: {e}", file=sys.stderr)
             return 1
-        client = await _client(info)
         status = 0
         try:
             dst_is_dir = os.path.isdir(a.dst)

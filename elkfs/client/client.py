@@ -77,15 +77,18 @@ class Client:
                       subfolder: str = "/", password: str | None = None,
                       md5pass: str | None = None, meta: bool = False,
                       bind: str | None = None, uid: int | None = None,
-                      gid: int | None = None, groups=None) -> "Client":
+                      gid: int | None = None, groups=None,
+                      attach=None) -> "Client":
         """Connect to the master at `host` (an address, or a name whose A records are the
         masters: the client finds the leader and follows it). `subfolder` becomes the
         root of every path; `password` (or its MD5 in hex, `md5pass`) for an export that
         asks for one; `meta`: the meta file system (the trash) only; `bind`: the local
-        address to connect to the master from."""
+        address to connect to the master from; `attach`: a client tool riding on a
+        mount's session (`MasterLink.attach`)."""
         link = MasterLink(host, port, info or f"elkfs client pid {os.getpid()}", retry_s,
                           dns_server=dns_server, path=subfolder, meta=meta,
-                          password_digest=password_digest_of(password, md5pass), bind=bind)
+                          password_digest=password_digest_of(password, md5pass), bind=bind,
+                          attach=attach)
         await link.connect()
         return cls(link, retry_s, uid, gid, groups)
 

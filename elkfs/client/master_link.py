@@ -41,7 +41,7 @@ from ..discovery import DiscoveryError, resolve
 from ..proto import messages as m
 from ..proto import rpc
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
-from ..proto.password import password_proof
+from ..proto.password import password_proof, tool_token
 
 log = logging.getLogger("elkfs.client")
 
@@ -103,7 +103,8 @@ class MasterLink:
                  retry_s: float = 30.0, request_timeout_s: float = 60.0,
                  listing_ttl_ms: int = 0, dns_server: str | None = None,
                  path: str = "/", meta: bool = False, password_digest: bytes | None = None,
-                 bind: str | None = None):
+                 bind: str | None = None,
+                 attach: Callable[[], tuple[bytes, bytes]] | None = None):
         self.host = host
         self.bind = bind  # local address to connect from (the exports see it)
         # What the session mounts (mfsexports.cfg): `path` becomes its root (`root`, the
@@ -112,6 +113,12 @@ class MasterLink:
         self.path = path
         self.meta = meta
         self.password_digest = password_digest
+        # A client tool riding on a mount's session: `attach()` gives (the mount's
+        # session, its tool token), read again at every registration (the mount's token
+        # changes when it registers again, e.g. after a failover). `tool_token`: this
+        # session's own, when it registered with a password (memory only).
+        self.attach = attach
+        self.tool_token = b""
         self.root = 1
         self.port = port
         self.dns_server = dns_server
@@ -205,10 +212,17 @@ class MasterLink:
                     if isinstance(e, asyncio.TimeoutError):
                         self.silent[addr] = time.monotonic()
                     continue
+                except FsError as e:
+                    if e.status != errno.EAGAIN:
+                        raise
+                    last_error = e  # attached: the mount has not registered here yet
+                    break
                 self.conn, self.address, self.leader = conn, addr, addr
                 self.silent.pop(addr, None)
                 return conn
             if time.monotonic() + delay > deadline:
+                if isinstance(last_error, FsError):
+                    raise last_error
                 raise FsError(errno.EIO, f"no master of {self.host} is leading "
                                          f"({last_error})")
             await asyncio.sleep(delay)
@@ -221,15 +235,21 @@ class MasterLink:
                                  on_close=self._on_close, local_host=self.bind)
         try:
             while True:
-                proof = b""
-                if self.password_digest is not None:
+                proof, nonce, parent = b"", b"", b""
+                if self.attach is not None or self.password_digest is not None:
                     challenge, _ = await conn.call(m.SessionChallenge,
                                                    timeout=REGISTER_TIMEOUT_S)
-                    proof = password_proof(self.password_digest, challenge.nonce)
+                    nonce = challenge.nonce
+                if self.attach is not None:
+                    parent, token = self.attach()
+                    proof = password_proof(token, nonce)
+                elif self.password_digest is not None:
+                    proof = password_proof(self.password_digest, nonce)
                 reply, _ = await conn.call(m.RegisterSession, session=self.session,
                                            info=self.info, timeout=REGISTER_TIMEOUT_S,
                                            listing_ttl_ms=self.listing_ttl_ms,
-                                           path=self.path, meta=self.meta, proof=proof)
+                                           path=self.path, meta=self.meta, proof=proof,
+                                           attach=parent)
                 if reply.status == NOT_LEADER:
                     raise _Redirect(parse_hint(reply.leader))
                 if reply.status == BAD_SESSION and self.session:
@@ -250,6 +270,8 @@ class MasterLink:
             log.info("the leader is now %s:%d", *addr)
         self.session = reply.session
         self.root = reply.root
+        if self.password_digest is not None and self.attach is None:
+            self.tool_token = tool_token(self.password_digest, nonce)
         return conn
 
     def _on_close(self, conn: rpc.Connection) -> None:

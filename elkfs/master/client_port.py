@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hmac
 import json
 import logging
 import secrets
@@ -27,6 +28,7 @@ from ..proto import messages as m
 from ..proto import rpc
 from ..proto.auth import READ
 from ..proto.errors import BAD_SESSION, NOT_LEADER, FsError
+from ..proto.password import password_proof, tool_token
 from . import authority, exports
 from . import replication as rep
 from .filelocks import F_WRLCK, LockWaiters
@@ -226,6 +228,8 @@ class ClientPort(MasterPart):
         """The session's standing under the exports, or FsError (refused)."""
         ip = _peer_ip(conn)
         nonce = self.challenges.pop(conn, b"")
+        if msg.attach:
+            return self.check_attached(conn, msg, ip, nonce)
         try:
             path = None if msg.meta else exports.split_path(msg.path or "/")
         except ValueError as e:
@@ -237,7 +241,56 @@ class ClientPort(MasterPart):
                      verdict.reason)
             raise FsError(errno.EACCES, verdict.reason)
         root = resolve_root(self.ns, path) if path else 1
-        return SessionAccess(verdict.rule, ip, path, proven, root)
+        access = SessionAccess(verdict.rule, ip, path, proven, root)
+        if proven and nonce:
+            access.tool_token = tool_token(min(proven), nonce)
+        return access
+
+    def check_attached(self, conn: rpc.Connection, msg: m.RegisterSession, ip: int | None,
+                       nonce: bytes) -> SessionAccess:
+        """A client tool's session riding on a mount's (`msg.attach`): from the mount's
+        address, it proved the mount's tool token, and gets the mount's directory and
+        proven passwords, checked against the exports (never more than the mount may do)."""
+        parent = self.access.get(msg.attach)
+        if msg.session == msg.attach:
+            raise FsError(errno.EINVAL, "a tool's session is its own, not the mount's")
+        if msg.attach not in self.ns.sessions:
+            raise FsError(errno.EACCES, "the mount's session has ended")
+        if parent is None:
+            # Not connected here (yet): after a failover the mount registers again soon.
+            raise FsError(errno.EAGAIN, "the mount's session is not connected to the master")
+        if parent.parent:
+            raise FsError(errno.EACCES, "not a mount's session")
+        if parent.revoked:
+            raise FsError(errno.EACCES, f"no longer allowed: {parent.revoked}")
+        if ip != parent.ip:
+            # The tools run beside their mount: a token that got away is worth nothing
+            # anywhere else.
+            raise FsError(errno.EACCES, "not from the mount's address")
+        if parent.tool_token and not (nonce and hmac.compare_digest(
+                password_proof(parent.tool_token, nonce), msg.proof)):
+            log.info("tool session refused to %s (%s): wrong token for session %s",
+                     conn.peer, msg.info[:100], msg.attach.hex())
+            raise FsError(errno.EACCES, "wrong tool token (the mount registered again "
+                                        "since it was read: retry)")
+        verdict = exports.choose(self.rules, ip, parent.path, parent.proven,
+                                 tried_password=bool(parent.proven))
+        if verdict.rule is None:
+            log.info("tool session refused to %s (%s): %s", conn.peer, msg.info[:100],
+                     verdict.reason)
+            raise FsError(errno.EACCES, verdict.reason)
+        access = SessionAccess(verdict.rule, ip, parent.path, parent.proven, parent.root)
+        access.parent = msg.attach
+        return access
+
+    def check_parent(self, access: SessionAccess) -> None:
+        """A tool's session lives no longer than the mount's it rides on, and may do
+        nothing the mount may no longer do (FsError EACCES)."""
+        if access.parent not in self.ns.sessions:
+            raise FsError(errno.EACCES, "no longer allowed: the mount's session has ended")
+        parent = self.access.get(access.parent)
+        if parent is not None and parent.revoked:
+            raise FsError(errno.EACCES, f"no longer allowed: {parent.revoked}")
     def _sessions_from(self, address: str) -> set[bytes]:
         """The sessions of `address` that still exist (at most the cap: cheap)."""
         mine = self.sessions_by_address.setdefault(address, set())
@@ -312,6 +365,8 @@ class ClientPort(MasterPart):
             access = self.access.get(msg.session) if conn.context == msg.session else None
             if access is None:
                 raise FsError(BAD_SESSION, "session not registered on this connection")
+            if access.parent and type(op) is not m.EndSession:
+                self.check_parent(access)
             try:
                 op = admit(self.ns, access, op)  # exports: rights, root, identity
             except FsError:

@@ -46,7 +46,7 @@ class SessionAccess:
     """A session's rule and where it stands (volatile: rebuilt at every registration)."""
 
     __slots__ = ("rule", "ip", "path", "proven", "root", "revoked", "known", "scanned",
-                 "unlimited")
+                 "unlimited", "tool_token", "parent")
 
     def __init__(self, rule: exports.Rule, ip: int | None, path: tuple[bytes, ...] | None,
                  proven: frozenset[bytes], root: int):
@@ -59,6 +59,11 @@ class SessionAccess:
         self.known: set[int] = set()  # files (not directories) shown to a rooted session
         self.scanned = False
         self.unlimited = False
+        # The secret a client tool proves to ride on this session (`password.tool_token`;
+        # only for a session registered with a password; never shown, never logged), and
+        # for a tool's session, the session it rides on (b"": none).
+        self.tool_token = b""
+        self.parent = b""
         self._rule_changed()
 
     def _rule_changed(self) -> None:

@@ -71,6 +71,15 @@ log = logging.getLogger("elkfs.mount")
 ROOT = pyfuse3.ROOT_INODE
 MASTERINFO_NAME = b".masterinfo"
 MASTERINFO_INODE = 0x7FFFFFFFFFFFFFF0
+# The mount's session and tool token ("SESSION TOKEN" in hex), for the client tools to
+# ride on the session (an export with a password): only on a mount with a password, and
+# readable by root and the mount's owner only (checked here: the kernel checks nothing
+# without default_permissions).
+MASTERTOKEN_NAME = b".mastertoken"
+MASTERTOKEN_INODE = MASTERINFO_INODE + 1
+MASTERTOKEN_FH = 1 << 63  # never a real handle's number (those count from 1)
+MASTERTOKEN_SIZE = 2 * 16 + 1 + 2 * 32 + 1
+VIRTUAL_INODES = (MASTERINFO_INODE, MASTERTOKEN_INODE)
 CAPABILITY = b"security.capability"
 BLKSIZE = 1 << 16
 NAME_MAX = 255
@@ -346,6 +355,31 @@ class ElkOperations(pyfuse3.Operations):
         e.st_blksize = BLKSIZE
         return e
 
+    def _has_token(self) -> bool:
+        return self.client.link.password_digest is not None
+
+    def _mastertoken_entry(self) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = MASTERTOKEN_INODE
+        e.entry_timeout = e.attr_timeout = 3600
+        e.st_mode = stat.S_IFREG | 0o400
+        e.st_uid, e.st_gid = os.getuid(), os.getgid()
+        e.st_nlink = 1
+        e.st_size = MASTERTOKEN_SIZE
+        e.st_blksize = BLKSIZE
+        return e
+
+    def _mastertoken(self) -> bytes:
+        link = self.client.link
+        return f"{link.session.hex()} {link.tool_token.hex()}\n".encode()
+
+    def _virtual_entry(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes | None:
+        if parent == self.root and name == MASTERINFO_NAME:
+            return self._masterinfo_entry()
+        if parent == self.root and name == MASTERTOKEN_NAME and self._has_token():
+            return self._mastertoken_entry()
+        return None
+
     def _state(self, inode: int) -> InodeState:
         st = self.states.get(inode)
         if st is None:
@@ -366,8 +400,9 @@ class ElkOperations(pyfuse3.Operations):
         if len(name) > NAME_MAX:  # before any cached "absent" answers ENOENT
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         parent = self._m(parent_inode)
-        if parent == self.root and name == MASTERINFO_NAME:
-            return self._masterinfo_entry()
+        virtual = self._virtual_entry(parent, name)
+        if virtual is not None:
+            return virtual
         timeout = self.opts.entry_timeout
         if self.checks:
             pattr = await self._attr(parent)
@@ -467,6 +502,8 @@ class ElkOperations(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         if inode == MASTERINFO_INODE:
             return self._masterinfo_entry()
+        if inode == MASTERTOKEN_INODE:
+            return self._mastertoken_entry()
         ino = self._m(inode)
         cached = self.cache.attr(ino, time.monotonic())
         if cached is not None:
@@ -474,7 +511,7 @@ class ElkOperations(pyfuse3.Operations):
         return self._fresh((await self._op(m.GetAttr(ino))).attr)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
-        if inode == MASTERINFO_INODE:
+        if inode in VIRTUAL_INODES:
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
         mode = attr.st_mode
@@ -554,6 +591,8 @@ class ElkOperations(pyfuse3.Operations):
         """pyfuse3: True when allowed."""
         if inode == MASTERINFO_INODE:
             return not mode & (W | X)
+        if inode == MASTERTOKEN_INODE:
+            return not mode & (W | X) and ctx.uid in (0, os.getuid())
         attr = await self._attr(self._m(inode))  # F_OK: it exists
         return not self.checks or allowed(attr, Caller(ctx), mode & (R | W | X))
 
@@ -618,7 +657,7 @@ class ElkOperations(pyfuse3.Operations):
                                ctx)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        if inode == MASTERINFO_INODE:
+        if inode in VIRTUAL_INODES:
             raise pyfuse3.FUSEError(errno.EPERM)
         parent = self._m(new_parent_inode)
         who = self._who(ctx)
@@ -628,7 +667,7 @@ class ElkOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode, name, ctx):
         parent = self._m(parent_inode)
-        if parent == self.root and name == MASTERINFO_NAME:
+        if parent == self.root and name in (MASTERINFO_NAME, MASTERTOKEN_NAME):
             raise pyfuse3.FUSEError(errno.EPERM)
         await self._may_remove(parent, name, ctx)
         out = await self._change(m.Unlink(parent, name), parent)
@@ -687,7 +726,7 @@ class ElkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ extended attributes
 
     async def getxattr(self, inode, name, ctx):
-        if inode == MASTERINFO_INODE:
+        if inode in VIRTUAL_INODES:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         ino = self._m(inode)
         who = self._who(ctx)
@@ -720,12 +759,12 @@ class ElkOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EPERM)
 
     async def listxattr(self, inode, ctx):
-        if inode == MASTERINFO_INODE:
+        if inode in VIRTUAL_INODES:
             return []
         return (await self._op(m.ListXattr(self._m(inode)))).names
 
     async def setxattr(self, inode, name, value, ctx):
-        if inode == MASTERINFO_INODE:
+        if inode in VIRTUAL_INODES:
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
         await self._may_set_xattr(ino, name, ctx)
@@ -737,7 +776,7 @@ class ElkOperations(pyfuse3.Operations):
             self.cache.drop(ino)  # an answer that crossed the change may have refilled it
 
     async def removexattr(self, inode, name, ctx):
-        if inode == MASTERINFO_INODE:
+        if inode in VIRTUAL_INODES:
             raise pyfuse3.FUSEError(errno.EPERM)
         ino = self._m(inode)
         await self._may_set_xattr(ino, name, ctx)
@@ -851,6 +890,19 @@ class ElkOperations(pyfuse3.Operations):
             if flags & (os.O_WRONLY | os.O_RDWR):
                 raise pyfuse3.FUSEError(errno.EACCES)
             fi = pyfuse3.FileInfo(fh=0)
+            fi.direct_io = True
+            return fi
+        if inode == MASTERTOKEN_INODE:
+            if flags & (os.O_WRONLY | os.O_RDWR) or ctx.uid not in (0, os.getuid()):
+                raise pyfuse3.FUSEError(errno.EACCES)
+            # A token is good while the session is registered with whoever leads: after a
+            # failover or a restart the session registers again now (a new token), not at
+            # the next request, so that a tool reads the one the master knows.
+            try:
+                await self.client.link.connect()
+            except FsError as e:
+                raise pyfuse3.FUSEError(_errno(e)) from None
+            fi = pyfuse3.FileInfo(fh=MASTERTOKEN_FH)
             fi.direct_io = True
             return fi
         ino = self._m(inode)
@@ -1028,6 +1080,8 @@ class ElkOperations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         if fh == 0:
             return self.masterinfo[off:off + size]
+        if fh == MASTERTOKEN_FH:
+            return self._mastertoken()[off:off + size]
         h = self.handles[fh]
         st = self.states[h.inode]
         if st.writer is not None and st.writer.dirty:
@@ -1140,7 +1194,7 @@ class ElkOperations(pyfuse3.Operations):
             await self._flush_writer(st, sync=sync)
 
     async def release(self, fh):
-        if fh == 0:
+        if fh in (0, MASTERTOKEN_FH):
             return
         h = self.handles.pop(fh, None)
         if h is None:

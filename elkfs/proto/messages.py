@@ -634,6 +634,10 @@ class RegisterSession(Msg):
     # For an export with a password: the answer to this connection's `Challenge`
     # (`exports.password_proof`); the password itself is never sent.
     proof: bytes = b""
+    # A client tool riding on a mount's session (its id): `proof` then answers the
+    # challenge with the mount's tool token as the key (`password.tool_token`), and the
+    # session gets the mount's rights, never more (docs/security.md).
+    attach: bytes = b""
 
 
 @message(11)

@@ -17,7 +17,7 @@ from elkfs.master import exports as ex
 from elkfs.master.sessionaccess import SessionAccess, admit, learn, resolve_root
 from elkfs.proto import messages as m
 from elkfs.proto.errors import FsError
-from elkfs.proto.password import password_digest, password_proof
+from elkfs.proto.password import password_digest, password_proof, tool_token
 
 from .test_namespace import Runner
 
@@ -183,6 +183,19 @@ def test_passwords():
     assert ex.choose(only_pw, ip("1.1.1.1"), (), wrong, True).reason == "wrong password"
     # an answer to another challenge proves nothing (no replay)
     assert not ex.proven_passwords(RULES, b"d" * 32, password_proof(digest, challenge))
+
+
+def test_tool_token_is_its_own_secret():
+    """The tool token (docs/security.md) is neither the proof nor the digest, differs
+    with every registration's challenge and every password, and is the same on both
+    sides (the same inputs)."""
+    digest = password_digest(b"s3cret")
+    challenge = b"c" * 32
+    token = tool_token(digest, challenge)
+    assert len(token) == 32 and token == tool_token(digest, challenge)
+    assert token not in (digest, password_proof(digest, challenge))
+    assert token != tool_token(digest, b"d" * 32)
+    assert token != tool_token(password_digest(b"other"), challenge)
 
 
 def test_meta_rules_apply_to_meta_sessions_only():
