@@ -82,18 +82,16 @@ class ChunkOps(MasterPart):
         the next pass (the caller marks it busy)."""
         goals: dict[int, int] = {}
         get = goals.get
-        with gc_paused():  # no collection walks the list of millions meanwhile
-            nodes = list(self.ns.nodes.values())
-            for start in range(0, len(nodes), step):
-                if start:
+        with gc_paused():  # no collection walks the lists meanwhile
+            for i, piece in enumerate(self.ns.nodes.pieces(step)):
+                if i:
                     await asyncio.sleep(0)
-                for node in nodes[start:start + step]:
+                for node in piece:
                     if type(node) is FileNode and node.chunks:
                         goal = node.goal
                         for chunk_id in node.chunks:
                             if chunk_id and get(chunk_id, 0) < goal:
                                 goals[chunk_id] = goal
-            del nodes
         return goals
 
     def busy(self) -> set[int]:

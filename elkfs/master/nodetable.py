@@ -80,6 +80,15 @@ class NodeTable:
     def items(self) -> Iterator[tuple[int, Node]]:
         return chain.from_iterable(shard.items() for shard in self._shards)
 
+    def pieces(self, size: int) -> Iterator[list[Node]]:
+        """Every node, in lists of at most `size`; each shard is listed when reached, so
+        a caller may yield to the event loop between pieces (nodes added or removed
+        meanwhile may or may not be seen) without ever listing all of them at once."""
+        for shard in self._shards:
+            nodes = list(shard.values())
+            for start in range(0, len(nodes), size):
+                yield nodes[start:start + size]
+
     def clear(self) -> None:
         for shard in self._shards:
             shard.clear()

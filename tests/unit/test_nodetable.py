@@ -29,6 +29,9 @@ def test_answers_as_a_dict_does():
     assert table[some] is model[some]
     del table[some]
     assert some not in table
+    pieces = list(table.pieces(100))
+    assert all(len(p) <= 100 for p in pieces)
+    assert sorted(id(n) for p in pieces for n in p) == sorted(id(v) for v in table.values())
     table.clear()
     assert len(table) == 0 and list(table) == []
 
