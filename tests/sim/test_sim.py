@@ -7,7 +7,7 @@ import os
 
 from .run import describe_failure, run_many, run_seed
 
-SIM_SEEDS = int(os.environ.get("ELKFS_SIM_SEEDS", "3000"))
+SIM_SEEDS = int(os.environ.get("ELKFS_SIM_SEEDS", "1500"))
 
 # Seeds that once exposed a bug (liveness, convergence or safety); each stays fixed.  The
 # first twelve date from before the fault mix changed (they now run other scenarios);
