@@ -14,6 +14,7 @@ import asyncio
 import errno
 import hashlib
 import json
+import contextlib
 import os
 import pwd
 import shutil
@@ -81,23 +82,31 @@ class Mounts:
             unmount(mnt, pid)
 
 
-@pytest.fixture(scope="module")
-def env():
-    base = tempfile.mkdtemp(prefix="elkfs-exports-")
+@contextlib.contextmanager
+def cluster_with_exports(prefix: str, net: str, rules: str):
+    """A one-master cluster started with `rules` as its mfsexports.cfg; yields the
+    `Mounts` of it, all unmounted and the cluster gone afterwards."""
+    base = tempfile.mkdtemp(prefix=prefix)
     os.chmod(base, 0o755)
-    cluster = Cluster(os.path.join(base, "cluster"), net=NET, chunkservers=2)
+    cluster = Cluster(os.path.join(base, "cluster"), net=net, chunkservers=2)
     os.makedirs(cluster.masters[0].data_dir)
     with open(exports_file(cluster), "w") as f:
-        f.write(RULES)
+        f.write(rules)
     mounts = Mounts(cluster, base)
     cluster.start()
     try:
-        mounts.main = mounts.mount("main", "mfsbind=127.0.72.5")  # read-write, everything
         yield mounts
     finally:
         mounts.unmount_all()
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def env():
+    with cluster_with_exports("elkfs-exports-", NET, RULES) as mounts:
+        mounts.main = mounts.mount("main", "mfsbind=127.0.72.5")  # read-write, everything
+        yield mounts
 
 
 def exports_file(cluster: Cluster) -> str:

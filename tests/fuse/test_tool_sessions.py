@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -21,10 +19,9 @@ from elkfs.proto import messages as m
 from elkfs.proto import rpc
 from elkfs.proto.errors import FsError
 from elkfs.proto.password import password_proof
-from elkfs.testing.cluster import Cluster
 
 from .mounted import unmount
-from .test_exports import Mounts, exports_file
+from .test_exports import cluster_with_exports, exports_file
 from .util import NOBODY
 
 NET = "127.0.92"
@@ -42,22 +39,10 @@ RULES = f"""\
 
 @pytest.fixture(scope="module")
 def env():
-    base = tempfile.mkdtemp(prefix="elkfs-toolsessions-")
-    os.chmod(base, 0o755)
-    cluster = Cluster(os.path.join(base, "cluster"), net=NET, chunkservers=2)
-    os.makedirs(cluster.masters[0].data_dir)
-    with open(exports_file(cluster), "w") as f:
-        f.write(RULES)
-    mounts = Mounts(cluster, base)
-    cluster.start()
-    try:
+    with cluster_with_exports("elkfs-toolsessions-", NET, RULES) as mounts:
         mounts.pw = mounts.mount("pw", "mfsbind=127.0.93.5", f"mfspassword={PASSWORD}")
         mounts.open = mounts.mount("open", "mfsbind=127.0.94.5")
         yield mounts
-    finally:
-        mounts.unmount_all()
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def tool(*args: str, uid: int | None = None) -> subprocess.CompletedProcess:
