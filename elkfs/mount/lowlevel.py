@@ -47,6 +47,7 @@ OPS_POINTERS = 44
 SLOT_INIT, SLOT_FLUSH, SLOT_GETLK, SLOT_SETLK, SLOT_FLOCK, SLOT_FALLOCATE = 0, 17, 31, 32, 39, 40
 CONN_CAPABLE, CONN_WANT = 20, 24  # offsets in struct fuse_conn_info
 FUSE_CAP_DONT_MASK = 1 << 6
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
 SESSION_SEARCH = 512  # the table sits near the start of `struct fuse_session`
 
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
@@ -191,11 +192,22 @@ class LowLevel:
     def _init_conn(self, userdata, conn) -> None:
         """INIT: ask the kernel not to apply the umask itself (FUSE_CAP_DONT_MASK): a
         file created in a directory with a default ACL must not get it (the namespace
-        applies the umask otherwise). Then pyfuse3's own init."""
+        applies the umask otherwise).
+
+        And turn off FUSE_CAP_AUTO_INVAL_DATA (libfuse asks for it by default): with it
+        the kernel drops a file's pages whenever new attributes show another mtime,
+        and after this mount's own write they always do (the kernel stamps its mtime,
+        the master another), so a file written here and read back went to a
+        chunkserver every time. The mount says itself when pages are stale: an open
+        keeps them only if the master's (mtime, size) is the one they were cached
+        under (`keep_cache`), and the master's recalls of files open here drop them.
+
+        Then pyfuse3's own init."""
         capable = ctypes.c_uint.from_address(conn + CONN_CAPABLE)
         want = ctypes.c_uint.from_address(conn + CONN_WANT)
         if capable.value & FUSE_CAP_DONT_MASK:
             want.value |= FUSE_CAP_DONT_MASK
+        want.value &= ~FUSE_CAP_AUTO_INVAL_DATA
         self._pyfuse3_init(userdata, conn)
 
     # Each callback runs inside `fuse_session_process_buf`, on the event loop's thread

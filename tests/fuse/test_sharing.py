@@ -10,9 +10,12 @@ the writer). Appends with O_APPEND from both mounts all land, whole, once each.
 
 from __future__ import annotations
 
+import mmap
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -101,6 +104,66 @@ def test_a_file_rewritten_in_place_is_seen_fresh_by_a_reader_that_opens_it(mc, m
         with open(a, "r+b" if i else "wb") as f:
             f.write(data)
         assert read_all(b) == data
+
+
+def test_b_stats_the_rewritten_file_before_it_opens_it(mc, mnt_b, d):
+    """The stat tells B's kernel the new mtime first (same size), so nothing but the
+    mount can drop the pages B's kernel holds of the old data: the open must."""
+    a = os.path.join(d, "f")
+    b = on_b(mc, mnt_b, a)
+    for i in range(10):
+        data = b"%08d" % i * 512
+        with open(a, "r+b" if i else "wb") as f:
+            f.write(data)
+        st = os.stat(b)
+        assert (st.st_size, st.st_mtime_ns) == (len(data), os.stat(a).st_mtime_ns)
+        assert read_all(b) == data
+
+
+def test_a_mapping_b_holds_sees_a_rewrite_of_the_same_size(mc, mnt_b, d):
+    a = os.path.join(d, "f")
+    b = on_b(mc, mnt_b, a)
+    with open(a, "wb") as f:
+        f.write(b"1" * 8192)
+    with open(b, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    try:  # the descriptor is closed: only the mapping holds the file open on B
+        assert mapped[:8192] == b"1" * 8192
+        with open(a, "r+b") as f:
+            f.write(b"2" * 8192)
+        assert mapped[:8192] == b"2" * 8192
+        os.stat(b)
+        assert mapped[:8192] == b"2" * 8192
+    finally:
+        mapped.close()
+
+
+def test_a_file_written_here_is_read_back_from_the_kernels_pages(mc, d):
+    """Reading back what this mount wrote needs no chunkserver: with every chunkserver
+    stopped the read still completes (it would wait for them otherwise)."""
+    path = os.path.join(d, "mine")
+    data = os.urandom(4096)
+    with open(path, "wb") as f:
+        f.write(data)
+    got = {}
+
+    def reread():
+        got["data"] = read_all(path)
+
+    cs = mc.cluster.chunkservers
+    for c in cs:
+        mc.cluster.signal(c, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=reread)
+        t.start()
+        t.join(10)
+        answered = not t.is_alive()
+    finally:
+        for c in cs:
+            mc.cluster.signal(c, signal.SIGCONT)
+    t.join(60)
+    assert answered, "the read went to a chunkserver"
+    assert got["data"] == data
 
 
 def test_o_append_from_two_clients_keeps_every_record_once(mc, mnt_b, d):
