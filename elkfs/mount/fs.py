@@ -17,8 +17,14 @@ Open files: the mount keeps one `InodeState` per open inode, shared by all its h
 the writer (`client.File`, which streams writes into one chunk at a time in large pieces)
 and the local view of the size while written data is not yet committed. The master is
 told about opens (`Acquire`, so an unlinked open file stays readable, whoever unlinks it)
-at once and without waiting for the answer; closes (`Release`) wait up to `RELEASE_DELAY`
-and a file opened again meanwhile sends neither the Release nor a new Acquire.
+at once and without waiting for the answer. A last close does not release the file at
+once: the mount keeps it acquired for `HOLD_S` more seconds (at most `HELD_MAX` files, the
+oldest released first). A file opened again meanwhile sends neither the Release nor a new
+Acquire, and when its cached attributes survived (the master recalls them from this mount,
+as from any mount holding the file open, before it acknowledges another session's change),
+the open needs no trip to the master at all: a file read again, or written and read back,
+costs only the kernel's requests. An open that wants more than the held one was granted
+(write after read, exec) asks the master.
 
 Reads: a handle reads through a `Reader`: chunk locations are asked once per chunk per
 open, sequential reads are detected and served from read-ahead blocks fetched in the
@@ -87,7 +93,8 @@ KNOWN_MAX = 200_000
 _SETATTR_BITS = (("update_mode", m.SET_MODE), ("update_uid", m.SET_UID),
                  ("update_gid", m.SET_GID), ("update_atime", m.SET_ATIME),
                  ("update_mtime", m.SET_MTIME), ("update_ctime", m.SET_CTIME))
-RELEASE_DELAY = 0.05  # seconds a Release waits in case the file is opened again
+HOLD_S = 30.0  # seconds a file stays acquired after its last close here
+HELD_MAX = 4096  # files held that way at most
 # A directory this mount holds no listing of is listed after the master said this many
 # names were absent in it: the mount is working in it (creating there, most likely), and
 # with the listing every later LOOKUP there is answered without a trip to the master.
@@ -194,7 +201,9 @@ class ElkOperations(pyfuse3.Operations):
         self.known: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) last seen
         self.cached: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) of cached pages
         self.ra_blocks = max(0, opts.readahead_mib * (1 << 20) // RA_BLOCK)
-        self.releases: dict[int, None] = {}  # inodes closed here, Release not sent yet
+        # Files closed here that the master still has open for this mount (`HOLD_S`):
+        # inode -> (the access it granted, when the last close was), oldest first.
+        self.releases: dict[int, tuple[int, float]] = {}
         # Lock owners that took a lock here, by inode: a close by one of them (FLUSH with
         # its owner, the last release of an open file) releases its locks at the master.
         self.lockers: dict[int, set[int]] = {}
@@ -227,29 +236,50 @@ class ElkOperations(pyfuse3.Operations):
         except FsError as e:
             raise pyfuse3.FUSEError(_errno(e)) from None
 
-    def _opened(self, inode: int, is_open: bool, want: int = 0) -> None:
+    def _opened(self, inode: int, is_open: bool, want: int = 0) -> int:
         """The first open (True; `want`: the access it asks for, which the master
-        checks too) or the last close (False) of `inode` here."""
+        checks too) or the last close (False; `want`: what the master granted) of
+        `inode` here. Returns the access the master grants the open file."""
         if is_open:
-            if inode in self.releases:
-                del self.releases[inode]  # the master still has it open for us
-            else:
+            held = self.releases.pop(inode, None)  # the master still has it open for us
+            granted = 0 if held is None else held[0]
+            if want & ~granted:
+                # Asked with this open's own needs (the caller may lack the held grant's):
+                # the master's grant to the session is the union of its opens'.
                 self.client.link.post(m.Acquire(inode, want),
                                       on_refused=lambda status: bounded_put(
                                           self.refused_opens, inode, status, KNOWN_MAX))
-            return
-        self.releases[inode] = None
-        if self.release_timer is None:
+                if held is not None:  # one open on the master, with the wider grant
+                    self.client.link.post(m.ReleaseMany([inode]))
+            return want | granted
+        self.releases[inode] = (want, time.monotonic())
+        if len(self.releases) > HELD_MAX:
+            self._send_releases(len(self.releases) - HELD_MAX)
+        elif self.release_timer is None:
             self.release_timer = asyncio.get_running_loop().call_later(
-                RELEASE_DELAY, self._send_releases)
+                HOLD_S, self._send_releases)
+        return 0
 
-    def _send_releases(self) -> None:
+    def _send_releases(self, oldest: int = 0, everything: bool = False) -> None:
+        """Release the held files whose hold is over, and the `oldest` many held files
+        anyway (`everything`: all of them, at unmount)."""
         if self.release_timer is not None:
             self.release_timer.cancel()
             self.release_timer = None
+        over = time.monotonic() - HOLD_S
+        gone = []
+        for inode, (_, closed) in self.releases.items():  # oldest close first
+            if not everything and len(gone) >= oldest and closed > over:
+                break
+            gone.append(inode)
+        for inode in gone:
+            del self.releases[inode]
+        if gone:
+            self.client.link.post(m.ReleaseMany(gone))
         if self.releases:
-            releases, self.releases = self.releases, {}
-            self.client.link.post(m.ReleaseMany(list(releases)))
+            first = next(iter(self.releases.values()))[1]
+            self.release_timer = asyncio.get_running_loop().call_later(
+                max(0.0, first + HOLD_S - time.monotonic()), self._send_releases)
 
     def _fresh(self, attr: m.Attr) -> pyfuse3.EntryAttributes:
         """Attributes the master just sent: cache them and give them to the kernel."""
@@ -865,8 +895,9 @@ class ElkOperations(pyfuse3.Operations):
         """A handle for an open of `inode`; `acquired`: the master knows of this open."""
         st = self._state(inode)
         st.opens += 1
-        if st.opens == 1 and not acquired:
-            self._opened(inode, True, open_wants(flags))
+        if st.opens == 1:
+            # a create opened the file on the master, for anything
+            st.granted = R | W if acquired else self._opened(inode, True, open_wants(flags))
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(inode, flags, Reader(self.client, st, self.ra_blocks), uid)
@@ -958,16 +989,32 @@ class ElkOperations(pyfuse3.Operations):
         cached pages: `keep_cache`)."""
         st = self._state(ino)
         st.opens += 1
-        acquire = st.opens == 1 and ino not in self.releases
+        held = self.releases.get(ino) if st.opens == 1 else None
+        acquire = st.opens == 1 and (held is None or want & ~held[0])
         if st.opens == 1 and not acquire:
-            self._opened(ino, True, want)  # a close not sent yet: the master has it open
+            st.granted = self._opened(ino, True, want)  # the master has it open for us
         st.pending += 1
         before = self.known.get(ino)
         chunk = None
+        last = self.cache.last(ino, time.monotonic()) if held is not None else None
         if acquire:
+            if held is not None:
+                # It needs more than the master granted: ask with this open's own needs
+                # (the caller may lack the held grant's); the session's grant on the
+                # master is the union of its opens', and one open stays.
+                del self.releases[ino]
+                st.granted = held[0]  # what stays if this Acquire is refused
             out = await self._op(m.Acquire(ino, want, m.ACQUIRE_CHUNK if reading
                                            else m.ACQUIRE_ATTR))
+            if held is not None:
+                self.client.link.post(m.ReleaseMany([ino]))
+                want |= held[0]
+            st.granted = want
             attr, chunk = out.attr, out.chunk
+        elif last is not None:
+            # Held since its last close here, and not recalled since (a recall drops the
+            # cached attributes): these are the master's, no trip needed.
+            attr = last[0]
         else:
             attr = (await self._op(m.GetAttr(ino))).attr
         self.cache.put(attr, time.monotonic())
@@ -986,7 +1033,7 @@ class ElkOperations(pyfuse3.Operations):
         st.opens -= 1
         if st.opens == 0:
             del self.states[ino]
-            self._opened(ino, False)
+            self._opened(ino, False, st.granted)
 
     def _recalled(self, inodes: list[int] | None):
         """The master says another session changed these files, which are open here
@@ -995,6 +1042,9 @@ class ElkOperations(pyfuse3.Operations):
         the master's answer waits for."""
         if inodes is None:
             inodes = list(self.states)
+            # A new session (the old one expired) has none of the held files open:
+            # release them all (a resumed one just lets them go early).
+            self._send_releases(everything=True)
         now = time.monotonic()
         names = []  # names the kernel may still pass through without asking (perms.py)
         for ino in inodes:
@@ -1219,7 +1269,7 @@ class ElkOperations(pyfuse3.Operations):
         sig = self.known.get(h.inode)
         if sig is not None:
             bounded_put(self.cached, h.inode, sig, KNOWN_MAX)
-        self._opened(h.inode, False)
+        self._opened(h.inode, False, st.granted)
 
     async def forget(self, inode_list):
         return
@@ -1298,7 +1348,7 @@ class ElkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
-        self._send_releases()
+        self._send_releases(everything=True)
         for st in list(self.states.values()):
             try:
                 await self._flush_writer(st)

@@ -13,7 +13,7 @@ RA_BLOCK = 2 << 20  # read-ahead unit
 class InodeState:
     """What the mount knows about an open inode."""
 
-    __slots__ = ("inode", "opens", "writer", "size", "gen", "writes", "pending")
+    __slots__ = ("inode", "opens", "writer", "size", "gen", "writes", "pending", "granted")
 
     def __init__(self, inode: int):
         self.inode = inode
@@ -23,6 +23,7 @@ class InodeState:
         self.gen = 0  # bumped on every local change of the data
         self.writes = 0
         self.pending = 0  # opens in progress (counted in `opens` until they complete)
+        self.granted = 0  # the access the master granted the open file (perms.R | W | X)
 
 
 class Handle:

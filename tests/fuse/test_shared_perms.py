@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
+
 import pytest
 
 from .lockers import start_mount, stop_mount
@@ -198,3 +200,40 @@ def test_du_of_a_sparse_file_counts_no_holes(mc, mnt_b, d):
         assert st.st_blocks * 512 <= 64 << 20  # one chunk of data at most, not 5 GiB
         du = subprocess.run(["du", "-k", path], capture_output=True, text=True).stdout
         assert int(du.split()[0]) <= 64 * 1024
+
+
+WRITER = r'''
+import os, sys
+path = sys.argv[1]
+with open(path, "rb") as f:  # read and closed: the mount keeps the file open a while
+    f.read()
+fd = os.open(path, os.O_WRONLY)  # wants more than that: the master must know of it
+print("open", flush=True)
+sys.stdin.readline()
+os.write(fd, b"written after the chmod")
+os.close(fd)
+print("ok")
+'''
+
+
+def test_a_write_open_after_a_read_open_keeps_writing_after_a_chmod(mc, mnt_b, d):
+    """A descriptor opened for writing keeps its right after the file turns read-only:
+    on B the file was read (and closed) first, so its write open comes while the mount
+    still holds the read one, and must be an open for writing on the master too."""
+    f = os.path.join(d, "f")
+    make(f, 0o644)
+    os.chown(f, 65534, 65534)
+    p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-c", WRITER, on_b(mc, mnt_b, f)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert p.stdout.readline().strip() == "open"
+        os.chmod(f, 0o444)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.read().strip() == "ok"
+    finally:
+        p.stdin.close()
+        assert p.wait(60) == 0
+    with open(f, "rb") as g:
+        assert g.read() == b"written after the chmod"
