@@ -95,6 +95,7 @@ _SETATTR_BITS = (("update_mode", m.SET_MODE), ("update_uid", m.SET_UID),
                  ("update_mtime", m.SET_MTIME), ("update_ctime", m.SET_CTIME))
 HOLD_S = 30.0  # seconds a file stays acquired after its last close here
 HELD_MAX = 4096  # files held that way at most
+HOLD_BATCH_S = 1.0  # a release also takes the files whose hold ends this much later
 # A directory this mount holds no listing of is listed after the master said this many
 # names were absent in it: the mount is working in it (creating there, most likely), and
 # with the listing every later LOOKUP there is answered without a trip to the master.
@@ -266,7 +267,7 @@ class ElkOperations(pyfuse3.Operations):
         if self.release_timer is not None:
             self.release_timer.cancel()
             self.release_timer = None
-        over = time.monotonic() - HOLD_S
+        over = time.monotonic() - HOLD_S + HOLD_BATCH_S
         gone = []
         for inode, (_, closed) in self.releases.items():  # oldest close first
             if not everything and len(gone) >= oldest and closed > over:
