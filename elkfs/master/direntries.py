@@ -17,16 +17,17 @@ its blocks only with its first entry.
 A huge directory: a dict grows by building a table twice as big and moving every entry
 into it, in one go (at 699,050 names ~50-130 ms, inside whichever create or snapshot step
 adds the name; the limit is ~50 ms, docs/security.md). So a directory's dict takes at
-most SPREAD_AT names, the most a table of 2^17 slots holds (its last growth, at 43,690
+most SPREAD_AT names, as many as a table of 2^17 slots holds (its last growth, at 43,690
 names, a few ms); the name after that turns it into the spread form (`_Spread`, the same
 object, its class switched): the names it held stay where they are, frozen (changed or
 removed, never added to, so never growing), and names added from then on go to SHARDS
-dicts by a CRC of the name, with unequal shares (`unevenshards.py`) so that each grows
-at its own moment, a few ms at most up to tens of millions of names. Nothing is moved
-when it spreads; once below SHRINK_AT names it is gathered back into one dict (a quarter
-of SPREAD_AT: a gather of a few ms, and no back and forth at the boundary). The shards
-sit in the object's own dict under the key None (no name is None) so that a small
-directory, the common case, keeps the size it had and its lookups stay the dict's own.
+dicts by a CRC of the name (the same on every replica), with unequal shares
+(`unevenshards.py`) so that each grows at its own moment, a few ms at most up to tens of
+millions of names. Nothing is moved when it spreads; once below SHRINK_AT names it is
+gathered back into one dict (a quarter of SPREAD_AT: a gather of a few ms, and no back
+and forth at the boundary). The shards sit in the object's own dict under the key None
+(no name is None; it takes the table's last free place) so that a small directory, the
+common case, keeps the size it had and its lookups stay the dict's own C methods.
 Iteration goes frozen names first, then shard by shard: nothing replicated depends on
 that order (`popitem` and the pages go by name), as with insertion order before.
 """
@@ -35,13 +36,13 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
-from itertools import chain
+from itertools import chain, islice
 from zlib import crc32
 
 from .unevenshards import slot_table
 
 BLOCK = 512  # names per block after a split; a block splits at twice this
-SPREAD_AT = 2**17 * 2 // 3  # 87,381: a full dict of 2^17 slots; one more name spreads it
+SPREAD_AT = 2**17 * 2 // 3 - 1  # 87,380: with its shards' key, a full dict of 2^17 slots
 SHRINK_AT = SPREAD_AT // 4  # a spread directory below this is gathered into one dict
 SHARDS = 64  # 10M names: ~200k in the biggest shard, a growth of ~15 ms
 SLOTS = 4096  # crc32(name) % SLOTS -> shard
@@ -58,14 +59,20 @@ class DirEntries(dict):
     __slots__ = ("_blocks", "_maxes")
 
     def __init__(self, items=()):
+        """`items`: (name, inode) pairs, each name once (a checkpoint's directory)."""
         super().__init__()
-        super().update(items)
+        items = iter(items)
+        super().update(islice(items, SPREAD_AT))
+        more = next(items, None)
+        if more is not None:  # a huge directory: the rest in shards, as if added
+            self._spread()
+            shards = self._shards()
+            for name, inode in chain((more,), items):
+                shards[_SHARD_OF[crc32(name) & _MASK]][name] = inode
         names = sorted(self)
         self._blocks: list[list[bytes]] = [names[i:i + BLOCK]
                                            for i in range(0, len(names), BLOCK)]
         self._maxes: list[bytes] = [block[-1] for block in self._blocks]
-        if len(names) > SPREAD_AT:  # (a checkpoint's huge directory: all of it frozen)
-            self._spread()
 
     def __setitem__(self, name: bytes, inode: int) -> None:
         if name not in self:

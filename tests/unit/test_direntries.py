@@ -157,6 +157,17 @@ def test_a_huge_directory_grows_a_few_shards_at_a_time():
         shard_sizes, frozen_size = now, dict.__sizeof__(d)
     assert type(d) is _Spread and len(d) == 400_000
     assert most <= SHARDS // 8, f"{most} of {SHARDS} shards grew within one thousand inserts"
+    loaded = DirEntries(d.items())  # from a checkpoint: built as if grown
+    assert type(loaded) is _Spread and dict.__len__(loaded) == direntries.SPREAD_AT + 1
+    loaded.check()
+
+
+def test_spreading_does_not_grow_the_dict():
+    d = DirEntries((b"%d" % i, i) for i in range(direntries.SPREAD_AT))
+    size = dict.__sizeof__(d)
+    assert type(d) is DirEntries
+    d[b"one more"] = 0
+    assert type(d) is _Spread and dict.__sizeof__(d) == size
 
 
 def list_in_pages(r: Runner, inode: int, limit: int, between=None) -> list[bytes]:
