@@ -54,7 +54,8 @@ _SHARDS_KEY = None  # a spread directory's shards, in its own dict (no name is N
 
 class DirEntries(dict):
     """name -> inode. Use `d[name] = inode`, `del d[name]` and `popitem()` to change it
-    (the other dict mutators are not overridden and would leave the order behind)."""
+    (the other dict mutators are not overridden and would leave the order behind). Past
+    SPREAD_AT names the object becomes a `_Spread`, below SHRINK_AT one again."""
 
     __slots__ = ("_blocks", "_maxes")
 
