@@ -44,7 +44,7 @@ from .unevenshards import slot_table
 BLOCK = 512  # names per block after a split; a block splits at twice this
 SPREAD_AT = 2**17 * 2 // 3 - 1  # 87,380: with its shards' key, a full dict of 2^17 slots
 SHRINK_AT = SPREAD_AT // 4  # a spread directory below this is gathered into one dict
-SHARDS = 64  # 10M names: ~200k in the biggest shard, a growth of ~15 ms
+SHARDS = 64  # 10M names: ~220k in the biggest shard, a growth of ~15-40 ms
 SLOTS = 4096  # crc32(name) % SLOTS -> shard
 
 _SHARD_OF = slot_table(SHARDS, SLOTS)
