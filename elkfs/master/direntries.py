@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
-from itertools import chain, islice
+from itertools import chain, islice, repeat
 from zlib import crc32
 
 from .unevenshards import slot_table
@@ -50,6 +50,7 @@ SLOTS = 4096  # crc32(name) % SLOTS -> shard
 _SHARD_OF = slot_table(SHARDS, SLOTS)
 _MASK = SLOTS - 1
 _SHARDS_KEY = None  # a spread directory's shards, in its own dict (no name is None)
+_own_get, _own_item = dict.get, dict.__getitem__  # the object's own dict, past overrides
 
 
 class DirEntries(dict):
@@ -137,6 +138,11 @@ class DirEntries(dict):
         elif maxes[i] == name:
             maxes[i] = block[-1]
 
+    def inodes_of(self, names: list[bytes]) -> list[int]:
+        """The inodes of `names` (each one present), in one call: a walk takes a
+        directory's names in order and then their inodes, a list at a time."""
+        return list(map(_own_item, repeat(self), names))
+
     def names_after(self, after: bytes) -> Iterator[bytes]:
         """The names greater than `after` (b"": all), in order."""
         maxes = self._maxes
@@ -183,16 +189,22 @@ class _Spread(DirEntries):
         return dict.__getitem__(self, _SHARDS_KEY)
 
     def get(self, name: bytes, default=None):
-        inode = dict.get(self, name)
-        if inode is None:
-            return self._shard(name).get(name, default)
+        inode = _own_get(self, name)
+        if inode is None:  # (the shard inline: these are the hot path)
+            return _own_item(self, _SHARDS_KEY)[_SHARD_OF[crc32(name) & _MASK]].get(
+                name, default)
         return inode
 
     def __getitem__(self, name: bytes) -> int:
-        inode = dict.get(self, name)
+        inode = _own_get(self, name)
         if inode is None:
-            return self._shard(name)[name]
+            return _own_item(self, _SHARDS_KEY)[_SHARD_OF[crc32(name) & _MASK]][name]
         return inode
+
+    def inodes_of(self, names: list[bytes]) -> list[int]:
+        shards = _own_item(self, _SHARDS_KEY)
+        return [shards[_SHARD_OF[crc32(name) & _MASK]][name] if inode is None else inode
+                for name, inode in zip(names, map(_own_get, repeat(self), names))]
 
     def __contains__(self, name: bytes) -> bool:
         return dict.__contains__(self, name) or name in self._shard(name)

@@ -15,12 +15,15 @@ tree and never visits a node twice unless it was moved or renamed behind the wal
 
 from __future__ import annotations
 
-import math
 from itertools import islice
 
 from ..proto import messages as m
 from ..proto.layout import BLOCK_SIZE
 from .nodes import DirNode, FileNode, Node
+
+
+NAMES_AT_ONCE = 256  # names (and inodes) taken from a directory at once; those after a
+# subdirectory are taken again once it is walked, so this bounds what that costs
 
 
 class TreeWalk:
@@ -49,13 +52,12 @@ class TreeWalk:
             cursor = cursors[-1]
             directory, after = cursor
             children = directory.children
-            want = limit - len(out)
-            taken, deeper = 0, None
-            for name in islice(children.names_after(after),
-                               None if want == math.inf else int(want)):
-                taken += 1
+            want = min(limit - len(out), NAMES_AT_ONCE)
+            names = list(islice(children.names_after(after), int(want)))
+            deeper = None
+            for name, inode in zip(names, children.inodes_of(names)):
                 cursor[1] = name
-                node = nodes.get(children[name])
+                node = nodes.get(inode)
                 if node is None:
                     continue
                 out.append(node)
@@ -64,7 +66,7 @@ class TreeWalk:
                     break
             if deeper is not None:
                 cursors.append([deeper, b""])
-            elif taken < want:
+            elif len(names) < want:
                 cursors.pop()  # no names left after the last one taken
         self.visited += len(out)
         return out

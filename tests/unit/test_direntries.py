@@ -93,6 +93,8 @@ def test_answers_as_a_dict_and_sorted_list_across_the_spread_both_ways(small_blo
             assert list(d.names_after(after)) == sorted(n for n in model if n > after)
             skip = rng.randrange(160)
             assert list(d.names_from(skip)) == sorted(model)[skip:]
+            some = rng.sample(sorted(model), min(len(model), 20))
+            assert d.inodes_of(some) == [model[n] for n in some]
             rebuilt = DirEntries(d.items())  # as a checkpoint loads it
             rebuilt.check()
             assert rebuilt == model
