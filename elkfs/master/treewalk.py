@@ -9,8 +9,8 @@ step's worth at a time after the last name taken (as a snapshot's copy takes the
 listed in one go is a stall of its own, the longer for a huge directory's spread
 entries). So an entry that stays is visited once; one added or removed meanwhile may or
 may not be, one removed is never visited once gone; a walk never fails on a changing
-tree and never visits a node twice unless it was moved or renamed behind the walk
-(setting a goal twice is harmless).
+tree and never visits a node twice unless it was moved or renamed to where the walk
+has yet to go (setting a goal twice is harmless).
 """
 
 from __future__ import annotations
