@@ -335,7 +335,7 @@ class LongOps(MasterPart):
                 skipped += len(batch) - len(inodes)
             if inodes:
                 self._step(make(inodes))
-            settle_gc()  # the walk's lists of entries: no collection walks them
+            settle_gc()  # the nodes changed: no collection walks them again
             self._progress(key, msg, checked + walk.visited, last)
         if skipped:
             log.info("%s of inode %d for uid %d: %d entries not %s's (made or changed "

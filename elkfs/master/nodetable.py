@@ -7,8 +7,8 @@ that holds every other client for that long (the limit is ~50 ms, docs/security.
 by the low bits of the inode over SHARDS dicts, each grows on its own, at a
 SHARDS-th of the cost. But shards that fill evenly would all grow within the same few
 thousand inserts, for the same total: so the shards get unequal shares of the inodes,
-spread over a factor of two (shard i: ~2^(i/SHARDS)), and each crosses its next power of
-two at another moment of every doubling of the table.
+spread over a factor of two (shard i: ~2^(i/SHARDS), `unevenshards.py`), and each crosses
+its next power of two at another moment of every doubling of the table.
 
 The table answers what the namespace asks of a dict (get, [], in, del, len, iteration);
 iteration goes shard by shard, which nothing depends on (the checkpoint's order of nodes
@@ -21,23 +21,13 @@ from collections.abc import Iterator
 from itertools import chain
 
 from .nodes import Node
+from .unevenshards import slot_table
 
 SHARDS = 64  # 10M nodes: ~160k per shard, a growth of a few ms
 SLOTS = 4096  # inode % SLOTS -> shard
 
 
-def _slot_table() -> bytes:
-    weights = [2 ** (i / SHARDS) for i in range(SHARDS)]
-    total = sum(weights)
-    table = bytearray()
-    for shard, w in enumerate(weights):
-        table += bytes([shard]) * max(1, round(SLOTS * w / total))
-    table = table[:SLOTS] + bytes([SHARDS - 1]) * max(0, SLOTS - len(table))
-    # interleaved, so that a run of consecutive inodes touches many shards
-    return bytes(table[(i * 2731) % SLOTS] for i in range(SLOTS))
-
-
-_SHARD_OF = _slot_table()
+_SHARD_OF = slot_table(SHARDS, SLOTS)
 _MASK = SLOTS - 1
 
 

@@ -3,45 +3,71 @@
 The master is one event loop: a request that walks a million entries in one go holds
 every other client for seconds. Long operations (elkfs/master/longops.py) walk with a
 `TreeWalk` instead, taking `next_batch(n)` nodes per step and letting other requests in
-between. The tree may change between steps: each directory's entries are taken as a list
-when the walk enters it (an entry added later is not visited, one removed meanwhile is
-skipped), so a walk never fails on a changing tree and never visits a node twice unless
-it was moved behind the walk (setting a goal twice is harmless).
+between. The tree may change between steps: a directory's entries are taken by name, a
+step's worth at a time after the last name taken (as a snapshot's copy takes them,
+`DirEntries.names_after`), never as a list of the whole directory (a million inodes
+listed in one go is a stall of its own, the longer for a huge directory's spread
+entries). So an entry that stays is visited once; one added or removed meanwhile may or
+may not be, one removed is never visited once gone; a walk never fails on a changing
+tree and never visits a node twice unless it was moved or renamed to where the walk
+has yet to go (setting a goal twice is harmless).
 """
 
 from __future__ import annotations
+
+from itertools import islice
 
 from ..proto import messages as m
 from ..proto.layout import BLOCK_SIZE
 from .nodes import DirNode, FileNode, Node
 
 
+NAMES_AT_ONCE = 256  # names (and inodes) taken from a directory at once; those after a
+# subdirectory are taken again once it is walked, so this bounds what that costs
+
+
 class TreeWalk:
     def __init__(self, nodes: dict[int, Node], top: int):
         self.nodes = nodes
-        self._stack = [iter((top,))]  # iterators over lists of child inodes
+        self._top: int | None = top  # not visited yet
+        self._cursors: list[list] = []  # [directory, last name taken]: the deepest last
         self.visited = 0
 
     @property
     def done(self) -> bool:
-        return not self._stack
+        return self._top is None and not self._cursors
 
-    def next_batch(self, limit: int) -> list[Node]:
-        """Up to `limit` more nodes, depth first; [] once the walk is over."""
+    def next_batch(self, limit: float) -> list[Node]:
+        """Up to `limit` more nodes (math.inf: all), depth first, each directory's
+        entries in name order; [] once the walk is over."""
         out: list[Node] = []
-        stack = self._stack
-        nodes = self.nodes
-        while stack and len(out) < limit:
-            inode = next(stack[-1], None)
-            if inode is None:
-                stack.pop()
-                continue
-            node = nodes.get(inode)
-            if node is None:
-                continue
-            out.append(node)
-            if isinstance(node, DirNode) and node.children:
-                stack.append(iter(list(node.children.values())))
+        nodes, cursors = self.nodes, self._cursors
+        if self._top is not None and limit > 0:
+            top, self._top = nodes.get(self._top), None
+            if top is not None:
+                out.append(top)
+                if isinstance(top, DirNode):
+                    cursors.append([top, b""])
+        while cursors and len(out) < limit:
+            cursor = cursors[-1]
+            directory, after = cursor
+            children = directory.children
+            want = min(limit - len(out), NAMES_AT_ONCE)
+            names = list(islice(children.names_after(after), int(want)))
+            deeper = None
+            for name, inode in zip(names, children.inodes_of(names)):
+                cursor[1] = name
+                node = nodes.get(inode)
+                if node is None:
+                    continue
+                out.append(node)
+                if isinstance(node, DirNode) and node.children:
+                    deeper = node  # depth first: its entries before the next name's
+                    break
+            if deeper is not None:
+                cursors.append([deeper, b""])
+            elif len(names) < want:
+                cursors.pop()  # no names left after the last one taken
         self.visited += len(out)
         return out
 

@@ -2,11 +2,12 @@
 
 import random
 import stat
+import sys
 
 import pytest
 
 from elkfs.master import direntries
-from elkfs.master.direntries import DirEntries
+from elkfs.master.direntries import SHARDS, DirEntries, _Spread
 from elkfs.master.namespace import ROOT
 from elkfs.proto import messages as m
 from elkfs.proto.errors import FsError
@@ -17,6 +18,13 @@ from .test_namespace import Runner
 @pytest.fixture
 def small_blocks(monkeypatch):
     monkeypatch.setattr(direntries, "BLOCK", 4)  # many blocks, splits and merges
+
+
+@pytest.fixture
+def small_spread(monkeypatch):
+    """A directory spreads past 40 names and is gathered again below 10."""
+    monkeypatch.setattr(direntries, "SPREAD_AT", 40)
+    monkeypatch.setattr(direntries, "SHRINK_AT", 10)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -41,6 +49,129 @@ def test_order_follows_random_changes(small_blocks, seed):
     assert dict(rebuilt) == model
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_answers_as_a_dict_and_sorted_list_across_the_spread_both_ways(small_blocks,
+                                                                      small_spread, seed):
+    """Grow past SPREAD_AT and shrink below SHRINK_AT, again and again, by random adds,
+    changes, removals and popitem(); every answer is the model's (a dict, and its names
+    sorted); a checkpoint's reload answers the same whichever form it comes back in."""
+    rng = random.Random(seed)
+    d, model = DirEntries(), {}
+    forms = [type(d)]
+    for i in range(8000):
+        growing = (i // 1000) % 2 == 0
+        name = b"%d" % rng.randrange(150)
+        what = rng.random()
+        if what < (0.3 if growing else 0.8):
+            if model and rng.random() < 0.3:
+                greatest = max(model)  # the same entry on every replica
+                assert d.popitem() == (greatest, model.pop(greatest))
+            elif name in model:
+                del d[name], model[name]
+            else:
+                with pytest.raises(KeyError):
+                    del d[name]
+        else:
+            d[name] = model[name] = i
+        if type(d) is not forms[-1]:
+            forms.append(type(d))
+        assert len(d) == len(model) and bool(d) == bool(model)
+        assert d.get(name) == model.get(name) and (name in d) == (name in model)
+        assert d.get(name, -1) == model.get(name, -1)
+        if name in model:
+            assert d[name] == model[name]
+        else:
+            with pytest.raises(KeyError):
+                d[name]  # noqa: B018
+        if i % 37 == 0:
+            d.check()
+            assert dict(d) == model and d == model and not d != model
+            assert sorted(d) == sorted(d.keys()) == sorted(model)
+            assert sorted(d.items()) == sorted(model.items())
+            assert sorted(d.values()) == sorted(model.values())
+            after = rng.choice([b"", b"0", b"1", b"120", b"99", b"5"])
+            assert list(d.names_after(after)) == sorted(n for n in model if n > after)
+            skip = rng.randrange(160)
+            assert list(d.names_from(skip)) == sorted(model)[skip:]
+            some = rng.sample(sorted(model), min(len(model), 20))
+            assert d.inodes_of(some) == [model[n] for n in some]
+            rebuilt = DirEntries(d.items())  # as a checkpoint loads it
+            rebuilt.check()
+            assert rebuilt == model
+            assert (type(rebuilt) is _Spread) == (len(model) > direntries.SPREAD_AT)
+    assert forms.count(_Spread) >= 3 and forms.count(DirEntries) >= 4, forms
+    while model:  # emptied by popitem, through the gather, in name order
+        greatest = max(model)
+        assert d.popitem() == (greatest, model.pop(greatest))
+    assert type(d) is DirEntries and len(d) == 0
+    with pytest.raises(KeyError):
+        d.popitem()
+
+
+def test_a_spread_directory_clears_and_refuses_what_it_does_not_keep(small_spread):
+    d = DirEntries((b"%d" % i, i) for i in range(100))
+    assert type(d) is _Spread
+    d[b"new"] = 1
+    for change in (lambda: d.setdefault(b"x", 1), lambda: d.update({b"x": 1}),
+                   lambda: d.pop(b"1"), lambda: d.copy()):
+        with pytest.raises(TypeError):
+            change()
+    d.check()
+    d.clear()
+    assert type(d) is DirEntries and len(d) == 0 and list(d.names_after(b"")) == []
+    d[b"a"] = 1
+    d.check()
+    assert d == {b"a": 1}
+
+
+def test_a_small_directory_keeps_its_size():
+    """The common directory (up to SPREAD_AT names) is the dict it was, plus the two
+    slots of its order: no more memory, and lookups are the dict's own."""
+    names = [b"file-%07d.dat" % i for i in range(1000)]
+    d, plain = DirEntries(), {}
+    for i, name in enumerate(names):
+        d[name] = plain[name] = i
+    assert type(d) is DirEntries
+    assert DirEntries().__sizeof__() == {}.__sizeof__() + 2 * 8
+    assert d.__sizeof__() == plain.__sizeof__() + 2 * 8
+    assert DirEntries.get is dict.get and DirEntries.__getitem__ is dict.__getitem__
+    assert DirEntries.__contains__ is dict.__contains__
+
+
+def test_a_huge_directory_grows_a_few_shards_at_a_time():
+    """One dict of all names would copy itself whole as it passes 174,762 and 349,525
+    names (and 699,050, 1,398,101...). Spread, the names held when it spread never grow
+    again, and the shards grow at different moments: count those that grew within each
+    thousand inserts (64 if they filled evenly)."""
+    d = DirEntries()
+    shard_sizes = frozen_size = None
+    most = 0
+    for start in range(0, 400_000, 1000):
+        for i in range(start, start + 1000):
+            d[b"file-%07d.dat" % i] = i
+        if type(d) is not _Spread:
+            continue
+        now = [sys.getsizeof(shard) for shard in d._shards()]
+        if frozen_size is not None:
+            assert dict.__sizeof__(d) == frozen_size, "the frozen names' dict grew"
+            if start > 200_000:  # (small shards grow often, and cheaply)
+                most = max(most, sum(a != b for a, b in zip(shard_sizes, now)))
+        shard_sizes, frozen_size = now, dict.__sizeof__(d)
+    assert type(d) is _Spread and len(d) == 400_000
+    assert most <= SHARDS // 8, f"{most} of {SHARDS} shards grew within one thousand inserts"
+    loaded = DirEntries(d.items())  # from a checkpoint: built as if grown
+    assert type(loaded) is _Spread and dict.__len__(loaded) == direntries.SPREAD_AT + 1
+    loaded.check()
+
+
+def test_spreading_does_not_grow_the_dict():
+    d = DirEntries((b"%d" % i, i) for i in range(direntries.SPREAD_AT))
+    size = dict.__sizeof__(d)
+    assert type(d) is DirEntries
+    d[b"one more"] = 0
+    assert type(d) is _Spread and dict.__sizeof__(d) == size
+
+
 def list_in_pages(r: Runner, inode: int, limit: int, between=None) -> list[bytes]:
     seen, after = [], b""
     while True:
@@ -53,7 +184,14 @@ def list_in_pages(r: Runner, inode: int, limit: int, between=None) -> list[bytes
             between()
 
 
-def test_pages_resume_after_a_name_under_changes(small_blocks):
+@pytest.fixture(params=["one dict", "spread"])
+def either_form(request, monkeypatch):
+    if request.param == "spread":  # the directories of these tests spread
+        monkeypatch.setattr(direntries, "SPREAD_AT", 40)
+        monkeypatch.setattr(direntries, "SHRINK_AT", 10)
+
+
+def test_pages_resume_after_a_name_under_changes(small_blocks, either_form):
     r = Runner()
     d = r.mkdir(ROOT, b"big")
     names = [b"f%05d" % i for i in range(2000)]
@@ -116,6 +254,34 @@ def test_snapshot_and_checkpoint_keep_the_order(tmp_path):
         for inode in (d, copy):
             ns.nodes[inode].children.check()
             assert list(ns.nodes[inode].children.names_after(b"x1")) == [b"x3", b"x5", b"x9"]
+
+
+def test_a_spread_directory_is_copied_saved_loaded_and_gathered(small_spread, tmp_path):
+    from elkfs.master import checkpoint
+
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    names = [b"f%03d" % i for i in range(100)]
+    for name in reversed(names):
+        r.mkfile(d, name)
+    assert type(r.ns.nodes[d].children) is _Spread
+    r.do(m.Snapshot(d, ROOT, b"copy"))
+    copy = r.ns.nodes[ROOT].children[b"copy"]
+    path = str(tmp_path / checkpoint.checkpoint_name(r.ns.version))
+    checkpoint.write(r.ns, path)
+    loaded = checkpoint.read(path)
+    for ns in (r.ns, loaded):
+        for inode in (d, copy):
+            children = ns.nodes[inode].children
+            children.check()
+            assert type(children) is _Spread and list(children.names_after(b"")) == names
+            assert ns.lookup(inode, b"f042").inode == children[b"f042"]
+    for name in names[5:]:
+        r.do(m.Unlink(d, name))
+    children = r.ns.nodes[d].children
+    children.check()
+    assert type(children) is DirEntries and sorted(children) == names[:5]
+    assert [e.name for e in r.ns.readdir(d, 0, 10).entries] == names[:5]
 
 
 def scanned_path(ns, inode: int) -> bytes:

@@ -217,8 +217,8 @@ def test_an_entry_made_after_the_check_is_left_alone(small_steps):
     made = []
 
     def intruder(step):
-        if step == 2:  # the walk took /t's entries already: it will not see this one
-            made.append(mkfile(r, top, b"intruder", uid=OTHER))
+        if step == 2:  # the walk is past /t/d0: it will not see a name before that one
+            made.append(mkfile(r, top, b"a-intruder", uid=OTHER))
 
     run_long(r, m.SetGoal(top, 5, True), between=intruder)
     assert made and r.ns.nodes[made[0]].goal != 5  # another's: untouched
@@ -249,8 +249,8 @@ def test_an_unreadable_entry_after_the_check_stops_the_snapshot(small_steps):
     r.do(m.SetAttr(d0, m.SET_MODE, mode=stat.S_IFDIR | 0o777))
 
     def intruder(step):
-        if step == 2:  # the walk took /t/d0's entries in its first step
-            mkfile(r, d0, b"secret", uid=OTHER, mode=0o600)
+        if step == 2:  # the walk is past /t/d0/f0: it will not see a name before it
+            mkfile(r, d0, b"a-secret", uid=OTHER, mode=0o600)
 
     nodes_before = len(r.ns.nodes)
     with pytest.raises(FsError) as e:

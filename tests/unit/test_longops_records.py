@@ -135,3 +135,50 @@ def test_tree_walk_is_bounded_and_complete():
         totals.add(b)
     assert totals.result() == r.ns.dirstats(src)
     assert bigger_than(r.ns.nodes, src, 10) and not bigger_than(r.ns.nodes, src, 56)
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_tree_walk_under_changes_visits_what_stays_once(monkeypatch, spread):
+    """Between two batches entries come and go, in the walked directories and ahead of
+    or behind the walk: each entry there for the whole walk is visited exactly once,
+    nothing is visited twice, nothing that never was there is visited."""
+    import random
+
+    from elkfs.master import direntries
+
+    if spread:  # /top/d0's entries are spread
+        monkeypatch.setattr(direntries, "SPREAD_AT", 40)
+        monkeypatch.setattr(direntries, "SHRINK_AT", 10)
+    rng = random.Random(5)
+    r = Runner()
+    top = r.mkdir(ROOT, b"top")
+    dirs = [top] + [r.mkdir(top, b"d%d" % i) for i in range(3)]
+    files = {d: [] for d in dirs}
+    for i in range(150):
+        d = dirs[1] if i < 100 else rng.choice(dirs)
+        files[d].append((b"f%03d" % i, r.mkfile(d, b"f%03d" % i)))
+    staying = {inode for d in dirs for _, inode in files[d]} | set(dirs)
+    ever = set(staying)
+    assert (type(r.ns.nodes[dirs[1]].children) is direntries._Spread) == spread
+    walk = TreeWalk(r.ns.nodes, top)
+    seen: list[int] = []
+    while True:
+        batch = walk.next_batch(7)
+        if not batch:
+            break
+        seen += [n.inode for n in batch]
+        for _ in range(6):
+            d = rng.choice(dirs)
+            if files[d] and rng.random() < 0.6:
+                name, inode = files[d].pop(rng.randrange(len(files[d])))
+                r.do(m.Unlink(d, name))
+                staying.discard(inode)
+            else:
+                name = b"n%05d" % rng.randrange(100000)
+                if name not in r.ns.nodes[d].children:
+                    inode = r.mkfile(d, name)
+                    files[d].append((name, inode))
+                    ever.add(inode)
+    assert walk.done
+    assert len(seen) == len(set(seen)), "a node visited twice"
+    assert staying <= set(seen) <= ever
