@@ -59,6 +59,7 @@ from ..client.master_link import caller
 from ..proto import messages as m
 from ..proto.errors import FsError
 from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
+from .dirents import pack_dirents
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
 from .perms import (R, W, X, Caller, allowed, cacheable_children, check_hardlink,
@@ -852,6 +853,35 @@ class ElkOperations(pyfuse3.Operations):
                 return
             i += 1
 
+    async def readdir_plain(self, fh: int, start_id: int, size: int) -> bytes:
+        """A plain READDIR (lowlevel.py): the same numbering and pages as `readdir`,
+        names, inode numbers and types only, packed into one reply of at most `size`
+        bytes. The kernel keeps nothing of these entries, so nothing is remembered."""
+        d = self.dirs[fh]
+        if d.dots is None:
+            d.dots = await self._dots(d.inode)
+        parts: list[bytes] = []
+        i = start_id
+        room = size
+        if i < 2:
+            taken, used = pack_dirents(d.dots, i, i, room, parts, self.root, ROOT)
+            i += taken
+            room -= used
+            if i < 2:
+                return b"".join(parts)
+        if i < d.start:  # back to an earlier place (seekdir): list again from the start
+            d.rewind()
+        while True:
+            while i >= d.start + len(d.page):
+                if d.done:
+                    return b"".join(parts)
+                await self._next_page(d)
+            taken, used = pack_dirents(d.page, i - d.start, i, room, parts, self.root, ROOT)
+            if not taken:
+                return b"".join(parts)
+            i += taken
+            room -= used
+
     async def releasedir(self, fh):
         self.dirs.pop(fh, None)
 
@@ -1309,8 +1339,8 @@ class ElkOperations(pyfuse3.Operations):
 
 _HANDLERS = ("lookup", "getattr", "setattr", "readlink", "access", "statfs", "mknod", "mkdir",
              "symlink", "link", "unlink", "rmdir", "rename", "getxattr", "listxattr",
-             "setxattr", "removexattr", "opendir", "readdir", "releasedir", "fsyncdir", "open",
-             "create", "read", "write", "flush", "fsync", "release", "flush_owner", "getlk",
-             "setlk", "fallocate")
+             "setxattr", "removexattr", "opendir", "readdir", "readdir_plain", "releasedir",
+             "fsyncdir", "open", "create", "read", "write", "flush", "fsync", "release",
+             "flush_owner", "getlk", "setlk", "fallocate")
 for _name in _HANDLERS:
     setattr(ElkOperations, _name, _always_reply(getattr(ElkOperations, _name)))
