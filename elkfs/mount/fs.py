@@ -104,19 +104,27 @@ KERNEL_NAMES_MAX = 20_000  # names of one directory remembered as given to the k
 
 class DirStream:
     """An open directory: the page of entries being listed, numbered from `start`
-    (. and .. are 0 and 1); the next page resumes after the last name of this one."""
+    (. and .. are 0 and 1); the next page resumes after the last name of this one.
+    `ahead`: that next page, asked for already (see `_next_page`)."""
 
-    __slots__ = ("inode", "dots", "page", "start", "done")
+    __slots__ = ("inode", "dots", "page", "start", "done", "ahead")
 
     def __init__(self, inode: int):
         self.inode = inode
         self.dots: list[m.DirEntry] | None = None
+        self.ahead: asyncio.Task | None = None
         self.rewind()
 
     def rewind(self) -> None:
+        self.drop_ahead()
         self.page: list[m.DirEntry] = []
         self.start = 2
         self.done = False
+
+    def drop_ahead(self) -> None:
+        if self.ahead is not None:
+            self.ahead.cancel()
+            self.ahead = None
 
 
 def _invalidate_kernel_inode(inode: int, attr_only: bool) -> None:
@@ -133,6 +141,13 @@ def _invalidate_kernel_entry(directory: int, name: bytes) -> None:
         pyfuse3.invalidate_entry(directory, name)
     except OSError:
         pass
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    """A page asked for ahead may never be awaited (closed, rewound): its error is
+    not news."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _errno(e: FsError) -> int:
@@ -808,11 +823,20 @@ class ElkOperations(pyfuse3.Operations):
         return [m.DirEntry(b".", here_attr), m.DirEntry(b"..", up_attr)]
 
     async def _next_page(self, d: DirStream) -> None:
-        """Fetch the page after `d`'s current one (the first after a rewind)."""
+        """Fetch the page after `d`'s current one (the first after a rewind).
+
+        Past the first LISTING_MAX entries (a huge directory, whose attributes are not
+        cached) the page after the new one is asked for at once, so the master finds it
+        while the kernel takes this one: two pages held at most. It resumes after the
+        last name of this page like any page, so it is as right as one asked later."""
         first = d.start == 2 and not d.page
         after = d.page[-1].name if d.page else b""
         mark = self.cache.fetch_mark(d.inode)
-        out = await self._op(m.ReadDir(d.inode, 0, PAGE, after))
+        ahead, d.ahead = d.ahead, None
+        if ahead is not None:
+            out = await ahead
+        else:
+            out = await self._op(m.ReadDir(d.inode, 0, PAGE, after))
         d.start += len(d.page)
         d.page = out.entries
         d.done = out.next_offset < 0 or not out.entries
@@ -822,6 +846,10 @@ class ElkOperations(pyfuse3.Operations):
         if d.start < LISTING_MAX:  # not for the pages of a huge directory: bounded memory
             for ent in out.entries:
                 self.cache.put(ent.attr, now)
+        elif not d.done:
+            d.ahead = asyncio.ensure_future(
+                self._op(m.ReadDir(d.inode, 0, PAGE, out.entries[-1].name)))
+            d.ahead.add_done_callback(_retrieved)
 
     async def readdir(self, fh, start_id, token):
         """Entries are numbered in the order this handle lists them: "." is 0, ".." is
@@ -883,7 +911,9 @@ class ElkOperations(pyfuse3.Operations):
             room -= used
 
     async def releasedir(self, fh):
-        self.dirs.pop(fh, None)
+        d = self.dirs.pop(fh, None)
+        if d is not None:
+            d.drop_ahead()
 
     async def fsyncdir(self, fh, datasync):
         return
