@@ -20,31 +20,28 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from ..proto import messages as m
-
 _HEAD = struct.Struct("<QQII")
 _ZEROS = bytes(8)
 
 
-def pack_dirents(entries: Sequence[m.DirEntry], first: int, next_id: int, room: int,
-                 parts: list[bytes], root: int, kernel_root: int) -> tuple[int, int]:
-    """Append to `parts` the entries from `entries[first]` on that fit in `room` bytes;
-    the entry at `entries[first + k]` is numbered `next_id + k` and the kernel resumes
-    after it at `next_id + k + 1`. Inode `root` (the mounted folder) is shown as
-    `kernel_root`. Returns (entries taken, bytes used)."""
+def pack_dirents(names: Sequence[bytes], inodes: Sequence[int], modes: Sequence[int],
+                 first: int, next_id: int, room: int, parts: list[bytes], root: int,
+                 kernel_root: int) -> tuple[int, int]:
+    """Append to `parts` the entries from the `first` on (names[k], inodes[k], modes[k])
+    that fit in `room` bytes; the entry `first + j` is numbered `next_id + j` and the
+    kernel resumes after it at `next_id + j + 1`. Inode `root` (the mounted folder) is
+    shown as `kernel_root`. Returns (entries taken, bytes used)."""
     used = 0
     taken = 0
     head = _HEAD.pack
-    for i in range(first, len(entries)):
-        ent = entries[i]
-        name = ent.name
+    for k in range(first, len(names)):
+        name = names[k]
         size = (24 + len(name) + 7) & ~7
         if used + size > room:
             break
-        attr = ent.attr
-        ino = attr.inode
+        ino = inodes[k]
         parts.append(head(kernel_root if ino == root else ino, next_id + taken + 1,
-                          len(name), (attr.mode >> 12) & 0o17))
+                          len(name), (modes[k] >> 12) & 0o17))
         parts.append(name)
         pad = size - 24 - len(name)
         if pad:
