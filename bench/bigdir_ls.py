@@ -49,7 +49,7 @@ def start_spies(out_dir: str | None, mount_pid: int, master_pid: int) -> list:
     here = os.path.dirname(sys.executable)
     spy = os.path.join(here, "py-spy") if os.path.exists(os.path.join(here, "py-spy")) \
         else "py-spy"
-    spies = [subprocess.Popen([spy, "record", "-r", "200", "-f", "raw", "--native", "-o",
+    spies = [subprocess.Popen([spy, "record", "-r", "200", "-f", "raw", "-o",
                                os.path.join(out_dir, f"{name}.txt"), "--pid", str(pid)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for name, pid in (("mount", mount_pid), ("master", master_pid))]
