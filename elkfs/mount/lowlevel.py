@@ -18,9 +18,9 @@ finds the session (pyfuse3's module variable, through its ELF symbol table), fin
 copy of pyfuse3's table inside it (by its bytes: pyfuse3's static table is still there),
 and writes six entries: `getlk`, `setlk`, `flock`, `fallocate`, `flush` and `readdir`.
 Each is a ctypes callback that starts a task on the running event loop and returns at
-once; the task answers with `fuse_reply_*`, as pyfuse3's own handlers do. Blocking locks register
-an interrupt callback, so a signal (or the waiting process being killed) cancels the
-wait and the request is answered EINTR.
+once; the task answers with `fuse_reply_*`, as pyfuse3's own handlers do. Blocking locks
+register an interrupt callback, so a signal (or the waiting process being killed)
+cancels the wait and the request is answered EINTR.
 
 Layouts (libfuse 3.14, x86-64, checked against the C headers): `fuse_lowlevel_ops` is 44
 pointers; `fuse_file_info.fh` at byte 16, `.lock_owner` at 24; `struct flock` is
