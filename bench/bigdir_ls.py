@@ -6,7 +6,11 @@ The directory is made fast: its namespace is built in this process through the r
 machine and written as the master's checkpoint before the master starts (creating a
 million files through the network would take most of the run).
 
-    /work/bin/nsrun <ns> .venv/bin/python bench/bigdir_ls.py [N] [--runs K]
+    /work/bin/nsrun <ns> .venv/bin/python bench/bigdir_ls.py [N] [--runs K] [--profile DIR]
+
+`--profile DIR`: py-spy records the mount and the master during the first run
+(DIR/mount.txt, DIR/master.txt: folded stacks, one line per stack with its sample count;
+py-spy from the venv or PATH).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -37,6 +42,28 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def start_spies(out_dir: str | None, mount_pid: int, master_pid: int) -> list:
+    if not out_dir:
+        return []
+    os.makedirs(out_dir, exist_ok=True)
+    here = os.path.dirname(sys.executable)
+    spy = os.path.join(here, "py-spy") if os.path.exists(os.path.join(here, "py-spy")) \
+        else "py-spy"
+    spies = [subprocess.Popen([spy, "record", "-r", "200", "-f", "raw", "-o",
+                               os.path.join(out_dir, f"{name}.txt"), "--pid", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in (("mount", mount_pid), ("master", master_pid))]
+    time.sleep(1)  # attached before the listing starts
+    return spies
+
+
+def stop_spies(spies: list) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for spy in spies:
+        spy.wait(timeout=60)
+
+
 def big_namespace(n: int) -> Namespace:
     ns = Namespace()
     ts = time.time_ns()
@@ -54,6 +81,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("n", type=int, nargs="?", default=1_000_000)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--profile", metavar="DIR")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="elkfs-bigdir-")
     os.chmod(base, 0o755)
@@ -81,10 +109,12 @@ def main() -> int:
         big = os.path.join(mc.mnt, "big")
         for run in range(args.runs):
             before = rss_mib(mc.pid), rss_mib(master_pid)
+            spies = start_spies(args.profile, mc.pid, master_pid) if run == 0 else []
             started = time.monotonic()
             out = subprocess.run(f"ls -f {big} | wc -l", shell=True, check=True,
                                  capture_output=True, text=True).stdout
             took = time.monotonic() - started
+            stop_spies(spies)
             entries = int(out) - 2  # . and ..
             after = rss_mib(mc.pid), rss_mib(master_pid)
             print(f"run {run + 1}: ls -f of {entries} entries in {took:.1f} s = "

@@ -50,6 +50,7 @@ from ..consensus.fencing import first_version, next_version
 from ..proto import messages as m
 from ..proto.errors import BAD_SESSION, FsError
 from ..proto.layout import BLOCK_SIZE, CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
+from .direntries import DirEntries
 from .filelocks import F_UNLCK, LockTable, check_request
 from .nodetable import NodeTable
 from .nodes import (Chunk, ChunkTable, DirNode, FileNode, Node, SpecialNode, SymlinkNode,
@@ -202,6 +203,8 @@ class Namespace:
         if isinstance(op, m.GetAttr):
             return m.AttrOut(self.attr(self.node(op.inode)))
         if isinstance(op, m.ReadDir):
+            if op.names_only:
+                return self.readdir_names(op.inode, op.offset, op.limit, op.after)
             return self.readdir(op.inode, op.offset, op.limit, op.after)
         if isinstance(op, m.ReadLink):
             node = self.node(op.inode)
@@ -225,6 +228,23 @@ class Namespace:
     def readdir(self, inode: int, offset: int, limit: int, after: bytes = b"") -> m.DirOut:
         """One page of a listing, in name order (see `direntries`): O(log n + limit)
         when resuming `after` a name, O(n / BLOCK + limit) from an `offset`."""
+        children, names, next_offset = self._page(inode, offset, limit, after)
+        nodes = self.nodes
+        entries = [m.DirEntry(name, self.attr(nodes[children[name]])) for name in names]
+        return m.DirOut(entries, next_offset)
+
+    def readdir_names(self, inode: int, offset: int, limit: int,
+                      after: bytes = b"") -> m.DirNamesOut:
+        """The page `readdir` gives, with only the inode number and mode of each entry."""
+        children, names, next_offset = self._page(inode, offset, limit, after)
+        inodes = [children[name] for name in names]
+        nodes = self.nodes
+        return m.DirNamesOut(names, inodes, [nodes[i].mode for i in inodes], next_offset)
+
+    def _page(self, inode: int, offset: int, limit: int,
+              after: bytes) -> tuple[DirEntries, list[bytes], int]:
+        """The directory's entries, the names of the page, and the next page's `offset`
+        (-1: this page is the last)."""
         directory = self.dir(inode)
         limit = max(1, min(limit, 10000))
         if offset < 0:
@@ -232,11 +252,11 @@ class Namespace:
         children = directory.children
         names = children.names_after(after) if after else children.names_from(offset)
         page = list(itertools.islice(names, limit + 1))
-        entries = [m.DirEntry(name, self.attr(self.nodes[children[name]]))
-                   for name in page[:limit]]
+        if len(page) <= limit:
+            return children, page, -1
         if after:
             offset = 0  # positions are not known when resuming by name; any >= 0 says "more"
-        return m.DirOut(entries, -1 if len(page) <= limit else offset + len(entries))
+        return children, page[:limit], offset + limit
 
     def list_trash(self, offset: int, limit: int) -> m.TrashOut:
         limit = max(1, min(limit, 10000))

@@ -187,6 +187,10 @@ def learn(access: SessionAccess, result) -> None:
     """Remember the files a rooted session was shown (directories need not be)."""
     if access.root == ROOT or result is None:
         return
+    if isinstance(result, m.DirNamesOut):
+        access.known.update(inode for inode, mode in zip(result.inodes, result.modes)
+                            if not stat.S_ISDIR(mode))
+        return
     if isinstance(result, m.DirOut):
         attrs = [e.attr for e in result.entries]
     else:

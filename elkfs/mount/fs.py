@@ -65,6 +65,7 @@ from ..client.master_link import caller
 from ..proto import messages as m
 from ..proto.errors import FsError
 from ..master.filelocks import F_UNLCK, LOCK_FLOCK, LOCK_POSIX
+from .dirents import pack_dirents
 from .metacache import LISTING_MAX, MetaCache, bounded_put
 from .openfiles import RA_BLOCK, Handle, InodeState, Reader
 from .perms import (R, W, X, Caller, allowed, cacheable_children, check_hardlink,
@@ -111,19 +112,49 @@ KERNEL_NAMES_MAX = 20_000  # names of one directory remembered as given to the k
 
 class DirStream:
     """An open directory: the page of entries being listed, numbered from `start`
-    (. and .. are 0 and 1); the next page resumes after the last name of this one."""
+    (. and .. are 0 and 1), as parallel lists; `attrs` is None for a page asked for
+    without attributes (for plain READDIR). A page resumes after the last name of the one
+    before (`after`), and the next one after the last name of this one. `ahead`: that
+    next page, asked for already (see `_next_page`)."""
 
-    __slots__ = ("inode", "dots", "page", "start", "done")
+    __slots__ = ("inode", "dots", "names", "inodes", "modes", "attrs", "after", "start",
+                 "done", "ahead")
 
     def __init__(self, inode: int):
         self.inode = inode
         self.dots: list[m.DirEntry] | None = None
+        self.ahead: asyncio.Future | None = None
         self.rewind()
 
     def rewind(self) -> None:
-        self.page: list[m.DirEntry] = []
+        self.drop_ahead()
+        self.names: list[bytes] = []
+        self.inodes: list[int] = []
+        self.modes: list[int] = []
+        self.attrs: list[m.Attr] | None = []
+        self.after = b""
         self.start = 2
         self.done = False
+
+    def take(self, out: m.DirOut | m.DirNamesOut, after: bytes, start: int) -> None:
+        """The page `out` (resuming after `after`) is now this one, its first entry
+        numbered `start`."""
+        if type(out) is m.DirNamesOut:
+            self.names, self.inodes, self.modes = out.names, out.inodes, out.modes
+            self.attrs = None
+        else:
+            self.attrs = [e.attr for e in out.entries]
+            self.names = [e.name for e in out.entries]
+            self.inodes = [a.inode for a in self.attrs]
+            self.modes = [a.mode for a in self.attrs]
+        self.after = after
+        self.start = start
+        self.done = out.next_offset < 0 or not self.names
+
+    def drop_ahead(self) -> None:
+        if self.ahead is not None:
+            self.ahead.cancel()
+            self.ahead = None
 
 
 def _invalidate_kernel_inode(inode: int, attr_only: bool) -> None:
@@ -140,6 +171,13 @@ def _invalidate_kernel_entry(directory: int, name: bytes) -> None:
         pyfuse3.invalidate_entry(directory, name)
     except OSError:
         pass
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    """A page asked for ahead may never be awaited (closed, rewound): its error is
+    not news."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _errno(e: FsError) -> int:
@@ -837,21 +875,47 @@ class ElkOperations(pyfuse3.Operations):
         up_attr = m.Attr(up, stat.S_IFDIR, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0)
         return [m.DirEntry(b".", here_attr), m.DirEntry(b"..", up_attr)]
 
-    async def _next_page(self, d: DirStream) -> None:
-        """Fetch the page after `d`'s current one (the first after a rewind)."""
-        first = d.start == 2 and not d.page
-        after = d.page[-1].name if d.page else b""
+    async def _next_page(self, d: DirStream, names_only: bool) -> None:
+        """Fetch the page after `d`'s current one (the first after a rewind); with
+        `names_only`, without attributes (for plain READDIR: a fraction of the master's
+        work and of the bytes).
+
+        Pages without attributes, and any page past the first LISTING_MAX entries (a huge
+        directory, whose attributes are not cached), are not cached: for them the page
+        after the new one is asked for at once, so the master finds it while the kernel
+        takes this one (two pages held at most). It resumes after the last name of this
+        page like any page, so it is as right as one asked for later."""
+        first = d.start == 2 and not d.names
+        after = d.names[-1] if d.names else b""
         mark = self.cache.fetch_mark(d.inode)
-        out = await self._op(m.ReadDir(d.inode, 0, PAGE, after))
-        d.start += len(d.page)
-        d.page = out.entries
-        d.done = out.next_offset < 0 or not out.entries
-        now = time.monotonic()
-        if first and d.done:  # the whole listing in one answer
-            self.cache.install(d.inode, out.entries, mark, now)
-        if d.start < LISTING_MAX:  # not for the pages of a huge directory: bounded memory
-            for ent in out.entries:
-                self.cache.put(ent.attr, now)
+        ahead, d.ahead = d.ahead, None
+        if ahead is None:
+            ahead = self._ask_page(d.inode, after, names_only)
+        out = await ahead
+        d.take(out, after, d.start + len(d.names))
+        if d.attrs is not None:
+            now = time.monotonic()
+            if first and d.done:  # the whole listing in one answer
+                self.cache.install(d.inode, out.entries, mark, now)
+            if d.start < LISTING_MAX:  # not for a huge directory: bounded memory
+                for attr in d.attrs:
+                    self.cache.put(attr, now)
+                return
+        if not d.done:
+            d.ahead = asyncio.ensure_future(self._ask_page(d.inode, d.names[-1], names_only))
+            d.ahead.add_done_callback(_retrieved)
+
+    def _ask_page(self, inode: int, after: bytes, names_only: bool):
+        return self._op(m.ReadDir(inode, 0, PAGE, after, names_only=names_only))
+
+    async def _with_attrs(self, d: DirStream, i: int) -> None:
+        """READDIRPLUS of entry `i` in a page that came without attributes (the kernel
+        chose plain READDIR for the requests before): ask for a page with them, resuming
+        after the name before `i`, numbered from `i`."""
+        k = i - d.start
+        after = d.names[k - 1] if k else d.after
+        d.drop_ahead()
+        d.take(await self._ask_page(d.inode, after, False), after, i)
 
     async def readdir(self, fh, start_id, token):
         """Entries are numbered in the order this handle lists them: "." is 0, ".." is
@@ -870,21 +934,60 @@ class ElkOperations(pyfuse3.Operations):
             d.rewind()
         child_timeout = await self._child_timeout(d.inode, d.dots[0].attr)
         while True:
-            while i >= d.start + len(d.page):
+            while i >= d.start + len(d.names):
                 if d.done:
                     return
-                await self._next_page(d)
-            ent = d.page[i - d.start]
-            timeout = self._kernel_named(d.inode, ent.name, child_timeout, listing=True)
-            e = self._entry(ent.attr, timeout, remember=d.start < LISTING_MAX)
-            if stat.S_ISDIR(ent.attr.mode):
-                self._note_parent(ent.attr.inode, d.inode)
-            if not pyfuse3.readdir_reply(token, ent.name, e, i + 1):
+                await self._next_page(d, False)
+            if d.attrs is None:
+                await self._with_attrs(d, i)
+                continue
+            k = i - d.start
+            name, attr = d.names[k], d.attrs[k]
+            timeout = self._kernel_named(d.inode, name, child_timeout, listing=True)
+            e = self._entry(attr, timeout, remember=d.start < LISTING_MAX)
+            if stat.S_ISDIR(attr.mode):
+                self._note_parent(attr.inode, d.inode)
+            if not pyfuse3.readdir_reply(token, name, e, i + 1):
                 return
             i += 1
 
+    async def readdir_plain(self, fh: int, start_id: int, size: int) -> bytes:
+        """A plain READDIR (lowlevel.py): the same numbering and pages as `readdir`,
+        names, inode numbers and types only, packed into one reply of at most `size`
+        bytes. The kernel keeps nothing of these entries, so nothing is remembered."""
+        d = self.dirs[fh]
+        if d.dots is None:
+            d.dots = await self._dots(d.inode)
+        parts: list[bytes] = []
+        i = start_id
+        room = size
+        if i < 2:
+            dots = [e.attr for e in d.dots]
+            taken, used = pack_dirents([b".", b".."], [a.inode for a in dots],
+                                       [a.mode for a in dots], i, i, room, parts,
+                                       self.root, ROOT)
+            i += taken
+            room -= used
+            if i < 2:
+                return b"".join(parts)
+        if i < d.start:  # back to an earlier place (seekdir): list again from the start
+            d.rewind()
+        while True:
+            while i >= d.start + len(d.names):
+                if d.done:
+                    return b"".join(parts)
+                await self._next_page(d, True)
+            taken, used = pack_dirents(d.names, d.inodes, d.modes, i - d.start, i, room,
+                                       parts, self.root, ROOT)
+            if not taken:
+                return b"".join(parts)
+            i += taken
+            room -= used
+
     async def releasedir(self, fh):
-        self.dirs.pop(fh, None)
+        d = self.dirs.pop(fh, None)
+        if d is not None:
+            d.drop_ahead()
 
     async def fsyncdir(self, fh, datasync):
         return
@@ -1360,8 +1463,8 @@ class ElkOperations(pyfuse3.Operations):
 
 _HANDLERS = ("lookup", "getattr", "setattr", "readlink", "access", "statfs", "mknod", "mkdir",
              "symlink", "link", "unlink", "rmdir", "rename", "getxattr", "listxattr",
-             "setxattr", "removexattr", "opendir", "readdir", "releasedir", "fsyncdir", "open",
-             "create", "read", "write", "flush", "fsync", "release", "flush_owner", "getlk",
-             "setlk", "fallocate")
+             "setxattr", "removexattr", "opendir", "readdir", "readdir_plain", "releasedir",
+             "fsyncdir", "open", "create", "read", "write", "flush", "fsync", "release",
+             "flush_owner", "getlk", "setlk", "fallocate")
 for _name in _HANDLERS:
     setattr(ElkOperations, _name, _always_reply(getattr(ElkOperations, _name)))

@@ -1,5 +1,5 @@
 """The parts of libfuse's low-level API that pyfuse3 leaves out: file locks (getlk, setlk,
-flock), fallocate, and the lock owner of FLUSH.
+flock), fallocate, the lock owner of FLUSH, and plain READDIR.
 
 Why this exists
 ---------------
@@ -16,18 +16,23 @@ How
 that copy has `getlk`+`setlk` and `flock`. So right after `pyfuse3.init`, `install`
 finds the session (pyfuse3's module variable, through its ELF symbol table), finds the
 copy of pyfuse3's table inside it (by its bytes: pyfuse3's static table is still there),
-and writes five entries: `getlk`, `setlk`, `flock`, `fallocate` and `flush`. Each is a
-ctypes callback that starts a task on the running event loop and returns at once; the
-task answers with `fuse_reply_*`, as pyfuse3's own handlers do. Blocking locks register
-an interrupt callback, so a signal (or the waiting process being killed) cancels the
-wait and the request is answered EINTR.
+and writes six entries: `getlk`, `setlk`, `flock`, `fallocate`, `flush` and `readdir`.
+Each is a ctypes callback that starts a task on the running event loop and returns at
+once; the task answers with `fuse_reply_*`, as pyfuse3's own handlers do. Blocking locks
+register an interrupt callback, so a signal (or the waiting process being killed)
+cancels the wait and the request is answered EINTR.
 
 Layouts (libfuse 3.14, x86-64, checked against the C headers): `fuse_lowlevel_ops` is 44
 pointers; `fuse_file_info.fh` at byte 16, `.lock_owner` at 24; `struct flock` is
 (short type, short whence, off_t start, off_t len, pid_t pid).
 
-`install` returns False (and the mount keeps local-only locks) when anything is not as
-expected: a stripped pyfuse3, another layout.
+pyfuse3 answers READDIRPLUS only, and so has the kernel send it for every listing
+request. With a `readdir` in the table, INIT also asks for FUSE_CAP_READDIRPLUS_AUTO: the
+kernel then sends plain READDIR where the caller does not look at what it lists (see
+`dirents.py`), and the mount answers it with names, inode numbers and types only.
+
+`install` returns False (and the mount keeps local-only locks and READDIRPLUS only) when
+anything is not as expected: a stripped pyfuse3, another layout.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ import pyfuse3
 log = logging.getLogger("elkfs.mount")
 
 OPS_POINTERS = 44
-SLOT_INIT, SLOT_FLUSH, SLOT_GETLK, SLOT_SETLK, SLOT_FLOCK, SLOT_FALLOCATE = 0, 17, 31, 32, 39, 40
+SLOT_INIT, SLOT_FLUSH, SLOT_READDIR = 0, 17, 21
+SLOT_GETLK, SLOT_SETLK, SLOT_FLOCK, SLOT_FALLOCATE = 31, 32, 39, 40
 CONN_CAPABLE, CONN_WANT = 20, 24  # offsets in struct fuse_conn_info
 FUSE_CAP_DONT_MASK = 1 << 6
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
+FUSE_CAP_READDIRPLUS, FUSE_CAP_READDIRPLUS_AUTO = 1 << 13, 1 << 14
 SESSION_SEARCH = 512  # the table sits near the start of `struct fuse_session`
 
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
@@ -77,6 +84,7 @@ SETLK = ctypes.CFUNCTYPE(None, _req, ctypes.c_uint64, _fi, ctypes.POINTER(Flock)
 FLOCK = ctypes.CFUNCTYPE(None, _req, ctypes.c_uint64, _fi, ctypes.c_int)
 FALLOCATE = ctypes.CFUNCTYPE(None, _req, ctypes.c_uint64, ctypes.c_int, ctypes.c_int64,
                              ctypes.c_int64, _fi)
+READDIR = ctypes.CFUNCTYPE(None, _req, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_int64, _fi)
 INTERRUPT = ctypes.CFUNCTYPE(None, _req, ctypes.c_void_p)
 INIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 # pyfuse3's own init, called with the GIL held (it is Cython code that needs it).
@@ -91,6 +99,7 @@ def _libfuse():
         lib = ctypes.CDLL("libfuse3.so.3")
         lib.fuse_reply_err.argtypes = [_req, ctypes.c_int]
         lib.fuse_reply_lock.argtypes = [_req, ctypes.POINTER(Flock)]
+        lib.fuse_reply_buf.argtypes = [_req, ctypes.c_char_p, ctypes.c_size_t]
         lib.fuse_req_interrupt_func.argtypes = [_req, INTERRUPT, ctypes.c_void_p]
         _lib = lib
     return _lib
@@ -168,7 +177,8 @@ class LowLevel:
         self.ops = ops
         self.lib = _libfuse()
         self._callbacks = [FLUSH(self._flush), GETLK(self._getlk), SETLK(self._setlk),
-                           FLOCK(self._flock), FALLOCATE(self._fallocate)]
+                           FLOCK(self._flock), FALLOCATE(self._fallocate),
+                           READDIR(self._readdir)]
         self._on_interrupt = INTERRUPT(self._interrupted)
         self._waits: dict[int, asyncio.Task] = {}
         self._next_wait = 1
@@ -179,8 +189,8 @@ class LowLevel:
         table = _session_ops_address()
         if table is None:
             return False
-        for slot, cb in zip((SLOT_FLUSH, SLOT_GETLK, SLOT_SETLK, SLOT_FLOCK, SLOT_FALLOCATE),
-                            self._callbacks):
+        for slot, cb in zip((SLOT_FLUSH, SLOT_GETLK, SLOT_SETLK, SLOT_FLOCK, SLOT_FALLOCATE,
+                             SLOT_READDIR), self._callbacks):
             ctypes.c_void_p.from_address(table + slot * 8).value = \
                 ctypes.cast(cb, ctypes.c_void_p).value
         init = ctypes.c_void_p.from_address(table + SLOT_INIT * 8)
@@ -202,13 +212,16 @@ class LowLevel:
         keeps them only if the master's (mtime, size) is the one they were cached
         under (`keep_cache`), and the master's recalls of files open here drop them.
 
-        Then pyfuse3's own init."""
+        Then pyfuse3's own init, which turns FUSE_CAP_READDIRPLUS_AUTO off (it has no
+        plain readdir): back on, we have one."""
         capable = ctypes.c_uint.from_address(conn + CONN_CAPABLE)
         want = ctypes.c_uint.from_address(conn + CONN_WANT)
         if capable.value & FUSE_CAP_DONT_MASK:
             want.value |= FUSE_CAP_DONT_MASK
         want.value &= ~FUSE_CAP_AUTO_INVAL_DATA
         self._pyfuse3_init(userdata, conn)
+        if want.value & FUSE_CAP_READDIRPLUS and capable.value & FUSE_CAP_READDIRPLUS_AUTO:
+            want.value |= FUSE_CAP_READDIRPLUS_AUTO
 
     # Each callback runs inside `fuse_session_process_buf`, on the event loop's thread
     # with the loop running: it may only start a task. It must never raise (ctypes
@@ -227,7 +240,7 @@ class LowLevel:
         return task
 
     async def _answer(self, req, coro) -> None:
-        """Run a handler; it returns None (success) or a Flock to send back."""
+        """Run a handler; it returns None (success), a Flock or bytes to send back."""
         try:
             out = await coro
         except pyfuse3.FUSEError as e:
@@ -240,6 +253,8 @@ class LowLevel:
         else:
             if out is None:
                 self.lib.fuse_reply_err(req, 0)
+            elif type(out) is bytes:
+                self.lib.fuse_reply_buf(req, out, len(out))
             else:
                 self.lib.fuse_reply_lock(req, ctypes.byref(out))
 
@@ -292,6 +307,9 @@ class LowLevel:
         task = self._waits.get(data or 0)
         if task is not None:
             task.cancel()
+
+    def _readdir(self, req, ino, size, off, fi) -> None:
+        self._start(req, self.ops.readdir_plain(fi.contents.fh, off, size))
 
     def _fallocate(self, req, ino, mode, offset, length, fi) -> None:
         self._start(req, self.ops.fallocate(ino, fi.contents.fh, mode, offset, length))

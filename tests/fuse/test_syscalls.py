@@ -13,7 +13,7 @@ import threading
 import time
 
 from .util import (NOBODY, RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, as_user,
-                   err, read, renameat2, utimensat)
+                   err, getdents_batches, read, renameat2, utimensat)
 
 NET = "127.0.32"
 MiB = 1 << 20
@@ -99,6 +99,42 @@ def test_readdir_many_entries(d):
     with os.scandir(d) as it:
         entries = {e.name: e.is_file() for e in it}
     assert len(entries) == 2500 and all(entries.values())
+
+
+# A READDIRPLUS entry is at least fuse_entry_out + fuse_dirent (128 + 24 bytes) and its
+# name: one 64 KiB request carries at most this many.
+PLUS_ENTRIES_MAX = (1 << 16) // 152
+
+
+def test_plain_readdir_names_inodes_and_types(d):
+    """Past its first request, a listing that only reads names (no stat in between) is
+    answered with plain READDIR: more entries per request than READDIRPLUS can carry,
+    every one with its inode number and type; every padding length of a name."""
+    made = {}
+    for i in range(3000):
+        name = f"e{i:04d}" + "x" * (i % 9) if i % 100 else f"long{i:04d}" + "y" * (247 - i % 8)
+        p = os.path.join(d, name)
+        kind = i % 4
+        if kind == 0:
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+        elif kind == 1:
+            os.mkdir(p)
+        elif kind == 2:
+            os.symlink("somewhere", p)
+        else:
+            os.mkfifo(p)
+        made[os.fsencode(name)] = stat.S_IFMT(os.lstat(p).st_mode) >> 12
+    batches = getdents_batches(d)
+    listed = [e for batch in batches for e in batch]
+    assert len(listed) == len(made) + 2
+    got = {name: (ino, dtype) for name, ino, dtype in listed}
+    assert set(got) == set(made) | {b".", b".."}, "a name listed twice, missed or made up"
+    for name, dtype in made.items():
+        ino = os.lstat(os.path.join(os.fsencode(d), name)).st_ino
+        assert got[name] == (ino, dtype), name
+    assert got[b"."][0] == os.stat(d).st_ino
+    assert got[b".."][0] == os.stat(os.path.dirname(d)).st_ino
+    assert max(len(b) for b in batches) > PLUS_ENTRIES_MAX, "no plain READDIR was used"
 
 
 def test_statfs_reports_chunkserver_totals(mc, d):

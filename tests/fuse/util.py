@@ -1,11 +1,12 @@
-"""Helpers of the FUSE tests: calls Python lacks (renameat2, utimensat with UTIME_OMIT)
-and running code as another user."""
+"""Helpers of the FUSE tests: calls Python lacks (renameat2, utimensat with UTIME_OMIT,
+getdents64) and running code as another user."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import struct
 import subprocess
 import sys
 
@@ -62,3 +63,29 @@ def as_user(code: str, uid: int = NOBODY, gid: int = NOBODY, timeout: float = 60
     if r.returncode != 0:
         raise AssertionError(f"as uid {uid}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r.stdout
+
+
+def getdents_batches(path: str) -> list[list[tuple[bytes, int, int]]]:
+    """The entries of `path` exactly as getdents64 returns them with a 64 KiB buffer, one
+    list per call: (name, d_ino, d_type)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    batches = []
+    try:
+        buf = ctypes.create_string_buffer(1 << 16)
+        while True:
+            n = _libc.getdents64(fd, buf, len(buf))
+            if n < 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e), path)
+            if n == 0:
+                return batches
+            data = buf.raw[:n]
+            batch = []
+            off = 0
+            while off < n:  # struct linux_dirent64 {u64 ino; s64 off; u16 reclen; u8 type; name}
+                ino, _, reclen, dtype = struct.unpack_from("=QqHB", data, off)
+                batch.append((data[off + 19:off + reclen].split(b"\0", 1)[0], ino, dtype))
+                off += reclen
+            batches.append(batch)
+    finally:
+        os.close(fd)

@@ -224,6 +224,24 @@ def test_pages_resume_after_a_name_under_changes(small_blocks, either_form):
     assert seen == sorted(seen)
 
 
+def test_names_only_pages_are_the_pages_without_attributes(small_blocks):
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    for i in range(50):
+        if i % 3:
+            r.mkfile(d, b"%02d" % i)
+        else:
+            r.mkdir(d, b"%02d" % i)
+    for offset, limit, after in ((0, 7, b""), (0, 7, b"13"), (45, 7, b""), (0, 100, b"")):
+        full = r.ns.readdir(d, offset, limit, after)
+        light = r.ns.query(m.ReadDir(d, offset, limit, after, names_only=True))
+        assert isinstance(light, m.DirNamesOut)
+        assert light.names == [e.name for e in full.entries]
+        assert light.inodes == [e.attr.inode for e in full.entries]
+        assert light.modes == [e.attr.mode for e in full.entries]
+        assert light.next_offset == full.next_offset
+
+
 def test_offset_pages_and_bad_offset():
     r = Runner()
     d = r.mkdir(ROOT, b"d")

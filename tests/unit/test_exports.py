@@ -348,6 +348,15 @@ def test_files_shown_to_a_session_are_known_without_a_walk(tree):
     assert access.scanned and i["s"] not in access.known
 
 
+def test_files_listed_without_attributes_are_known_too(tree):
+    r, i = tree
+    access, _ = access_for(r, "* /pub rw", "/pub")
+    learn(access, r.ns.query(m.ReadDir(i["docs"], names_only=True)))
+    learn(access, r.ns.query(m.ReadDir(i["pub"], names_only=True)))
+    assert i["f"] in access.known and not access.scanned
+    assert i["docs"] not in access.known  # directories need not be
+
+
 def test_subfolder_not_exported_or_missing(tree):
     r, _ = tree
     rules = ex.parse("* /pub rw")
