@@ -801,14 +801,17 @@ class ElkOperations(pyfuse3.Operations):
         who = self._who(ctx)
         if who is not None and xattr_wants(name, False):
             need(await self._attr(ino), who, R)
+        # Cached attributes say whether the file has any extended attribute (ACLs
+        # included): "none" is answered here, as fresh as the attributes themselves
+        # (`ls -l` asks two of them for every entry it lists).
+        now = time.monotonic()
+        cached = self.cache.attr(ino, now)
+        if cached is not None and not cached[0].has_xattrs:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         if name == CAPABILITY:
             # The kernel asks before every write to a file (FUSE file systems may not
-            # promise it "no capabilities"): answer from the cached attributes (which say
-            # whether the file has any extended attribute) or the last answer.
-            now = time.monotonic()
-            cached = self.cache.attr(ino, now)
-            if (cached is not None and not cached[0].has_xattrs) \
-                    or self.no_caps.get(ino, 0.0) > now:
+            # promise it "no capabilities"): also the last answer counts.
+            if self.no_caps.get(ino, 0.0) > now:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             try:
                 return (await self.client.op(m.GetXattr(ino, name))).value

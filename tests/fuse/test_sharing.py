@@ -10,6 +10,7 @@ the writer). Appends with O_APPEND from both mounts all land, whole, once each.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -207,3 +208,34 @@ def test_closed_files_stay_open_on_the_master_for_a_while_then_go(mc, d):
     while sum(mount_open_files(mc)) and time.monotonic() < deadline:
         time.sleep(1)
     assert sum(mount_open_files(mc)) == 0
+
+
+def test_an_xattr_set_through_a_is_seen_through_b(mc, mnt_b, d):
+    """B answers "no such attribute" from its cached attributes: at once right for a
+    file B holds open (the master recalls them), within the attribute time otherwise."""
+    a = os.path.join(d, "f")
+    b = on_b(mc, mnt_b, a)
+    other_a = os.path.join(d, "g")
+    other_b = on_b(mc, mnt_b, other_a)
+    for path in (a, other_a):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    with open(b, "rb") as held:
+        with pytest.raises(OSError) as e:
+            os.getxattr(b, "user.k")
+        assert e.value.errno == errno.ENODATA
+        os.setxattr(a, "user.k", b"v")
+        assert os.getxattr(b, "user.k") == b"v"
+        assert os.getxattr(held.fileno(), "user.k") == b"v"
+    with pytest.raises(OSError) as e:
+        os.getxattr(other_b, "user.k")  # B now caches g's attributes: no xattr
+    assert e.value.errno == errno.ENODATA
+    os.setxattr(other_a, "user.k", b"w")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert os.getxattr(other_b, "user.k") == b"w"
+            break
+        except OSError as e:
+            assert e.errno == errno.ENODATA and time.monotonic() < deadline
+            time.sleep(0.2)
