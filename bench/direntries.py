@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import itertools
 import os
 import stat
 import sys
@@ -77,18 +78,23 @@ def small_entries(rounds: int, cls=DirEntries, label: str = "") -> None:
           f"add+del {best_ns_per_op(create_remove, ops // 10, rounds):7.1f}")
 
 
+def applier(ns: Namespace):
+    """`apply(op)`: `op` as the namespace's next journal record; returns its result."""
+    versions = itertools.count(1)
+
+    def apply(op):
+        version = next(versions)
+        return ns.apply(Record(version, version, b"", 0, op))
+
+    return apply
+
+
 def small_namespace(rounds: int, cls=DirEntries, label: str = "") -> None:
     from elkfs.master import nodes
 
     nodes.DirEntries = cls  # what a new directory gets
     ns = Namespace()
-    version = 0
-
-    def apply(op):
-        nonlocal version
-        version += 1
-        return ns.apply(Record(version, version, b"", 0, op))
-
+    apply = applier(ns)
     directory = apply(m.Mkdir(ROOT, b"d", 0o755, 0, 0)).attr.inode
     names = [b"file-%07d.dat" % i for i in range(SMALL)]
     for n in names:
@@ -137,13 +143,7 @@ def walk(names: int) -> None:
     from elkfs.master.treewalk import TreeWalk
 
     ns = Namespace()
-    version = 0
-
-    def apply(op):
-        nonlocal version
-        version += 1
-        return ns.apply(Record(version, version, b"", 0, op))
-
+    apply = applier(ns)
     directory = apply(m.Mkdir(ROOT, b"big", 0o755, 0, 0)).attr.inode
     for i in range(names):
         apply(m.Mknod(directory, b"file-%07d.dat" % i, stat.S_IFREG | 0o644, 0, 0))

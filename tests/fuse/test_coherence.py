@@ -13,14 +13,10 @@ used (the master is stopped and A still answers), so the others are not vacuous.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import errno
 import os
 import random
-import signal
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -29,14 +25,13 @@ import time
 import pytest
 
 from .mounted import unmount, wait_mounted
-from .util import err, read
+from .util import done_while_stopped, err, getdents_batches, read
 
 NET = "127.0.37"
 DIR_TTL = "mfsdirentrycacheto=30"
 MOUNT_OPTIONS = DIR_TTL
 CHUNKSERVERS = 2
 BIN = os.path.dirname(sys.executable)
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def start_mount(mc, name: str, options: str = DIR_TTL):
@@ -97,25 +92,8 @@ def ls(path: str) -> list[str]:
 def raw_entries(path: str) -> dict[str, int]:
     """name -> d_ino exactly as getdents64 returns them, "." and ".." included (`ls -ai`
     is no proof for those two: GNU ls stats them instead of trusting d_ino)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    out = {}
-    try:
-        buf = ctypes.create_string_buffer(1 << 16)
-        while True:
-            n = _libc.getdents64(fd, buf, len(buf))
-            if n < 0:
-                e = ctypes.get_errno()
-                raise OSError(e, os.strerror(e), path)
-            if n == 0:
-                return out
-            data = buf.raw[:n]
-            off = 0
-            while off < n:  # struct linux_dirent64 {u64 ino; s64 off; u16 reclen; u8 type; name}
-                ino, _, reclen, _ = struct.unpack_from("=QqHB", data, off)
-                out[os.fsdecode(data[off + 19:off + reclen].split(b"\0", 1)[0])] = ino
-                off += reclen
-    finally:
-        os.close(fd)
+    return {os.fsdecode(name): ino
+            for batch in getdents_batches(path) for name, ino, _ in batch}
 
 
 def ls_ai(path: str) -> dict[str, int]:
@@ -140,15 +118,7 @@ def lookups_with_the_master_stopped(mc, directory: str, absent: str, present: st
         results["present"] = stat.S_ISREG(os.stat(present, dir_fd=dfd).st_mode)
 
     try:
-        mc.cluster.signal(master, signal.SIGSTOP)
-        try:
-            t = threading.Thread(target=probe)
-            t.start()
-            t.join(3)
-            answered = not t.is_alive()
-        finally:
-            mc.cluster.signal(master, signal.SIGCONT)
-        t.join(60)
+        answered = done_while_stopped(mc.cluster, [master], probe, 3)
     finally:
         os.close(dfd)
     return results if answered else None

@@ -14,16 +14,15 @@ import errno
 import json
 import mmap
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 import pytest
 
 from .lockers import start_mount, stop_mount
+from .util import done_while_stopped
 
 NET = "127.0.62"
 CHUNKSERVERS = 1
@@ -154,18 +153,7 @@ def test_a_file_written_here_is_read_back_from_the_kernels_pages(mc, d):
     def reread():
         got["data"] = read_all(path)
 
-    cs = mc.cluster.chunkservers
-    for c in cs:
-        mc.cluster.signal(c, signal.SIGSTOP)
-    try:
-        t = threading.Thread(target=reread)
-        t.start()
-        t.join(10)
-        answered = not t.is_alive()
-    finally:
-        for c in cs:
-            mc.cluster.signal(c, signal.SIGCONT)
-    t.join(60)
+    answered = done_while_stopped(mc.cluster, mc.cluster.chunkservers, reread, 10)
     assert answered, "the read went to a chunkserver"
     assert got["data"] == data
 

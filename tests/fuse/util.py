@@ -6,9 +6,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import struct
 import subprocess
 import sys
+import threading
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 AT_FDCWD = -100
@@ -89,3 +91,20 @@ def getdents_batches(path: str) -> list[list[tuple[bytes, int, int]]]:
             batches.append(batch)
     finally:
         os.close(fd)
+
+
+def done_while_stopped(cluster, daemons, fn, wait: float) -> bool:
+    """Run `fn` in a thread while `daemons` are stopped (SIGSTOP); True if it finished
+    within `wait` seconds, that is without them. It is waited for after they go on."""
+    for daemon in daemons:
+        cluster.signal(daemon, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=fn)
+        t.start()
+        t.join(wait)
+        done = not t.is_alive()
+    finally:
+        for daemon in daemons:
+            cluster.signal(daemon, signal.SIGCONT)
+    t.join(60)
+    return done

@@ -256,39 +256,39 @@ def test_offset_pages_and_bad_offset():
         r.ns.readdir(d, -5, 10)
 
 
-def test_snapshot_and_checkpoint_keep_the_order(tmp_path):
+def copied_and_reloaded(r: Runner, d: int, tmp_path) -> tuple[int, tuple]:
+    """Snapshot directory `d` to /copy, then save and load a checkpoint: (the copy's
+    inode, (the namespace, the one loaded from its checkpoint))."""
     from elkfs.master import checkpoint
 
-    r = Runner()
-    d = r.mkdir(ROOT, b"d")
-    for i in (5, 3, 9, 1):
-        r.do(m.Mknod(d, b"x%d" % i, stat.S_IFREG | 0o644, 0, 0))
     r.do(m.Snapshot(d, ROOT, b"copy"))
     copy = r.ns.nodes[ROOT].children[b"copy"]
     path = str(tmp_path / checkpoint.checkpoint_name(r.ns.version))
     checkpoint.write(r.ns, path)
-    loaded = checkpoint.read(path)
-    for ns in (r.ns, loaded):
+    return copy, (r.ns, checkpoint.read(path))
+
+
+def test_snapshot_and_checkpoint_keep_the_order(tmp_path):
+    r = Runner()
+    d = r.mkdir(ROOT, b"d")
+    for i in (5, 3, 9, 1):
+        r.do(m.Mknod(d, b"x%d" % i, stat.S_IFREG | 0o644, 0, 0))
+    copy, namespaces = copied_and_reloaded(r, d, tmp_path)
+    for ns in namespaces:
         for inode in (d, copy):
             ns.nodes[inode].children.check()
             assert list(ns.nodes[inode].children.names_after(b"x1")) == [b"x3", b"x5", b"x9"]
 
 
 def test_a_spread_directory_is_copied_saved_loaded_and_gathered(small_spread, tmp_path):
-    from elkfs.master import checkpoint
-
     r = Runner()
     d = r.mkdir(ROOT, b"d")
     names = [b"f%03d" % i for i in range(100)]
     for name in reversed(names):
         r.mkfile(d, name)
     assert type(r.ns.nodes[d].children) is _Spread
-    r.do(m.Snapshot(d, ROOT, b"copy"))
-    copy = r.ns.nodes[ROOT].children[b"copy"]
-    path = str(tmp_path / checkpoint.checkpoint_name(r.ns.version))
-    checkpoint.write(r.ns, path)
-    loaded = checkpoint.read(path)
-    for ns in (r.ns, loaded):
+    copy, namespaces = copied_and_reloaded(r, d, tmp_path)
+    for ns in namespaces:
         for inode in (d, copy):
             children = ns.nodes[inode].children
             children.check()
