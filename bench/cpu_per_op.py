@@ -62,6 +62,16 @@ def phase_ops(phase: str, names: list[str], dirs: list[str]):
     raise ValueError(phase)
 
 
+def spied_pid(who: dict[str, list[int]], name: str) -> int:
+    """The process --spy-who names: mount, master, cs1 (the first chunkserver) or
+    follower1 (the first follower, with --ha)."""
+    if name == "cs1":
+        return who["chunkservers"][0]
+    if name == "follower1":
+        return who["followers"][0]
+    return who[name][0]
+
+
 def master_ops(url: str) -> dict[str, int]:
     """The master's count of metadata operations by type (its /metrics page)."""
     counts = {}
@@ -83,17 +93,23 @@ def main() -> None:
     p.add_argument("--mount-options", default="")
     p.add_argument("--perf", choices=PHASES, help="perf record -a during that phase "
                    "(last round) into DIR-spy/perf.data")
-    p.add_argument("--spy-who", default="mount,master", help="of mount, master, cs1")
+    p.add_argument("--spy-who", default="mount,master", help="of mount, master, cs1, follower1")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    p.add_argument("--ha", action="store_true", help="three masters with HA: the leader's "
+                   "CPU as master, the two followers' together as followers")
     args = p.parse_args()
     results: dict[str, list[tuple[float, float, float, float]]] = {ph: [] for ph in PHASES}
+    ha = {"masters": 3, "ha": True} if args.ha else {}
     with MountedCluster(args.dir, net=args.net, goal=2,
-                        mount_options=args.mount_options) as mc:
+                        mount_options=args.mount_options, **ha) as mc:
         time.sleep(3)  # let the chunkservers make their stock of empty chunk files
-        who = {"mount": [mc.pid], "master": [mc.cluster.masters[0].pid()],
+        leader = mc.cluster.wait_leader() if args.ha else mc.cluster.masters[0]
+        who = {"mount": [mc.pid], "master": [leader.pid()],
                "chunkservers": [d.pid() for d in mc.cluster.chunkservers]}
+        if args.ha:
+            who["followers"] = [d.pid() for d in mc.cluster.masters if d is not leader]
         meters = {k: CpuMeter(v) for k, v in who.items()}
-        url = mc.cluster.web_url(mc.cluster.masters[0], "/metrics")
+        url = mc.cluster.web_url(leader, "/metrics")
         requests: dict[str, dict[str, float]] = {}
         for rnd in range(args.rounds):
             d = os.path.join(mc.mnt, f"round{rnd}")
@@ -108,8 +124,7 @@ def main() -> None:
                     for k in args.spy_who.split(","):
                         spies.append(subprocess.Popen(
                             [os.path.join(os.path.dirname(sys.executable), "py-spy"),
-                             "record", "-r", "500", "-f", "raw", "-p", str(who.get(k, [0])[0] if k != "cs1"
-                                                             else who["chunkservers"][0]),
+                             "record", "-r", "500", "-f", "raw", "-p", str(spied_pid(who, k)),
                              *(["--native"] if args.native else []),
                              "-o", os.path.join(args.dir + "-spy", f"{k}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -140,11 +155,12 @@ def main() -> None:
                 results[phase].append((count / dt, *us))
     print(f"N={args.n}, {args.rounds} rounds, median; load average after: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'op':>8} {'ops/s':>7} {'mount us':>9} {'master us':>9} {'cs us':>7} {'total us':>9}")
+    heads = [f"{k} us" for k in who]
+    print(f"{'op':>8} {'ops/s':>7} " + " ".join(f"{h:>12}" for h in heads) + f" {'total us':>9}")
     for phase in PHASES:
         rows = results[phase]
-        ops, mnt, mst, cs = (statistics.median(r[i] for r in rows) for i in range(4))
-        print(f"{phase:>8} {ops:7.0f} {mnt:9.0f} {mst:9.0f} {cs:7.0f} {mnt + mst + cs:9.0f}")
+        ops, *us = (statistics.median(r[i] for r in rows) for i in range(len(who) + 1))
+        print(f"{phase:>8} {ops:7.0f} " + " ".join(f"{u:12.0f}" for u in us) + f" {sum(us):9.0f}")
     print("master requests per operation (last round):")
     for phase in PHASES:
         print(f"{phase:>8} " + ", ".join(f"{op} {n:.2f}" for op, n in

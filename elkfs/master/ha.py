@@ -15,8 +15,9 @@ How the metadata store rides on the core:
   was built from (`when_committed`), so nobody ever sees a change that a failover could
   lose. A change the core refuses (the lease just lapsed) leaves the namespace ahead of
   the log: losing leadership rebuilds the namespace at the commit point from disk.
-* **Follower.** The core applies committed entries through `NamespaceState`; the chunk
-  side of those changes is the leader's business, so their effects are dropped.
+* **Follower.** The core applies committed entries through `NamespaceState`, right after
+  the step that committed them has sent its acknowledgements; the chunk side of those
+  changes is the leader's business, so their effects are dropped.
 * **Clock.** CLOCK_BOOTTIME (counts through a suspend), read after each input is taken.
 """
 
@@ -62,25 +63,41 @@ def clock() -> float:
 class NamespaceState:
     """The core's replicated state in the daemon: the metadata store. Client operations
     are de-duplicated by the namespace itself (sessions and their results are metadata),
-    so the core's own session table stays empty."""
+    so the core's own session table stays empty.
+
+    Committed entries are not applied inside the core's step but queued and applied by
+    `drain` once the step's outputs are out (`HANode.feed`): a follower learns that entry
+    n is committed from the Append that carries n+1, and applying n there would delay
+    the acknowledgement of n+1, which the leader and its client wait for. The queue is
+    empty again before anything else runs (the same event-loop callback drains it), and
+    the entries are applied in log order, as before."""
 
     sessions: dict = {}
 
     def __init__(self, node: "HANode"):
         self.node = node
+        self.queued: list[cm.Entry] = []
 
     def apply(self, entry: cm.Entry) -> Applied:
-        ns = self.node.store.ns
-        if entry.version <= ns.version:  # the leader applied it when it was proposed
-            return Applied(entry.term, entry.version, None, 0, b"", False)
-        rec = RECORD_DECODER.decode(entry.payload)
-        try:
-            ns.apply(rec)
-        except FsError as e:
-            raise InvariantBroken(f"committed record {entry.version} does not apply: {e}")
-        if self.node.core is None or self.node.core.role != LEADER:
-            ns.effects.clear()  # the leader has the chunkservers carry them out
+        self.queued.append(entry)
         return Applied(entry.term, entry.version, None, 0, b"", True)
+
+    def drain(self) -> None:
+        """Apply the queued committed entries (those the leader applied when it proposed
+        them are skipped); a follower drops their chunk effects, the leader has the
+        chunkservers carry them out."""
+        queued, self.queued = self.queued, []
+        ns = self.node.store.ns
+        for entry in queued:
+            if entry.version <= ns.version:  # the leader applied it when it was proposed
+                continue
+            rec = RECORD_DECODER.decode(entry.payload)
+            try:
+                ns.apply(rec)
+            except FsError as e:
+                raise InvariantBroken(f"committed record {entry.version} does not apply: {e}")
+        if queued and (self.node.core is None or self.node.core.role != LEADER):
+            ns.effects.clear()
 
     def lookup(self, session: str, seq: int):
         return "unknown-session", None
@@ -89,6 +106,7 @@ class NamespaceState:
         raise InvariantBroken("the daemon's snapshots are its checkpoints (SnapshotTaken)")
 
     def restore(self, data: bytes) -> None:
+        self.drain()
         version = int(data)
         if self.node.store.ns.version != version:
             self.node.store.install_checkpoint(version)
@@ -105,6 +123,7 @@ class HANode:
         self.cluster: str = self.persisted.get("cluster", "")
         self.lease_log = open(os.path.join(cfg.DATA_PATH, "lease.log"), "a", buffering=1)
         self.core: Master | None = None
+        self.state = NamespaceState(self)
         self.addr: str = ""
         self.local_host: str | None = None
         self.directory = MasterDirectory(cfg.MASTER_HOST, cfg.DNS_SERVER or None,
@@ -205,7 +224,7 @@ class HANode:
                          master_addrs=tuple(sorted(set(hosts) | {self.addr}, key=_ip_key)))
         hacfg.validate()
         self.core = Master(self.ident, self.addr, hacfg, None, random.Random(), clock(), disk,
-                           state=NamespaceState(self))
+                           state=self.state)
         self.store.replicator = self
         log.info("HA master %s at %s (cluster %s): metadata version %d, journal to %d, "
                  "term %d", self.ident, self.addr, self.cluster or "not yet created",
@@ -241,6 +260,7 @@ class HANode:
                 self._carry_out(out)
                 if not self._inputs and self._unsynced_write:
                     self._sync_journal()
+            self.state.drain()  # after the acknowledgements went out
             self._stepping = False
             self._settle()
         except Exception:
