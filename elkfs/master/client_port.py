@@ -44,6 +44,10 @@ limit_log = ratelog.RateLimitedLog(log)
 # attributes and pages are recalled (`InvalidateInodes`) before the change is answered.
 CHANGES_FILE = (m.SetAttr, m.Truncate, m.SetXattr, m.RemoveXattr, m.WriteChunkEnd,
                 m.AppendReserve)
+# A session holding a file open trusts what it caches of it (a mount answers stats of a
+# file it holds from its cached attributes): these changes of the file's names change its
+# attributes too (ctime, nlink), so they recall it as well.
+NAME_CHANGES = (m.Link, m.Unlink, m.Rename)
 RECALL_TIMEOUT_S = 2.0
 CHECK_AGAIN_S = 60.0  # a copy clients report bad is checked at most this often
 # Requests that may touch a whole tree: over a budget they run in steps (longops.py).
@@ -55,6 +59,20 @@ def changes_permissions(op: m.Op) -> bool:
     if isinstance(op, m.SetAttr):
         return bool(op.valid & (m.SET_MODE | m.SET_UID | m.SET_GID))
     return isinstance(op, (m.SetXattr, m.RemoveXattr)) and op.name in ACL_NAMES  # a holder that does not answer delays a change at most this long
+
+
+def changed_files(op: m.Op, result: m.Result | None) -> list[int]:
+    """The files (not directories) whose attributes `op` changed, as far as other
+    sessions holding them open must know: the file a CHANGES_FILE op names; the file a
+    Link names; for an unlink or rename, the files it touched that still have a name
+    (from its answer: a file whose last name went is reached by no lookup)."""
+    if isinstance(op, CHANGES_FILE):
+        return [op.inode]
+    if type(op) is m.Link:
+        return [op.inode]
+    if type(op) in NAME_CHANGES and type(result) is m.ChangedOut:
+        return [a.inode for a in result.attrs if not stat.S_ISDIR(a.mode)]
+    return []
 
 
 class ClientPort(MasterPart):
@@ -439,10 +457,10 @@ class ClientPort(MasterPart):
                 self.store.when_durable(version, lambda: self.answer_open(conn, msg.req, op))
                 return
             reply = m.MetaReply(msg.req, 0, result)
-            openers = self.open_elsewhere(op, msg.session)
+            openers = self.open_elsewhere(op, msg.session, result)
             if holders or openers:
                 self.spawn(self._recall_then_reply(conn, reply, version, holders or {},
-                                                   openers, getattr(op, "inode", 0)))
+                                                   openers, changed_files(op, result)))
             else:
                 self.store.when_durable(version, lambda: conn.send_if_open(reply))
         except FsError as e:
@@ -527,19 +545,21 @@ class ClientPort(MasterPart):
         reply = m.MetaReply(msg.req, 0, None)
         self.store.when_durable(version, lambda: conn.send_if_open(reply))
 
-    def open_elsewhere(self, op: m.Op, changer: bytes) -> list[rpc.Connection]:
-        """The links of the other sessions that hold the file `op` changes open; for a
-        change of permissions (mode, owner, ACL), of every other session: permission
-        checks use cached attributes, and such changes are rare."""
-        if not isinstance(op, CHANGES_FILE):
+    def open_elsewhere(self, op: m.Op, changer: bytes,
+                       result: m.Result | None = None) -> list[rpc.Connection]:
+        """The links of the other sessions that hold a file `op` changed open (`result`:
+        its answer, which names the files an unlink or rename touched); for a change of
+        permissions (mode, owner, ACL), of every other session: permission checks use
+        cached attributes, and such changes are rare."""
+        inodes = changed_files(op, result)
+        if not inodes:
             return []
-        inode = op.inode
         if changes_permissions(op):
             return [link for session, link in self.session_links.items()
                     if session != changer and link.is_open]
         links = []
         for session, sess in self.ns.sessions.items():
-            if session != changer and inode in sess.open_files:
+            if session != changer and any(i in sess.open_files for i in inodes):
                 link = self.session_links.get(session)
                 if link is not None and link.is_open:
                     links.append(link)
@@ -551,7 +571,7 @@ class ClientPort(MasterPart):
         better, a reader that keeps the file open sees a write as soon as it returned."""
         links = self.open_elsewhere(op, changer)
         if links:
-            await self._recall_inodes(links, [op.inode])
+            await self._recall_inodes(links, changed_files(op, None))
 
     async def _recall_inodes(self, links, inodes: list[int]) -> None:
         calls = [link.call(m.InvalidateInodes, inodes=inodes, timeout=RECALL_TIMEOUT_S)
@@ -562,7 +582,7 @@ class ClientPort(MasterPart):
 
     async def _recall_then_reply(self, conn: rpc.Connection, reply: m.MetaReply, version: int,
                                  holders: dict[bytes, tuple[list[int], float]],
-                                 openers=(), inode: int = 0) -> None:
+                                 openers=(), inodes: list[int] = ()) -> None:
         """Acknowledge a change only once every other holder of a listing it changed has
         dropped that listing (or the listing expired), and every other session holding
         the changed file open dropped its cached attributes and pages."""
@@ -574,7 +594,7 @@ class ClientPort(MasterPart):
                 calls.append(link.call(m.InvalidateListings, dirs=dirs,
                                        timeout=max(0.0, expires - now)))
         if openers:
-            calls.append(self._recall_inodes(openers, [inode]))
+            calls.append(self._recall_inodes(openers, list(inodes)))
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.info("listing recall not answered (%r): waited for it to expire", outcome)

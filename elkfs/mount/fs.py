@@ -320,6 +320,18 @@ class ElkOperations(pyfuse3.Operations):
             self.release_timer = asyncio.get_running_loop().call_later(
                 max(0.0, first + HOLD_S - time.monotonic()), self._send_releases)
 
+    def _held_attrs(self, ino: int, now: float) -> tuple[m.Attr, float] | None:
+        """The attributes of a file closed here that the master still holds open for
+        this mount (`releases`), however old, cached for another lifetime: the master
+        recalls them from this mount before it acknowledges anyone else's change of the
+        file (its data, attributes or names), so the last ones this mount was sent are
+        still the master's. None when a recall took them."""
+        last = self.cache.last(ino, now)
+        if last is None:
+            return None
+        self.cache.put(last[0], now)
+        return last[0], self.cache.attr_ttl
+
     def _fresh(self, attr: m.Attr) -> pyfuse3.EntryAttributes:
         """Attributes the master just sent: cache them and give them to the kernel."""
         self.cache.put(attr, time.monotonic())
@@ -486,7 +498,10 @@ class ElkOperations(pyfuse3.Operations):
             inode, left = known
             if not inode:
                 return self._absent(min(self.opts.neg_entry_timeout, left))
-            cached = self.cache.attr(inode, time.monotonic())
+            now = time.monotonic()
+            cached = self.cache.attr(inode, now)
+            if cached is None and inode in self.releases:
+                cached = self._held_attrs(inode, now)
             if cached is not None:
                 attr, attr_left = cached
                 if stat.S_ISDIR(attr.mode):
@@ -531,7 +546,11 @@ class ElkOperations(pyfuse3.Operations):
         if self.cache.has_listing(parent):
             # An absent name needs only the names: renewing them costs the master no
             # listing of the whole directory (a large one, every second, under load).
-            await self._refresh_listing(parent, renew=not self.cache.names(parent, name))
+            # So does a name of a file this mount holds: its attributes are known.
+            inode = self.cache.named(parent, name)
+            renew = not inode or (inode in self.releases
+                                  and self.cache.last(inode, now) is not None)
+            await self._refresh_listing(parent, renew=renew)
         elif (self.misses.get(parent, 0) >= MISSES_BEFORE_LISTING and self.cache.dir_ttl > 0
               and self.unlistable.get(parent, 0.0) <= now):
             await self._refresh_listing(parent, MISSED_LISTING_MAX)
@@ -574,7 +593,10 @@ class ElkOperations(pyfuse3.Operations):
         if inode == MASTERTOKEN_INODE:
             return self._mastertoken_entry()
         ino = self._m(inode)
-        cached = self.cache.attr(ino, time.monotonic())
+        now = time.monotonic()
+        cached = self.cache.attr(ino, now)
+        if cached is None and ino in self.releases:
+            cached = self._held_attrs(ino, now)
         if cached is not None:
             return self._entry(cached[0], attr_timeout=cached[1])
         return self._fresh((await self._op(m.GetAttr(ino))).attr)

@@ -22,7 +22,8 @@ mount's own changes, and lives `mfsdirentrycacheto` seconds at most; after that 
 fetched again, or renewed (`ReadDir(renew=True)`: the master still holds this mount's
 grant, so nobody else changed the directory) when it is asked for a name it does not
 have (the names alone answer that; a name it has also needs fresh attributes, which a
-fetch brings). A listing fetch that
+fetch brings, unless the mount holds that file: see `ElkOperations._held_attrs`). A
+listing fetch that
 was requested before a local change or a recall of that directory may miss it, so its
 answer is dropped (`fetch_mark`).
 """
@@ -109,10 +110,11 @@ class MetaCache:
     def has_listing(self, parent: int) -> bool:
         return parent in self.listings
 
-    def names(self, parent: int, name: bytes) -> bool:
-        """Whether the listing of `parent` kept here, expired or not, has `name`."""
+    def named(self, parent: int, name: bytes) -> int:
+        """The inode the listing of `parent` kept here, expired or not, has for `name`;
+        0 when it has no such name (or there is no listing)."""
         listing = self.listings.get(parent)
-        return listing is not None and name in listing.names
+        return 0 if listing is None else listing.names.get(name, 0)
 
     def renew(self, parent: int, mark: tuple[int, int], now: float) -> bool:
         """The master renewed the listing asked for with `mark` = fetch_mark(parent):

@@ -227,3 +227,44 @@ def test_an_xattr_set_through_a_is_seen_through_b(mc, mnt_b, d):
         except OSError as e:
             assert e.errno == errno.ENODATA and time.monotonic() < deadline
             time.sleep(0.2)
+
+
+def master_op_counts(mc, ops: tuple[str, ...]) -> int:
+    """How many requests of these kinds the master has answered (its /metrics page)."""
+    url = mc.cluster.web_url(mc.cluster.masters[0], "/metrics")
+    with urllib.request.urlopen(url, timeout=30) as r:
+        lines = r.read().decode().splitlines()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines
+               for op in ops if line.startswith(f'elkfs_master_ops_total{{op="{op}"'))
+
+
+def test_held_files_are_stated_from_the_cache_and_name_changes_elsewhere_recall_them(
+        mc, mnt_b, d):
+    """Files closed here stay open on the master for a while; their stats are answered
+    from what this mount caches past the attribute time, because the master recalls it
+    before it acknowledges another session's change of the file, its names included:
+    B's link and rename are seen through A at once, past the attribute time too."""
+    names = [os.path.join(d, f"s{i:02d}") for i in range(20)]
+    for path in names:
+        with open(path, "wb") as f:
+            f.write(b"x")
+    time.sleep(1.5)  # the kernel's and the mount's attribute and entry times are over
+    before = master_op_counts(mc, ("Lookup", "GetAttr"))
+    stats = [os.stat(path) for path in names]
+    assert all(st.st_size == 1 for st in stats)
+    assert master_op_counts(mc, ("Lookup", "GetAttr")) - before < len(names) // 2
+
+    linked, renamed = names[0], names[1]
+    os.link(on_b(mc, mnt_b, linked), on_b(mc, mnt_b, linked + ".l"))
+    st = os.stat(linked)
+    assert st.st_nlink == 2 and st.st_ctime_ns > stats[0].st_ctime_ns
+    time.sleep(1.5)
+    assert os.stat(linked).st_nlink == 2
+    os.rename(on_b(mc, mnt_b, renamed), on_b(mc, mnt_b, renamed + ".r"))
+    time.sleep(1.5)
+    with pytest.raises(FileNotFoundError):
+        os.stat(renamed)
+    assert os.stat(renamed + ".r").st_ctime_ns > stats[1].st_ctime_ns
+    os.unlink(on_b(mc, mnt_b, linked + ".l"))
+    time.sleep(1.5)
+    assert os.stat(linked).st_nlink == 1

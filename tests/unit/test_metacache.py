@@ -381,7 +381,7 @@ def test_rename_between_two_names_of_one_file_changes_nothing():
 
 def test_renew_extends_the_names_kept_with_this_mounts_own_changes():
     c = cache_with(D1, now=10.0, dir_ttl=2.0, a=11)
-    assert c.names(D1, b"a") and not c.names(D1, b"b") and not c.names(D2, b"a")
+    assert c.named(D1, b"a") and not c.named(D1, b"b") and not c.named(D2, b"a")
     mark = c.fetch_mark(D1)
     c.changing(D1)  # this mount's own change meanwhile: it is in the names kept
     c.added(D1, b"b", m.EntryOut(attr(12), dattr(D1)), 12.5)
