@@ -10,7 +10,9 @@ reports two distributions:
 * "to first ack": from the fault (the crash, the partition, the operator's step-down) to
   the first client write acknowledged afterwards, by whichever master.  This is what
   users feel: it includes the old lease running out, the election, the re-stamp, and the
-  clients finding the new leader.
+  clients finding the new leader.  For "follower" (a follower crashes, the leader stays)
+  it is the longest wait between acknowledged writes in the 5 s after the crash: the
+  leader waits for the lost follower until it is shrunk out of the in-sync set.
 * "no leader": from the end of the old leader's service (crash instant, or the real
   instant its lease ran out or was released) to the first instant the next master serves.
 
@@ -45,7 +47,9 @@ def one_trial(seed: int, scenario: str) -> tuple[float, float]:
         ldr = w.current_leader()
         state["old"] = ldr.name
         state["t"] = w.t
-        if scenario == "crash":
+        if scenario == "follower":
+            w.crash(w.nodes[next(n for n in w.masters if n != ldr.name)])
+        elif scenario == "crash":
             w.crash(ldr)
         elif scenario == "partition":
             w.blocked |= {(a, b) for a in w.nodes for b in w.nodes
@@ -59,10 +63,13 @@ def one_trial(seed: int, scenario: str) -> tuple[float, float]:
     w.final_checks = lambda: None
     w.run()
     old = state["old"]
+    acks = w.oracle.ack_times
+    if scenario == "follower":  # the leader stays: the longest wait for an ack after it
+        after = [state["t"]] + [t for t in acks if state["t"] < t <= state["t"] + 5.0]
+        return max(b - a for a, b in zip(after, after[1:] or after)), 0.0
     ivs = w.oracle.intervals
     old_end = max(iv.end for iv in ivs if iv.master == old and iv.start <= state["t"])
     new_start = min(iv.start for iv in ivs if iv.master != old and iv.start >= state["t"])
-    acks = w.oracle.ack_times
     first_ack = acks[bisect.bisect_right(acks, state["t"])]
     return first_ack - state["t"], new_start - old_end
 
@@ -80,7 +87,7 @@ def main() -> int:
     print(f"failover, D = 2 s, LAN, default save mode, {a.trials} trials each")
     print(f"{'':<12}{'fault to first ack':^27}{'no serving leader':^27}")
     print(f"{'scenario':<12}" + f"{'p50':>9}{'p99':>9}{'max':>9}" * 2)
-    for scenario in ("crash", "partition", "step-down"):
+    for scenario in ("crash", "partition", "step-down", "follower"):
         trials = [one_trial(10_000 + i, scenario) for i in range(a.trials)]
         cols = ""
         for xs in ([x[0] for x in trials], [x[1] for x in trials]):

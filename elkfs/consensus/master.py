@@ -727,13 +727,18 @@ class Master:
             # leader that hears nobody (its answers cut off) must not leave a record of
             # itself alone at the voters, which no other master could lead under.
             heard_at = self.lease_until - self.cfg.leader_lease_s
-            if (p is None or p.match_version < last_v) and \
-                    now - lag_since > self.cfg.isr_lag_timeout_s and \
-                    heard_at > lag_since + self.cfg.isr_lag_timeout_s:
-                members = tuple(x for x in rec.members if x != m)
-                return self._propose(now, Record(self.accepted_term, rec.epoch + 1, members,
-                                                 rec.voters, self._commit_pos()), out,
-                                     f"shrink -{m}")
+            lagged_at = lag_since + self.cfg.isr_lag_timeout_s
+            if (p is None or p.match_version < last_v) and now > lagged_at:
+                if heard_at > lagged_at:
+                    members = tuple(x for x in rec.members if x != m)
+                    return self._propose(now, Record(self.accepted_term, rec.epoch + 1,
+                                                     members, rec.voters, self._commit_pos()),
+                                         out, f"shrink -{m}")
+                if self.lease.sent.get(self.lease.latest_round, NEVER) <= lagged_at:
+                    # Ask the voters now rather than at the next renewal (up to
+                    # renew_period_s away): every change waits for this member until
+                    # it is shrunk out, and the answers are the proof needed.
+                    self._renew_round(now, out)
         if self.stepdown is None:
             for p in self.progress.values():
                 if p.ident and p.ident not in rec.members and p.match_version == last_v \
