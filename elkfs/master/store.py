@@ -32,6 +32,7 @@ from typing import Callable
 from ..proto import messages as m
 from ..proto.errors import NOT_LEADER, FsError
 from . import checkpoint as ckpt
+from .gcpolicy import loading as gc_loading
 from .journal import (JournalCorrupt, JournalWriter, fsync_dir, frame, list_segments,
                       read_records, remove_segments, truncate_after)
 from .namespace import Namespace
@@ -75,8 +76,9 @@ class MetadataStore:
     # ------------------------------------------------------------ start-up
 
     def load(self) -> None:
-        self.ns = self._load_checkpoint()
-        self._replay()
+        with gc_loading():
+            self.ns = self._load_checkpoint()
+            self._replay()
         self.journal = JournalWriter(self.data_dir, self.ns.version + 1)
 
     def _load_checkpoint(self, at_most: int | None = None) -> Namespace:
@@ -123,7 +125,8 @@ class MetadataStore:
         """Load the newest checkpoint (committed state) and read the journal after it
         without applying it. Returns the checkpoint's (term, version) and the records
         after it as (term, version, payload)."""
-        self.ns = self._load_checkpoint()
+        with gc_loading():
+            self.ns = self._load_checkpoint()
         entries = []
         for version, payload in read_records(self.data_dir, self.ns.version):
             entries.append((RECORD_DECODER.decode(payload).term, version, bytes(payload)))
@@ -149,7 +152,8 @@ class MetadataStore:
         """Start over from the checkpoint `metadata.<version>.elk` (a follower catching up
         from the leader's): load it, drop the whole journal, journal from version+1."""
         path = os.path.join(self.data_dir, ckpt.checkpoint_name(version))
-        self.ns = ckpt.read(path)
+        with gc_loading():
+            self.ns = ckpt.read(path)
         self.seen_version = version
         self.last_checkpoint_version = version
         self.journal.close()
@@ -160,8 +164,9 @@ class MetadataStore:
         """Rebuild the namespace at committed `version` from the checkpoint and journal on
         disk (a deposed leader drops what it applied beyond the commit point)."""
         started = time.monotonic()
-        self.ns = self._load_checkpoint(at_most=version)
-        self._replay(upto=version)
+        with gc_loading():
+            self.ns = self._load_checkpoint(at_most=version)
+            self._replay(upto=version)
         self.seen_version = version
         if self.ns.version != version:
             raise JournalCorrupt(f"reload reached metadata version {self.ns.version}, "
