@@ -248,8 +248,7 @@ def _read_sections(sections, path: str) -> tuple[Namespace, list[DirNode]]:
         elif kind == K_NODES:
             ns.nodes.fill(_nodes_from(obj, unnamed))
         elif kind == K_CHUNKS:
-            for chunk_id, cversion, refs in obj:
-                ns.chunks.add(chunk_id, cversion, refs)
+            ns.chunks.fill(obj)
         elif kind == K_SESSIONS:
             for sid, info, opened, open_files, results, *rest in obj:
                 sess = Session(bytes(sid), info, opened, dict(open_files))

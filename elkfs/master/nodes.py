@@ -186,6 +186,33 @@ class ChunkTable:
         self._count += 1
         return Chunk(chunk_id, page, i)
 
+    def fill(self, rows) -> None:
+        """Add many (chunk id, version, refs) rows, as `add` does each (loading a
+        checkpoint): without a row object for each, the page looked up once per run of
+        ids in one page."""
+        pages = self._pages
+        page_no = -1
+        page = None
+        added = 0
+        try:
+            for chunk_id, version, refs in rows:
+                if not version or not refs:
+                    raise ValueError("a chunk has a version and a reference")
+                if chunk_id // CHUNK_PAGE != page_no:
+                    page_no = chunk_id // CHUNK_PAGE
+                    page = pages.get(page_no)
+                    if page is None:
+                        page = pages[page_no] = _ChunkPage()
+                i = chunk_id % CHUNK_PAGE
+                if page.versions[i]:
+                    raise KeyError(f"chunk {chunk_id} exists")
+                page.versions[i] = version
+                page.refs[i] = refs
+                page.live += 1
+                added += 1
+        finally:
+            self._count += added
+
     def get(self, chunk_id: int, default=None) -> Chunk | None:
         page_no, i = divmod(chunk_id, CHUNK_PAGE)
         page = self._pages.get(page_no)
