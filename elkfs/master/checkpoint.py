@@ -4,7 +4,8 @@ File `metadata.<version, 16 hex>.elk`: an 16-byte header (magic, version) follow
 sections framed like journal records (length, CRC, kind) so a damaged file is detected,
 never half-loaded. Nodes are written in batches as plain tuples, so writing streams
 through a small buffer instead of building the whole image in memory, and loading reads
-one section at a time.
+one section at a time. The chunk table is written as its arrays (`ChunkTable.pages`):
+loading them is a copy per page of 4096 chunks, not an object per chunk.
 
 The master writes a checkpoint from a forked child (see `MasterStore.checkpoint`): the child
 sees a frozen copy-on-write view of the namespace, so clients are not blocked and memory
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import struct
+import sys
 import zlib
 from array import array
 
@@ -36,7 +38,15 @@ CHECKPOINT_RE = re.compile(r"^metadata\.([0-9a-f]{16})\.elk$")
 BATCH = 4096
 
 (K_COUNTERS, K_NODES, K_CHUNKS, K_SESSIONS, K_END, K_TRASH, K_CHUNKSERVERS, K_LOCKS,
- K_BUILDING) = range(9)
+ K_BUILDING, K_CHUNK_PAGES) = range(10)
+# What each version of the writer added (the reader takes every one of them):
+#   K_TRASH, K_CHUNKSERVERS, K_LOCKS, K_BUILDING: sections of their own;
+#   K_CHUNK_PAGES (instead of K_CHUNKS rows): the chunk table's arrays as they are;
+#   directories' names as a fifth item of their node (before: named from the parents).
+# A master older than a section refuses the checkpoint ("unknown section"), and then
+# loads an older one it can read, or stops: it never loads part of one.
+CHUNK_PAGES_PER_SECTION = 64  # 64 pages of 4096 chunks: 3 MiB
+_LITTLE = sys.byteorder == "little"
 N_FILE, N_DIR, N_SYMLINK, N_SPECIAL = range(4)
 
 _enc = msgspec.msgpack.Encoder()
@@ -138,6 +148,25 @@ def _nodes_from(batch: list, unnamed: list[DirNode]) -> list[Node]:
     return nodes
 
 
+def _le_bytes(values: array) -> bytes:
+    """An array's items as little-endian bytes (the file's order on every machine)."""
+    if _LITTLE:
+        return values.tobytes()
+    swapped = array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _le_array(typecode: str, data: bytes) -> array:
+    values = array(typecode)
+    if len(data) % values.itemsize:
+        raise CheckpointError(f"{len(data)} bytes are no array of {typecode!r}")
+    values.frombytes(data)
+    if not _LITTLE:
+        values.byteswap()
+    return values
+
+
 def write(ns: Namespace, path: str, final: bool = True) -> None:
     """Write `ns` to `path` atomically (temp file, fsync, rename, fsync dir). With
     `final=False` it stays at `path + ".tmp"` until `publish`."""
@@ -159,14 +188,14 @@ def write(ns: Namespace, path: str, final: bool = True) -> None:
                 batch = []
         if batch:
             section(K_NODES, batch)
-        batch = []
-        for chunk in ns.chunks.values():
-            batch.append((chunk.chunk_id, chunk.version, chunk.refs))
-            if len(batch) >= BATCH * 4:
-                section(K_CHUNKS, batch)
-                batch = []
-        if batch:
-            section(K_CHUNKS, batch)
+        pages = []
+        for first, versions, refs in ns.chunks.pages():
+            pages.append((first, _le_bytes(versions), _le_bytes(refs)))
+            if len(pages) >= CHUNK_PAGES_PER_SECTION:
+                section(K_CHUNK_PAGES, pages)
+                pages = []
+        if pages:
+            section(K_CHUNK_PAGES, pages)
         sessions = [
             [s.session_id, s.info, s.opened_ts, list(s.open_files.items()),
              [(seq, _result_enc.encode(r)) for seq, r in s.results.items()], s.gone_ns,
@@ -247,7 +276,13 @@ def _read_sections(sections, path: str) -> tuple[Namespace, list[DirNode]]:
             ns.last_term = obj[3] if len(obj) > 3 else 0  # written before HA
         elif kind == K_NODES:
             ns.nodes.fill(_nodes_from(obj, unnamed))
-        elif kind == K_CHUNKS:
+        elif kind == K_CHUNK_PAGES:
+            for first, versions, refs in obj:
+                try:
+                    ns.chunks.load_page(first, _le_array("Q", versions), _le_array("I", refs))
+                except ValueError as e:
+                    raise CheckpointError(f"{path}: {e}") from None
+        elif kind == K_CHUNKS:  # written before K_CHUNK_PAGES
             ns.chunks.fill(obj)
         elif kind == K_SESSIONS:
             for sid, info, opened, open_files, results, *rest in obj:
