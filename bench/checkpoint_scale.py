@@ -71,7 +71,7 @@ def fork_checkpoint(store: MetadataStore) -> tuple[float, int]:
     path = os.path.join(store.data_dir, ckpt.checkpoint_name(store.ns.version))
     r, w = os.pipe()
     started = time.monotonic()
-    gc.freeze()
+    gc.freeze()  # and not unfrozen after, as MetadataStore.checkpoint
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -82,7 +82,6 @@ def fork_checkpoint(store: MetadataStore) -> tuple[float, int]:
             code = 0
         finally:
             os._exit(code)
-    gc.unfreeze()
     os.close(w)
     _, status = os.waitpid(pid, 0)
     elapsed = time.monotonic() - started

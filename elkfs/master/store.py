@@ -22,7 +22,6 @@ journal after it goes to the core, which applies each record once it is committe
 from __future__ import annotations
 
 import asyncio
-import gc
 import heapq
 import logging
 import os
@@ -33,6 +32,7 @@ from ..proto import messages as m
 from ..proto.errors import NOT_LEADER, FsError
 from . import checkpoint as ckpt
 from .gcpolicy import loading as gc_loading
+from .gcpolicy import settle_gc
 from .journal import (JournalCorrupt, JournalWriter, fsync_dir, frame, list_segments,
                       read_records, remove_segments, truncate_after)
 from .namespace import Namespace
@@ -283,19 +283,18 @@ class MetadataStore:
             replicator = self.replicator
             started = time.monotonic()
             # The child's garbage collector would visit (and so write to, copying their
-            # pages) every object: frozen objects are left out of its collections.
-            gc.freeze()
-            try:
-                pid = os.fork()
-                if pid == 0:  # child: a frozen copy-on-write view of the namespace
-                    code = 1
-                    try:
-                        ckpt.write(self.ns, path, final=replicator is None)
-                        code = 0
-                    finally:
-                        os._exit(code)
-            finally:
-                gc.unfreeze()  # (the child never gets here)
+            # pages) every object: frozen objects are left out of its collections. They
+            # stay frozen here too (`settle_gc`): unfrozen, the parent's next full
+            # collections would walk the whole namespace again.
+            settle_gc()
+            pid = os.fork()
+            if pid == 0:  # child: a frozen copy-on-write view of the namespace
+                code = 1
+                try:
+                    ckpt.write(self.ns, path, final=replicator is None)
+                    code = 0
+                finally:
+                    os._exit(code)
             loop = asyncio.get_running_loop()
             _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
             if status != 0:
