@@ -93,8 +93,9 @@ def fork_checkpoint(store: MetadataStore) -> tuple[float, int]:
 
 
 LOAD = """
-import sys, time
+import logging, sys, time
 sys.path.insert(0, %r)
+logging.basicConfig(level=logging.INFO, format="  %%(message)s")  # its two parts' times
 from elkfs.master.store import MetadataStore
 started, cpu = time.monotonic(), time.process_time()
 s = MetadataStore(%r)
@@ -131,7 +132,11 @@ async def main() -> int:
         store.close(checkpoint=False)
         out = subprocess.run([sys.executable, "-c", LOAD % (
             os.path.dirname(os.path.dirname(os.path.abspath(__file__))), data_dir)],
-            check=True, capture_output=True, text=True).stdout.split()
+            check=True, capture_output=True, text=True)
+        for line in out.stderr.splitlines():
+            if "loaded checkpoint" in line or "replayed" in line:
+                print(line, flush=True)
+        out = out.stdout.split()
         took, nodes, rss, hwm = float(out[0]), int(out[1]), int(out[2]), int(out[3])
         cpu = float(out[4])
         print(f"start-up (checkpoint of {n} files + journal of {3 * (n // 10)} records): "

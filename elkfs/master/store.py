@@ -87,9 +87,11 @@ class MetadataStore:
             if at_most is not None and version > at_most:
                 continue
             try:
+                started = time.monotonic()
                 ns = ckpt.read(path)
-                log.info("loaded checkpoint %s (metadata version %d, %d inodes)",
-                         os.path.basename(path), version, len(ns.nodes))
+                log.info("loaded checkpoint %s (metadata version %d, %d inodes) in %.2fs",
+                         os.path.basename(path), version, len(ns.nodes),
+                         time.monotonic() - started)
                 self.last_checkpoint_version = version
                 return ns
             except (ckpt.CheckpointError, OSError, ValueError) as e:
