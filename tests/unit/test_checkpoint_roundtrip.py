@@ -8,6 +8,7 @@ import gc
 import os
 import stat
 import zlib
+from array import array
 
 import msgspec
 
@@ -19,7 +20,7 @@ from elkfs.master.direntries import _Spread
 from elkfs.master.filelocks import F_RDLCK, F_WRLCK, LOCK_FLOCK, LOCK_POSIX
 from elkfs.master.journal import JournalCorrupt, list_segments
 from elkfs.master.namespace import ROOT, Namespace
-from elkfs.master.nodes import DirNode, FileNode
+from elkfs.master.nodes import CHUNK_PAGE, ChunkTable, DirNode, FileNode
 from elkfs.master.records import (KnowChunkserver, OpenSession, SessionGone, SetMaintenance,
                                   SnapshotBegin)
 from elkfs.master.store import MetadataStore
@@ -242,3 +243,45 @@ async def test_loading_leaves_the_collector_on(tmp_path):
     with pytest.raises(JournalCorrupt):
         broken.load()
     assert gc.isenabled()
+
+
+def test_chunk_pages_round_trip_and_refuse_what_is_no_page(monkeypatch):
+    """The chunk table as pages: the same table back (full pages, pages with free rows,
+    far apart ids), as little-endian bytes on any machine; pages that are not the
+    table's are refused."""
+    table = ChunkTable()
+    ids = [1, 2, 3, 4095, 4096, 9000, 5 * CHUNK_PAGE + 17, 10**9]
+    for n, chunk_id in enumerate(ids):
+        table.add(chunk_id, 7 + n, 1 + n % 3)
+    for chunk_id in range(3 * CHUNK_PAGE, 4 * CHUNK_PAGE):  # one page full
+        table.add(chunk_id, 2, 1)
+    del table[2]
+    rows = sorted((c.chunk_id, c.version, c.refs) for c in table.values())
+    for little in (True, False):  # as written on this machine, and on a big-endian one
+        monkeypatch.setattr(checkpoint, "_LITTLE", little)
+        again = ChunkTable()
+        for first, versions, refs in table.pages():
+            data = checkpoint._le_bytes(versions), checkpoint._le_bytes(refs)
+            assert (data[0] == versions.tobytes()) == little
+            again.load_page(first, checkpoint._le_array("Q", data[0]),
+                            checkpoint._le_array("I", data[1]))
+        assert sorted((c.chunk_id, c.version, c.refs) for c in again.values()) == rows
+        assert len(again) == len(table)
+    monkeypatch.setattr(checkpoint, "_LITTLE", True)
+    first, versions, refs = next(iter(table.pages()))
+    with pytest.raises(ValueError, match="loaded twice"):
+        again.load_page(first, array("Q", versions), array("I", refs))
+    for bad in ((first + 1, versions, refs), (first, versions[:-1], refs[:-1]),
+                (first, array("Q", bytes(8 * CHUNK_PAGE)), array("I", bytes(4 * CHUNK_PAGE)))):
+        with pytest.raises(ValueError):
+            ChunkTable().load_page(*bad)
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint._le_array("Q", b"\x00" * 12)
+    # The rows of checkpoints written before pages: the same checks as `add`.
+    for bad_rows in ([(5, 0, 1)], [(5, 1, 0)], [(5, 1, 1), (5, 2, 1)]):
+        with pytest.raises((ValueError, KeyError)):
+            ChunkTable().fill(bad_rows)
+    filled = ChunkTable()
+    filled.fill(rows)
+    assert sorted((c.chunk_id, c.version, c.refs) for c in filled.values()) == rows
+    assert len(filled) == len(rows)
