@@ -11,7 +11,6 @@ import zlib
 from array import array
 
 import msgspec
-
 import pytest
 
 from elkfs import access
