@@ -43,9 +43,9 @@ def settle_gc() -> None:
     long. Frozen, they are never walked again. The price: an object in a reference cycle
     that is alive at a freeze and dropped later is not reclaimed (an object without
     cycles is still freed as soon as nobody refers to it, frozen or not). The master
-    freezes after loading the metadata, after each step of a long operation (whose
-    lists of millions of entries a collection would otherwise walk again and again),
-    and whenever the namespace grew by SETTLE_GROWTH nodes (`settle_loop`): what else is alive then is connections and
+    freezes while loading the metadata (`loading`), before each checkpoint's fork, after
+    each step of a long operation (whose lists of millions of entries a collection
+    would otherwise walk again and again), and whenever the namespace grew by SETTLE_GROWTH nodes (`settle_loop`): what else is alive then is connections and
     tasks, which are freed without the collector once closed (a test checks connections:
     tests/unit/test_rpc_frames.py)."""
     gc.freeze()
