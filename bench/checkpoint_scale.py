@@ -71,7 +71,7 @@ def fork_checkpoint(store: MetadataStore) -> tuple[float, int]:
     path = os.path.join(store.data_dir, ckpt.checkpoint_name(store.ns.version))
     r, w = os.pipe()
     started = time.monotonic()
-    gc.freeze()
+    gc.freeze()  # and not unfrozen after, as MetadataStore.checkpoint
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -82,7 +82,6 @@ def fork_checkpoint(store: MetadataStore) -> tuple[float, int]:
             code = 0
         finally:
             os._exit(code)
-    gc.unfreeze()
     os.close(w)
     _, status = os.waitpid(pid, 0)
     elapsed = time.monotonic() - started
@@ -94,8 +93,9 @@ def fork_checkpoint(store: MetadataStore) -> tuple[float, int]:
 
 
 LOAD = """
-import sys, time
+import logging, sys, time
 sys.path.insert(0, %r)
+logging.basicConfig(level=logging.INFO, format="  %%(message)s")  # its two parts' times
 from elkfs.master.store import MetadataStore
 started, cpu = time.monotonic(), time.process_time()
 s = MetadataStore(%r)
@@ -132,7 +132,11 @@ async def main() -> int:
         store.close(checkpoint=False)
         out = subprocess.run([sys.executable, "-c", LOAD % (
             os.path.dirname(os.path.dirname(os.path.abspath(__file__))), data_dir)],
-            check=True, capture_output=True, text=True).stdout.split()
+            check=True, capture_output=True, text=True)
+        for line in out.stderr.splitlines():
+            if "loaded checkpoint" in line or "replayed" in line:
+                print(line, flush=True)
+        out = out.stdout.split()
         took, nodes, rss, hwm = float(out[0]), int(out[1]), int(out[2]), int(out[3])
         cpu = float(out[4])
         print(f"start-up (checkpoint of {n} files + journal of {3 * (n // 10)} records): "

@@ -85,9 +85,11 @@ def _scan(path: str, data: bytes, is_last: bool) -> tuple[list[tuple[int, memory
             elif pos + REC_HEADER.size + length > end:
                 bad = "record cut short"
             else:
-                payload = view[pos + REC_HEADER.size:pos + REC_HEADER.size + length]
-                if zlib.crc32(payload, zlib.crc32(struct.pack(">Q", version))) != crc:
+                end_of_record = pos + REC_HEADER.size + length
+                # The CRC covers version and payload, which lie next to each other.
+                if zlib.crc32(view[pos + 8:end_of_record]) != crc:
                     bad = "CRC mismatch"
+                payload = view[pos + REC_HEADER.size:end_of_record]
         if bad is None:
             records.append((version, payload))
             pos += REC_HEADER.size + length

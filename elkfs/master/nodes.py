@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 from array import array
+from operator import mul
 
 from .direntries import DirEntries
 
@@ -185,6 +186,60 @@ class ChunkTable:
         page.live += 1
         self._count += 1
         return Chunk(chunk_id, page, i)
+
+    def fill(self, rows) -> None:
+        """Add many (chunk id, version, refs) rows, as `add` does each (loading a
+        checkpoint): without a row object for each, the page looked up once per run of
+        ids in one page."""
+        pages = self._pages
+        page_no = -1
+        page = None
+        added = 0
+        try:
+            for chunk_id, version, refs in rows:
+                if not version or not refs:
+                    raise ValueError("a chunk has a version and a reference")
+                if chunk_id // CHUNK_PAGE != page_no:
+                    page_no = chunk_id // CHUNK_PAGE
+                    page = pages.get(page_no)
+                    if page is None:
+                        page = pages[page_no] = _ChunkPage()
+                i = chunk_id % CHUNK_PAGE
+                if page.versions[i]:
+                    raise KeyError(f"chunk {chunk_id} exists")
+                page.versions[i] = version
+                page.refs[i] = refs
+                page.live += 1
+                added += 1
+        finally:
+            self._count += added
+
+    def pages(self):
+        """(first chunk id, versions, refs) of each page, the arrays themselves (for a
+        checkpoint: written as they are, no object per chunk); the table must not change
+        meanwhile."""
+        for page_no, page in self._pages.items():
+            yield page_no * CHUNK_PAGE, page.versions, page.refs
+
+    def load_page(self, first: int, versions: array, refs: array) -> None:
+        """Take a page as `pages` gave it (loading a checkpoint). Raises ValueError for
+        a page that is not one: misplaced, of the wrong size, a chunk without a
+        version or a reference, or one already loaded."""
+        page_no, offset = divmod(first, CHUNK_PAGE)
+        if offset or len(versions) != CHUNK_PAGE or len(refs) != CHUNK_PAGE:
+            raise ValueError(f"chunk page at {first}: not a page")
+        if page_no in self._pages:
+            raise ValueError(f"chunk page at {first}: loaded twice")
+        free = versions.count(0)
+        # A row is free (version 0) exactly when it has no reference: as many zeros in
+        # each, and in their products (zero where either is) no more.
+        if free == CHUNK_PAGE or refs.count(0) != free or (
+                free and list(map(mul, versions, refs)).count(0) != free):
+            raise ValueError(f"chunk page at {first}: versions and references disagree")
+        page = _ChunkPage.__new__(_ChunkPage)
+        page.versions, page.refs, page.live = versions, refs, CHUNK_PAGE - free
+        self._pages[page_no] = page
+        self._count += page.live
 
     def get(self, chunk_id: int, default=None) -> Chunk | None:
         page_no, i = divmod(chunk_id, CHUNK_PAGE)

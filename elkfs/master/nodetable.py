@@ -49,6 +49,13 @@ class NodeTable:
     def __setitem__(self, inode: int, node: Node) -> None:
         self._shards[_SHARD_OF[inode & _MASK]][inode] = node
 
+    def fill(self, nodes: list[Node]) -> None:
+        """Add many nodes (loading a checkpoint): one loop, no method call per node."""
+        shards, shard_of = self._shards, _SHARD_OF
+        for node in nodes:
+            inode = node.inode
+            shards[shard_of[inode & _MASK]][inode] = node
+
     def __delitem__(self, inode: int) -> None:
         del self._shards[_SHARD_OF[inode & _MASK]][inode]
 

@@ -22,7 +22,6 @@ journal after it goes to the core, which applies each record once it is committe
 from __future__ import annotations
 
 import asyncio
-import gc
 import heapq
 import logging
 import os
@@ -32,6 +31,8 @@ from typing import Callable
 from ..proto import messages as m
 from ..proto.errors import NOT_LEADER, FsError
 from . import checkpoint as ckpt
+from .gcpolicy import loading as gc_loading
+from .gcpolicy import settle_gc
 from .journal import (JournalCorrupt, JournalWriter, fsync_dir, frame, list_segments,
                       read_records, remove_segments, truncate_after)
 from .namespace import Namespace
@@ -75,8 +76,9 @@ class MetadataStore:
     # ------------------------------------------------------------ start-up
 
     def load(self) -> None:
-        self.ns = self._load_checkpoint()
-        self._replay()
+        with gc_loading():
+            self.ns = self._load_checkpoint()
+            self._replay()
         self.journal = JournalWriter(self.data_dir, self.ns.version + 1)
 
     def _load_checkpoint(self, at_most: int | None = None) -> Namespace:
@@ -85,9 +87,11 @@ class MetadataStore:
             if at_most is not None and version > at_most:
                 continue
             try:
+                started = time.monotonic()
                 ns = ckpt.read(path)
-                log.info("loaded checkpoint %s (metadata version %d, %d inodes)",
-                         os.path.basename(path), version, len(ns.nodes))
+                log.info("loaded checkpoint %s (metadata version %d, %d inodes) in %.2fs",
+                         os.path.basename(path), version, len(ns.nodes),
+                         time.monotonic() - started)
                 self.last_checkpoint_version = version
                 return ns
             except (ckpt.CheckpointError, OSError, ValueError) as e:
@@ -123,7 +127,8 @@ class MetadataStore:
         """Load the newest checkpoint (committed state) and read the journal after it
         without applying it. Returns the checkpoint's (term, version) and the records
         after it as (term, version, payload)."""
-        self.ns = self._load_checkpoint()
+        with gc_loading():
+            self.ns = self._load_checkpoint()
         entries = []
         for version, payload in read_records(self.data_dir, self.ns.version):
             entries.append((RECORD_DECODER.decode(payload).term, version, bytes(payload)))
@@ -149,7 +154,8 @@ class MetadataStore:
         """Start over from the checkpoint `metadata.<version>.elk` (a follower catching up
         from the leader's): load it, drop the whole journal, journal from version+1."""
         path = os.path.join(self.data_dir, ckpt.checkpoint_name(version))
-        self.ns = ckpt.read(path)
+        with gc_loading():
+            self.ns = ckpt.read(path)
         self.seen_version = version
         self.last_checkpoint_version = version
         self.journal.close()
@@ -160,8 +166,9 @@ class MetadataStore:
         """Rebuild the namespace at committed `version` from the checkpoint and journal on
         disk (a deposed leader drops what it applied beyond the commit point)."""
         started = time.monotonic()
-        self.ns = self._load_checkpoint(at_most=version)
-        self._replay(upto=version)
+        with gc_loading():
+            self.ns = self._load_checkpoint(at_most=version)
+            self._replay(upto=version)
         self.seen_version = version
         if self.ns.version != version:
             raise JournalCorrupt(f"reload reached metadata version {self.ns.version}, "
@@ -278,19 +285,18 @@ class MetadataStore:
             replicator = self.replicator
             started = time.monotonic()
             # The child's garbage collector would visit (and so write to, copying their
-            # pages) every object: frozen objects are left out of its collections.
-            gc.freeze()
-            try:
-                pid = os.fork()
-                if pid == 0:  # child: a frozen copy-on-write view of the namespace
-                    code = 1
-                    try:
-                        ckpt.write(self.ns, path, final=replicator is None)
-                        code = 0
-                    finally:
-                        os._exit(code)
-            finally:
-                gc.unfreeze()  # (the child never gets here)
+            # pages) every object: frozen objects are left out of its collections. They
+            # stay frozen here too (`settle_gc`): unfrozen, the parent's next full
+            # collections would walk the whole namespace again.
+            settle_gc()
+            pid = os.fork()
+            if pid == 0:  # child: a frozen copy-on-write view of the namespace
+                code = 1
+                try:
+                    ckpt.write(self.ns, path, final=replicator is None)
+                    code = 0
+                finally:
+                    os._exit(code)
             loop = asyncio.get_running_loop()
             _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
             if status != 0:
